@@ -1,0 +1,176 @@
+from certbroker.v1 import domain_pb2 as _domain_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class EventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EVENT_TYPE_UNSPECIFIED: _ClassVar[EventType]
+    EVENT_TYPE_SNAPSHOT: _ClassVar[EventType]
+    EVENT_TYPE_SNAPSHOT_COMPLETE: _ClassVar[EventType]
+    EVENT_TYPE_DOMAIN_UPDATED: _ClassVar[EventType]
+    EVENT_TYPE_DOMAIN_REMOVED: _ClassVar[EventType]
+    EVENT_TYPE_CHALLENGE_ADDED: _ClassVar[EventType]
+    EVENT_TYPE_CHALLENGE_REMOVED: _ClassVar[EventType]
+EVENT_TYPE_UNSPECIFIED: EventType
+EVENT_TYPE_SNAPSHOT: EventType
+EVENT_TYPE_SNAPSHOT_COMPLETE: EventType
+EVENT_TYPE_DOMAIN_UPDATED: EventType
+EVENT_TYPE_DOMAIN_REMOVED: EventType
+EVENT_TYPE_CHALLENGE_ADDED: EventType
+EVENT_TYPE_CHALLENGE_REMOVED: EventType
+
+class IssueCertificateRequest(_message.Message):
+    __slots__ = ("domain", "app", "disable_letsencrypt", "key_algorithm", "challenge_type")
+    DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    APP_FIELD_NUMBER: _ClassVar[int]
+    DISABLE_LETSENCRYPT_FIELD_NUMBER: _ClassVar[int]
+    KEY_ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    CHALLENGE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    domain: str
+    app: str
+    disable_letsencrypt: bool
+    key_algorithm: _domain_pb2.KeyAlgorithm
+    challenge_type: _domain_pb2.ChallengeType
+    def __init__(self, domain: _Optional[str] = ..., app: _Optional[str] = ..., disable_letsencrypt: _Optional[bool] = ..., key_algorithm: _Optional[_Union[_domain_pb2.KeyAlgorithm, str]] = ..., challenge_type: _Optional[_Union[_domain_pb2.ChallengeType, str]] = ...) -> None: ...
+
+class IssueCertificateResponse(_message.Message):
+    __slots__ = ("domain",)
+    DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    domain: _domain_pb2.Domain
+    def __init__(self, domain: _Optional[_Union[_domain_pb2.Domain, _Mapping]] = ...) -> None: ...
+
+class UploadCustomRequest(_message.Message):
+    __slots__ = ("domain", "certificate", "private_key")
+    DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    PRIVATE_KEY_FIELD_NUMBER: _ClassVar[int]
+    domain: str
+    certificate: bytes
+    private_key: bytes
+    def __init__(self, domain: _Optional[str] = ..., certificate: _Optional[bytes] = ..., private_key: _Optional[bytes] = ...) -> None: ...
+
+class UploadCustomResponse(_message.Message):
+    __slots__ = ("domain",)
+    DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    domain: _domain_pb2.Domain
+    def __init__(self, domain: _Optional[_Union[_domain_pb2.Domain, _Mapping]] = ...) -> None: ...
+
+class DeleteCustomRequest(_message.Message):
+    __slots__ = ("domain",)
+    DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    domain: str
+    def __init__(self, domain: _Optional[str] = ...) -> None: ...
+
+class DeleteCustomResponse(_message.Message):
+    __slots__ = ("domain",)
+    DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    domain: _domain_pb2.Domain
+    def __init__(self, domain: _Optional[_Union[_domain_pb2.Domain, _Mapping]] = ...) -> None: ...
+
+class GetStatusRequest(_message.Message):
+    __slots__ = ("domain",)
+    DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    domain: str
+    def __init__(self, domain: _Optional[str] = ...) -> None: ...
+
+class GetStatusResponse(_message.Message):
+    __slots__ = ("domain",)
+    DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    domain: _domain_pb2.Domain
+    def __init__(self, domain: _Optional[_Union[_domain_pb2.Domain, _Mapping]] = ...) -> None: ...
+
+class RemoveDomainRequest(_message.Message):
+    __slots__ = ("domain",)
+    DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    domain: str
+    def __init__(self, domain: _Optional[str] = ...) -> None: ...
+
+class RemoveDomainResponse(_message.Message):
+    __slots__ = ("revision",)
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    revision: int
+    def __init__(self, revision: _Optional[int] = ...) -> None: ...
+
+class ListDomainsRequest(_message.Message):
+    __slots__ = ("app", "page_size", "page_token")
+    APP_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    app: str
+    page_size: int
+    page_token: str
+    def __init__(self, app: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListDomainsResponse(_message.Message):
+    __slots__ = ("domains", "next_page_token")
+    DOMAINS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    domains: _containers.RepeatedCompositeFieldContainer[_domain_pb2.Domain]
+    next_page_token: str
+    def __init__(self, domains: _Optional[_Iterable[_Union[_domain_pb2.Domain, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class WatchStatusRequest(_message.Message):
+    __slots__ = ("after_revision", "include_keys", "apps", "domains", "include_challenges")
+    AFTER_REVISION_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_KEYS_FIELD_NUMBER: _ClassVar[int]
+    APPS_FIELD_NUMBER: _ClassVar[int]
+    DOMAINS_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_CHALLENGES_FIELD_NUMBER: _ClassVar[int]
+    after_revision: int
+    include_keys: bool
+    apps: _containers.RepeatedScalarFieldContainer[str]
+    domains: _containers.RepeatedScalarFieldContainer[str]
+    include_challenges: bool
+    def __init__(self, after_revision: _Optional[int] = ..., include_keys: _Optional[bool] = ..., apps: _Optional[_Iterable[str]] = ..., domains: _Optional[_Iterable[str]] = ..., include_challenges: _Optional[bool] = ...) -> None: ...
+
+class ServingMaterial(_message.Message):
+    __slots__ = ("source", "chain_pem", "private_key_pem")
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    CHAIN_PEM_FIELD_NUMBER: _ClassVar[int]
+    PRIVATE_KEY_PEM_FIELD_NUMBER: _ClassVar[int]
+    source: _domain_pb2.CertificateSource
+    chain_pem: str
+    private_key_pem: str
+    def __init__(self, source: _Optional[_Union[_domain_pb2.CertificateSource, str]] = ..., chain_pem: _Optional[str] = ..., private_key_pem: _Optional[str] = ...) -> None: ...
+
+class Challenge(_message.Message):
+    __slots__ = ("token", "key_authorization")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    KEY_AUTHORIZATION_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    key_authorization: str
+    def __init__(self, token: _Optional[str] = ..., key_authorization: _Optional[str] = ...) -> None: ...
+
+class WatchEvent(_message.Message):
+    __slots__ = ("revision", "type", "domain", "serving", "challenge")
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    SERVING_FIELD_NUMBER: _ClassVar[int]
+    CHALLENGE_FIELD_NUMBER: _ClassVar[int]
+    revision: int
+    type: EventType
+    domain: _domain_pb2.Domain
+    serving: ServingMaterial
+    challenge: Challenge
+    def __init__(self, revision: _Optional[int] = ..., type: _Optional[_Union[EventType, str]] = ..., domain: _Optional[_Union[_domain_pb2.Domain, _Mapping]] = ..., serving: _Optional[_Union[ServingMaterial, _Mapping]] = ..., challenge: _Optional[_Union[Challenge, _Mapping]] = ...) -> None: ...
+
+class Heartbeat(_message.Message):
+    __slots__ = ("revision",)
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    revision: int
+    def __init__(self, revision: _Optional[int] = ...) -> None: ...
+
+class WatchStatusResponse(_message.Message):
+    __slots__ = ("event", "heartbeat")
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    event: WatchEvent
+    heartbeat: Heartbeat
+    def __init__(self, event: _Optional[_Union[WatchEvent, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...) -> None: ...

@@ -1,0 +1,134 @@
+"""Frozen records the rest of the service passes around. No I/O here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+
+class LetsEncryptState(StrEnum):
+    """The seed's statuses (plus DISABLED for --no-letsencrypt).
+
+    PENDING_DNS, CREATING and ACTION_REQUIRED are transient (the scheduler keeps
+    working the domain); IN_USE, NOT_USED and DISABLED are resting states that
+    only renewal, an expiry or a user action move.
+    """
+
+    PENDING_DNS = "PENDING_DNS"
+    CREATING = "CREATING"
+    IN_USE = "IN_USE"
+    NOT_USED = "NOT_USED"
+    ACTION_REQUIRED = "ACTION_REQUIRED"
+    DISABLED = "DISABLED"
+
+
+class Source(StrEnum):
+    """Which certificate serves a domain."""
+
+    NONE = "NONE"
+    LETS_ENCRYPT = "LETS_ENCRYPT"
+    CUSTOM = "CUSTOM"
+
+
+class KeyAlgorithm(StrEnum):
+    ECDSA_P256 = "ECDSA_P256"
+    RSA_2048 = "RSA_2048"
+
+
+class ChallengeType(StrEnum):
+    HTTP_01 = "HTTP_01"
+    DNS_01 = "DNS_01"
+
+
+class EventType(StrEnum):
+    DOMAIN_UPDATED = "DOMAIN_UPDATED"
+    DOMAIN_REMOVED = "DOMAIN_REMOVED"
+    CHALLENGE_ADDED = "CHALLENGE_ADDED"
+    CHALLENGE_REMOVED = "CHALLENGE_REMOVED"
+
+
+@dataclass(frozen=True)
+class CertificateInfo:
+    """Public facts of a stored certificate; ``id`` finds its (encrypted) key in the store."""
+
+    id: int
+    sans: tuple[str, ...]
+    subject: str
+    issuer: str
+    serial: str
+    not_before: datetime
+    not_after: datetime
+    sha256_fingerprint: str
+    chain_pem: str
+    key_algorithm: str
+
+    @property
+    def lifetime_seconds(self) -> float:
+        return (self.not_after - self.not_before).total_seconds()
+
+
+@dataclass(frozen=True)
+class RetryState:
+    """Backoff facts, persisted so a restart neither resets nor loses them."""
+
+    attempt: int = 0
+    next_attempt_at: datetime | None = None
+    last_error_reason: str = ""
+    last_error_message: str = ""
+    last_error_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class DnsObservation:
+    answered: tuple[str, ...] = ()
+    expected: tuple[str, ...] = ()
+    points_to_platform: bool = False
+    checked_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Domain:
+    name: str
+    app: str
+    letsencrypt_enabled: bool
+    le_state: LetsEncryptState
+    serving: Source
+    created_at: datetime
+    updated_at: datetime
+    key_algorithm: KeyAlgorithm = KeyAlgorithm.ECDSA_P256
+    challenge: ChallengeType = ChallengeType.HTTP_01
+    le_cert: CertificateInfo | None = None
+    custom_cert: CertificateInfo | None = None
+    retry: RetryState = field(default_factory=RetryState)
+    dns: DnsObservation | None = None
+    next_run_at: datetime | None = None
+    action_required: str = ""
+    custom_expiring: bool = False
+    revision: int = 0
+
+    @property
+    def is_wildcard(self) -> bool:
+        return self.name.startswith("*.")
+
+
+@dataclass(frozen=True)
+class Event:
+    """One row of the store's event log; ``revision`` is its global, growing id."""
+
+    revision: int
+    type: EventType
+    domain_name: str
+    domain: Domain | None
+    at: datetime
+    challenge_token: str = ""
+    challenge_key_authorization: str = ""
+
+
+@dataclass(frozen=True)
+class Material:
+    """What a router serves: the chain and the decrypted key. Never logged, never stored plain."""
+
+    source: Source
+    chain_pem: str
+    private_key_pem: str = field(repr=False)
