@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
@@ -21,10 +22,8 @@ async def _wait(event: asyncio.Event | None, seconds: float) -> None:
     if event is None:
         await asyncio.sleep(seconds)
         return
-    try:
+    with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(event.wait(), timeout=seconds)
-    except TimeoutError:
-        pass
 
 
 class SystemClock:

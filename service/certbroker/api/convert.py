@@ -1,0 +1,136 @@
+"""Model records to proto messages and back. Never touches a private key except ``material``."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from certbroker import lifecycle
+from certbroker.model import (
+    CertificateInfo,
+    ChallengeType,
+    Domain,
+    Event,
+    EventType,
+    KeyAlgorithm,
+    LetsEncryptState,
+    Material,
+    Source,
+)
+from certbroker.v1 import broker_pb2, domain_pb2
+
+_STATE = {
+    LetsEncryptState.PENDING_DNS: domain_pb2.LETS_ENCRYPT_STATE_PENDING_DNS,
+    LetsEncryptState.CREATING: domain_pb2.LETS_ENCRYPT_STATE_CREATING,
+    LetsEncryptState.IN_USE: domain_pb2.LETS_ENCRYPT_STATE_IN_USE,
+    LetsEncryptState.NOT_USED: domain_pb2.LETS_ENCRYPT_STATE_NOT_USED,
+    LetsEncryptState.ACTION_REQUIRED: domain_pb2.LETS_ENCRYPT_STATE_ACTION_REQUIRED,
+    LetsEncryptState.DISABLED: domain_pb2.LETS_ENCRYPT_STATE_DISABLED,
+}
+_SOURCE = {
+    Source.NONE: domain_pb2.CERTIFICATE_SOURCE_NONE,
+    Source.LETS_ENCRYPT: domain_pb2.CERTIFICATE_SOURCE_LETS_ENCRYPT,
+    Source.CUSTOM: domain_pb2.CERTIFICATE_SOURCE_CUSTOM,
+}
+_KEY = {
+    KeyAlgorithm.ECDSA_P256: domain_pb2.KEY_ALGORITHM_ECDSA_P256,
+    KeyAlgorithm.RSA_2048: domain_pb2.KEY_ALGORITHM_RSA_2048,
+}
+_KEY_BACK = {v: k for k, v in _KEY.items()}
+_CHALLENGE = {
+    ChallengeType.HTTP_01: domain_pb2.CHALLENGE_TYPE_HTTP_01,
+    ChallengeType.DNS_01: domain_pb2.CHALLENGE_TYPE_DNS_01,
+}
+_CHALLENGE_BACK = {v: k for k, v in _CHALLENGE.items()}
+_EVENT = {
+    EventType.DOMAIN_UPDATED: broker_pb2.EVENT_TYPE_DOMAIN_UPDATED,
+    EventType.DOMAIN_REMOVED: broker_pb2.EVENT_TYPE_DOMAIN_REMOVED,
+    EventType.CHALLENGE_ADDED: broker_pb2.EVENT_TYPE_CHALLENGE_ADDED,
+    EventType.CHALLENGE_REMOVED: broker_pb2.EVENT_TYPE_CHALLENGE_REMOVED,
+}
+
+
+def key_algorithm(value: int) -> KeyAlgorithm | None:
+    return _KEY_BACK.get(value)  # type: ignore[call-overload,no-any-return]
+
+
+def challenge_type(value: int) -> ChallengeType | None:
+    return _CHALLENGE_BACK.get(value)  # type: ignore[call-overload,no-any-return]
+
+
+def _ts(target: Timestamp, when: datetime | None) -> None:
+    if when is not None:
+        target.FromDatetime(when)
+
+
+def certificate(cert: CertificateInfo, now: datetime) -> domain_pb2.CertificateInfo:
+    message = domain_pb2.CertificateInfo(
+        sans=list(cert.sans),
+        subject=cert.subject,
+        issuer=cert.issuer,
+        serial=cert.serial,
+        sha256_fingerprint=cert.sha256_fingerprint,
+        chain_pem=cert.chain_pem,
+        days_left=math.floor((cert.not_after - now).total_seconds() / 86400),
+        key_algorithm=cert.key_algorithm,
+    )
+    _ts(message.not_before, cert.not_before)
+    _ts(message.not_after, cert.not_after)
+    return message
+
+
+def domain(record: Domain, now: datetime) -> domain_pb2.Domain:
+    message = domain_pb2.Domain(
+        domain=record.name,
+        app=record.app,
+        disable_letsencrypt=not record.letsencrypt_enabled,
+        lets_encrypt_state=_STATE[record.le_state],
+        serving_source=_SOURCE[record.serving],
+        revision=record.revision,
+        key_algorithm=_KEY[record.key_algorithm],
+        challenge_type=_CHALLENGE[record.challenge],
+        action_required=record.action_required,
+        custom_certificate_expiring=record.custom_expiring,
+    )
+    if record.le_cert is not None:
+        message.lets_encrypt_certificate.CopyFrom(certificate(record.le_cert, now))
+        _ts(message.renewal_time, lifecycle.cert_renewal_time(record.le_cert))
+    if record.custom_cert is not None:
+        message.custom_certificate.CopyFrom(certificate(record.custom_cert, now))
+    retry = record.retry
+    message.retry.attempt = retry.attempt
+    message.retry.last_error_reason = retry.last_error_reason
+    message.retry.last_error_message = retry.last_error_message
+    _ts(message.retry.next_attempt_time, retry.next_attempt_at)
+    _ts(message.retry.last_error_time, retry.last_error_at)
+    if record.dns is not None:
+        message.dns.answered.extend(record.dns.answered)
+        message.dns.expected.extend(record.dns.expected)
+        message.dns.points_to_platform = record.dns.points_to_platform
+        _ts(message.dns.check_time, record.dns.checked_at)
+    _ts(message.create_time, record.created_at)
+    _ts(message.update_time, record.updated_at)
+    _ts(message.next_check_time, record.next_run_at)
+    return message
+
+
+def event(record: Event, now: datetime) -> broker_pb2.WatchEvent:
+    message = broker_pb2.WatchEvent(revision=record.revision, type=_EVENT[record.type])
+    if record.domain is not None:
+        message.domain.CopyFrom(domain(record.domain, now))
+    else:
+        message.domain.domain = record.domain_name
+    if record.challenge_token:
+        message.challenge.token = record.challenge_token
+        message.challenge.key_authorization = record.challenge_key_authorization
+    return message
+
+
+def material(found: Material) -> broker_pb2.ServingMaterial:
+    return broker_pb2.ServingMaterial(
+        source=_SOURCE[found.source],
+        chain_pem=found.chain_pem,
+        private_key_pem=found.private_key_pem,
+    )

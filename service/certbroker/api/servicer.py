@@ -1,0 +1,266 @@
+"""The gRPC servicer: thin. Decode the request, call the use case, encode the answer.
+
+Errors are mapped in one place (``_unary`` / ``_stream``); no RPC has its own
+try/except.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import grpc
+
+from certbroker.api import convert
+from certbroker.api.auth import Authorizer, Permission
+from certbroker.api.errors import internal, to_status
+from certbroker.app import Broker
+from certbroker.clock import Clock
+from certbroker.errors import BrokerError, InvalidArgument, ResourceExhausted
+from certbroker.events import EventHub
+from certbroker.model import Domain, Event, EventType
+from certbroker.names import normalise_domain
+from certbroker.v1 import broker_pb2, broker_pb2_grpc
+
+log = logging.getLogger(__name__)
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+_SNAPSHOT_PAGE = 500
+_EVENT_CACHE = 4096
+
+
+def _unary(
+    method: Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]],
+) -> Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]]:
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext) -> Resp:
+        try:
+            return await method(self, request, context)
+        except BrokerError as error:
+            await context.abort_with_status(to_status(error))
+        except Exception:
+            log.exception("unexpected error in %s", method.__name__)
+            await context.abort_with_status(internal())
+        raise AssertionError("unreachable")  # abort_with_status always raises
+
+    return wrapper
+
+
+def _stream(
+    method: Callable[[Any, Req, grpc.aio.ServicerContext], AsyncIterator[Resp]],
+) -> Callable[[Any, Req, grpc.aio.ServicerContext], AsyncIterator[Resp]]:
+    @functools.wraps(method)
+    async def wrapper(
+        self: Any,
+        request: Req,
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[Resp]:
+        try:
+            async for item in method(self, request, context):
+                yield item
+        except BrokerError as error:
+            await context.abort_with_status(to_status(error))
+        except Exception:
+            log.exception("unexpected error in %s", method.__name__)
+            await context.abort_with_status(internal())
+
+    return wrapper
+
+
+class BrokerServicer(broker_pb2_grpc.CertificateBrokerServiceServicer):
+    def __init__(
+        self,
+        broker: Broker,
+        hub: EventHub,
+        clock: Clock,
+        authorizer: Authorizer,
+        heartbeat: timedelta,
+        max_lag: int,
+    ) -> None:
+        self._broker = broker
+        self._hub = hub
+        self._clock = clock
+        self._auth = authorizer
+        self._heartbeat = heartbeat.total_seconds()
+        self._max_lag = max_lag
+        self._event_cache: OrderedDict[int, broker_pb2.WatchEvent] = OrderedDict()
+
+    def _domain(self, record: Domain) -> Any:
+        return convert.domain(record, self._clock.now())
+
+    @_unary
+    async def IssueCertificate(
+        self, request: broker_pb2.IssueCertificateRequest, context: grpc.aio.ServicerContext
+    ) -> broker_pb2.IssueCertificateResponse:
+        self._auth.require(context, Permission.MANAGE)
+        record = await self._broker.issue_certificate(
+            request.domain,
+            request.app,
+            disable_letsencrypt=request.disable_letsencrypt,
+            key_algorithm=convert.key_algorithm(request.key_algorithm),
+            challenge=convert.challenge_type(request.challenge_type),
+        )
+        return broker_pb2.IssueCertificateResponse(domain=self._domain(record))
+
+    @_unary
+    async def UploadCustom(
+        self, request: broker_pb2.UploadCustomRequest, context: grpc.aio.ServicerContext
+    ) -> broker_pb2.UploadCustomResponse:
+        self._auth.require(context, Permission.MANAGE)
+        record = await self._broker.upload_custom(
+            request.domain, request.certificate, request.private_key
+        )
+        return broker_pb2.UploadCustomResponse(domain=self._domain(record))
+
+    @_unary
+    async def DeleteCustom(
+        self, request: broker_pb2.DeleteCustomRequest, context: grpc.aio.ServicerContext
+    ) -> broker_pb2.DeleteCustomResponse:
+        self._auth.require(context, Permission.MANAGE)
+        record = await self._broker.delete_custom(request.domain)
+        return broker_pb2.DeleteCustomResponse(domain=self._domain(record))
+
+    @_unary
+    async def GetStatus(
+        self, request: broker_pb2.GetStatusRequest, context: grpc.aio.ServicerContext
+    ) -> broker_pb2.GetStatusResponse:
+        self._auth.require(context, Permission.READ)
+        record = await self._broker.get_status(request.domain)
+        return broker_pb2.GetStatusResponse(domain=self._domain(record))
+
+    @_unary
+    async def RemoveDomain(
+        self, request: broker_pb2.RemoveDomainRequest, context: grpc.aio.ServicerContext
+    ) -> broker_pb2.RemoveDomainResponse:
+        self._auth.require(context, Permission.MANAGE)
+        revision = await self._broker.remove_domain(request.domain)
+        return broker_pb2.RemoveDomainResponse(revision=revision)
+
+    @_unary
+    async def ListDomains(
+        self, request: broker_pb2.ListDomainsRequest, context: grpc.aio.ServicerContext
+    ) -> broker_pb2.ListDomainsResponse:
+        self._auth.require(context, Permission.READ)
+        page = await self._broker.list_domains(request.app, request.page_size, request.page_token)
+        return broker_pb2.ListDomainsResponse(
+            domains=[self._domain(d) for d in page.domains], next_page_token=page.next_page_token
+        )
+
+    @_stream
+    async def WatchStatus(
+        self, request: broker_pb2.WatchStatusRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[broker_pb2.WatchStatusResponse]:
+        self._auth.require(context, Permission.READ)
+        if request.include_keys:
+            self._auth.require(context, Permission.KEYS)
+        if request.after_revision < 0:
+            raise InvalidArgument.one("after_revision", "must not be negative")
+        wanted = _Filter(request)
+        position = request.after_revision
+        seen: dict[str, int] = {}
+        if position == 0:
+            position = self._hub.revision
+            async for response in self._snapshot(wanted, request.include_keys, position, seen):
+                yield response
+        async for item in self._hub.follow(position, self._heartbeat):
+            if isinstance(item, int):
+                yield broker_pb2.WatchStatusResponse(heartbeat=broker_pb2.Heartbeat(revision=item))
+                continue
+            lag = self._hub.revision - item.revision
+            if lag > self._max_lag:
+                raise ResourceExhausted(
+                    f"watcher fell {lag} events behind; resume with after_revision={position}",
+                    retry_after=timedelta(seconds=1),
+                    reason="WATCHER_TOO_SLOW",
+                )
+            position = item.revision
+            if not wanted.matches(item) or seen.get(item.domain_name, 0) >= item.revision:
+                continue
+            if item.type in (EventType.CHALLENGE_ADDED, EventType.CHALLENGE_REMOVED) and not (
+                request.include_challenges
+            ):
+                continue
+            yield await self._event_response(item, request.include_keys)
+
+    async def _snapshot(
+        self, wanted: _Filter, include_keys: bool, revision: int, seen: dict[str, int]
+    ) -> AsyncIterator[broker_pb2.WatchStatusResponse]:
+        after = ""
+        while True:
+            domains = await self._broker.snapshot_page(after, _SNAPSHOT_PAGE)
+            for record in domains:
+                if not wanted.matches_domain(record):
+                    continue
+                if record.revision > revision:
+                    seen[record.name] = record.revision
+                message = broker_pb2.WatchEvent(
+                    revision=record.revision,
+                    type=broker_pb2.EVENT_TYPE_SNAPSHOT,
+                    domain=self._domain(record),
+                )
+                if include_keys:
+                    await self._attach_material(message, record)
+                yield broker_pb2.WatchStatusResponse(event=message)
+            if len(domains) < _SNAPSHOT_PAGE:
+                break
+            after = domains[-1].name
+        yield broker_pb2.WatchStatusResponse(
+            event=broker_pb2.WatchEvent(
+                revision=revision,
+                type=broker_pb2.EVENT_TYPE_SNAPSHOT_COMPLETE,
+            )
+        )
+
+    async def _event_response(
+        self, item: Event, include_keys: bool
+    ) -> broker_pb2.WatchStatusResponse:
+        cached = self._event_cache.get(item.revision)
+        if cached is None:
+            cached = convert.event(item, self._clock.now())
+            self._event_cache[item.revision] = cached
+            if len(self._event_cache) > _EVENT_CACHE:
+                self._event_cache.popitem(last=False)
+        if not include_keys or item.domain is None or item.type is not EventType.DOMAIN_UPDATED:
+            return broker_pb2.WatchStatusResponse(event=cached)
+        message = broker_pb2.WatchEvent()
+        message.CopyFrom(cached)
+        await self._attach_material(message, item.domain)
+        return broker_pb2.WatchStatusResponse(event=message)
+
+    async def _attach_material(self, message: broker_pb2.WatchEvent, record: Domain) -> None:
+        found = await self._broker.serving_material(record)
+        if found is not None:
+            message.serving.CopyFrom(convert.material(found))
+
+
+class _Filter:
+    """The request's app and domain filters; empty means everything."""
+
+    def __init__(self, request: broker_pb2.WatchStatusRequest) -> None:
+        self.apps = frozenset(app.strip() for app in request.apps if app.strip())
+        names = []
+        violations = []
+        for index, raw in enumerate(request.domains):
+            try:
+                names.append(normalise_domain(raw, field=f"domains[{index}]"))
+            except InvalidArgument as error:
+                violations.extend(error.violations)
+        if violations:
+            raise InvalidArgument(violations)
+        self.domains = frozenset(names)
+
+    def matches_domain(self, record: Domain) -> bool:
+        return (not self.apps or record.app in self.apps) and (
+            not self.domains or record.name in self.domains
+        )
+
+    def matches(self, item: Event) -> bool:
+        if self.domains and item.domain_name not in self.domains:
+            return False
+        if self.apps:
+            return item.domain is not None and item.domain.app in self.apps
+        return True

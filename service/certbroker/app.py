@@ -1,0 +1,242 @@
+"""Use cases the API calls: validate the request, apply it in one transaction, return.
+
+Every mutation is idempotent (adding a domain twice returns it; uploading the
+same bundle twice changes nothing) and writes the domain and its event
+together, so a watcher never sees a state the store does not hold.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Protocol
+
+from certbroker import lifecycle
+from certbroker.clock import Clock
+from certbroker.errors import FailedPrecondition, InvalidArgument, NotFound
+from certbroker.model import (
+    ChallengeType,
+    Domain,
+    KeyAlgorithm,
+    LetsEncryptState,
+    Material,
+    Source,
+)
+from certbroker.names import normalise_domain
+from certbroker.store.base import NewCertificate, Store, Transaction
+from certbroker.x509.validate import ValidatedBundle
+
+MAX_APP_LENGTH = 128
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+
+
+class Sealer(Protocol):
+    def seal(self, plaintext: bytes, aad: str) -> bytes: ...
+
+    def open(self, blob: bytes, aad: str) -> bytes: ...
+
+
+class Validator(Protocol):
+    def validate(
+        self, domain: str, certificate: bytes, private_key: bytes, now: datetime
+    ) -> ValidatedBundle: ...
+
+
+@dataclass(frozen=True)
+class Page:
+    domains: list[Domain]
+    next_page_token: str
+
+
+def _check_app(app: str) -> str:
+    app = app.strip()
+    if not app:
+        raise InvalidArgument.one("app", "must not be empty", reason="APP_INVALID")
+    if len(app) > MAX_APP_LENGTH or not app.isprintable():
+        raise InvalidArgument.one(
+            "app", f"must be at most {MAX_APP_LENGTH} printable characters", reason="APP_INVALID"
+        )
+    return app
+
+
+_TOKEN_PREFIX = "after:"
+
+
+def _page_token(after: str) -> str:
+    """Opaque to callers; the prefix lets us tell our tokens from anything else."""
+    return base64.urlsafe_b64encode(f"{_TOKEN_PREFIX}{after}".encode()).decode().rstrip("=")
+
+
+def _after_name(token: str) -> str:
+    if not token:
+        return ""
+    try:
+        padded = token + "=" * (-len(token) % 4)
+        text = base64.b64decode(padded, altchars=b"-_", validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        text = ""
+    if not text.startswith(_TOKEN_PREFIX):
+        raise InvalidArgument.one(
+            "page_token", "is not a token this server returned", reason="PAGE_TOKEN_INVALID"
+        )
+    return text.removeprefix(_TOKEN_PREFIX)
+
+
+class Broker:
+    """The broker's use cases over an injected store, clock, sealer and validator."""
+
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        sealer: Sealer,
+        validator: Validator,
+        wake_scheduler: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._sealer = sealer
+        self._validator = validator
+        self._wake = wake_scheduler
+
+    async def issue_certificate(
+        self,
+        domain: str,
+        app: str,
+        *,
+        disable_letsencrypt: bool = False,
+        key_algorithm: KeyAlgorithm | None = None,
+        challenge: ChallengeType | None = None,
+    ) -> Domain:
+        name = normalise_domain(domain)
+        app = _check_app(app)
+        if name.startswith("*.") and challenge is ChallengeType.HTTP_01:
+            raise InvalidArgument.one(
+                "challenge_type",
+                "a wildcard can only be validated with DNS-01",
+                reason="CHALLENGE_INVALID",
+            )
+        now = self._clock.now()
+        async with self._store.transaction() as tx:
+            existing = await tx.get_domain(name)
+            if existing is not None:
+                if existing.app != app:
+                    raise FailedPrecondition(
+                        f"domain {name} belongs to app {existing.app!r}; remove it there first",
+                        reason="DOMAIN_OWNED_BY_OTHER_APP",
+                    )
+                updated = lifecycle.set_letsencrypt(existing, not disable_letsencrypt, now)
+                if key_algorithm is not None:
+                    updated = replace(updated, key_algorithm=key_algorithm)
+                updated = lifecycle.retry_now(updated, now)
+                if not lifecycle.changed(existing, updated):
+                    result = existing
+                else:
+                    result = await tx.put_domain(updated)
+            else:
+                fresh = Domain(
+                    name=name,
+                    app=app,
+                    letsencrypt_enabled=not disable_letsencrypt,
+                    le_state=(
+                        LetsEncryptState.DISABLED
+                        if disable_letsencrypt
+                        else LetsEncryptState.PENDING_DNS
+                    ),
+                    serving=Source.NONE,
+                    created_at=now,
+                    updated_at=now,
+                    key_algorithm=key_algorithm or KeyAlgorithm.ECDSA_P256,
+                    challenge=challenge
+                    or (ChallengeType.DNS_01 if name.startswith("*.") else ChallengeType.HTTP_01),
+                )
+                result = await tx.put_domain(lifecycle.settle(fresh, now))
+        self._wake()
+        return result
+
+    async def upload_custom(self, domain: str, certificate: bytes, private_key: bytes) -> Domain:
+        name = normalise_domain(domain)
+        now = self._clock.now()
+        current = await self._existing(name)
+        bundle = self._validator.validate(name, certificate, private_key, now)
+        custom = current.custom_cert
+        if custom is not None and custom.sha256_fingerprint == bundle.info.sha256_fingerprint:
+            return current  # the same bundle again: a no-op
+        sealed = self._sealer.seal(bundle.key_pem.encode(), name)
+        async with self._store.transaction() as tx:
+            latest = await self._in_tx(tx, name)
+            info = await tx.add_certificate(
+                NewCertificate(
+                    domain=name, source=Source.CUSTOM, info=bundle.info, key_sealed=sealed
+                )
+            )
+            result = await tx.put_domain(lifecycle.custom_installed(latest, info, now))
+        self._wake()
+        return result
+
+    async def delete_custom(self, domain: str) -> Domain:
+        name = normalise_domain(domain)
+        now = self._clock.now()
+        async with self._store.transaction() as tx:
+            current = await self._in_tx(tx, name)
+            if current.custom_cert is None:
+                return current  # nothing to delete: idempotent
+            result = await tx.put_domain(lifecycle.custom_removed(current, now))
+        self._wake()
+        return result
+
+    async def get_status(self, domain: str) -> Domain:
+        return await self._existing(normalise_domain(domain))
+
+    async def remove_domain(self, domain: str) -> int:
+        name = normalise_domain(domain)
+        async with self._store.transaction() as tx:
+            current = await self._in_tx(tx, name)
+            return await tx.delete_domain(replace(current, updated_at=self._clock.now()))
+
+    async def list_domains(self, app: str, page_size: int, page_token: str) -> Page:
+        if page_size < 0:
+            raise InvalidArgument.one(
+                "page_size", "must not be negative", reason="PAGE_SIZE_INVALID"
+            )
+        size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        after = _after_name(page_token)
+        domains = await self._store.list_domains(app.strip() or None, after, size + 1)
+        more = len(domains) > size
+        domains = domains[:size]
+        token = _page_token(domains[-1].name) if more and domains else ""
+        return Page(domains=domains, next_page_token=token)
+
+    async def snapshot_page(self, after: str, limit: int) -> list[Domain]:
+        """Every domain, a page at a time in name order (the watch stream's snapshot)."""
+        return await self._store.list_domains(None, after, limit)
+
+    async def serving_material(self, domain: Domain) -> Material | None:
+        """The chain and decrypted key a router must serve; for router callers only."""
+        cert = {Source.CUSTOM: domain.custom_cert, Source.LETS_ENCRYPT: domain.le_cert}.get(
+            domain.serving
+        )
+        if cert is None:
+            return None
+        sealed = await self._store.load_key(cert.id)
+        if sealed is None:
+            return None
+        key_pem = self._sealer.open(sealed, domain.name).decode()
+        return Material(source=domain.serving, chain_pem=cert.chain_pem, private_key_pem=key_pem)
+
+    async def _existing(self, name: str) -> Domain:
+        found = await self._store.get_domain(name)
+        if found is None:
+            raise NotFound(f"domain {name} is not known", reason="DOMAIN_NOT_FOUND")
+        return found
+
+    @staticmethod
+    async def _in_tx(tx: Transaction, name: str) -> Domain:
+        found = await tx.get_domain(name)
+        if found is None:
+            raise NotFound(f"domain {name} is not known", reason="DOMAIN_NOT_FOUND")
+        return found

@@ -1,0 +1,196 @@
+"""Settings, parsed once from the environment into a frozen object.
+
+Every bad value is refused at start with a message naming the variable, so a
+typo in a deployment fails loudly instead of running with a silent default.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
+
+LETS_ENCRYPT_PRODUCTION = "https://acme-v02.api.letsencrypt.org/directory"
+ROLES = ("router", "api", "admin")
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)?$")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+
+
+class ConfigError(ValueError):
+    """A bad environment value; the message names the variable."""
+
+
+def _duration(name: str, raw: str) -> timedelta:
+    match = _DURATION.match(raw.strip())
+    if not match:
+        raise ConfigError(f"{name}={raw!r}: expected a duration like 60s, 15m, 7d or plain seconds")
+    return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+
+
+def _int(name: str, raw: str, minimum: int = 0) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r}: expected an integer") from None
+    if value < minimum:
+        raise ConfigError(f"{name}={raw!r}: must be at least {minimum}")
+    return value
+
+
+def parse_hostport(name: str, raw: str, default_port: int | None = None) -> tuple[str, int]:
+    """``host:port``, ``[v6]:port`` or (with a default port) a bare host."""
+    text = raw.strip()
+    match = re.match(r"^\[([0-9a-fA-F:.]+)\](?::(\d+))?$", text) or re.match(
+        r"^([^:\[\]]+)(?::(\d+))?$", text
+    )
+    if not match or (match.group(2) is None and default_port is None):
+        raise ConfigError(f"{name}={raw!r}: expected host:port")
+    port = int(match.group(2)) if match.group(2) is not None else default_port
+    assert port is not None
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"{name}={raw!r}: port out of range")
+    return match.group(1), port
+
+
+def _list(raw: str) -> list[str]:
+    return [item for item in re.split(r"[,\s]+", raw.strip()) if item]
+
+
+def _roles(name: str, raw: str) -> dict[str, str]:
+    """``router-1=router,api.internal=api``: client-certificate name → role."""
+    roles: dict[str, str] = {}
+    for item in _list(raw):
+        identity, sep, role = item.partition("=")
+        if not sep or not identity or role not in ROLES:
+            raise ConfigError(
+                f"{name}: {item!r} must be NAME=ROLE with ROLE one of {', '.join(ROLES)}"
+            )
+        roles[identity] = role
+    return roles
+
+
+@dataclass(frozen=True)
+class Settings:
+    listen: str = "127.0.0.1:50051"
+    db: str = "./var/certbroker.sqlite3"
+    acme_directory: str = LETS_ENCRYPT_PRODUCTION
+    acme_ca_bundle: str | None = None
+    acme_email: str | None = None
+    dns_servers: tuple[tuple[str, int], ...] | None = None
+    platform_targets: tuple[str, ...] = ()
+    http01_listen: tuple[str, int] | None = ("127.0.0.1", 8402)
+    trust_bundle: str | None = None
+    kek_file: str = "./var/certbroker.kek"
+    caa_identity: str = "letsencrypt.org"
+    dns_check_interval: timedelta = timedelta(seconds=60)
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+    roles: Mapping[str, str] = field(default_factory=dict)
+    event_retention: timedelta = timedelta(days=7)
+    heartbeat_interval: timedelta = timedelta(seconds=15)
+    watch_buffer: int = 1024
+    acme_workers: int = 16
+    max_concurrent_orders: int = 32
+    quota_per_registered_domain: int = 50
+    quota_per_name_set: int = 5
+    traces_exporter: str = "none"
+    log_level: str = "INFO"
+    max_pending_requests: int = 20000
+
+    @property
+    def tls_enabled(self) -> bool:
+        return self.tls_cert is not None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read ``CERTBROKER_*``; unset or empty variables keep their defaults."""
+        source = os.environ if env is None else env
+        defaults = cls()
+
+        def get(name: str) -> str | None:
+            value = source.get(name)
+            return value if value is not None and value.strip() != "" else None
+
+        values: dict[str, object] = {}
+        if (raw := get("CERTBROKER_LISTEN")) is not None:
+            parse_hostport("CERTBROKER_LISTEN", raw)
+            values["listen"] = raw.strip()
+        for attr, name in (
+            ("db", "CERTBROKER_DB"),
+            ("acme_directory", "CERTBROKER_ACME_DIRECTORY"),
+            ("acme_ca_bundle", "CERTBROKER_ACME_CA_BUNDLE"),
+            ("acme_email", "CERTBROKER_ACME_EMAIL"),
+            ("trust_bundle", "CERTBROKER_TRUST_BUNDLE"),
+            ("kek_file", "CERTBROKER_KEK_FILE"),
+            ("caa_identity", "CERTBROKER_CAA_IDENTITY"),
+            ("tls_cert", "CERTBROKER_TLS_CERT"),
+            ("tls_key", "CERTBROKER_TLS_KEY"),
+            ("tls_client_ca", "CERTBROKER_TLS_CLIENT_CA"),
+        ):
+            if (raw := get(name)) is not None:
+                values[attr] = raw.strip()
+        for attr, name in (
+            ("acme_ca_bundle", "CERTBROKER_ACME_CA_BUNDLE"),
+            ("trust_bundle", "CERTBROKER_TRUST_BUNDLE"),
+            ("tls_cert", "CERTBROKER_TLS_CERT"),
+            ("tls_key", "CERTBROKER_TLS_KEY"),
+            ("tls_client_ca", "CERTBROKER_TLS_CLIENT_CA"),
+        ):
+            path = values.get(attr)
+            if isinstance(path, str) and not os.path.isfile(path):
+                raise ConfigError(f"{name}={path!r}: no such file")
+        if (raw := get("CERTBROKER_DNS_SERVERS")) is not None:
+            values["dns_servers"] = tuple(
+                parse_hostport("CERTBROKER_DNS_SERVERS", item, 53) for item in _list(raw)
+            )
+        if (raw := get("CERTBROKER_PLATFORM_TARGETS")) is not None:
+            values["platform_targets"] = tuple(_list(raw))
+        raw_http01 = source.get("CERTBROKER_HTTP01_LISTEN")
+        if raw_http01 is not None:
+            values["http01_listen"] = (
+                None
+                if raw_http01.strip() in ("", "off")
+                else parse_hostport("CERTBROKER_HTTP01_LISTEN", raw_http01)
+            )
+        for attr, name in (
+            ("dns_check_interval", "CERTBROKER_DNS_CHECK_INTERVAL"),
+            ("event_retention", "CERTBROKER_EVENT_RETENTION"),
+            ("heartbeat_interval", "CERTBROKER_HEARTBEAT_INTERVAL"),
+        ):
+            if (raw := get(name)) is not None:
+                values[attr] = _duration(name, raw)
+        for attr, name, minimum in (
+            ("watch_buffer", "CERTBROKER_WATCH_BUFFER", 1),
+            ("acme_workers", "CERTBROKER_ACME_WORKERS", 1),
+            ("max_concurrent_orders", "CERTBROKER_MAX_CONCURRENT_ORDERS", 1),
+            ("quota_per_registered_domain", "CERTBROKER_QUOTA_PER_REGISTERED_DOMAIN", 1),
+            ("quota_per_name_set", "CERTBROKER_QUOTA_PER_NAME_SET", 1),
+            ("max_pending_requests", "CERTBROKER_MAX_PENDING_REQUESTS", 1),
+        ):
+            if (raw := get(name)) is not None:
+                values[attr] = _int(name, raw, minimum)
+        if (raw := get("CERTBROKER_ROLES")) is not None:
+            values["roles"] = _roles("CERTBROKER_ROLES", raw)
+        if (raw := get("CERTBROKER_TRACES_EXPORTER")) is not None:
+            if raw not in ("none", "console", "otlp"):
+                raise ConfigError(
+                    f"CERTBROKER_TRACES_EXPORTER={raw!r}: expected none, console or otlp"
+                )
+            values["traces_exporter"] = raw
+        if (raw := get("CERTBROKER_LOG_LEVEL")) is not None:
+            if raw.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+                raise ConfigError(
+                    f"CERTBROKER_LOG_LEVEL={raw!r}: expected DEBUG, INFO, WARNING or ERROR"
+                )
+            values["log_level"] = raw.upper()
+        settings = replace(defaults, **values)  # type: ignore[arg-type]
+        tls = (settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+        if any(tls) and not all(tls):
+            raise ConfigError(
+                "CERTBROKER_TLS_CERT, CERTBROKER_TLS_KEY and CERTBROKER_TLS_CLIENT_CA "
+                "must be set together (mTLS with required client certificates)"
+            )
+        return settings

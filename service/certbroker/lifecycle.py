@@ -1,0 +1,239 @@
+"""The pure state machine of a domain: ``(domain, observation, now) -> domain``.
+
+No I/O here; the scheduler observes (DNS, CAA, quota, the CA) and calls one
+of these transitions, then writes the result. Every transition ends in
+``settle``, which derives what serves, the seed's status and the next time the
+domain needs work, so no path can forget one of them.
+
+States (``LetsEncryptState``):
+- transient, worked by the scheduler: PENDING_DNS (DNS checked every 60 s),
+  CREATING (an order runs or is retried with backoff), ACTION_REQUIRED;
+- resting: IN_USE, NOT_USED (custom serves; Let's Encrypt kept warm), DISABLED.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime, timedelta
+
+from certbroker.backoff import renewal_time, retry_delay
+from certbroker.model import (
+    CertificateInfo,
+    DnsObservation,
+    Domain,
+    LetsEncryptState,
+    RetryState,
+    Source,
+)
+
+EXPIRING_WINDOW = timedelta(days=14)
+_RESTING = (LetsEncryptState.IN_USE, LetsEncryptState.NOT_USED, LetsEncryptState.DISABLED)
+
+
+def is_valid_at(cert: CertificateInfo | None, now: datetime) -> bool:
+    return cert is not None and cert.not_before <= now < cert.not_after
+
+
+def cert_renewal_time(cert: CertificateInfo) -> datetime:
+    return renewal_time(cert.not_before, cert.not_after)
+
+
+def needs_issuance(domain: Domain, now: datetime) -> bool:
+    """A Let's Encrypt order is wanted: none yet, or two thirds of its life are gone."""
+    if not domain.letsencrypt_enabled:
+        return False
+    cert = domain.le_cert
+    return cert is None or now >= cert_renewal_time(cert) or not is_valid_at(cert, now)
+
+
+def is_due_for_order(domain: Domain, now: datetime) -> bool:
+    """Wanted and not held back by backoff, the 60-second DNS cadence or a quota."""
+    next_attempt = domain.retry.next_attempt_at
+    return needs_issuance(domain, now) and (next_attempt is None or next_attempt <= now)
+
+
+def settle(domain: Domain, now: datetime) -> Domain:
+    """Derive what serves, the status, the expiring flag and the next run from the facts."""
+    if is_valid_at(domain.custom_cert, now):
+        serving = Source.CUSTOM
+    elif is_valid_at(domain.le_cert, now):
+        serving = Source.LETS_ENCRYPT
+    else:
+        serving = Source.NONE
+
+    if not domain.letsencrypt_enabled:
+        state = LetsEncryptState.DISABLED
+    elif serving is Source.CUSTOM:
+        state = LetsEncryptState.NOT_USED
+    elif serving is Source.LETS_ENCRYPT:
+        state = LetsEncryptState.IN_USE
+    elif domain.le_state in _RESTING:
+        # Nothing serves and Let's Encrypt is wanted: start from the DNS check.
+        state = LetsEncryptState.PENDING_DNS
+    else:
+        state = domain.le_state
+
+    custom = domain.custom_cert
+    expiring = custom is not None and now >= custom.not_after - EXPIRING_WINDOW
+    settled = replace(
+        domain, serving=serving, le_state=state, custom_expiring=expiring, updated_at=now
+    )
+    return replace(settled, next_run_at=next_run(settled, now))
+
+
+def next_run(domain: Domain, now: datetime) -> datetime | None:
+    """The earliest moment anything about the domain changes without a user action."""
+    times: list[datetime] = []
+    custom = domain.custom_cert
+    if custom is not None and now < custom.not_after:
+        times.append(custom.not_after)  # fall back at that very moment
+        if not domain.custom_expiring:
+            times.append(custom.not_after - EXPIRING_WINDOW)
+    le_cert = domain.le_cert
+    if le_cert is not None and now < le_cert.not_after:
+        times.append(le_cert.not_after)
+    if domain.letsencrypt_enabled:
+        if needs_issuance(domain, now):
+            times.append(domain.retry.next_attempt_at or now)
+        elif le_cert is not None:
+            times.append(cert_renewal_time(le_cert))
+    return max(min(times), now) if times else None
+
+
+def _has_usable_le(domain: Domain, now: datetime) -> bool:
+    return is_valid_at(domain.le_cert, now)
+
+
+def dns_not_ready(
+    domain: Domain,
+    observation: DnsObservation,
+    reason: str,
+    message: str,
+    now: datetime,
+    interval: timedelta,
+) -> Domain:
+    """DNS does not target the platform yet: check again in ``interval`` (the seed's 60 s).
+
+    It costs the CA nothing, so it is not a failed attempt and does not back off.
+    """
+    state = domain.le_state if _has_usable_le(domain, now) else LetsEncryptState.PENDING_DNS
+    retry = replace(
+        domain.retry,
+        next_attempt_at=now + interval,
+        last_error_reason=reason,
+        last_error_message=message,
+        last_error_at=now,
+    )
+    return settle(replace(domain, le_state=state, dns=observation, retry=retry), now)
+
+
+def dns_ready(domain: Domain, observation: DnsObservation) -> Domain:
+    return replace(domain, dns=observation)
+
+
+def failed(
+    domain: Domain,
+    reason: str,
+    message: str,
+    now: datetime,
+    retry_after: timedelta | None = None,
+    state: LetsEncryptState | None = None,
+) -> Domain:
+    """A try failed (CAA forbids, the CA refused, the network broke): back off 1, 2, 4 … min."""
+    attempt = domain.retry.attempt + 1
+    wait = retry_delay(attempt)
+    if retry_after is not None and retry_after > wait:
+        wait = retry_after
+    retry = RetryState(
+        attempt=attempt,
+        next_attempt_at=now + wait,
+        last_error_reason=reason,
+        last_error_message=message,
+        last_error_at=now,
+    )
+    new_state = state or (
+        domain.le_state
+        if domain.le_state is not LetsEncryptState.PENDING_DNS
+        else LetsEncryptState.CREATING
+    )
+    return settle(replace(domain, retry=retry, le_state=new_state), now)
+
+
+def held_back(domain: Domain, reason: str, message: str, until: datetime, now: datetime) -> Domain:
+    """A quota is used up: wait for its next free slot without counting a failure."""
+    retry = replace(
+        domain.retry,
+        next_attempt_at=until,
+        last_error_reason=reason,
+        last_error_message=message,
+        last_error_at=now,
+    )
+    return settle(replace(domain, retry=retry), now)
+
+
+def action_required(domain: Domain, instruction: str, now: datetime, interval: timedelta) -> Domain:
+    """The customer must act (wildcard delegation); look again every ``interval``."""
+    state = domain.le_state if _has_usable_le(domain, now) else LetsEncryptState.ACTION_REQUIRED
+    retry = replace(
+        domain.retry,
+        next_attempt_at=now + interval,
+        last_error_reason="ACTION_REQUIRED",
+        last_error_message=instruction,
+        last_error_at=now,
+    )
+    return settle(replace(domain, le_state=state, action_required=instruction, retry=retry), now)
+
+
+def order_started(domain: Domain, now: datetime) -> Domain:
+    state = domain.le_state if _has_usable_le(domain, now) else LetsEncryptState.CREATING
+    return settle(replace(domain, le_state=state, action_required=""), now)
+
+
+def issued(domain: Domain, cert: CertificateInfo, now: datetime) -> Domain:
+    """Success resets the backoff; the new certificate serves unless a custom one does."""
+    return settle(replace(domain, le_cert=cert, retry=RetryState(), action_required=""), now)
+
+
+def retry_now(domain: Domain, now: datetime) -> Domain:
+    """IssueCertificate on a known domain: run the next step at once (quotas still count)."""
+    if not needs_issuance(domain, now):
+        return settle(domain, now)
+    return settle(replace(domain, retry=replace(domain.retry, next_attempt_at=now)), now)
+
+
+def custom_installed(domain: Domain, cert: CertificateInfo, now: datetime) -> Domain:
+    return settle(replace(domain, custom_cert=cert), now)
+
+
+def custom_removed(domain: Domain, now: datetime) -> Domain:
+    """Fallback: the Let's Encrypt certificate serves in the same write; none yet → order now."""
+    fallback = replace(domain, custom_cert=None)
+    if fallback.letsencrypt_enabled and not _has_usable_le(fallback, now):
+        fallback = replace(fallback, retry=replace(fallback.retry, next_attempt_at=now))
+    return settle(fallback, now)
+
+
+def set_letsencrypt(domain: Domain, enabled: bool, now: datetime) -> Domain:
+    if enabled == domain.letsencrypt_enabled:
+        return domain
+    changed = replace(domain, letsencrypt_enabled=enabled, retry=RetryState())
+    if enabled and changed.le_state is LetsEncryptState.DISABLED:
+        changed = replace(changed, le_state=LetsEncryptState.PENDING_DNS)
+    return settle(changed, now)
+
+
+def tick(domain: Domain, now: datetime) -> Domain:
+    """Time passed: a custom certificate that just expired hands over at once."""
+    if (
+        domain.serving is Source.CUSTOM
+        and not is_valid_at(domain.custom_cert, now)
+        and domain.letsencrypt_enabled
+        and not _has_usable_le(domain, now)
+    ):
+        domain = replace(domain, retry=replace(domain.retry, next_attempt_at=now))
+    return settle(domain, now)
+
+
+def changed(before: Domain, after: Domain) -> bool:
+    """Worth a write and an event: anything but the bookkeeping timestamp moved."""
+    return replace(before, updated_at=after.updated_at) != after

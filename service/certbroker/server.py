@@ -1,0 +1,206 @@
+"""Composition root: settings → store → hub → broker → scheduler → grpc.aio server.
+
+``run(settings, clock)`` starts everything and returns a handle the tests use
+in-process; ``main()`` is ``certbroker serve``: it waits for SIGTERM/SIGINT and
+stops gracefully (in-flight RPCs get a grace period, the scheduler finishes its
+current writes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from certbroker.api.auth import Authorizer
+from certbroker.api.servicer import BrokerServicer
+from certbroker.app import Broker
+from certbroker.clock import Clock, SystemClock
+from certbroker.config import ConfigError, Settings
+from certbroker.events import EventHub
+from certbroker.store.sqlite import SqliteStore
+from certbroker.telemetry import server_interceptor, tracer_provider
+from certbroker.v1 import broker_pb2
+from certbroker.x509.sealing import KekError, KeySealer
+from certbroker.x509.validate import CustomCertificateValidator
+
+log = logging.getLogger("certbroker")
+SERVICE_NAME = broker_pb2.DESCRIPTOR.services_by_name["CertificateBrokerService"].full_name
+_CANARY_KEY = "kek_canary"
+_CANARY_AAD = "certbroker:kek-canary"
+_CANARY_TEXT = b"certbroker key-encryption key canary"
+GRACE_SECONDS = 5.0
+
+
+class StartupError(Exception):
+    """The broker cannot start; the message says what to fix."""
+
+
+@dataclass
+class Running:
+    """A started broker; ``stop()`` undoes ``run()`` in reverse order."""
+
+    settings: Settings
+    port: int
+    store: SqliteStore
+    hub: EventHub
+    broker: Broker
+    server: grpc.aio.Server
+    health: Any
+    extras: list[Any] = field(default_factory=list)
+
+    async def stop(self, grace: float = GRACE_SECONDS) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        for extra in reversed(self.extras):
+            await extra.stop()
+        await self.hub.stop()
+        await self.store.close()
+
+
+async def _open_sealer(settings: Settings, store: SqliteStore) -> KeySealer:
+    """Load the KEK; on a brand-new store with no KEK file, create one.
+
+    A store that already holds sealed data never gets a fresh KEK: that would
+    make every stored key unreadable, so a missing or wrong KEK stops the start.
+    """
+    canary = await store.get_meta(_CANARY_KEY)
+    if canary is None and not await asyncio.to_thread(os.path.exists, settings.kek_file):
+        os.makedirs(os.path.dirname(os.path.abspath(settings.kek_file)), exist_ok=True)
+        KeySealer.generate_file(settings.kek_file)
+        log.warning("created a new key-encryption key at %s; back it up", settings.kek_file)
+    try:
+        sealer = KeySealer.load(settings.kek_file)
+    except KekError as error:
+        raise StartupError(f"CERTBROKER_KEK_FILE: {error}") from None
+    if canary is None:
+        async with store.transaction() as tx:
+            await tx.set_meta(_CANARY_KEY, sealer.seal(_CANARY_TEXT, _CANARY_AAD))
+    else:
+        try:
+            sealer.open(canary, _CANARY_AAD)
+        except KekError:
+            raise StartupError(
+                f"CERTBROKER_KEK_FILE={settings.kek_file}: this is not the key-encryption key "
+                "the database was sealed with; restore the original key file"
+            ) from None
+    return sealer
+
+
+def _server_credentials(settings: Settings) -> grpc.ServerCredentials:
+    assert settings.tls_cert and settings.tls_key and settings.tls_client_ca
+    return grpc.ssl_server_credentials(
+        [(Path(settings.tls_key).read_bytes(), Path(settings.tls_cert).read_bytes())],
+        root_certificates=Path(settings.tls_client_ca).read_bytes(),
+        require_client_auth=True,
+    )
+
+
+async def run(settings: Settings, clock: Clock | None = None) -> Running:
+    clock = clock or SystemClock()
+    store = await SqliteStore.open(settings.db)
+    try:
+        sealer = await _open_sealer(settings, store)
+        validator = CustomCertificateValidator.from_file(settings.trust_bundle)
+    except BaseException:
+        await store.close()
+        raise
+    hub = EventHub(store)
+    await hub.start()
+    broker = Broker(store, clock, sealer, validator)
+    server = grpc.aio.server(
+        interceptors=[server_interceptor(tracer_provider(settings.traces_exporter))],
+        options=[
+            ("grpc.max_pending_requests", settings.max_pending_requests),
+            ("grpc.max_concurrent_streams", 100_000),
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0),
+        ],
+    )
+    servicer = BrokerServicer(
+        broker,
+        hub,
+        clock,
+        Authorizer(settings.tls_enabled, settings.roles),
+        heartbeat=settings.heartbeat_interval,
+        max_lag=settings.watch_buffer,
+    )
+    from certbroker.v1 import broker_pb2_grpc
+
+    broker_pb2_grpc.add_CertificateBrokerServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+    )
+    if settings.tls_enabled:
+        port = server.add_secure_port(settings.listen, _server_credentials(settings))
+    else:
+        port = server.add_insecure_port(settings.listen)
+    running = Running(settings, port, store, hub, broker, server, health_servicer)
+    try:
+        await server.start()
+        for name in ("", SERVICE_NAME):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    except BaseException:
+        await running.stop(0)
+        raise
+    log.info(
+        "certbroker listening on %s (port %d, %s)",
+        settings.listen,
+        port,
+        "mTLS" if settings.tls_enabled else "plaintext",
+    )
+    return running
+
+
+async def _serve(settings: Settings) -> None:
+    running = await run(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping")
+    await running.stop()
+
+
+def main() -> int:
+    try:
+        settings = Settings.from_env()
+    except ConfigError as error:
+        print(f"certbroker: configuration error: {error}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        asyncio.run(_serve(settings))
+    except StartupError as error:
+        print(f"certbroker: cannot start: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:
+        print(f"certbroker: cannot start: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main())
+    os._exit(130)

@@ -1,0 +1,130 @@
+"""The store contract: the single source of truth, behind a small interface.
+
+SQLite implements it today; a PostgreSQL backend implements the same protocol
+later. Every change of a domain goes through a ``Transaction`` that writes the
+new row and its event together; the event id is the global revision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+from certbroker.model import CertificateInfo, Domain, Event, EventType, Source
+
+
+@dataclass(frozen=True)
+class NewCertificate:
+    domain: str
+    source: Source
+    info: CertificateInfo
+    key_sealed: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class PendingOrder:
+    """An ACME order in flight; persisted before the CA is contacted."""
+
+    domain: str
+    registered_domain: str
+    names: tuple[str, ...]
+    key_sealed: bytes = field(repr=False)
+    started_at: datetime
+    order_url: str = ""
+
+
+@dataclass(frozen=True)
+class QuotaUsage:
+    """Certificates counted in a window (issued plus in flight), and the oldest of them."""
+
+    count: int
+    oldest: datetime | None
+
+
+def names_key(names: tuple[str, ...] | list[str]) -> str:
+    """The CA counts "the same set of names" regardless of order."""
+    return ",".join(sorted(set(names)))
+
+
+class Transaction(Protocol):
+    async def get_domain(self, name: str) -> Domain | None: ...
+
+    async def put_domain(
+        self, domain: Domain, event: EventType = EventType.DOMAIN_UPDATED
+    ) -> Domain:
+        """Insert or replace the row, append its event; returns it with the new revision."""
+        ...
+
+    async def delete_domain(self, domain: Domain) -> int:
+        """Remove the row, its certificates and order; returns the removal event's revision."""
+        ...
+
+    async def add_certificate(self, certificate: NewCertificate) -> CertificateInfo: ...
+
+    async def record_issuance(
+        self,
+        domain: str,
+        registered_domain: str,
+        names: tuple[str, ...],
+        serial: str,
+        at: datetime,
+    ) -> None: ...
+
+    async def registered_domain_usage(
+        self, registered_domain: str, since: datetime
+    ) -> QuotaUsage: ...
+
+    async def name_set_usage(self, names: tuple[str, ...], since: datetime) -> QuotaUsage: ...
+
+    async def get_order(self, domain: str) -> PendingOrder | None: ...
+
+    async def put_order(self, order: PendingOrder) -> None: ...
+
+    async def delete_order(self, domain: str) -> None: ...
+
+    async def add_challenge_event(
+        self, domain: str, event: EventType, token: str, key_authorization: str, at: datetime
+    ) -> int: ...
+
+    async def set_meta(self, key: str, value: bytes) -> None: ...
+
+
+class Store(Protocol):
+    def transaction(self) -> AbstractAsyncContextManager[Transaction]:
+        """One atomic unit of work; commits on normal exit, rolls back on an exception."""
+        ...
+
+    def on_commit(self, listener: Callable[[int], None]) -> None:
+        """Called with the newest revision after each commit that wrote events."""
+        ...
+
+    async def get_domain(self, name: str) -> Domain | None: ...
+
+    async def list_domains(self, app: str | None, after: str, limit: int) -> list[Domain]: ...
+
+    async def due_domains(self, now: datetime, limit: int) -> list[Domain]: ...
+
+    async def next_due_time(self) -> datetime | None: ...
+
+    async def events_after(self, revision: int, limit: int) -> list[Event]: ...
+
+    async def current_revision(self) -> int: ...
+
+    async def compacted_through(self) -> int:
+        """Events at or below this revision are gone; resuming from before it is impossible."""
+        ...
+
+    async def compact_events(self, before: datetime) -> int: ...
+
+    async def load_key(self, certificate_id: int) -> bytes | None:
+        """The sealed private key of a certificate."""
+        ...
+
+    async def get_order(self, domain: str) -> PendingOrder | None: ...
+
+    async def get_meta(self, key: str) -> bytes | None: ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,466 @@
+"""The embedded default store: SQLite in WAL mode through aiosqlite.
+
+Two connections: one writer that runs transactions one at a time (SQLite has a
+single writer anyway), one reader that never sees an uncommitted change. A
+write-through cache of domain rows serves GetStatus without a query; it is
+filled only from committed data, so it never shows what the store does not hold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from datetime import datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from certbroker.model import CertificateInfo, Domain, Event, EventType
+from certbroker.store.base import NewCertificate, PendingOrder, QuotaUsage, names_key
+from certbroker.store.codec import (
+    DOMAIN_COLUMNS,
+    certificate_from_row,
+    domain_from_row,
+    domain_to_row,
+    from_micros,
+    must_time,
+    to_micros,
+)
+
+log = logging.getLogger(__name__)
+_DOMAIN_SELECT = f"SELECT {', '.join(DOMAIN_COLUMNS)} FROM domains"  # noqa: S608
+_CERT_SELECT = (
+    "SELECT id, chain_pem, sans_json, subject, issuer, serial, not_before, not_after, "
+    "fingerprint, key_algorithm FROM certificates"
+)
+_CACHE_LIMIT = 200_000
+
+
+def _migrations() -> list[tuple[int, str]]:
+    folder = resources.files("certbroker.store") / "migrations"
+    found = []
+    for entry in folder.iterdir():
+        if entry.name.endswith(".sql"):
+            found.append((int(entry.name.split("_", 1)[0]), entry.read_text()))
+    return sorted(found)
+
+
+async def _connect(path: str) -> aiosqlite.Connection:
+    conn = await aiosqlite.connect(path, isolation_level=None)
+    conn.row_factory = aiosqlite.Row
+    await conn.execute("PRAGMA journal_mode=WAL")
+    await conn.execute("PRAGMA synchronous=NORMAL")
+    await conn.execute("PRAGMA foreign_keys=ON")
+    await conn.execute("PRAGMA busy_timeout=5000")
+    return conn
+
+
+class SqliteStore:
+    def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
+        self._writer = writer
+        self._reader = reader
+        self._write_lock = asyncio.Lock()
+        self._listeners: list[Callable[[int], None]] = []
+        self._domains: dict[str, Domain] = {}
+        self._certificates: dict[int, CertificateInfo] = {}
+
+    @classmethod
+    async def open(cls, path: str) -> SqliteStore:
+        """Open (creating folders and file), apply pending migrations, return the store."""
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        writer = await _connect(path)
+        try:
+            await _migrate(writer)
+            reader = await _connect(path)
+        except BaseException:
+            await writer.close()
+            raise
+        return cls(writer, reader)
+
+    async def close(self) -> None:
+        await self._reader.close()
+        await self._writer.close()
+
+    def on_commit(self, listener: Callable[[int], None]) -> None:
+        self._listeners.append(listener)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[_SqliteTransaction]:
+        async with self._write_lock:
+            tx = _SqliteTransaction(self, self._writer)
+            await self._writer.execute("BEGIN IMMEDIATE")
+            try:
+                yield tx
+            except BaseException:
+                await self._writer.execute("ROLLBACK")
+                raise
+            await self._writer.execute("COMMIT")
+        for name in tx.removed:
+            self._domains.pop(name, None)
+        for cert_id in tx.removed_certificates:
+            self._certificates.pop(cert_id, None)
+        if len(self._domains) > _CACHE_LIMIT:
+            self._domains.clear()
+        self._domains.update(tx.written)
+        if tx.last_revision:
+            for listener in self._listeners:
+                listener(tx.last_revision)
+
+    async def certificate(
+        self,
+        cert_id: int | None,
+        conn: aiosqlite.Connection | None = None,
+    ) -> CertificateInfo | None:
+        if cert_id is None:
+            return None
+        cached = self._certificates.get(cert_id)
+        if cached is not None:
+            return cached
+        async with (conn or self._reader).execute(
+            f"{_CERT_SELECT} WHERE id = ?", (cert_id,)
+        ) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        info = certificate_from_row(row)
+        self._certificates[cert_id] = info
+        return info
+
+    async def decode_domain(self, row: Any, conn: aiosqlite.Connection | None = None) -> Domain:
+        for column in ("le_cert_id", "custom_cert_id"):
+            await self.certificate(row[column], conn)
+        return domain_from_row(row, self._certificates.get)
+
+    async def get_domain(self, name: str) -> Domain | None:
+        cached = self._domains.get(name)
+        if cached is not None:
+            return cached
+        async with self._reader.execute(f"{_DOMAIN_SELECT} WHERE name = ?", (name,)) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        return await self.decode_domain(row)
+
+    async def list_domains(self, app: str | None, after: str, limit: int) -> list[Domain]:
+        if app:
+            sql = f"{_DOMAIN_SELECT} WHERE app = ? AND name > ? ORDER BY name LIMIT ?"
+            params: tuple[Any, ...] = (app, after, limit)
+        else:
+            sql = f"{_DOMAIN_SELECT} WHERE name > ? ORDER BY name LIMIT ?"
+            params = (after, limit)
+        async with self._reader.execute(sql, params) as cur:
+            rows = await cur.fetchall()
+        return [await self.decode_domain(row) for row in rows]
+
+    async def due_domains(self, now: datetime, limit: int) -> list[Domain]:
+        sql = f"{_DOMAIN_SELECT} WHERE next_run_at <= ? ORDER BY next_run_at LIMIT ?"
+        async with self._reader.execute(sql, (to_micros(now), limit)) as cur:
+            rows = await cur.fetchall()
+        return [await self.decode_domain(row) for row in rows]
+
+    async def next_due_time(self) -> datetime | None:
+        async with self._reader.execute("SELECT MIN(next_run_at) FROM domains") as cur:
+            row = await cur.fetchone()
+        return from_micros(row[0]) if row is not None else None
+
+    async def events_after(self, revision: int, limit: int) -> list[Event]:
+        sql = (
+            "SELECT revision, type, domain, payload, challenge_token, challenge_keyauth, at "
+            "FROM events WHERE revision > ? ORDER BY revision LIMIT ?"
+        )
+        async with self._reader.execute(sql, (revision, limit)) as cur:
+            rows = await cur.fetchall()
+        events = []
+        for row in rows:
+            domain = None
+            if row["payload"]:
+                domain = await self.decode_domain(json.loads(row["payload"]))
+            events.append(
+                Event(
+                    revision=row["revision"],
+                    type=EventType(row["type"]),
+                    domain_name=row["domain"],
+                    domain=domain,
+                    at=must_time(row["at"]),
+                    challenge_token=row["challenge_token"],
+                    challenge_key_authorization=row["challenge_keyauth"],
+                )
+            )
+        return events
+
+    async def current_revision(self) -> int:
+        async with self._reader.execute(
+            "SELECT seq FROM sqlite_sequence WHERE name = 'events'"
+        ) as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row is not None else 0
+
+    async def compacted_through(self) -> int:
+        raw = await self.get_meta("compacted_through")
+        return int(raw.decode()) if raw else 0
+
+    async def compact_events(self, before: datetime) -> int:
+        """Drop events older than ``before``; the newest stays so revisions keep growing."""
+        async with self._write_lock:
+            await self._writer.execute("BEGIN IMMEDIATE")
+            try:
+                async with self._writer.execute(
+                    "SELECT MAX(revision) FROM events WHERE at < ? AND revision < "
+                    "(SELECT MAX(revision) FROM events)",
+                    (to_micros(before),),
+                ) as cur:
+                    row = await cur.fetchone()
+                through = row[0] if row is not None else None
+                if through is None:
+                    await self._writer.execute("ROLLBACK")
+                    return 0
+                cur2 = await self._writer.execute(
+                    "DELETE FROM events WHERE revision <= ?", (through,)
+                )
+                deleted = cur2.rowcount
+                await self._writer.execute(
+                    "INSERT INTO meta (key, value) VALUES ('compacted_through', ?) "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (str(through).encode(),),
+                )
+            except BaseException:
+                await self._writer.execute("ROLLBACK")
+                raise
+            await self._writer.execute("COMMIT")
+        return int(deleted)
+
+    async def load_key(self, certificate_id: int) -> bytes | None:
+        async with self._reader.execute(
+            "SELECT key_sealed FROM certificates WHERE id = ?", (certificate_id,)
+        ) as cur:
+            row = await cur.fetchone()
+        return bytes(row[0]) if row is not None else None
+
+    async def get_order(self, domain: str) -> PendingOrder | None:
+        return await _get_order(self._reader, domain)
+
+    async def get_meta(self, key: str) -> bytes | None:
+        async with self._reader.execute("SELECT value FROM meta WHERE key = ?", (key,)) as cur:
+            row = await cur.fetchone()
+        return bytes(row[0]) if row is not None else None
+
+
+async def _migrate(conn: aiosqlite.Connection) -> None:
+    await conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations "
+        "(version INTEGER PRIMARY KEY, applied_at TEXT)"
+    )
+    async with conn.execute("SELECT version FROM schema_migrations") as cur:
+        applied = {row[0] for row in await cur.fetchall()}
+    for version, sql in _migrations():
+        if version in applied:
+            continue
+        log.info("applying migration %03d", version)
+        await conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in sql.split(";\n"):
+                if statement.strip():
+                    await conn.execute(statement)
+            await conn.execute(
+                "INSERT INTO schema_migrations (version, applied_at) VALUES (?, datetime('now'))",
+                (version,),
+            )
+        except BaseException:
+            await conn.execute("ROLLBACK")
+            raise
+        await conn.execute("COMMIT")
+
+
+async def _get_order(conn: aiosqlite.Connection, domain: str) -> PendingOrder | None:
+    async with conn.execute(
+        "SELECT domain, registered_domain, names_json, key_sealed, order_url, started_at "
+        "FROM orders WHERE domain = ?",
+        (domain,),
+    ) as cur:
+        row = await cur.fetchone()
+    if row is None:
+        return None
+    return PendingOrder(
+        domain=row["domain"],
+        registered_domain=row["registered_domain"],
+        names=tuple(json.loads(row["names_json"])),
+        key_sealed=bytes(row["key_sealed"]),
+        order_url=row["order_url"],
+        started_at=must_time(row["started_at"]),
+    )
+
+
+class _SqliteTransaction:
+    def __init__(self, store: SqliteStore, conn: aiosqlite.Connection) -> None:
+        self._store = store
+        self._conn = conn
+        self.written: dict[str, Domain] = {}
+        self.removed: set[str] = set()
+        self.removed_certificates: set[int] = set()
+        self.last_revision = 0
+
+    async def get_domain(self, name: str) -> Domain | None:
+        if name in self.written:
+            return self.written[name]
+        async with self._conn.execute(f"{_DOMAIN_SELECT} WHERE name = ?", (name,)) as cur:
+            row = await cur.fetchone()
+        return None if row is None else await self._store.decode_domain(row, self._conn)
+
+    async def _append_event(
+        self,
+        event: EventType,
+        name: str,
+        payload: str | None,
+        at: datetime,
+        token: str = "",
+        key_authorization: str = "",
+    ) -> int:
+        cur = await self._conn.execute(
+            "INSERT INTO events (type, domain, payload, challenge_token, challenge_keyauth, at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (event.value, name, payload, token, key_authorization, to_micros(at)),
+        )
+        revision = cur.lastrowid
+        assert revision is not None
+        self.last_revision = revision
+        return revision
+
+    async def put_domain(
+        self, domain: Domain, event: EventType = EventType.DOMAIN_UPDATED
+    ) -> Domain:
+        revision = await self._append_event(event, domain.name, None, domain.updated_at)
+        stored = _with_revision(domain, revision)
+        row = domain_to_row(stored)
+        await self._conn.execute(
+            "UPDATE events SET payload = ? WHERE revision = ?", (json.dumps(row), revision)
+        )
+        columns = ", ".join(DOMAIN_COLUMNS)
+        marks = ", ".join("?" for _ in DOMAIN_COLUMNS)
+        await self._conn.execute(
+            f"INSERT OR REPLACE INTO domains ({columns}) VALUES ({marks})",  # noqa: S608
+            tuple(row[c] for c in DOMAIN_COLUMNS),
+        )
+        self.written[domain.name] = stored
+        self.removed.discard(domain.name)
+        return stored
+
+    async def delete_domain(self, domain: Domain) -> int:
+        revision = await self._append_event(
+            EventType.DOMAIN_REMOVED,
+            domain.name,
+            json.dumps(domain_to_row(_with_revision(domain, domain.revision))),
+            domain.updated_at,
+        )
+        await self._conn.execute("DELETE FROM domains WHERE name = ?", (domain.name,))
+        await self._conn.execute("DELETE FROM orders WHERE domain = ?", (domain.name,))
+        async with self._conn.execute(
+            "SELECT id FROM certificates WHERE domain = ?", (domain.name,)
+        ) as cur:
+            self.removed_certificates.update(row[0] for row in await cur.fetchall())
+        await self._conn.execute("DELETE FROM certificates WHERE domain = ?", (domain.name,))
+        self.written.pop(domain.name, None)
+        self.removed.add(domain.name)
+        return revision
+
+    async def add_certificate(self, certificate: NewCertificate) -> CertificateInfo:
+        info = certificate.info
+        cur = await self._conn.execute(
+            "INSERT INTO certificates (domain, source, chain_pem, key_sealed, sans_json, subject, "
+            "issuer, serial, not_before, not_after, fingerprint, key_algorithm, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                certificate.domain,
+                certificate.source.value,
+                info.chain_pem,
+                certificate.key_sealed,
+                json.dumps(list(info.sans)),
+                info.subject,
+                info.issuer,
+                info.serial,
+                to_micros(info.not_before),
+                to_micros(info.not_after),
+                info.sha256_fingerprint,
+                info.key_algorithm,
+                to_micros(info.not_before),
+            ),
+        )
+        assert cur.lastrowid is not None
+        stored = replace(info, id=cur.lastrowid)
+        self._store._certificates[stored.id] = stored
+        return stored
+
+    async def record_issuance(
+        self,
+        domain: str,
+        registered_domain: str,
+        names: tuple[str, ...],
+        serial: str,
+        at: datetime,
+    ) -> None:
+        await self._conn.execute(
+            "INSERT INTO issuances (domain, registered_domain, names_key, serial, issued_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (domain, registered_domain, names_key(names), serial, to_micros(at)),
+        )
+
+    async def _usage(self, column: str, value: str, since: datetime) -> QuotaUsage:
+        order_column = "names_key" if column == "names_key" else "registered_domain"
+        async with self._conn.execute(
+            f"SELECT COUNT(*), MIN(at) FROM ("  # noqa: S608
+            f" SELECT issued_at AS at FROM issuances WHERE {column} = ? AND issued_at >= ?"
+            f" UNION ALL SELECT started_at AS at FROM orders WHERE {order_column} = ?)",
+            (value, to_micros(since), value),
+        ) as cur:
+            row = await cur.fetchone()
+        assert row is not None
+        return QuotaUsage(count=int(row[0]), oldest=from_micros(row[1]))
+
+    async def registered_domain_usage(self, registered_domain: str, since: datetime) -> QuotaUsage:
+        return await self._usage("registered_domain", registered_domain, since)
+
+    async def name_set_usage(self, names: tuple[str, ...], since: datetime) -> QuotaUsage:
+        return await self._usage("names_key", names_key(names), since)
+
+    async def get_order(self, domain: str) -> PendingOrder | None:
+        return await _get_order(self._conn, domain)
+
+    async def put_order(self, order: PendingOrder) -> None:
+        await self._conn.execute(
+            "INSERT OR REPLACE INTO orders (domain, registered_domain, names_key, names_json, "
+            "key_sealed, order_url, started_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                order.domain,
+                order.registered_domain,
+                names_key(order.names),
+                json.dumps(list(order.names)),
+                order.key_sealed,
+                order.order_url,
+                to_micros(order.started_at),
+            ),
+        )
+
+    async def delete_order(self, domain: str) -> None:
+        await self._conn.execute("DELETE FROM orders WHERE domain = ?", (domain,))
+
+    async def add_challenge_event(
+        self, domain: str, event: EventType, token: str, key_authorization: str, at: datetime
+    ) -> int:
+        return await self._append_event(event, domain, None, at, token, key_authorization)
+
+    async def set_meta(self, key: str, value: bytes) -> None:
+        await self._conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+
+def _with_revision(domain: Domain, revision: int) -> Domain:
+    return replace(domain, revision=revision)

@@ -1,0 +1,50 @@
+"""Start a real broker in-process on a free loopback port, talk to it through the generated stubs."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from certbroker.clock import Clock
+from certbroker.config import Settings
+from certbroker.server import Running, run
+from certbroker.v1 import broker_pb2_grpc
+
+
+def broker_settings(tmp: Path, **overrides: Any) -> Settings:
+    base = Settings(
+        listen="127.0.0.1:0",
+        db=str(tmp / "broker.sqlite3"),
+        kek_file=str(tmp / "kek"),
+        http01_listen=None,
+        acme_directory="",
+        platform_targets=("127.0.0.1",),
+    )
+    return replace(base, **overrides)
+
+
+@dataclass
+class BrokerHandle:
+    running: Running
+    channel: grpc.aio.Channel
+    stub: broker_pb2_grpc.CertificateBrokerServiceStub
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.running.port}"
+
+
+@asynccontextmanager
+async def started_broker(settings: Settings, clock: Clock | None = None) -> AsyncIterator[BrokerHandle]:
+    running = await run(settings, clock)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
+    try:
+        yield BrokerHandle(running, channel, broker_pb2_grpc.CertificateBrokerServiceStub(channel))
+    finally:
+        await channel.close()
+        await running.stop(0)
