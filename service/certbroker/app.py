@@ -63,7 +63,7 @@ def _check_app(app: str) -> str:
     return app
 
 
-_TOKEN_PREFIX = "after:"
+_TOKEN_PREFIX = "after:"  # noqa: S105 (a page token, not a secret)
 
 
 def _page_token(after: str) -> str:

@@ -39,7 +39,7 @@ class FakeClock:
     """A clock tests move by hand; sleepers wake when it passes their deadline."""
 
     def __init__(self, start: datetime | None = None) -> None:
-        self._now = start or datetime(2026, 1, 1, tzinfo=UTC)
+        self._now = utc(start) if start is not None else datetime(2026, 1, 1, tzinfo=UTC)
         self._moved = asyncio.Event()
 
     def now(self) -> datetime:

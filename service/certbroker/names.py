@@ -35,8 +35,16 @@ def _is_ip(text: str) -> bool:
 
 
 def _to_ascii(label: str) -> str:
-    """One label to its A-label; plain LDH labels pass through untouched."""
+    """One label to its A-label; plain LDH labels pass through untouched.
+
+    An ``xn--`` label must decode to a valid U-label, and other labels with
+    ``--`` in positions 3-4 are reserved (RFC 5891 4.2.3.1): the CA refuses both.
+    """
     if label.isascii():
+        if label[2:4] == "--":
+            if not label.startswith("xn--"):
+                raise idna.IDNAError("hyphens in the third and fourth positions are reserved")
+            idna.decode(label)
         return label
     return idna.encode(label, uts46=True).decode("ascii")
 

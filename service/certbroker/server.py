@@ -22,12 +22,17 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from certbroker.acme.http01 import Http01Responder
+from certbroker.acme.issuer import AcmeIssuer
 from certbroker.api.auth import Authorizer
 from certbroker.api.servicer import BrokerServicer
 from certbroker.app import Broker
 from certbroker.clock import Clock, SystemClock
 from certbroker.config import ConfigError, Settings
+from certbroker.dns import DnsChecker, PlatformTargets
 from certbroker.events import EventHub
+from certbroker.scheduler import Policy, Scheduler
+from certbroker.store.acme_account import StoredAccount
 from certbroker.store.sqlite import SqliteStore
 from certbroker.telemetry import server_interceptor, tracer_provider
 from certbroker.v1 import broker_pb2
@@ -40,6 +45,16 @@ _CANARY_KEY = "kek_canary"
 _CANARY_AAD = "certbroker:kek-canary"
 _CANARY_TEXT = b"certbroker key-encryption key canary"
 GRACE_SECONDS = 5.0
+
+
+class _Closing:
+    """Gives the issuer the ``stop()`` the shutdown sequence calls."""
+
+    def __init__(self, issuer: AcmeIssuer) -> None:
+        self._issuer = issuer
+
+    async def stop(self) -> None:
+        await self._issuer.close()
 
 
 class StartupError(Exception):
@@ -57,11 +72,14 @@ class Running:
     broker: Broker
     server: grpc.aio.Server
     health: Any
+    scheduler: Scheduler
+    responder: Http01Responder
     extras: list[Any] = field(default_factory=list)
 
     async def stop(self, grace: float = GRACE_SECONDS) -> None:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        await self.scheduler.stop()
         for extra in reversed(self.extras):
             await extra.stop()
         await self.hub.stop()
@@ -117,7 +135,39 @@ async def run(settings: Settings, clock: Clock | None = None) -> Running:
         raise
     hub = EventHub(store)
     await hub.start()
-    broker = Broker(store, clock, sealer, validator)
+    extras: list[Any] = []
+    responder = Http01Responder()
+    if settings.http01_listen is not None:
+        host, http01_port = settings.http01_listen
+        await responder.start(host, http01_port)
+        extras.append(responder)
+    issuer: AcmeIssuer | None = None
+    if settings.acme_directory:
+        issuer = AcmeIssuer(
+            settings.acme_directory,
+            ca_bundle=settings.acme_ca_bundle,
+            email=settings.acme_email,
+            account_store=StoredAccount(store, sealer, settings.acme_directory),
+            responder=responder,
+            max_workers=settings.acme_workers,
+        )
+        extras.append(_Closing(issuer))
+    scheduler = Scheduler(
+        store,
+        clock,
+        sealer,
+        issuer,
+        DnsChecker(list(settings.dns_servers) if settings.dns_servers else None),
+        PlatformTargets.parse(settings.platform_targets) if settings.platform_targets else None,
+        Policy(
+            dns_check_interval=settings.dns_check_interval,
+            caa_identity=settings.caa_identity,
+            quota_per_registered_domain=settings.quota_per_registered_domain,
+            quota_per_name_set=settings.quota_per_name_set,
+            max_concurrent=settings.max_concurrent_orders,
+        ),
+    )
+    broker = Broker(store, clock, sealer, validator, wake_scheduler=scheduler.wake)
     server = grpc.aio.server(
         interceptors=[server_interceptor(tracer_provider(settings.traces_exporter))],
         options=[
@@ -150,9 +200,12 @@ async def run(settings: Settings, clock: Clock | None = None) -> Running:
         port = server.add_secure_port(settings.listen, _server_credentials(settings))
     else:
         port = server.add_insecure_port(settings.listen)
-    running = Running(settings, port, store, hub, broker, server, health_servicer)
+    running = Running(
+        settings, port, store, hub, broker, server, health_servicer, scheduler, responder, extras
+    )
     try:
         await server.start()
+        await scheduler.start()
         for name in ("", SERVICE_NAME):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     except BaseException:

@@ -414,7 +414,7 @@ class _SqliteTransaction:
         order_column = "names_key" if column == "names_key" else "registered_domain"
         async with self._conn.execute(
             f"SELECT COUNT(*), MIN(at) FROM ("  # noqa: S608
-            f" SELECT issued_at AS at FROM issuances WHERE {column} = ? AND issued_at >= ?"
+            f" SELECT issued_at AS at FROM issuances WHERE {column} = ? AND issued_at > ?"
             f" UNION ALL SELECT started_at AS at FROM orders WHERE {order_column} = ?)",
             (value, to_micros(since), value),
         ) as cur:

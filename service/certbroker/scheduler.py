@@ -1,0 +1,389 @@
+"""The scheduler: a loop over the store that works every due domain, one step at a time.
+
+It asks the store only for domains whose ``next_run_at`` has come (an indexed
+query: idle domains cost nothing), works each in its own task (never one
+domain twice at once), and writes the outcome through the pure transitions in
+``lifecycle``. Everything it needs after a crash is in the store: backoff
+columns, the order row (written before the CA is contacted, with the order URL
+as soon as the CA gives it), so a restart resumes an interrupted order instead
+of ordering twice.
+
+One step, in the order that keeps the CA's quotas safe::
+
+    custom expiry / expiring flag      (lifecycle.tick)
+    DNS points at the platform?        no  -> PENDING_DNS, look again in 60 s
+    CAA allows our CA?                 no  -> failed (backoff), no order
+    quota left (counted locally)?      no  -> held back until the next slot
+    reserve the slot + persist order   -> CREATING
+    order at the CA (or resume it)     fail -> backoff 1, 2, 4 ... min, max a day
+    store certificate                  -> IN_USE / NOT_USED
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from certbroker import lifecycle, quota
+from certbroker.acme.keys import generate_private_key
+from certbroker.acme.problems import AcmeProblem, classify
+from certbroker.app import Sealer
+from certbroker.clock import Clock
+from certbroker.dns import CaaResult, DnsResult, PlatformTargets, to_observation
+from certbroker.model import Domain, LetsEncryptState, Source
+from certbroker.names import registered_domain
+from certbroker.store.base import NewCertificate, PendingOrder, Store, Transaction
+from certbroker.x509.info import certificate_info
+
+log = logging.getLogger(__name__)
+_IDLE_POLL = 1.0  # real seconds: a safety net only; commits and wake() drive the loop
+
+
+class Issued(Protocol):
+    @property
+    def chain_pem(self) -> str: ...
+
+
+class Issuer(Protocol):
+    async def start(self) -> None:
+        """Find or create the ACME account; idempotent."""
+        ...
+
+    async def issue(
+        self,
+        names: list[str],
+        key_pem: bytes,
+        *,
+        on_order_created: Callable[[str], Awaitable[None]] | None = None,
+    ) -> Issued: ...
+
+    async def resume(self, order_url: str, names: list[str], key_pem: bytes) -> Issued: ...
+
+
+class DnsChecks(Protocol):
+    async def points_to_platform(self, name: str, targets: PlatformTargets) -> DnsResult: ...
+
+    async def caa_allows(self, name: str, ca_identity: str, *, wildcard: bool) -> CaaResult: ...
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The knobs of a step, from Settings."""
+
+    dns_check_interval: timedelta = timedelta(seconds=60)
+    caa_identity: str = "letsencrypt.org"
+    quota_per_registered_domain: int = 50
+    quota_per_name_set: int = 5
+    max_concurrent: int = 32
+
+
+class Scheduler:
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        sealer: Sealer,
+        issuer: Issuer | None,
+        dns: DnsChecks,
+        targets: PlatformTargets | None,
+        policy: Policy,
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._sealer = sealer
+        self._issuer = issuer
+        self._dns = dns
+        self._targets = targets
+        self._policy = policy
+        self._wake = asyncio.Event()
+        self._inflight: dict[str, asyncio.Task[None]] = {}
+        self._loop_task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    def wake(self) -> None:
+        """Something changed (a new domain, a retry-now): look at the store again."""
+        self._wake.set()
+
+    async def start(self) -> None:
+        self._loop_task = asyncio.create_task(self._run(), name="scheduler")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        tasks = list(self._inflight.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    @property
+    def busy(self) -> int:
+        return len(self._inflight)
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            self._wake.clear()
+            try:
+                await self._start_due()
+                next_due = await self._store.next_due_time()
+            except Exception:
+                log.exception("scheduler pass failed; retrying")
+                next_due = None
+            now = self._clock.now()
+            if next_due is not None and next_due > now:
+                await self._clock.sleep_until(next_due, self._wake)
+            else:
+                # Nothing due, or only domains already being worked: wait for a change.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), _IDLE_POLL)
+
+    async def _start_due(self) -> None:
+        free = self._policy.max_concurrent - len(self._inflight)
+        if free <= 0:
+            return
+        due = await self._store.due_domains(self._clock.now(), free + len(self._inflight))
+        for domain in due:
+            if free <= 0:
+                break
+            if domain.name in self._inflight:
+                continue
+            task = asyncio.create_task(self._guarded_step(domain.name), name=f"step {domain.name}")
+            self._inflight[domain.name] = task
+            free -= 1
+
+    async def _guarded_step(self, name: str) -> None:
+        try:
+            await self.step(name)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            log.exception("step for %s failed", name)
+            kind = type(error).__name__
+            await self._record(
+                name,
+                lambda d, now: lifecycle.failed(d, "INTERNAL", f"internal error ({kind})", now),
+            )
+        finally:
+            self._inflight.pop(name, None)
+            self._wake.set()
+
+    async def _record(
+        self,
+        name: str,
+        transition: Callable[[Domain, datetime], Domain],
+        extra: Callable[[Transaction], Awaitable[None]] | None = None,
+    ) -> Domain | None:
+        """Apply ``transition`` to the latest row inside a transaction; write only real changes."""
+        now = self._clock.now()
+        async with self._store.transaction() as tx:
+            latest = await tx.get_domain(name)
+            if latest is None:
+                return None
+            if extra is not None:
+                await extra(tx)
+            updated = transition(latest, now)
+            if not lifecycle.changed(latest, updated):
+                return latest
+            return await tx.put_domain(updated)
+
+    async def step(self, name: str) -> None:
+        """One unit of work for a due domain."""
+        domain = await self._record(name, lifecycle.tick)
+        if domain is None:
+            return
+        now = self._clock.now()
+        if not lifecycle.is_due_for_order(domain, now):
+            return
+        if self._issuer is None or self._targets is None:
+            missing = (
+                "CERTBROKER_ACME_DIRECTORY"
+                if self._issuer is None
+                else ("CERTBROKER_PLATFORM_TARGETS")
+            )
+            await self._record(
+                name,
+                lambda d, now: lifecycle.held_back(
+                    d,
+                    "NOT_CONFIGURED",
+                    f"{missing} is not set: the broker cannot order certificates",
+                    now + timedelta(days=1),
+                    now,
+                ),
+            )
+            return
+        order = await self._store.get_order(name)
+        if order is None and not await self._preflight(domain):
+            return
+        try:
+            await self._issuer.start()
+        except Exception as error:
+            problem = error if isinstance(error, AcmeProblem) else classify(error)
+            log.warning("ACME account not ready: %s", problem)
+            await self._record(
+                name,
+                lambda d, now: lifecycle.failed(
+                    d, problem.reason, f"the CA is unreachable: {problem.detail}", now
+                ),
+            )
+            return
+        await self._order(domain, order)
+
+    async def _preflight(self, domain: Domain) -> bool:
+        """DNS and CAA must pass locally before the CA hears of the domain."""
+        assert self._targets is not None
+        name = domain.name
+        pointed = await self._dns.points_to_platform(name, self._targets)
+        now = self._clock.now()
+        observation = to_observation(pointed, now)
+        if not pointed.points:
+            interval = self._policy.dns_check_interval
+            await self._record(
+                name,
+                lambda d, now: lifecycle.dns_not_ready(
+                    d, observation, pointed.reason, pointed.message, now, interval
+                ),
+            )
+            return False
+        caa = await self._dns.caa_allows(
+            name, self._policy.caa_identity, wildcard=domain.is_wildcard
+        )
+        if not caa.allowed:
+            await self._record(
+                name,
+                lambda d, now: lifecycle.failed(
+                    lifecycle.dns_ready(d, observation),
+                    caa.reason,
+                    caa.message,
+                    now,
+                    state=None
+                    if lifecycle.is_valid_at(d.le_cert, now)
+                    else LetsEncryptState.PENDING_DNS,
+                ),
+            )
+            return False
+        if domain.dns != observation:
+            await self._record(name, lambda d, now: lifecycle.dns_ready(d, observation))
+        return True
+
+    async def _reserve(self, domain: Domain) -> PendingOrder | None:
+        """Count the quotas and, if a slot is free, persist the order in the same transaction."""
+        names = (domain.name,)
+        registered = registered_domain(domain.name)
+        key_pem = await asyncio.to_thread(generate_private_key, domain.key_algorithm)
+        now = self._clock.now()
+        since = now - quota.WINDOW
+        async with self._store.transaction() as tx:
+            latest = await tx.get_domain(domain.name)
+            if latest is None:
+                return None
+            block = quota.check(
+                await tx.registered_domain_usage(registered, since),
+                self._policy.quota_per_registered_domain,
+                now,
+                "QUOTA_REGISTERED_DOMAIN",
+                f"registered domain {registered}",
+            ) or quota.check(
+                await tx.name_set_usage(names, since),
+                self._policy.quota_per_name_set,
+                now,
+                "QUOTA_NAME_SET",
+                f"the names {', '.join(names)}",
+            )
+            if block is not None:
+                await tx.put_domain(
+                    lifecycle.held_back(latest, block.reason, block.message, block.until, now)
+                )
+                return None
+            order = PendingOrder(
+                domain=domain.name,
+                registered_domain=registered,
+                names=names,
+                key_sealed=self._sealer.seal(key_pem, domain.name),
+                started_at=now,
+            )
+            await tx.put_order(order)
+            await tx.put_domain(lifecycle.order_started(latest, now))
+        return order
+
+    async def _order(self, domain: Domain, order: PendingOrder | None) -> None:
+        assert self._issuer is not None
+        name = domain.name
+        if order is not None and not order.order_url:
+            order = None  # crashed before the CA answered: nothing was ordered
+            async with self._store.transaction() as tx:
+                await tx.delete_order(name)
+        if order is None:
+            order = await self._reserve(domain)
+            if order is None:
+                return
+        key_pem = self._sealer.open(order.key_sealed, name)
+        try:
+            if order.order_url:
+                try:
+                    issued = await self._issuer.resume(order.order_url, list(order.names), key_pem)
+                except AcmeProblem as problem:
+                    if problem.reason != "ACME_ORDER_INVALID":
+                        raise
+                    log.info("order for %s cannot be resumed (%s); ordering anew", name, problem)
+                    issued = await self._issuer.issue(
+                        list(order.names), key_pem, on_order_created=self._saver(order)
+                    )
+            else:
+                issued = await self._issuer.issue(
+                    list(order.names), key_pem, on_order_created=self._saver(order)
+                )
+        except AcmeProblem as problem:
+            log.warning("order for %s failed: %s", name, problem.reason)
+            await self._order_failed(name, problem)
+            return
+        await self._store_certificate(order, key_pem, issued.chain_pem)
+
+    async def _order_failed(self, name: str, problem: AcmeProblem) -> None:
+        """Drop the order row (a fresh order next time) and back off."""
+
+        async def drop(tx: Transaction) -> None:
+            await tx.delete_order(name)
+
+        await self._record(
+            name,
+            lambda d, now: lifecycle.failed(
+                d, problem.reason, problem.detail or problem.reason, now, problem.retry_after
+            ),
+            extra=drop,
+        )
+
+    def _saver(self, order: PendingOrder) -> Callable[[str], Awaitable[None]]:
+        async def save(url: str) -> None:
+            async with self._store.transaction() as tx:
+                await tx.put_order(replace(order, order_url=url))
+
+        return save
+
+    async def _store_certificate(self, order: PendingOrder, key_pem: bytes, chain_pem: str) -> None:
+        info = certificate_info(chain_pem)
+        name = order.domain
+        now = self._clock.now()
+        async with self._store.transaction() as tx:
+            latest = await tx.get_domain(name)
+            await tx.delete_order(name)
+            await tx.record_issuance(name, order.registered_domain, order.names, info.serial, now)
+            if latest is None:
+                return  # removed while ordering: the issuance still counts for quotas
+            cert = await tx.add_certificate(
+                NewCertificate(
+                    domain=name,
+                    source=Source.LETS_ENCRYPT,
+                    info=info,
+                    key_sealed=self._sealer.seal(key_pem, name),
+                )
+            )
+            await tx.put_domain(lifecycle.issued(latest, cert, now))
+        log.info("issued %s (serial %s, until %s)", name, info.serial, info.not_after)

@@ -1,0 +1,34 @@
+"""The ACME account, kept in the store's meta table with its key sealed under the KEK."""
+
+from __future__ import annotations
+
+import json
+
+from certbroker.app import Sealer
+from certbroker.store.base import Store
+
+_META_KEY = "acme_account"
+_AAD = "certbroker:acme-account"
+
+
+class StoredAccount:
+    """``AccountStore`` for the ACME issuer: one account per broker database."""
+
+    def __init__(self, store: Store, sealer: Sealer, directory_url: str) -> None:
+        self._store = store
+        self._sealer = sealer
+        self._key = f"{_META_KEY}:{directory_url}"
+
+    async def load(self) -> tuple[bytes, str] | None:
+        raw = await self._store.get_meta(self._key)
+        if raw is None:
+            return None
+        data = json.loads(raw)
+        key_pem = self._sealer.open(bytes.fromhex(data["key_sealed"]), _AAD)
+        return key_pem, str(data["url"])
+
+    async def save(self, key_pem: bytes, url: str) -> None:
+        sealed = self._sealer.seal(key_pem, _AAD)
+        value = json.dumps({"key_sealed": sealed.hex(), "url": url}).encode()
+        async with self._store.transaction() as tx:
+            await tx.set_meta(self._key, value)

@@ -1,0 +1,137 @@
+"""Automatic Let's Encrypt against a real ACME CA (Pebble) and real DNS (challtestsrv)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from certbroker.clock import FakeClock
+from certbroker.v1 import broker_pb2, domain_pb2
+from tests.broker import started_broker
+from tests.integration.lab import Lab, in_use, unique_domain, verify_chain, wait_status
+
+
+async def test_domain_reaches_in_use_with_a_chain_valid_for_its_name(
+    lab: Lab, tmp_path: Path
+) -> None:
+    name = unique_domain()
+    async with started_broker(lab.settings(tmp_path)) as broker:
+        await broker.stub.IssueCertificate(broker_pb2.IssueCertificateRequest(domain=name, app="shop"))
+        status = await wait_status(broker.stub, name, in_use)
+    assert status.serving_source == domain_pb2.CERTIFICATE_SOURCE_LETS_ENCRYPT
+    cert = status.lets_encrypt_certificate
+    assert list(cert.sans) == [name]
+    verify_chain(cert.chain_pem, lab.pebble.root_pem(), name)
+    assert status.dns.points_to_platform
+    assert status.retry.attempt == 0
+    # two thirds of Pebble's 90 days
+    life = cert.not_after.ToDatetime() - cert.not_before.ToDatetime()
+    renew_at = status.renewal_time.ToDatetime() - cert.not_before.ToDatetime()
+    assert abs(renew_at - life * 2 / 3) < timedelta(seconds=1)
+
+
+async def test_pending_dns_until_the_record_points_then_issued(lab: Lab, tmp_path: Path) -> None:
+    name = unique_domain()
+    lab.dns.add_a(name, ["192.0.2.10"])
+    clock = FakeClock(datetime.now(UTC))
+    try:
+        async with started_broker(lab.settings(tmp_path), clock) as broker:
+            issued_before = lab.pebble.issued_count()
+            await broker.stub.IssueCertificate(
+                broker_pb2.IssueCertificateRequest(domain=name, app="shop"))
+            pending = await wait_status(
+                broker.stub, name, lambda d: d.HasField("dns") and not d.dns.points_to_platform)
+            assert pending.lets_encrypt_state == domain_pb2.LETS_ENCRYPT_STATE_PENDING_DNS
+            assert "A 192.0.2.10" in pending.dns.answered
+            assert "A 127.0.0.1" in pending.dns.expected
+            assert pending.retry.last_error_reason == "DNS_NOT_POINTING"
+            assert pending.retry.attempt == 0  # waiting for DNS is not a failure
+            checked = pending.retry.next_attempt_time.ToDatetime(UTC)
+            assert checked - clock.now() == timedelta(seconds=60)  # the seed's 60-second check
+            assert lab.pebble.issued_count() == issued_before  # the CA heard nothing
+
+            lab.dns.clear_a(name)
+            lab.dns.add_a(name, ["127.0.0.1"])
+            clock.advance(timedelta(seconds=59))
+            still = await broker.stub.GetStatus(broker_pb2.GetStatusRequest(domain=name))
+            assert still.domain.lets_encrypt_state == domain_pb2.LETS_ENCRYPT_STATE_PENDING_DNS
+            clock.advance(timedelta(seconds=1))
+            status = await wait_status(broker.stub, name, in_use)
+            verify_chain(status.lets_encrypt_certificate.chain_pem, lab.pebble.root_pem(), name)
+    finally:
+        lab.dns.clear_a(name)
+
+
+async def test_stray_aaaa_keeps_the_domain_pending(lab: Lab, tmp_path: Path) -> None:
+    name = unique_domain()
+    lab.dns.add_aaaa(name, ["2001:db8::1"])
+    try:
+        async with started_broker(lab.settings(tmp_path)) as broker:
+            await broker.stub.IssueCertificate(
+                broker_pb2.IssueCertificateRequest(domain=name, app="shop"))
+            pending = await wait_status(
+                broker.stub, name, lambda d: d.retry.last_error_reason != "")
+            assert pending.lets_encrypt_state == domain_pb2.LETS_ENCRYPT_STATE_PENDING_DNS
+            assert pending.retry.last_error_reason == "DNS_STRAY_AAAA"
+            assert any("2001:db8::1" in a for a in pending.dns.answered)
+    finally:
+        lab.dns.clear_aaaa(name)
+
+
+async def test_caa_forbidding_our_ca_means_no_order(lab: Lab, tmp_path: Path) -> None:
+    name = unique_domain()
+    parent = name.split(".", 1)[1]
+    lab.dns.add_caa(parent, [("issue", "other-ca.example")])
+    try:
+        async with started_broker(lab.settings(tmp_path)) as broker:
+            issued_before = lab.pebble.issued_count()
+            orders_before = lab.pebble.log_text().count(name)
+            await broker.stub.IssueCertificate(
+                broker_pb2.IssueCertificateRequest(domain=name, app="shop"))
+            status = await wait_status(
+                broker.stub, name, lambda d: d.retry.last_error_reason == "CAA_FORBIDS")
+            assert "other-ca.example" in status.retry.last_error_message
+            assert status.lets_encrypt_state == domain_pb2.LETS_ENCRYPT_STATE_PENDING_DNS
+            assert status.retry.attempt == 1
+            assert lab.pebble.issued_count() == issued_before
+            assert lab.pebble.log_text().count(name) == orders_before  # Pebble never saw it
+    finally:
+        lab.dns.clear_caa(parent)
+
+
+async def test_disabled_domain_is_never_sent_to_the_ca(lab: Lab, tmp_path: Path) -> None:
+    name = unique_domain()
+    async with started_broker(lab.settings(tmp_path)) as broker:
+        reply = await broker.stub.IssueCertificate(broker_pb2.IssueCertificateRequest(
+            domain=name, app="shop", disable_letsencrypt=True))
+        assert reply.domain.lets_encrypt_state == domain_pb2.LETS_ENCRYPT_STATE_DISABLED
+        assert not reply.domain.HasField("next_check_time")
+        # a second domain issued after it proves the scheduler ran past the disabled one
+        other = unique_domain()
+        await broker.stub.IssueCertificate(broker_pb2.IssueCertificateRequest(domain=other, app="shop"))
+        await wait_status(broker.stub, other, in_use)
+        status = await broker.stub.GetStatus(broker_pb2.GetStatusRequest(domain=name))
+        assert status.domain.lets_encrypt_state == domain_pb2.LETS_ENCRYPT_STATE_DISABLED
+    assert name not in lab.pebble.log_text()
+
+
+async def test_renewal_at_two_thirds_keeps_serving_until_the_new_one(
+    lab: Lab, tmp_path: Path
+) -> None:
+    name = unique_domain()
+    clock = FakeClock(datetime.now(UTC))
+    async with started_broker(lab.settings(tmp_path), clock) as broker:
+        await broker.stub.IssueCertificate(broker_pb2.IssueCertificateRequest(domain=name, app="shop"))
+        first = await wait_status(broker.stub, name, in_use)
+        renew_at = first.renewal_time.ToDatetime(UTC)
+        clock.set(renew_at - timedelta(seconds=1))
+        broker.running.scheduler.wake()
+        same = await broker.stub.GetStatus(broker_pb2.GetStatusRequest(domain=name))
+        assert same.domain.lets_encrypt_certificate.serial == first.lets_encrypt_certificate.serial
+        clock.set(renew_at)
+        renewed = await wait_status(
+            broker.stub, name,
+            lambda d: d.lets_encrypt_certificate.serial != first.lets_encrypt_certificate.serial)
+    assert renewed.lets_encrypt_state == domain_pb2.LETS_ENCRYPT_STATE_IN_USE
+    assert renewed.serving_source == domain_pb2.CERTIFICATE_SOURCE_LETS_ENCRYPT
+    assert renewed.renewal_time.ToDatetime(UTC) > renew_at
