@@ -169,6 +169,9 @@ class Broker:
         sealed = self._sealer.seal(bundle.key_pem.encode(), name)
         async with self._store.transaction() as tx:
             latest = await self._in_tx(tx, name)
+            custom = latest.custom_cert
+            if custom is not None and custom.sha256_fingerprint == bundle.info.sha256_fingerprint:
+                return latest  # a concurrent upload of the same bundle won: still a no-op
             info = await tx.add_certificate(
                 NewCertificate(
                     domain=name, source=Source.CUSTOM, info=bundle.info, key_sealed=sealed

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
@@ -16,17 +16,54 @@ LETS_ENCRYPT_PRODUCTION = "https://acme-v02.api.letsencrypt.org/directory"
 ROLES = ("router", "api", "admin")
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)?$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+_ZONE_LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9])?"
+_ZONE = re.compile(rf"{_ZONE_LABEL}(?:\.{_ZONE_LABEL})+")
 
 
 class ConfigError(ValueError):
     """A bad environment value; the message names the variable."""
 
 
+def _dns01(get: Callable[[str], str | None]) -> dict[str, object]:
+    """CERTBROKER_DNS01_ZONE, _SERVER (host[:port], default 53) and _TSIG_KEY, together.
+
+    The key file holds BIND's ``key "name" { algorithm hmac-sha256; secret "..."; };``
+    (what ``tsig-keygen name`` prints) or one line ``name:algorithm:secret``; it
+    is parsed here so a bad key stops the start, not the first wildcard order.
+    """
+    from certbroker.acme.dns01 import TsigKey
+
+    names = ("CERTBROKER_DNS01_ZONE", "CERTBROKER_DNS01_SERVER", "CERTBROKER_DNS01_TSIG_KEY")
+    zone, server, key = (get(n) for n in names)
+    if zone is None and server is None and key is None:
+        return {}
+    if zone is None or server is None or key is None:
+        raise ConfigError(f"{', '.join(names)} must be set together (DNS-01 by delegation)")
+    zone = zone.strip().rstrip(".").lower()
+    if not _ZONE.fullmatch(zone):
+        raise ConfigError(f"CERTBROKER_DNS01_ZONE={zone!r}: expected a zone like acme.example.net")
+    path = key.strip()
+    if not os.path.isfile(path):
+        raise ConfigError(f"CERTBROKER_DNS01_TSIG_KEY={path!r}: no such file")
+    try:
+        TsigKey.load(path)
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"CERTBROKER_DNS01_TSIG_KEY={path!r}: {error}") from None
+    return {
+        "dns01_zone": zone,
+        "dns01_server": parse_hostport("CERTBROKER_DNS01_SERVER", server, 53),
+        "dns01_tsig_key": path,
+    }
+
+
 def _duration(name: str, raw: str) -> timedelta:
     match = _DURATION.match(raw.strip())
     if not match:
         raise ConfigError(f"{name}={raw!r}: expected a duration like 60s, 15m, 7d or plain seconds")
-    return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+    value = timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+    if value <= timedelta(0):
+        raise ConfigError(f"{name}={raw!r}: must be longer than zero")
+    return value
 
 
 def _int(name: str, raw: str, minimum: int = 0) -> int:
@@ -85,6 +122,11 @@ class Settings:
     kek_file: str = "./var/certbroker.kek"
     caa_identity: str = "letsencrypt.org"
     dns_check_interval: timedelta = timedelta(seconds=60)
+    # DNS-01 through a one-time delegation (wildcards): the broker's own zone, its
+    # primary (RFC 2136 updates go there) and the TSIG key file; all three or none.
+    dns01_zone: str | None = None
+    dns01_server: tuple[str, int] | None = None
+    dns01_tsig_key: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_client_ca: str | None = None
@@ -92,6 +134,8 @@ class Settings:
     event_retention: timedelta = timedelta(days=7)
     heartbeat_interval: timedelta = timedelta(seconds=15)
     watch_buffer: int = 1024
+    watch_send_timeout: timedelta = timedelta(seconds=30)
+    compaction_interval: timedelta = timedelta(hours=1)
     acme_workers: int = 16
     max_concurrent_orders: int = 32
     quota_per_registered_domain: int = 50
@@ -148,17 +192,16 @@ class Settings:
             )
         if (raw := get("CERTBROKER_PLATFORM_TARGETS")) is not None:
             values["platform_targets"] = tuple(_list(raw))
-        raw_http01 = source.get("CERTBROKER_HTTP01_LISTEN")
-        if raw_http01 is not None:
+        if (raw := get("CERTBROKER_HTTP01_LISTEN")) is not None:
             values["http01_listen"] = (
-                None
-                if raw_http01.strip() in ("", "off")
-                else parse_hostport("CERTBROKER_HTTP01_LISTEN", raw_http01)
+                None if raw.strip() == "off" else parse_hostport("CERTBROKER_HTTP01_LISTEN", raw)
             )
         for attr, name in (
             ("dns_check_interval", "CERTBROKER_DNS_CHECK_INTERVAL"),
             ("event_retention", "CERTBROKER_EVENT_RETENTION"),
             ("heartbeat_interval", "CERTBROKER_HEARTBEAT_INTERVAL"),
+            ("watch_send_timeout", "CERTBROKER_WATCH_SEND_TIMEOUT"),
+            ("compaction_interval", "CERTBROKER_COMPACTION_INTERVAL"),
         ):
             if (raw := get(name)) is not None:
                 values[attr] = _duration(name, raw)
@@ -186,6 +229,7 @@ class Settings:
                     f"CERTBROKER_LOG_LEVEL={raw!r}: expected DEBUG, INFO, WARNING or ERROR"
                 )
             values["log_level"] = raw.upper()
+        values.update(_dns01(get))
         settings = replace(defaults, **values)  # type: ignore[arg-type]
         tls = (settings.tls_cert, settings.tls_key, settings.tls_client_ca)
         if any(tls) and not all(tls):

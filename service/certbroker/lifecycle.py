@@ -7,8 +7,17 @@ domain needs work, so no path can forget one of them.
 
 States (``LetsEncryptState``):
 - transient, worked by the scheduler: PENDING_DNS (DNS checked every 60 s),
-  CREATING (an order runs or is retried with backoff), ACTION_REQUIRED;
+  CREATING (an order runs or is retried with backoff), ACTION_REQUIRED (a
+  DNS-01 domain without its one-time delegation, checked every 60 s);
 - resting: IN_USE, NOT_USED (custom serves; Let's Encrypt kept warm), DISABLED.
+
+DNS-01 domains (wildcards, or ``challenge`` DNS_01) also get a delegation
+check while resting: once a day (``DELEGATION_RECHECK``, never later than the
+renewal time) the scheduler looks at the CNAME again, so a delegation removed
+after issuance is reported (``action_required``) well before the renewal
+needs it, while the current certificate keeps serving (the state stays
+IN_USE: that is what serves). ``retry.next_attempt_at`` holds that time, so
+it survives restarts like the backoff does.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ from datetime import datetime, timedelta
 from certbroker.backoff import renewal_time, retry_delay
 from certbroker.model import (
     CertificateInfo,
+    ChallengeType,
     DnsObservation,
     Domain,
     LetsEncryptState,
@@ -27,6 +37,8 @@ from certbroker.model import (
 )
 
 EXPIRING_WINDOW = timedelta(days=14)
+#: How often a resting DNS-01 domain's delegation is looked at again.
+DELEGATION_RECHECK = timedelta(days=1)
 _RESTING = (LetsEncryptState.IN_USE, LetsEncryptState.NOT_USED, LetsEncryptState.DISABLED)
 
 
@@ -36,6 +48,11 @@ def is_valid_at(cert: CertificateInfo | None, now: datetime) -> bool:
 
 def cert_renewal_time(cert: CertificateInfo) -> datetime:
     return renewal_time(cert.not_before, cert.not_after)
+
+
+def uses_dns01(domain: Domain) -> bool:
+    """Validated by DNS-01 through the delegation: every wildcard, and DNS_01 by choice."""
+    return domain.challenge is ChallengeType.DNS_01 or domain.is_wildcard
 
 
 def needs_issuance(domain: Domain, now: datetime) -> bool:
@@ -50,6 +67,25 @@ def is_due_for_order(domain: Domain, now: datetime) -> bool:
     """Wanted and not held back by backoff, the 60-second DNS cadence or a quota."""
     next_attempt = domain.retry.next_attempt_at
     return needs_issuance(domain, now) and (next_attempt is None or next_attempt <= now)
+
+
+def is_due_for_delegation_check(domain: Domain, now: datetime) -> bool:
+    """A resting DNS-01 domain whose periodic delegation check has come."""
+    check = domain.retry.next_attempt_at
+    return (
+        domain.letsencrypt_enabled
+        and uses_dns01(domain)
+        and not needs_issuance(domain, now)
+        and check is not None
+        and check <= now
+    )
+
+
+def _next_delegation_check(domain: Domain, now: datetime) -> datetime:
+    check = now + DELEGATION_RECHECK
+    if domain.le_cert is not None:
+        check = min(check, max(now, cert_renewal_time(domain.le_cert)))
+    return check
 
 
 def settle(domain: Domain, now: datetime) -> Domain:
@@ -97,6 +133,8 @@ def next_run(domain: Domain, now: datetime) -> datetime | None:
             times.append(domain.retry.next_attempt_at or now)
         elif le_cert is not None:
             times.append(cert_renewal_time(le_cert))
+            if uses_dns01(domain) and domain.retry.next_attempt_at is not None:
+                times.append(domain.retry.next_attempt_at)  # the delegation check
     return max(min(times), now) if times else None
 
 
@@ -171,17 +209,61 @@ def held_back(domain: Domain, reason: str, message: str, until: datetime, now: d
     return settle(replace(domain, retry=retry), now)
 
 
-def action_required(domain: Domain, instruction: str, now: datetime, interval: timedelta) -> Domain:
-    """The customer must act (wildcard delegation); look again every ``interval``."""
+def action_required(
+    domain: Domain,
+    instruction: str,
+    now: datetime,
+    interval: timedelta,
+    *,
+    reason: str = "ACTION_REQUIRED",
+    message: str = "",
+) -> Domain:
+    """The customer must act (the DNS-01 delegation); look again every ``interval``.
+
+    ``instruction`` (e.g. the record to create, ready to paste) goes to
+    ``action_required``; ``reason``/``message`` (default: the instruction) to the
+    retry facts. Not a failed attempt: no backoff, the CA heard nothing. A
+    usable Let's Encrypt certificate keeps serving and keeps its state.
+    """
     state = domain.le_state if _has_usable_le(domain, now) else LetsEncryptState.ACTION_REQUIRED
     retry = replace(
         domain.retry,
         next_attempt_at=now + interval,
-        last_error_reason="ACTION_REQUIRED",
-        last_error_message=instruction,
+        last_error_reason=reason,
+        last_error_message=message or instruction,
         last_error_at=now,
     )
     return settle(replace(domain, le_state=state, action_required=instruction, retry=retry), now)
+
+
+def delegated(domain: Domain, now: datetime) -> Domain:
+    """The delegation is in place before an order: nothing left for the customer to do."""
+    state = (
+        LetsEncryptState.CREATING
+        if domain.le_state is LetsEncryptState.ACTION_REQUIRED
+        else domain.le_state
+    )
+    return settle(replace(domain, le_state=state, action_required=""), now)
+
+
+def delegation_confirmed(domain: Domain, now: datetime) -> Domain:
+    """A resting domain's periodic check found the delegation: look again in a day."""
+    retry = replace(domain.retry, next_attempt_at=_next_delegation_check(domain, now))
+    return settle(replace(domain, action_required="", retry=retry), now)
+
+
+def delegation_check_failed(
+    domain: Domain, reason: str, message: str, now: datetime, interval: timedelta
+) -> Domain:
+    """The periodic check could not tell (DNS timeout, SERVFAIL): ask again in ``interval``."""
+    retry = replace(
+        domain.retry,
+        next_attempt_at=now + interval,
+        last_error_reason=reason,
+        last_error_message=message,
+        last_error_at=now,
+    )
+    return settle(replace(domain, retry=retry), now)
 
 
 def order_started(domain: Domain, now: datetime) -> Domain:
@@ -190,8 +272,14 @@ def order_started(domain: Domain, now: datetime) -> Domain:
 
 
 def issued(domain: Domain, cert: CertificateInfo, now: datetime) -> Domain:
-    """Success resets the backoff; the new certificate serves unless a custom one does."""
-    return settle(replace(domain, le_cert=cert, retry=RetryState(), action_required=""), now)
+    """Success resets the backoff; the new certificate serves unless a custom one does.
+
+    A DNS-01 domain gets its first periodic delegation check scheduled.
+    """
+    done = replace(domain, le_cert=cert, retry=RetryState(), action_required="")
+    if uses_dns01(done):
+        done = replace(done, retry=RetryState(next_attempt_at=_next_delegation_check(done, now)))
+    return settle(done, now)
 
 
 def retry_now(domain: Domain, now: datetime) -> Domain:

@@ -11,12 +11,24 @@ of ordering twice.
 One step, in the order that keeps the CA's quotas safe::
 
     custom expiry / expiring flag      (lifecycle.tick)
-    DNS points at the platform?        no  -> PENDING_DNS, look again in 60 s
+    HTTP-01: DNS points at the platform?  no  -> PENDING_DNS, look again in 60 s
+    DNS-01: _acme-challenge delegated?    no  -> ACTION_REQUIRED (the record to
+                                               create), look again in 60 s
     CAA allows our CA?                 no  -> failed (backoff), no order
+    DNS-01: may our TSIG key update?   no  -> failed (backoff), no order
     quota left (counted locally)?      no  -> held back until the next slot
     reserve the slot + persist order   -> CREATING
     order at the CA (or resume it)     fail -> backoff 1, 2, 4 ... min, max a day
     store certificate                  -> IN_USE / NOT_USED
+
+DNS-01 domains (wildcards, or ``challenge`` DNS_01) need no pointing at the
+platform to be validated, so they are not held in PENDING_DNS for it (a
+customer can get the certificate before moving traffic); what they need is
+the one-time delegation (``certbroker.delegation``). While such a domain
+rests, its delegation is looked at again once a day
+(``lifecycle.is_due_for_delegation_check``), so a removed CNAME shows as
+``action_required`` long before the renewal, while the certificate keeps
+serving.
 """
 
 from __future__ import annotations
@@ -29,12 +41,18 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from certbroker import lifecycle, quota
+from certbroker import delegation, lifecycle, quota
 from certbroker.acme.keys import generate_private_key
 from certbroker.acme.problems import AcmeProblem, classify
 from certbroker.app import Sealer
 from certbroker.clock import Clock
-from certbroker.dns import CaaResult, DnsResult, PlatformTargets, to_observation
+from certbroker.dns import (
+    CaaResult,
+    DnsLookupError,
+    DnsResult,
+    PlatformTargets,
+    to_observation,
+)
 from certbroker.model import Domain, LetsEncryptState, Source
 from certbroker.names import registered_domain
 from certbroker.store.base import NewCertificate, PendingOrder, Store, Transaction
@@ -59,16 +77,32 @@ class Issuer(Protocol):
         names: list[str],
         key_pem: bytes,
         *,
+        dns01: bool = False,
         on_order_created: Callable[[str], Awaitable[None]] | None = None,
     ) -> Issued: ...
 
-    async def resume(self, order_url: str, names: list[str], key_pem: bytes) -> Issued: ...
+    async def resume(
+        self, order_url: str, names: list[str], key_pem: bytes, *, dns01: bool = False
+    ) -> Issued: ...
 
 
 class DnsChecks(Protocol):
     async def points_to_platform(self, name: str, targets: PlatformTargets) -> DnsResult: ...
 
     async def caa_allows(self, name: str, ca_identity: str, *, wildcard: bool) -> CaaResult: ...
+
+    async def cname_target(self, name: str) -> str | None: ...
+
+
+class Dns01Access(Protocol):
+    """The broker's side of DNS-01 (``certbroker.acme.dns01.Dns01Updater``)."""
+
+    @property
+    def zone(self) -> str: ...
+
+    async def check_access(self, identifier: str) -> None:
+        """Raise ``AcmeProblem`` if the key may not update ``identifier``'s record."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -92,8 +126,11 @@ class Scheduler:
         dns: DnsChecks,
         targets: PlatformTargets | None,
         policy: Policy,
+        *,
+        dns01: Dns01Access | None = None,
     ) -> None:
         self._store = store
+        self._dns01 = dns01
         self._clock = clock
         self._sealer = sealer
         self._issuer = issuer
@@ -201,13 +238,18 @@ class Scheduler:
             return
         now = self._clock.now()
         if not lifecycle.is_due_for_order(domain, now):
+            if lifecycle.is_due_for_delegation_check(domain, now):
+                await self._recheck_delegation(domain)
             return
-        if self._issuer is None or self._targets is None:
-            missing = (
-                "CERTBROKER_ACME_DIRECTORY"
-                if self._issuer is None
-                else ("CERTBROKER_PLATFORM_TARGETS")
-            )
+        dns01 = lifecycle.uses_dns01(domain)
+        missing = ""
+        if self._issuer is None:
+            missing = "CERTBROKER_ACME_DIRECTORY"
+        elif dns01 and self._dns01 is None:
+            missing = "CERTBROKER_DNS01_ZONE (needed for wildcards and DNS-01)"
+        elif not dns01 and self._targets is None:
+            missing = "CERTBROKER_PLATFORM_TARGETS"
+        if missing:
             await self._record(
                 name,
                 lambda d, now: lifecycle.held_back(
@@ -220,8 +262,11 @@ class Scheduler:
             )
             return
         order = await self._store.get_order(name)
-        if order is None and not await self._preflight(domain):
-            return
+        if order is None:
+            ready = await (self._preflight_dns01(domain) if dns01 else self._preflight(domain))
+            if not ready:
+                return
+        assert self._issuer is not None
         try:
             await self._issuer.start()
         except Exception as error:
@@ -272,6 +317,104 @@ class Scheduler:
         if domain.dns != observation:
             await self._record(name, lambda d, now: lifecycle.dns_ready(d, observation))
         return True
+
+    async def _delegation_state(self, domain: Domain) -> tuple[bool, str, str]:
+        """Is ``_acme-challenge.<base>`` a CNAME to our record? ``(ok, reason, message)``.
+
+        Raises ``DnsLookupError`` when the DNS cannot tell.
+        """
+        assert self._dns01 is not None
+        zone = self._dns01.zone
+        found = await self._dns.cname_target(delegation.challenge_name(domain.name))
+        if found == delegation.target(domain.name, zone):
+            return True, "", ""
+        reason = "DNS01_DELEGATION_MISSING" if found is None else "DNS01_DELEGATION_WRONG"
+        return False, reason, delegation.instruction(domain.name, zone, found)
+
+    def _ask_for_delegation(
+        self, reason: str, message: str
+    ) -> Callable[[Domain, datetime], Domain]:
+        assert self._dns01 is not None
+        zone = self._dns01.zone
+        interval = self._policy.dns_check_interval
+        return lambda d, now: lifecycle.action_required(
+            d, delegation.record(d.name, zone), now, interval, reason=reason, message=message
+        )
+
+    async def _preflight_dns01(self, domain: Domain) -> bool:
+        """Delegation, CAA and our own update rights must hold before the CA hears of it."""
+        assert self._dns01 is not None
+        name = domain.name
+        interval = self._policy.dns_check_interval
+        try:
+            ok, reason, message = await self._delegation_state(domain)
+        except DnsLookupError as error:
+            why, detail = error.reason, error.message
+            await self._record(
+                name,
+                lambda d, now: lifecycle.delegation_check_failed(d, why, detail, now, interval),
+            )
+            return False
+        if not ok:
+            await self._record(name, self._ask_for_delegation(reason, message))
+            return False
+        caa = await self._dns.caa_allows(
+            name, self._policy.caa_identity, wildcard=domain.is_wildcard
+        )
+        if not caa.allowed:
+            await self._record(
+                name,
+                lambda d, now: lifecycle.failed(
+                    lifecycle.delegated(d, now),
+                    caa.reason,
+                    caa.message,
+                    now,
+                    state=None
+                    if lifecycle.is_valid_at(d.le_cert, now)
+                    else LetsEncryptState.PENDING_DNS,
+                ),
+            )
+            return False
+        try:
+            await self._dns01.check_access(delegation.base_name(name))
+        except AcmeProblem as problem:
+            log.warning("DNS-01 updates for %s fail: %s", name, problem)
+            why, detail = problem.reason, problem.detail
+            await self._record(
+                name,
+                lambda d, now: lifecycle.failed(lifecycle.delegated(d, now), why, detail, now),
+            )
+            return False
+        await self._record(name, lifecycle.delegated)
+        return True
+
+    async def _recheck_delegation(self, domain: Domain) -> None:
+        """A resting DNS-01 domain: is the delegation still there for the next renewal?"""
+        name = domain.name
+        interval = self._policy.dns_check_interval
+        if self._dns01 is None:
+            message = "CERTBROKER_DNS01_ZONE is not set: the delegation cannot be checked"
+            await self._record(
+                name,
+                lambda d, now: lifecycle.delegation_check_failed(
+                    d, "NOT_CONFIGURED", message, now, lifecycle.DELEGATION_RECHECK
+                ),
+            )
+            return
+        try:
+            ok, reason, message = await self._delegation_state(domain)
+        except DnsLookupError as error:
+            why, detail = error.reason, error.message
+            await self._record(
+                name,
+                lambda d, now: lifecycle.delegation_check_failed(d, why, detail, now, interval),
+            )
+            return
+        if ok:
+            await self._record(name, lifecycle.delegation_confirmed)
+        else:
+            log.info("delegation of %s is gone (%s)", name, reason)
+            await self._record(name, self._ask_for_delegation(reason, message))
 
     async def _reserve(self, domain: Domain) -> PendingOrder | None:
         """Count the quotas and, if a slot is free, persist the order in the same transaction."""
@@ -325,20 +468,23 @@ class Scheduler:
             if order is None:
                 return
         key_pem = self._sealer.open(order.key_sealed, name)
+        dns01 = lifecycle.uses_dns01(domain)
         try:
             if order.order_url:
                 try:
-                    issued = await self._issuer.resume(order.order_url, list(order.names), key_pem)
+                    issued = await self._issuer.resume(
+                        order.order_url, list(order.names), key_pem, dns01=dns01
+                    )
                 except AcmeProblem as problem:
                     if problem.reason != "ACME_ORDER_INVALID":
                         raise
                     log.info("order for %s cannot be resumed (%s); ordering anew", name, problem)
                     issued = await self._issuer.issue(
-                        list(order.names), key_pem, on_order_created=self._saver(order)
+                        list(order.names), key_pem, dns01=dns01, on_order_created=self._saver(order)
                     )
             else:
                 issued = await self._issuer.issue(
-                    list(order.names), key_pem, on_order_created=self._saver(order)
+                    list(order.names), key_pem, dns01=dns01, on_order_created=self._saver(order)
                 )
         except AcmeProblem as problem:
             log.warning("order for %s failed: %s", name, problem.reason)

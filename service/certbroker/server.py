@@ -22,6 +22,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from certbroker.acme.dns01 import Dns01Updater, TsigKey
 from certbroker.acme.http01 import Http01Responder
 from certbroker.acme.issuer import AcmeIssuer
 from certbroker.api.auth import Authorizer
@@ -31,6 +32,7 @@ from certbroker.clock import Clock, SystemClock
 from certbroker.config import ConfigError, Settings
 from certbroker.dns import DnsChecker, PlatformTargets
 from certbroker.events import EventHub
+from certbroker.housekeeping import ChallengeEvents, Compactor
 from certbroker.scheduler import Policy, Scheduler
 from certbroker.store.acme_account import StoredAccount
 from certbroker.store.sqlite import SqliteStore
@@ -136,11 +138,16 @@ async def run(settings: Settings, clock: Clock | None = None) -> Running:
     hub = EventHub(store)
     await hub.start()
     extras: list[Any] = []
-    responder = Http01Responder()
+    challenge_events = ChallengeEvents(store, clock)
+    responder = Http01Responder(on_change=challenge_events.on_change)
     if settings.http01_listen is not None:
         host, http01_port = settings.http01_listen
         await responder.start(host, http01_port)
         extras.append(responder)
+    dns01: Dns01Updater | None = None
+    if settings.dns01_zone and settings.dns01_server and settings.dns01_tsig_key:
+        key = TsigKey.load(settings.dns01_tsig_key)
+        dns01 = Dns01Updater(settings.dns01_zone, settings.dns01_server, key)
     issuer: AcmeIssuer | None = None
     if settings.acme_directory:
         issuer = AcmeIssuer(
@@ -149,6 +156,7 @@ async def run(settings: Settings, clock: Clock | None = None) -> Running:
             email=settings.acme_email,
             account_store=StoredAccount(store, sealer, settings.acme_directory),
             responder=responder,
+            dns01=dns01,
             max_workers=settings.acme_workers,
         )
         extras.append(_Closing(issuer))
@@ -166,10 +174,12 @@ async def run(settings: Settings, clock: Clock | None = None) -> Running:
             quota_per_name_set=settings.quota_per_name_set,
             max_concurrent=settings.max_concurrent_orders,
         ),
+        dns01=dns01,
     )
     broker = Broker(store, clock, sealer, validator, wake_scheduler=scheduler.wake)
+    provider = tracer_provider(settings.traces_exporter)
     server = grpc.aio.server(
-        interceptors=[server_interceptor(tracer_provider(settings.traces_exporter))],
+        interceptors=[server_interceptor(provider)],
         options=[
             ("grpc.max_pending_requests", settings.max_pending_requests),
             ("grpc.max_concurrent_streams", 100_000),
@@ -187,6 +197,8 @@ async def run(settings: Settings, clock: Clock | None = None) -> Running:
         Authorizer(settings.tls_enabled, settings.roles),
         heartbeat=settings.heartbeat_interval,
         max_lag=settings.watch_buffer,
+        send_timeout=settings.watch_send_timeout,
+        tracer=provider.get_tracer("certbroker"),
     )
     from certbroker.v1 import broker_pb2_grpc
 
@@ -206,6 +218,9 @@ async def run(settings: Settings, clock: Clock | None = None) -> Running:
     try:
         await server.start()
         await scheduler.start()
+        compactor = Compactor(store, clock, settings.event_retention, settings.compaction_interval)
+        await compactor.start()
+        extras.extend([compactor, challenge_events])
         for name in ("", SERVICE_NAME):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     except BaseException:

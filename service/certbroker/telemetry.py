@@ -32,9 +32,18 @@ def tracer_provider(exporter: str) -> TracerProvider:
     return provider
 
 
+WATCH_METHOD = "WatchStatus"
+
+
 def server_interceptor(provider: TracerProvider) -> grpc.aio.ServerInterceptor:
-    """A span per RPC, health checks left out (they would drown everything else)."""
+    """A span per unary RPC; health checks left out (they would drown everything else).
+
+    WatchStatus is left out too: the interceptor only wraps async-generator streams,
+    and the watch handler writes with ``context.write`` so a stalled reader can time
+    out. The servicer opens the watch's span itself.
+    """
+    skip = filters.any_of(filters.health_check(), filters.method_name(WATCH_METHOD))
     interceptor: grpc.aio.ServerInterceptor = aio_server_interceptor(  # type: ignore[no-untyped-call]
-        tracer_provider=provider, filter_=filters.negate(filters.health_check())
+        tracer_provider=provider, filter_=filters.negate(skip)
     )
     return interceptor

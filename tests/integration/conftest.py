@@ -21,7 +21,10 @@ def lab(dns_server: ChallTestSrv) -> Iterator[Lab]:
     """Pebble issuing 90-day certificates, validating HTTP-01 on the broker's responder port."""
     http01_port = free_port()
     with Pebble.running(
-        http_port=http01_port, dns_server=dns_server.dns_address, nonce_reject_percent=0,
-        authz_reuse_percent=0, validity_seconds=NINETY_DAYS,
+        http_port=http01_port,
+        dns_server=dns_server.dns_address,
+        nonce_reject_percent=0,
+        authz_reuse_percent=0,
+        validity_seconds=NINETY_DAYS,
     ) as pebble:
         yield Lab(dns=dns_server, pebble=pebble, http01_port=http01_port)

@@ -100,24 +100,29 @@ class BrokerProcess:
     def env(self) -> dict[str, str]:
         s = self.settings
         env = dict(os.environ)
-        env.update({
-            "CERTBROKER_LISTEN": f"127.0.0.1:{self.port}",
-            "CERTBROKER_DB": s.db,
-            "CERTBROKER_KEK_FILE": s.kek_file,
-            "CERTBROKER_ACME_DIRECTORY": s.acme_directory,
-            "CERTBROKER_ACME_CA_BUNDLE": s.acme_ca_bundle or "",
-            "CERTBROKER_DNS_SERVERS": ",".join(f"{h}:{p}" for h, p in s.dns_servers or ()),
-            "CERTBROKER_PLATFORM_TARGETS": ",".join(s.platform_targets),
-            "CERTBROKER_HTTP01_LISTEN": (
-                f"{s.http01_listen[0]}:{s.http01_listen[1]}" if s.http01_listen else "off"),
-        })
+        env.update(
+            {
+                "CERTBROKER_LISTEN": f"127.0.0.1:{self.port}",
+                "CERTBROKER_DB": s.db,
+                "CERTBROKER_KEK_FILE": s.kek_file,
+                "CERTBROKER_ACME_DIRECTORY": s.acme_directory,
+                "CERTBROKER_ACME_CA_BUNDLE": s.acme_ca_bundle or "",
+                "CERTBROKER_DNS_SERVERS": ",".join(f"{h}:{p}" for h, p in s.dns_servers or ()),
+                "CERTBROKER_PLATFORM_TARGETS": ",".join(s.platform_targets),
+                "CERTBROKER_HTTP01_LISTEN": (
+                    f"{s.http01_listen[0]}:{s.http01_listen[1]}" if s.http01_listen else "off"
+                ),
+            }
+        )
         return env
 
     def start(self) -> None:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "certbroker.server"], env=self.env(),
-                stdout=log, stderr=subprocess.STDOUT,
+                [sys.executable, "-m", "certbroker.server"],
+                env=self.env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:

@@ -16,7 +16,9 @@ async def test_domain_reaches_in_use_with_a_chain_valid_for_its_name(
 ) -> None:
     name = unique_domain()
     async with started_broker(lab.settings(tmp_path)) as broker:
-        await broker.stub.IssueCertificate(broker_pb2.IssueCertificateRequest(domain=name, app="shop"))
+        await broker.stub.IssueCertificate(
+            broker_pb2.IssueCertificateRequest(domain=name, app="shop")
+        )
         status = await wait_status(broker.stub, name, in_use)
     assert status.serving_source == domain_pb2.CERTIFICATE_SOURCE_LETS_ENCRYPT
     cert = status.lets_encrypt_certificate
@@ -38,9 +40,11 @@ async def test_pending_dns_until_the_record_points_then_issued(lab: Lab, tmp_pat
         async with started_broker(lab.settings(tmp_path), clock) as broker:
             issued_before = lab.pebble.issued_count()
             await broker.stub.IssueCertificate(
-                broker_pb2.IssueCertificateRequest(domain=name, app="shop"))
+                broker_pb2.IssueCertificateRequest(domain=name, app="shop")
+            )
             pending = await wait_status(
-                broker.stub, name, lambda d: d.HasField("dns") and not d.dns.points_to_platform)
+                broker.stub, name, lambda d: d.HasField("dns") and not d.dns.points_to_platform
+            )
             assert pending.lets_encrypt_state == domain_pb2.LETS_ENCRYPT_STATE_PENDING_DNS
             assert "A 192.0.2.10" in pending.dns.answered
             assert "A 127.0.0.1" in pending.dns.expected
@@ -68,9 +72,11 @@ async def test_stray_aaaa_keeps_the_domain_pending(lab: Lab, tmp_path: Path) -> 
     try:
         async with started_broker(lab.settings(tmp_path)) as broker:
             await broker.stub.IssueCertificate(
-                broker_pb2.IssueCertificateRequest(domain=name, app="shop"))
+                broker_pb2.IssueCertificateRequest(domain=name, app="shop")
+            )
             pending = await wait_status(
-                broker.stub, name, lambda d: d.retry.last_error_reason != "")
+                broker.stub, name, lambda d: d.retry.last_error_reason != ""
+            )
             assert pending.lets_encrypt_state == domain_pb2.LETS_ENCRYPT_STATE_PENDING_DNS
             assert pending.retry.last_error_reason == "DNS_STRAY_AAAA"
             assert any("2001:db8::1" in a for a in pending.dns.answered)
@@ -87,9 +93,11 @@ async def test_caa_forbidding_our_ca_means_no_order(lab: Lab, tmp_path: Path) ->
             issued_before = lab.pebble.issued_count()
             orders_before = lab.pebble.log_text().count(name)
             await broker.stub.IssueCertificate(
-                broker_pb2.IssueCertificateRequest(domain=name, app="shop"))
+                broker_pb2.IssueCertificateRequest(domain=name, app="shop")
+            )
             status = await wait_status(
-                broker.stub, name, lambda d: d.retry.last_error_reason == "CAA_FORBIDS")
+                broker.stub, name, lambda d: d.retry.last_error_reason == "CAA_FORBIDS"
+            )
             assert "other-ca.example" in status.retry.last_error_message
             assert status.lets_encrypt_state == domain_pb2.LETS_ENCRYPT_STATE_PENDING_DNS
             assert status.retry.attempt == 1
@@ -102,13 +110,16 @@ async def test_caa_forbidding_our_ca_means_no_order(lab: Lab, tmp_path: Path) ->
 async def test_disabled_domain_is_never_sent_to_the_ca(lab: Lab, tmp_path: Path) -> None:
     name = unique_domain()
     async with started_broker(lab.settings(tmp_path)) as broker:
-        reply = await broker.stub.IssueCertificate(broker_pb2.IssueCertificateRequest(
-            domain=name, app="shop", disable_letsencrypt=True))
+        reply = await broker.stub.IssueCertificate(
+            broker_pb2.IssueCertificateRequest(domain=name, app="shop", disable_letsencrypt=True)
+        )
         assert reply.domain.lets_encrypt_state == domain_pb2.LETS_ENCRYPT_STATE_DISABLED
         assert not reply.domain.HasField("next_check_time")
         # a second domain issued after it proves the scheduler ran past the disabled one
         other = unique_domain()
-        await broker.stub.IssueCertificate(broker_pb2.IssueCertificateRequest(domain=other, app="shop"))
+        await broker.stub.IssueCertificate(
+            broker_pb2.IssueCertificateRequest(domain=other, app="shop")
+        )
         await wait_status(broker.stub, other, in_use)
         status = await broker.stub.GetStatus(broker_pb2.GetStatusRequest(domain=name))
         assert status.domain.lets_encrypt_state == domain_pb2.LETS_ENCRYPT_STATE_DISABLED
@@ -121,7 +132,9 @@ async def test_renewal_at_two_thirds_keeps_serving_until_the_new_one(
     name = unique_domain()
     clock = FakeClock(datetime.now(UTC))
     async with started_broker(lab.settings(tmp_path), clock) as broker:
-        await broker.stub.IssueCertificate(broker_pb2.IssueCertificateRequest(domain=name, app="shop"))
+        await broker.stub.IssueCertificate(
+            broker_pb2.IssueCertificateRequest(domain=name, app="shop")
+        )
         first = await wait_status(broker.stub, name, in_use)
         renew_at = first.renewal_time.ToDatetime(UTC)
         clock.set(renew_at - timedelta(seconds=1))
@@ -130,8 +143,15 @@ async def test_renewal_at_two_thirds_keeps_serving_until_the_new_one(
         assert same.domain.lets_encrypt_certificate.serial == first.lets_encrypt_certificate.serial
         clock.set(renew_at)
         renewed = await wait_status(
-            broker.stub, name,
-            lambda d: d.lets_encrypt_certificate.serial != first.lets_encrypt_certificate.serial)
+            broker.stub,
+            name,
+            lambda d: d.lets_encrypt_certificate.serial != first.lets_encrypt_certificate.serial,
+        )
     assert renewed.lets_encrypt_state == domain_pb2.LETS_ENCRYPT_STATE_IN_USE
     assert renewed.serving_source == domain_pb2.CERTIFICATE_SOURCE_LETS_ENCRYPT
-    assert renewed.renewal_time.ToDatetime(UTC) > renew_at
+    # Pebble dates certificates by the real clock, so the new one's renewal time is
+    # two thirds into its own life, not into the fake clock's future.
+    new = renewed.lets_encrypt_certificate
+    life = new.not_after.ToDatetime(UTC) - new.not_before.ToDatetime(UTC)
+    expected = new.not_before.ToDatetime(UTC) + life * 2 / 3
+    assert abs(renewed.renewal_time.ToDatetime(UTC) - expected) < timedelta(seconds=1)

@@ -28,20 +28,28 @@ from tests.integration.lab import (
 async def test_backoff_doubles_from_one_minute_and_caps_at_a_day(lab: Lab, tmp_path: Path) -> None:
     # A CA whose validations always fail: its HTTP-01 port has nothing behind it.
     with Pebble.running(
-        http_port=free_port(), dns_server=lab.dns.dns_address, nonce_reject_percent=0,
+        http_port=free_port(),
+        dns_server=lab.dns.dns_address,
+        nonce_reject_percent=0,
         authz_reuse_percent=0,
     ) as failing:
         name = unique_domain()
         clock = FakeClock(datetime.now(UTC))
         settings = lab.settings(
-            tmp_path, acme_directory=failing.directory_url, acme_ca_bundle=failing.ca_bundle_path)
+            tmp_path, acme_directory=failing.directory_url, acme_ca_bundle=failing.ca_bundle_path
+        )
         async with started_broker(settings, clock) as broker:
             await broker.stub.IssueCertificate(
-                broker_pb2.IssueCertificateRequest(domain=name, app="shop"))
+                broker_pb2.IssueCertificateRequest(domain=name, app="shop")
+            )
             for attempt, minutes in ((1, 1), (2, 2), (3, 4), (4, 8), (5, 16)):
-                status = await wait_status(broker.stub, name, lambda d, a=attempt: d.retry.attempt == a)
+                status = await wait_status(
+                    broker.stub, name, lambda d, a=attempt: d.retry.attempt == a
+                )
                 retry = status.retry
-                wait = retry.next_attempt_time.ToDatetime(UTC) - retry.last_error_time.ToDatetime(UTC)
+                wait = retry.next_attempt_time.ToDatetime(UTC) - retry.last_error_time.ToDatetime(
+                    UTC
+                )
                 assert wait == timedelta(minutes=minutes), (attempt, wait)
                 assert retry.last_error_reason.startswith("ACME_")
                 assert status.lets_encrypt_state == domain_pb2.LETS_ENCRYPT_STATE_CREATING
@@ -62,9 +70,12 @@ async def test_backoff_doubles_from_one_minute_and_caps_at_a_day(lab: Lab, tmp_p
                 status = await broker.stub.GetStatus(broker_pb2.GetStatusRequest(domain=name))
                 clock.set(status.domain.retry.next_attempt_time.ToDatetime(UTC))
                 status_reply = await wait_status(
-                    broker.stub, name, lambda d, a=attempt: d.retry.attempt == a)
+                    broker.stub, name, lambda d, a=attempt: d.retry.attempt == a
+                )
                 retry = status_reply.retry
-                wait = retry.next_attempt_time.ToDatetime(UTC) - retry.last_error_time.ToDatetime(UTC)
+                wait = retry.next_attempt_time.ToDatetime(UTC) - retry.last_error_time.ToDatetime(
+                    UTC
+                )
                 assert wait == timedelta(days=1)
 
         # The attempt count and next try survive a restart (they are columns, not memory).
@@ -76,13 +87,16 @@ async def test_backoff_doubles_from_one_minute_and_caps_at_a_day(lab: Lab, tmp_p
 
 async def test_retry_now_runs_at_once_without_resetting_attempts(lab: Lab, tmp_path: Path) -> None:
     with Pebble.running(
-        http_port=free_port(), dns_server=lab.dns.dns_address, nonce_reject_percent=0,
+        http_port=free_port(),
+        dns_server=lab.dns.dns_address,
+        nonce_reject_percent=0,
         authz_reuse_percent=0,
     ) as failing:
         name = unique_domain()
         clock = FakeClock(datetime.now(UTC))
         settings = lab.settings(
-            tmp_path, acme_directory=failing.directory_url, acme_ca_bundle=failing.ca_bundle_path)
+            tmp_path, acme_directory=failing.directory_url, acme_ca_bundle=failing.ca_bundle_path
+        )
         async with started_broker(settings, clock) as broker:
             request = broker_pb2.IssueCertificateRequest(domain=name, app="shop")
             await broker.stub.IssueCertificate(request)
@@ -90,7 +104,8 @@ async def test_retry_now_runs_at_once_without_resetting_attempts(lab: Lab, tmp_p
             await broker.stub.IssueCertificate(request)  # "retry now", clock not moved
             status = await wait_status(broker.stub, name, lambda d: d.retry.attempt == 2)
             assert status.retry.next_attempt_time.ToDatetime(UTC) - clock.now() == timedelta(
-                minutes=2)
+                minutes=2
+            )
 
 
 async def test_registered_domain_quota_holds_orders_until_a_slot_frees(
@@ -102,24 +117,32 @@ async def test_registered_domain_quota_holds_orders_until_a_slot_frees(
     async with started_broker(settings, clock) as broker:
         for name in names[:2]:
             await broker.stub.IssueCertificate(
-                broker_pb2.IssueCertificateRequest(domain=name, app="shop"))
+                broker_pb2.IssueCertificateRequest(domain=name, app="shop")
+            )
             await wait_status(broker.stub, name, in_use)
         issued = lab.pebble.issued_count()
         first_issue = clock.now()
         await broker.stub.IssueCertificate(
-            broker_pb2.IssueCertificateRequest(domain=names[2], app="shop"))
+            broker_pb2.IssueCertificateRequest(domain=names[2], app="shop")
+        )
         held = await wait_status(
-            broker.stub, names[2], lambda d: d.retry.last_error_reason == "QUOTA_REGISTERED_DOMAIN")
+            broker.stub, names[2], lambda d: d.retry.last_error_reason == "QUOTA_REGISTERED_DOMAIN"
+        )
         assert held.retry.attempt == 0
         assert held.retry.next_attempt_time.ToDatetime(UTC) == first_issue + timedelta(days=7)
         assert "example.test" in held.retry.last_error_message
         # "retry now" does not reset the quota
         await broker.stub.IssueCertificate(
-            broker_pb2.IssueCertificateRequest(domain=names[2], app="shop"))
+            broker_pb2.IssueCertificateRequest(domain=names[2], app="shop")
+        )
         again = await wait_status(
-            broker.stub, names[2],
-            lambda d: d.retry.last_error_time.ToDatetime(UTC) >= clock.now()
-            and d.retry.last_error_reason == "QUOTA_REGISTERED_DOMAIN")
+            broker.stub,
+            names[2],
+            lambda d: (
+                d.retry.last_error_time.ToDatetime(UTC) >= clock.now()
+                and d.retry.last_error_reason == "QUOTA_REGISTERED_DOMAIN"
+            ),
+        )
         assert again.lets_encrypt_state != domain_pb2.LETS_ENCRYPT_STATE_IN_USE
         assert lab.pebble.issued_count() == issued
         clock.advance(timedelta(days=7))
@@ -137,7 +160,8 @@ async def test_name_set_quota_counts_issuances_after_removal(lab: Lab, tmp_path:
         await broker.stub.RemoveDomain(broker_pb2.RemoveDomainRequest(domain=name))
         await broker.stub.IssueCertificate(request)
         held = await wait_status(
-            broker.stub, name, lambda d: d.retry.last_error_reason == "QUOTA_NAME_SET")
+            broker.stub, name, lambda d: d.retry.last_error_reason == "QUOTA_NAME_SET"
+        )
         assert held.serving_source == domain_pb2.CERTIFICATE_SOURCE_NONE
 
 
@@ -145,16 +169,26 @@ async def test_default_nonce_rejection_still_issues(lab: Lab, tmp_path: Path) ->
     """Pebble's default 5 % badNonce rejection: retried inside the step, every domain issued."""
     http01 = free_port()
     with Pebble.running(
-        http_port=http01, dns_server=lab.dns.dns_address, authz_reuse_percent=0,
+        http_port=http01,
+        dns_server=lab.dns.dns_address,
+        authz_reuse_percent=0,
     ) as pebble:
         settings = lab.settings(
-            tmp_path, acme_directory=pebble.directory_url, acme_ca_bundle=pebble.ca_bundle_path,
-            http01_listen=("127.0.0.1", http01))
+            tmp_path,
+            acme_directory=pebble.directory_url,
+            acme_ca_bundle=pebble.ca_bundle_path,
+            http01_listen=("127.0.0.1", http01),
+        )
         names = [unique_domain(f"n{i}") for i in range(12)]
         async with started_broker(settings) as broker:
-            await asyncio.gather(*(
-                broker.stub.IssueCertificate(broker_pb2.IssueCertificateRequest(domain=n, app="a"))
-                for n in names))
+            await asyncio.gather(
+                *(
+                    broker.stub.IssueCertificate(
+                        broker_pb2.IssueCertificateRequest(domain=n, app="a")
+                    )
+                    for n in names
+                )
+            )
             for name in names:
                 status = await wait_status(broker.stub, name, in_use, timeout=30)
                 assert status.retry.attempt == 0
@@ -174,13 +208,18 @@ async def test_kill_9_during_issuance_then_restart_issues_each_domain_once(
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = broker_pb2_grpc.CertificateBrokerServiceStub(channel)
             watch = stub.WatchStatus(broker_pb2.WatchStatusRequest(after_revision=0))
-            await asyncio.gather(*(
-                stub.IssueCertificate(broker_pb2.IssueCertificateRequest(domain=n, app="a"))
-                for n in names))
+            await asyncio.gather(
+                *(
+                    stub.IssueCertificate(broker_pb2.IssueCertificateRequest(domain=n, app="a"))
+                    for n in names
+                )
+            )
             # Kill the moment the first order is under way.
             async for response in watch:
-                if (response.event.domain.lets_encrypt_state
-                        == domain_pb2.LETS_ENCRYPT_STATE_CREATING):
+                if (
+                    response.event.domain.lets_encrypt_state
+                    == domain_pb2.LETS_ENCRYPT_STATE_CREATING
+                ):
                     process.kill()
                     break
         process.start()
@@ -189,9 +228,10 @@ async def test_kill_9_during_issuance_then_restart_issues_each_domain_once(
             stub = broker_pb2_grpc.CertificateBrokerServiceStub(channel)
             for name in names:
                 status = await wait_status(
-                    stub, name, in_use, timeout=max(1.0, deadline - time.monotonic()))
+                    stub, name, in_use, timeout=max(1.0, deadline - time.monotonic())
+                )
                 verify_chain(status.lets_encrypt_certificate.chain_pem, lab.pebble.root_pem(), name)
-        issued = lab.pebble.issued_serials()[-(lab.pebble.issued_count() - issued_before):]
+        issued = lab.pebble.issued_serials()[-(lab.pebble.issued_count() - issued_before) :]
         assert lab.pebble.issued_count() - issued_before == len(names), issued
     finally:
         assert process.terminate() == 0

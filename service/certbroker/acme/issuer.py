@@ -33,6 +33,7 @@ import concurrent.futures
 import contextlib
 import datetime as dt
 import functools
+import logging
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -64,6 +65,7 @@ from certbroker.acme.problems import (
 )
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 USER_AGENT: Final = "certbroker-acme"
 ORDER_INVALID: Final = "ACME_ORDER_INVALID"
@@ -100,6 +102,19 @@ class ChallengeResponder(Protocol):
     def add(self, token: str, key_authorization: str) -> None: ...
 
     def remove(self, token: str) -> None: ...
+
+
+class Dns01Responder(Protocol):
+    """Publishes DNS-01 answers (``certbroker.acme.dns01.Dns01Updater``).
+
+    ``identifier`` is the authorization's name (``example.com`` for
+    ``*.example.com`` too); ``value`` the TXT value. ``publish`` returns only
+    once the record is served; both raise ``AcmeProblem`` on failure.
+    """
+
+    async def publish(self, identifier: str, value: str) -> None: ...
+
+    async def unpublish(self, identifier: str, value: str) -> None: ...
 
 
 class MemoryAccountStore:
@@ -257,6 +272,7 @@ class AcmeIssuer:
         email: str | None,
         account_store: AccountStore,
         responder: ChallengeResponder,
+        dns01: Dns01Responder | None = None,
         max_workers: int = 16,
         poll_interval: float = 0.05,
         order_timeout: float = 120.0,
@@ -269,6 +285,7 @@ class AcmeIssuer:
         self._email = email
         self._store = account_store
         self._responder = responder
+        self._dns01 = dns01
         self._poll_interval = poll_interval
         self._order_timeout = order_timeout
         self._http_timeout = http_timeout
@@ -383,22 +400,26 @@ class AcmeIssuer:
         names: list[str],
         key_pem: bytes,
         *,
+        dns01: bool = False,
         on_order_created: Callable[[str], Awaitable[None]] | None = None,
     ) -> IssuedCertificate:
         """Order, validate, finalize and download a certificate for ``names`` (A-labels).
 
         ``on_order_created`` receives the order URL before any challenge is
         answered, so the caller can persist it and ``resume()`` after a crash
-        instead of ordering (and possibly issuing) twice.
+        instead of ordering (and possibly issuing) twice. ``dns01`` answers
+        every authorization with DNS-01 (wildcard authorizations always are).
         """
         self._require_started()
         csr_pem = await self._submit(make_csr, key_pem, names)
         order_url, order, authzs = await self._run(_new_order, csr_pem)
         if on_order_created is not None:
             await on_order_created(order_url)
-        return await self._drive(order_url, order, csr_pem, key_pem, authzs)
+        return await self._drive(order_url, order, csr_pem, key_pem, dns01, authzs)
 
-    async def resume(self, order_url: str, names: list[str], key_pem: bytes) -> IssuedCertificate:
+    async def resume(
+        self, order_url: str, names: list[str], key_pem: bytes, *, dns01: bool = False
+    ) -> IssuedCertificate:
         """Continue an order created before a crash.
 
         valid → download (no new issuance); ready → finalize; pending → answer
@@ -417,7 +438,7 @@ class AcmeIssuer:
             why = f" ({order.error.typ})" if order.error is not None else ""
             raise AcmeProblem(ORDER_INVALID, f"order is {order.status.name}{why}", retryable=True)
         csr_pem = await self._submit(make_csr, key_pem, names)
-        return await self._drive(order_url, order, csr_pem, key_pem)
+        return await self._drive(order_url, order, csr_pem, key_pem, dns01)
 
     @staticmethod
     def _expired(order: messages.Order) -> bool:
@@ -435,11 +456,13 @@ class AcmeIssuer:
         order: messages.Order,
         csr_pem: bytes,
         key_pem: bytes,
+        dns01: bool,
         known_authzs: dict[str, messages.Authorization] | None = None,
     ) -> IssuedCertificate:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._order_timeout
         published: list[str] = []
+        published_dns: list[tuple[str, str]] = []
         retry_after: float | None = None
         try:
             while True:
@@ -456,7 +479,9 @@ class AcmeIssuer:
                     known = known_authzs or {}
                     await asyncio.gather(
                         *(
-                            self._authorize(url, published, deadline, known.get(url))
+                            self._authorize(
+                                url, published, published_dns, deadline, dns01, known.get(url)
+                            )
                             for url in order.authorizations
                         )
                     )
@@ -481,12 +506,32 @@ class AcmeIssuer:
         finally:
             for token in published:
                 self._responder.remove(token)
+            await self._unpublish_dns(published_dns)
+
+    async def _unpublish_dns(self, published: list[tuple[str, str]]) -> None:
+        """Remove the order's DNS-01 values, success or failure; a failure is only logged.
+
+        Shielded so a cancelled order (shutdown) still removes what it wrote.
+        """
+        if not published or self._dns01 is None:
+            return
+        dns01 = self._dns01
+
+        async def remove(identifier: str, value: str) -> None:
+            try:
+                await dns01.unpublish(identifier, value)
+            except Exception as error:
+                log.warning("could not remove the DNS-01 value for %s: %s", identifier, error)
+
+        await asyncio.shield(asyncio.gather(*(remove(i, v) for i, v in published)))
 
     async def _authorize(
         self,
         url: str,
         published: list[str],
+        published_dns: list[tuple[str, str]],
         deadline: float,
+        dns01: bool,
         known: messages.Authorization | None = None,
     ) -> None:
         """Bring one authorization to valid, or raise its challenge's problem.
@@ -503,13 +548,19 @@ class AcmeIssuer:
         while authz.status == messages.STATUS_PENDING:
             if not answered:
                 answered = True
-                challb = self._select_challenge(authz)
+                challb = self._select_challenge(authz, dns01)
                 response, validation = challb.chall.response_and_validation(self._jwk)
-                token = str(challb.chall.encode("token"))
                 # Publish even when the challenge is already processing: after a
                 # crash the validator may still be about to connect.
-                self._responder.add(token, str(validation))
-                published.append(token)
+                if isinstance(challb.chall, challenges.DNS01):
+                    assert self._dns01 is not None  # _select_challenge checked
+                    ident = str(authz.identifier.value)
+                    published_dns.append((ident, str(validation)))
+                    await self._dns01.publish(ident, str(validation))
+                else:
+                    token = str(challb.chall.encode("token"))
+                    self._responder.add(token, str(validation))
+                    published.append(token)
                 if challb.status == messages.STATUS_PENDING:
                     await self._run(_answer, challb, response)
             await self._wait(retry_after, deadline)
@@ -517,17 +568,34 @@ class AcmeIssuer:
         if authz.status != messages.STATUS_VALID:
             raise _authz_problem(authz)
 
-    def _select_challenge(self, authz: messages.Authorization) -> messages.ChallengeBody:
-        """The one place that picks a challenge type (DNS-01 for wildcards goes here)."""
+    def _select_challenge(
+        self, authz: messages.Authorization, dns01: bool
+    ) -> messages.ChallengeBody:
+        """The one place that picks a challenge type.
+
+        DNS-01 for wildcard authorizations (the only type the CA offers there)
+        and for every authorization of a ``dns01`` order; HTTP-01 otherwise.
+        """
+        ident = str(authz.identifier.value)
+        wanted: type[challenges.Challenge] = challenges.HTTP01
+        if dns01 or authz.wildcard:
+            if self._dns01 is None:
+                raise AcmeProblem(
+                    "DNS01_NOT_CONFIGURED",
+                    f"{ident} needs DNS-01 and CERTBROKER_DNS01_ZONE is not set",
+                    retryable=False,
+                    identifier=ident,
+                )
+            wanted = challenges.DNS01
         for challb in authz.challenges:
-            if isinstance(challb.chall, challenges.HTTP01):
+            if isinstance(challb.chall, wanted):
                 return challb
         offered = ", ".join(str(c.chall.typ) for c in authz.challenges)
         raise AcmeProblem(
             "ACME_NO_SUPPORTED_CHALLENGE",
-            f"no supported challenge for {authz.identifier.value} (offered: {offered})",
+            f"no {wanted.typ} challenge for {ident} (offered: {offered})",
             retryable=False,
-            identifier=str(authz.identifier.value),
+            identifier=ident,
         )
 
     async def _order_failure(self, order: messages.Order) -> AcmeProblem:

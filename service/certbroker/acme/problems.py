@@ -40,7 +40,12 @@ userActionRequired                 ACME_USER_ACTION_REQUIRED    no
 alreadyRevoked, badRevocationRsn.  ACME_REVOCATION              no
 no supported challenge offered     ACME_NO_SUPPORTED_CHALLENGE  no
 anything else                      ACME_UNKNOWN                 no
+DNS-01 needed, no zone configured  DNS01_NOT_CONFIGURED         no
 =================================  ===========================  =========
+
+The DNS-01 updater's own failures (``DNS01_UPDATE_REFUSED``,
+``DNS01_UPDATE_FAILED``, ``DNS01_NOT_VISIBLE``) are ``AcmeProblem`` too; their
+table is in ``certbroker.acme.dns01``.
 
 Why the validation failures (connection, dns, unauthorized,
 incorrectResponse, tls) are retryable: they usually mean "the name does not

@@ -6,6 +6,7 @@ try/except.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections import OrderedDict
@@ -14,6 +15,7 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 import grpc
+from opentelemetry import trace
 
 from certbroker.api import convert
 from certbroker.api.auth import Authorizer, Permission
@@ -51,17 +53,14 @@ def _unary(
 
 
 def _stream(
-    method: Callable[[Any, Req, grpc.aio.ServicerContext], AsyncIterator[Resp]],
-) -> Callable[[Any, Req, grpc.aio.ServicerContext], AsyncIterator[Resp]]:
+    method: Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[None]],
+) -> Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[None]]:
+    """Server-streaming handlers write with ``context.write`` (so a send can time out)."""
+
     @functools.wraps(method)
-    async def wrapper(
-        self: Any,
-        request: Req,
-        context: grpc.aio.ServicerContext,
-    ) -> AsyncIterator[Resp]:
+    async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext) -> None:
         try:
-            async for item in method(self, request, context):
-                yield item
+            await method(self, request, context)
         except BrokerError as error:
             await context.abort_with_status(to_status(error))
         except Exception:
@@ -80,7 +79,11 @@ class BrokerServicer(broker_pb2_grpc.CertificateBrokerServiceServicer):
         authorizer: Authorizer,
         heartbeat: timedelta,
         max_lag: int,
+        send_timeout: timedelta = timedelta(seconds=30),
+        tracer: trace.Tracer | None = None,
     ) -> None:
+        self._send_timeout = send_timeout.total_seconds()
+        self._tracer = tracer or trace.NoOpTracer()
         self._broker = broker
         self._hub = hub
         self._clock = clock
@@ -153,7 +156,17 @@ class BrokerServicer(broker_pb2_grpc.CertificateBrokerServiceServicer):
     @_stream
     async def WatchStatus(
         self, request: broker_pb2.WatchStatusRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[broker_pb2.WatchStatusResponse]:
+    ) -> None:
+        with self._tracer.start_as_current_span(
+            "certbroker.v1.CertificateBrokerService/WatchStatus", kind=trace.SpanKind.SERVER
+        ) as span:
+            span.set_attribute("certbroker.after_revision", request.after_revision)
+            span.set_attribute("certbroker.include_keys", request.include_keys)
+            await self._watch(request, context)
+
+    async def _watch(
+        self, request: broker_pb2.WatchStatusRequest, context: grpc.aio.ServicerContext
+    ) -> None:
         self._auth.require(context, Permission.READ)
         if request.include_keys:
             self._auth.require(context, Permission.KEYS)
@@ -162,29 +175,28 @@ class BrokerServicer(broker_pb2_grpc.CertificateBrokerServiceServicer):
         wanted = _Filter(request)
         position = request.after_revision
         seen: dict[str, int] = {}
+        send = _Sender(context, self._send_timeout)
         if position == 0:
             position = self._hub.revision
             async for response in self._snapshot(wanted, request.include_keys, position, seen):
-                yield response
+                await send(response, position)
         async for item in self._hub.follow(position, self._heartbeat):
             if isinstance(item, int):
-                yield broker_pb2.WatchStatusResponse(heartbeat=broker_pb2.Heartbeat(revision=item))
+                await send(
+                    broker_pb2.WatchStatusResponse(heartbeat=broker_pb2.Heartbeat(revision=item)),
+                    position,
+                )
                 continue
             lag = self._hub.revision - item.revision
             if lag > self._max_lag:
-                raise ResourceExhausted(
-                    f"watcher fell {lag} events behind; resume with after_revision={position}",
-                    retry_after=timedelta(seconds=1),
-                    reason="WATCHER_TOO_SLOW",
-                )
+                raise _too_slow(position, f"fell {lag} events behind")
             position = item.revision
             if not wanted.matches(item) or seen.get(item.domain_name, 0) >= item.revision:
                 continue
-            if item.type in (EventType.CHALLENGE_ADDED, EventType.CHALLENGE_REMOVED) and not (
-                request.include_challenges
-            ):
+            is_challenge = item.type in (EventType.CHALLENGE_ADDED, EventType.CHALLENGE_REMOVED)
+            if is_challenge and not request.include_challenges:
                 continue
-            yield await self._event_response(item, request.include_keys)
+            await send(await self._event_response(item, request.include_keys), position)
 
     async def _snapshot(
         self, wanted: _Filter, include_keys: bool, revision: int, seen: dict[str, int]
@@ -235,6 +247,33 @@ class BrokerServicer(broker_pb2_grpc.CertificateBrokerServiceServicer):
         found = await self._broker.serving_material(record)
         if found is not None:
             message.serving.CopyFrom(convert.material(found))
+
+
+def _too_slow(position: int, why: str) -> ResourceExhausted:
+    return ResourceExhausted(
+        f"watcher {why}; resume with after_revision={position}",
+        retry_after=timedelta(seconds=1),
+        reason="WATCHER_TOO_SLOW",
+    )
+
+
+class _Sender:
+    """Writes one response, ending a stream whose reader stalls longer than ``timeout``.
+
+    HTTP/2 flow control bounds what a stalled reader holds (its window), and the
+    stream pulls events from the shared hub rather than owning a queue, so a
+    stuck router costs a parked coroutine, then nothing.
+    """
+
+    def __init__(self, context: grpc.aio.ServicerContext, timeout: float) -> None:
+        self._context = context
+        self._timeout = timeout
+
+    async def __call__(self, response: broker_pb2.WatchStatusResponse, position: int) -> None:
+        try:
+            await asyncio.wait_for(self._context.write(response), self._timeout)
+        except TimeoutError:
+            raise _too_slow(position, f"did not read for {self._timeout:g}s") from None
 
 
 class _Filter:
