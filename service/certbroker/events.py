@@ -90,6 +90,11 @@ class EventHub:
 
     async def events_after(self, revision: int) -> list[Event]:
         """The next events after ``revision`` (possibly none): from the window, else the log."""
+        if revision < await self._store.compacted_through():
+            raise RevisionCompacted(
+                f"revision {revision} is older than the retained event log; "
+                "re-snapshot with after_revision=0"
+            )
         window = self._window
         if window and window[0].revision <= revision + 1:
             if revision >= window[-1].revision:
@@ -98,11 +103,6 @@ class EventHub:
             if 0 <= start < len(window) and window[start].revision == revision + 1:
                 return [window[i] for i in range(start, min(len(window), start + _PAGE))]
             return [e for e in window if e.revision > revision][:_PAGE]
-        if revision < await self._store.compacted_through():
-            raise RevisionCompacted(
-                f"revision {revision} is older than the retained event log; "
-                "re-snapshot with after_revision=0"
-            )
         return await self._store.events_after(revision, _PAGE)
 
     async def follow(self, after: int, heartbeat: float) -> AsyncIterator[Event | int]:

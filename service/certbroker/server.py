@@ -76,9 +76,11 @@ class Running:
     health: Any
     scheduler: Scheduler
     responder: Http01Responder
+    servicer: BrokerServicer
     extras: list[Any] = field(default_factory=list)
 
     async def stop(self, grace: float = GRACE_SECONDS) -> None:
+        self.servicer.stopping = True
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
         await self.scheduler.stop()
@@ -213,7 +215,17 @@ async def run(settings: Settings, clock: Clock | None = None) -> Running:
     else:
         port = server.add_insecure_port(settings.listen)
     running = Running(
-        settings, port, store, hub, broker, server, health_servicer, scheduler, responder, extras
+        settings,
+        port,
+        store,
+        hub,
+        broker,
+        server,
+        health_servicer,
+        scheduler,
+        responder,
+        servicer,
+        extras,
     )
     try:
         await server.start()

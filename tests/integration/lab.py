@@ -57,7 +57,7 @@ async def wait_status(
     timeout: float = 20.0,
     between: Callable[[], Awaitable[None]] | None = None,
 ) -> domain_pb2.Domain:
-    """Poll GetStatus until ``done`` holds or the deadline passes (then fail with the last status)."""
+    """Poll GetStatus until ``done`` holds or the deadline passes (then fail, showing the last)."""
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:

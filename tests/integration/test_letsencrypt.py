@@ -155,3 +155,31 @@ async def test_renewal_at_two_thirds_keeps_serving_until_the_new_one(
     life = new.not_after.ToDatetime(UTC) - new.not_before.ToDatetime(UTC)
     expected = new.not_before.ToDatetime(UTC) + life * 2 / 3
     assert abs(renewed.renewal_time.ToDatetime(UTC) - expected) < timedelta(seconds=1)
+
+
+async def test_watcher_sees_every_transition_to_in_use_in_revision_order(
+    lab: Lab, tmp_path: Path
+) -> None:
+    name = unique_domain()
+    async with started_broker(lab.settings(tmp_path)) as broker:
+        stream = broker.stub.WatchStatus(
+            broker_pb2.WatchStatusRequest(after_revision=0, domains=[name]))
+        await broker.stub.IssueCertificate(broker_pb2.IssueCertificateRequest(domain=name, app="shop"))
+        states = []
+        revisions = []
+        async for response in stream:
+            event = response.event
+            if event.type != broker_pb2.EVENT_TYPE_DOMAIN_UPDATED:
+                continue
+            revisions.append(event.revision)
+            if not states or states[-1] != event.domain.lets_encrypt_state:
+                states.append(event.domain.lets_encrypt_state)
+            if event.domain.lets_encrypt_state == domain_pb2.LETS_ENCRYPT_STATE_IN_USE:
+                break
+        stream.cancel()
+    assert states == [
+        domain_pb2.LETS_ENCRYPT_STATE_PENDING_DNS,
+        domain_pb2.LETS_ENCRYPT_STATE_CREATING,
+        domain_pb2.LETS_ENCRYPT_STATE_IN_USE,
+    ]
+    assert revisions == sorted(revisions) and len(set(revisions)) == len(revisions)

@@ -64,6 +64,8 @@ def _stream(
         except BrokerError as error:
             await context.abort_with_status(to_status(error))
         except Exception:
+            if self.stopping:
+                return  # the server is going away under the stream: not an error
             log.exception("unexpected error in %s", method.__name__)
             await context.abort_with_status(internal())
 
@@ -83,6 +85,7 @@ class BrokerServicer(broker_pb2_grpc.CertificateBrokerServiceServicer):
         tracer: trace.Tracer | None = None,
     ) -> None:
         self._send_timeout = send_timeout.total_seconds()
+        self.stopping = False
         self._tracer = tracer or trace.NoOpTracer()
         self._broker = broker
         self._hub = hub

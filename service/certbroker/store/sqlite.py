@@ -69,6 +69,7 @@ class SqliteStore:
         self._listeners: list[Callable[[int], None]] = []
         self._domains: dict[str, Domain] = {}
         self._certificates: dict[int, CertificateInfo] = {}
+        self._compacted: int | None = None
 
     @classmethod
     async def open(cls, path: str) -> SqliteStore:
@@ -203,8 +204,10 @@ class SqliteStore:
         return int(row[0]) if row is not None else 0
 
     async def compacted_through(self) -> int:
-        raw = await self.get_meta("compacted_through")
-        return int(raw.decode()) if raw else 0
+        if self._compacted is None:  # read once; compact_events keeps it current
+            raw = await self.get_meta("compacted_through")
+            self._compacted = int(raw.decode()) if raw else 0
+        return self._compacted
 
     async def compact_events(self, before: datetime) -> int:
         """Drop events older than ``before``; the newest stays so revisions keep growing."""
@@ -234,6 +237,7 @@ class SqliteStore:
                 await self._writer.execute("ROLLBACK")
                 raise
             await self._writer.execute("COMMIT")
+        self._compacted = int(through)
         return int(deleted)
 
     async def load_key(self, certificate_id: int) -> bytes | None:
