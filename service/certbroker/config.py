@@ -162,9 +162,10 @@ class Settings:
         if (raw := get("CERTBROKER_LISTEN")) is not None:
             parse_hostport("CERTBROKER_LISTEN", raw)
             values["listen"] = raw.strip()
+        if (raw := get("CERTBROKER_ACME_DIRECTORY")) is not None:
+            values["acme_directory"] = "" if raw.strip() == "off" else raw.strip()
         for attr, name in (
             ("db", "CERTBROKER_DB"),
-            ("acme_directory", "CERTBROKER_ACME_DIRECTORY"),
             ("acme_ca_bundle", "CERTBROKER_ACME_CA_BUNDLE"),
             ("acme_email", "CERTBROKER_ACME_EMAIL"),
             ("trust_bundle", "CERTBROKER_TRUST_BUNDLE"),

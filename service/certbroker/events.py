@@ -35,13 +35,20 @@ class EventHub:
         self._changed = asyncio.Event()
         self._kick = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self.closing = False
 
     async def start(self) -> None:
         self._head = self._wanted = await self._store.current_revision()
         self._store.on_commit(self.notify)
         self._task = asyncio.create_task(self._fetch_loop(), name="event-hub")
 
+    def close_streams(self) -> None:
+        """Shutdown: every ``follow`` returns at once, so streams end before the grace period."""
+        self.closing = True
+        self._wake_all()
+
     async def stop(self) -> None:
+        self.close_streams()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -108,7 +115,7 @@ class EventHub:
     async def follow(self, after: int, heartbeat: float) -> AsyncIterator[Event | int]:
         """Every event after ``after`` in revision order, then live; an ``int`` is a heartbeat."""
         position = after
-        while True:
+        while not self.closing:
             batch = await self.events_after(position)
             if batch:
                 for event in batch:
@@ -116,5 +123,5 @@ class EventHub:
                 position = batch[-1].revision
                 continue
             head = await self.wait_beyond(position, heartbeat)
-            if head <= position:
+            if head <= position and not self.closing:
                 yield max(head, position)

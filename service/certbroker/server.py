@@ -81,6 +81,7 @@ class Running:
 
     async def stop(self, grace: float = GRACE_SECONDS) -> None:
         self.servicer.stopping = True
+        self.hub.close_streams()  # watchers hear UNAVAILABLE now and resume elsewhere
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
         await self.scheduler.stop()

@@ -22,7 +22,7 @@ from certbroker.api.auth import Authorizer, Permission
 from certbroker.api.errors import internal, to_status
 from certbroker.app import Broker
 from certbroker.clock import Clock
-from certbroker.errors import BrokerError, InvalidArgument, ResourceExhausted
+from certbroker.errors import BrokerError, InvalidArgument, ResourceExhausted, Unavailable
 from certbroker.events import EventHub
 from certbroker.model import Domain, Event, EventType
 from certbroker.names import normalise_domain
@@ -200,6 +200,10 @@ class BrokerServicer(broker_pb2_grpc.CertificateBrokerServiceServicer):
             if is_challenge and not request.include_challenges:
                 continue
             await send(await self._event_response(item, request.include_keys), position)
+        raise Unavailable(
+            f"the broker is shutting down; resume with after_revision={position}",
+            reason="BROKER_SHUTTING_DOWN",
+        )
 
     async def _snapshot(
         self, wanted: _Filter, include_keys: bool, revision: int, seen: dict[str, int]
