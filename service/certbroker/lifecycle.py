@@ -60,7 +60,9 @@ def needs_issuance(domain: Domain, now: datetime) -> bool:
     if not domain.letsencrypt_enabled:
         return False
     cert = domain.le_cert
-    return cert is None or now >= cert_renewal_time(cert) or not is_valid_at(cert, now)
+    # A certificate not valid *yet* (the CA's clock is ahead of ours) is not missing:
+    # ordering again would burn the quota; settle schedules a run at its not_before.
+    return cert is None or now >= cert_renewal_time(cert) or now >= cert.not_after
 
 
 def is_due_for_order(domain: Domain, now: datetime) -> bool:
@@ -126,6 +128,8 @@ def next_run(domain: Domain, now: datetime) -> datetime | None:
         if not domain.custom_expiring:
             times.append(custom.not_after - EXPIRING_WINDOW)
     le_cert = domain.le_cert
+    if le_cert is not None and now < le_cert.not_before:
+        times.append(le_cert.not_before)  # it starts serving then
     if le_cert is not None and now < le_cert.not_after:
         times.append(le_cert.not_after)
     if domain.letsencrypt_enabled:

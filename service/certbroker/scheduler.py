@@ -170,15 +170,17 @@ class Scheduler:
             self._wake.clear()
             try:
                 await self._start_due()
-                next_due = await self._store.next_due_time()
+                next_due = await self._store.next_due_time(exclude=set(self._inflight))
             except Exception:
                 log.exception("scheduler pass failed; retrying")
                 next_due = None
             now = self._clock.now()
             if next_due is not None and next_due > now:
                 await self._clock.sleep_until(next_due, self._wake)
+            elif next_due is not None and len(self._inflight) < self._policy.max_concurrent:
+                continue  # became due while we looked: start it now, not after an idle wait
             else:
-                # Nothing due, or only domains already being worked: wait for a change.
+                # Nothing due, or no free slot: a finished step or a change wakes us.
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), _IDLE_POLL)
 

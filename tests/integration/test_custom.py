@@ -53,6 +53,16 @@ NONE = domain_pb2.CERTIFICATE_SOURCE_NONE
 SECOND = timedelta(seconds=1)
 
 
+def lab_clock() -> FakeClock:
+    """A frozen clock a minute ahead of Pebble's.
+
+    Pebble's certificates start at the second they are issued. A clock frozen at
+    the test's start can lag that by a fraction of a second, and the broker then
+    sees a not-yet-valid certificate and orders again (until the quota stops it).
+    """
+    return FakeClock(datetime.now(UTC).replace(microsecond=0) + timedelta(minutes=1))
+
+
 def custom_leaf(name: str, now: datetime, lifetime: timedelta) -> Issued:
     """A leaf from the private test PKI, valid from a day ago for ``lifetime`` from ``now``."""
     return PKI.leaf(name, not_before=now - timedelta(days=1), not_after=now + lifetime)
@@ -116,7 +126,7 @@ async def test_expiry_swaps_to_letsencrypt_in_one_write_at_not_after(
     lab: Lab, tmp_path: Path
 ) -> None:
     name = unique_domain()
-    clock = FakeClock(datetime.now(UTC))
+    clock = lab_clock()
     settings = lab.settings(tmp_path, trust_bundle=str(trust_file(tmp_path, PKI)))
     async with started_broker(settings, clock) as broker:
         stub = broker.stub
@@ -160,7 +170,7 @@ async def test_delete_falls_back_to_letsencrypt_in_the_same_revision(
     lab: Lab, tmp_path: Path
 ) -> None:
     name = unique_domain()
-    clock = FakeClock(datetime.now(UTC))
+    clock = lab_clock()
     settings = lab.settings(tmp_path, trust_bundle=str(trust_file(tmp_path, PKI)))
     async with started_broker(settings, clock) as broker:
         stub = broker.stub
@@ -187,7 +197,7 @@ async def test_delete_before_any_issuance_orders_at_once(lab: Lab, tmp_path: Pat
     """Opted in, nothing issued yet (DNS was not ready): the delete starts the order now."""
     name = unique_domain()
     lab.dns.add_a(name, ["192.0.2.10"])
-    clock = FakeClock(datetime.now(UTC))
+    clock = lab_clock()
     settings = lab.settings(tmp_path, trust_bundle=str(trust_file(tmp_path, PKI)))
     try:
         async with started_broker(settings, clock) as broker:
@@ -223,7 +233,7 @@ async def test_expiry_before_any_issuance_orders_at_once(lab: Lab, tmp_path: Pat
     """The custom certificate runs out while DNS was still waiting: order at that instant."""
     name = unique_domain()
     lab.dns.add_a(name, ["192.0.2.10"])
-    clock = FakeClock(datetime.now(UTC).replace(microsecond=0))
+    clock = lab_clock()
     settings = lab.settings(tmp_path, trust_bundle=str(trust_file(tmp_path, PKI)))
     try:
         async with started_broker(settings, clock) as broker:
@@ -246,6 +256,37 @@ async def test_expiry_before_any_issuance_orders_at_once(lab: Lab, tmp_path: Pat
             done = await wait_status(stub, name, in_use)
             assert clock.now() < next_dns_check
             assert done.serving_source == LETS_ENCRYPT
+    finally:
+        lab.dns.clear_a(name)
+
+
+async def test_letsencrypt_is_issued_and_renewed_behind_a_custom_certificate(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """Kept warm: issued once DNS points, renewed at two thirds, while custom keeps serving."""
+    name = unique_domain()
+    lab.dns.add_a(name, ["192.0.2.10"])
+    clock = lab_clock()
+    settings = lab.settings(tmp_path, trust_bundle=str(trust_file(tmp_path, PKI)))
+    try:
+        async with started_broker(settings, clock) as broker:
+            stub = broker.stub
+            await stub.IssueCertificate(broker_pb2.IssueCertificateRequest(domain=name, app="shop"))
+            await wait_status(stub, name, lambda d: d.retry.last_error_reason == "DNS_NOT_POINTING")
+            await upload(stub, name, custom_leaf(name, clock.now(), timedelta(days=120)))
+            lab.dns.clear_a(name)
+            clock.advance(timedelta(seconds=60))  # the next DNS check
+            warm = await wait_status(stub, name, lambda d: d.HasField("lets_encrypt_certificate"))
+            assert (warm.serving_source, warm.lets_encrypt_state) == (CUSTOM, NOT_USED)
+            assert warm.retry.attempt == 0
+
+            clock.set(warm.renewal_time.ToDatetime(UTC))
+            first = warm.lets_encrypt_certificate.serial
+            renewed = await wait_status(
+                stub, name, lambda d: d.lets_encrypt_certificate.serial != first
+            )
+            assert (renewed.serving_source, renewed.lets_encrypt_state) == (CUSTOM, NOT_USED)
+            assert renewed.custom_certificate.serial == warm.custom_certificate.serial
     finally:
         lab.dns.clear_a(name)
 

@@ -7,7 +7,7 @@ new row and its event together; the event id is the global revision.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -107,7 +107,9 @@ class Store(Protocol):
 
     async def due_domains(self, now: datetime, limit: int) -> list[Domain]: ...
 
-    async def next_due_time(self) -> datetime | None: ...
+    async def next_due_time(self, exclude: Collection[str] = ()) -> datetime | None:
+        """The earliest ``next_run_at`` among domains not in ``exclude`` (those being worked)."""
+        ...
 
     async def events_after(self, revision: int, limit: int) -> list[Event]: ...
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import datetime
@@ -166,8 +166,12 @@ class SqliteStore:
             rows = await cur.fetchall()
         return [await self.decode_domain(row) for row in rows]
 
-    async def next_due_time(self) -> datetime | None:
-        async with self._reader.execute("SELECT MIN(next_run_at) FROM domains") as cur:
+    async def next_due_time(self, exclude: Collection[str] = ()) -> datetime | None:
+        marks = ", ".join("?" for _ in exclude)  # placeholders only; names are bound
+        sql = "SELECT MIN(next_run_at) FROM domains" + (
+            f" WHERE name NOT IN ({marks})" if exclude else ""  # noqa: S608
+        )
+        async with self._reader.execute(sql, tuple(exclude)) as cur:
             row = await cur.fetchone()
         return from_micros(row[0]) if row is not None else None
 
