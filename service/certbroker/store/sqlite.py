@@ -169,7 +169,7 @@ class SqliteStore:
     async def next_due_time(self, exclude: Collection[str] = ()) -> datetime | None:
         marks = ", ".join("?" for _ in exclude)  # placeholders only; names are bound
         sql = "SELECT MIN(next_run_at) FROM domains" + (
-            f" WHERE name NOT IN ({marks})" if exclude else ""  # noqa: S608
+            f" WHERE name NOT IN ({marks})" if exclude else ""
         )
         async with self._reader.execute(sql, tuple(exclude)) as cur:
             row = await cur.fetchone()
