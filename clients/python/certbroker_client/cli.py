@@ -24,6 +24,7 @@ from typing import TextIO, cast
 from certbroker.v1 import broker_pb2
 from certbroker_client import render
 from certbroker_client.client import DEFAULT_ADDR, BrokerClient, BrokerError, TlsFiles
+from certbroker_client.router_cli import add_router_parser, run_router
 
 __all__ = ["main"]
 
@@ -140,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="only this domain (repeatable)",
     )
     p.add_argument("--count", type=int, default=0, help="stop after this many events")
+    add_router_parser(sub)
     return parser
 
 
@@ -310,6 +312,8 @@ def main(
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse already printed usage and the error
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    if args.command == "router":
+        return run_router(args)
     if args.command == "serve":
         try:
             return _serve()

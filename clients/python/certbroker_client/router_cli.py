@@ -1,0 +1,223 @@
+"""``certbroker router``: run the reference SNI router against a broker.
+
+Hooked into the ``certbroker`` CLI through :func:`add_router_parser` and
+:func:`run_router`; also runnable alone as ``python -m certbroker_client.router_cli``.
+
+The router must reach the broker over mTLS with a client certificate the
+broker maps to the ``router`` role (``CERTBROKER_ROLES=router-1=router``):
+only that role receives private keys. Exit codes: 0 after SIGINT/SIGTERM,
+2 bad usage or unreadable files, 1 the listeners could not start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from certbroker_client.client import DEFAULT_ADDR, TlsFiles
+from certbroker_client.reference_router import HostPort, ReferenceRouter, RouterConfig
+from certbroker_client.router import CertificateMap, MapChange, RouterWatcher
+
+__all__ = ["add_router_parser", "main", "run_router"]
+
+log = logging.getLogger("certbroker.router")
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+class _Usage(Exception):
+    """A bad flag value, reported as one line and exit 2."""
+
+
+def _hostport(raw: str, flag: str) -> HostPort:
+    host, sep, port = raw.strip().rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise _Usage(f"{flag}={raw!r}: expected host:port")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def add_router_parser(subparsers: Any) -> None:
+    """Add the ``router`` verb to the ``certbroker`` CLI's sub-parsers.
+
+    Connection flags (``--addr``, ``--tls-*``) default to SUPPRESS so that,
+    given before the verb, the main parser's values are not overwritten.
+    """
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "router",
+        help="run the reference SNI router (HTTPS by SNI, HTTP-01 forwarding, redirects)",
+        description=(
+            "Serve HTTPS for every domain the broker knows, picking the certificate by SNI "
+            "from its WatchStatus stream (mTLS with a router identity)."
+        ),
+    )
+    _add_arguments(p)
+
+
+def _add_arguments(p: argparse.ArgumentParser) -> None:
+    s = argparse.SUPPRESS
+    p.add_argument(
+        "--addr", default=s, help=f"broker host:port (env CERTBROKER_ADDR, {DEFAULT_ADDR})"
+    )
+    p.add_argument("--tls-ca", default=s, help="CA of the broker (env CERTBROKER_CLIENT_CA)")
+    p.add_argument(
+        "--tls-cert", default=s, help="router client certificate (env CERTBROKER_CLIENT_CERT)"
+    )
+    p.add_argument("--tls-key", default=s, help="router client key (env CERTBROKER_CLIENT_KEY)")
+    p.add_argument("--tls-server-name", default=s, help="name to verify in the broker certificate")
+    p.add_argument("--https-listen", default="127.0.0.1:8443", help="HTTPS host:port (8443)")
+    p.add_argument(
+        "--http-listen", default="127.0.0.1:8080", help="HTTP host:port, or 'off' (8080)"
+    )
+    p.add_argument(
+        "--http01-forward",
+        default=None,
+        help="the broker's HTTP-01 responder host:port, or 'off' "
+        "(env CERTBROKER_HTTP01_LISTEN, default 127.0.0.1:8402)",
+    )
+    p.add_argument("--upstream", default=None, help="proxy decrypted traffic to host:port")
+    p.add_argument("--default-cert", type=Path, help="certificate for unknown names (PEM chain)")
+    p.add_argument("--default-key", type=Path, help="key of --default-cert")
+    p.add_argument(
+        "--redirect-port", type=int, default=None, help="HTTPS port in redirects (listen port)"
+    )
+    p.add_argument("--app", action="append", default=[], help="serve only this app (repeatable)")
+    p.add_argument("--domain", action="append", default=[], dest="domains", help="only this domain")
+    p.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=60.0,
+        help="seconds without events or heartbeats before reconnecting (60)",
+    )
+
+
+def _config(args: argparse.Namespace) -> tuple[RouterConfig, str, TlsFiles | None]:
+    env = os.environ
+
+    def pick(name: str, var: str) -> str | None:
+        value = getattr(args, name, None) or env.get(var)
+        return value or None
+
+    addr = pick("addr", "CERTBROKER_ADDR") or DEFAULT_ADDR
+    paths = {
+        "ca": pick("tls_ca", "CERTBROKER_CLIENT_CA"),
+        "cert": pick("tls_cert", "CERTBROKER_CLIENT_CERT"),
+        "key": pick("tls_key", "CERTBROKER_CLIENT_KEY"),
+    }
+    tls: TlsFiles | None = None
+    if any(paths.values()):
+        if (paths["cert"] is None) != (paths["key"] is None):
+            raise _Usage("--tls-cert and --tls-key go together")
+        for what, path in paths.items():
+            if path is not None and not os.path.isfile(path):
+                raise _Usage(f"--tls-{what} {path!r}: no such file")
+        tls = TlsFiles(
+            ca=Path(paths["ca"]) if paths["ca"] else None,
+            cert=Path(paths["cert"]) if paths["cert"] else None,
+            key=Path(paths["key"]) if paths["key"] else None,
+            server_name=getattr(args, "tls_server_name", None),
+        )
+    http01 = args.http01_forward or env.get("CERTBROKER_HTTP01_LISTEN") or "127.0.0.1:8402"
+    if (args.default_cert is None) != (args.default_key is None):
+        raise _Usage("--default-cert and --default-key go together")
+    config = RouterConfig(
+        https_listen=_hostport(args.https_listen, "--https-listen"),
+        http_listen=None
+        if args.http_listen == "off"
+        else _hostport(args.http_listen, "--http-listen"),
+        http01_forward=None if http01 == "off" else _hostport(http01, "--http01-forward"),
+        upstream=_hostport(args.upstream, "--upstream") if args.upstream else None,
+        default_cert=args.default_cert,
+        default_key=args.default_key,
+        redirect_port=args.redirect_port,
+    )
+    return config, addr, tls
+
+
+def _log_change(change: MapChange) -> None:
+    if change.resync:
+        log.info("serving %d names at revision %d", len(change.updated), change.revision)
+    for name in change.updated if not change.resync else ():
+        log.info("revision %d: %s updated", change.revision, name)
+    for name in change.removed:
+        log.info("revision %d: %s no longer served", change.revision, name)
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    config, addr, tls = _config(args)
+    if tls is None:
+        log.warning("no --tls-* given: a plaintext broker never sends keys, nothing will be served")
+    certificates = CertificateMap()
+    watcher = RouterWatcher.connect(
+        addr,
+        tls,
+        certificates=certificates,
+        apps=args.app,
+        domains=args.domains,
+        on_change=_log_change,
+        idle_timeout=args.idle_timeout,
+    )
+    router = ReferenceRouter(certificates, config)
+    try:
+        await router.start()
+    except (OSError, ValueError) as err:  # port taken, unreadable default certificate
+        await watcher.close()
+        print(f"error: cannot start the router: {err}", file=sys.stderr, flush=True)
+        return EXIT_FAILED
+    log.info(
+        "listening https=%s:%d http=%s; broker %s",
+        config.https_listen[0],
+        router.https_port,
+        f"{config.http_listen[0]}:{router.http_port}" if config.http_listen else "off",
+        addr,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    watching = asyncio.create_task(watcher.run())
+    try:
+        await stop.wait()
+    finally:
+        watching.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watching
+        await router.stop()
+        await watcher.close()
+    return EXIT_OK
+
+
+def run_router(args: argparse.Namespace) -> int:
+    """Run the router until SIGINT/SIGTERM; the exit code."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+    try:
+        return asyncio.run(_serve(args))
+    except _Usage as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m certbroker_client.router_cli [flags]``: the verb without the rest of the CLI."""
+    parser = argparse.ArgumentParser(prog="certbroker router")
+    _add_arguments(parser)
+    return run_router(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
