@@ -185,7 +185,10 @@ class SqliteStore:
         for row in rows:
             domain = None
             if row["payload"]:
-                domain = await self.decode_domain(json.loads(row["payload"]))
+                payload = json.loads(row["payload"])
+                if row["type"] == EventType.DOMAIN_UPDATED.value:
+                    payload["revision"] = row["revision"]  # see put_domain
+                domain = await self.decode_domain(payload)
             events.append(
                 Event(
                     revision=row["revision"],
@@ -342,12 +345,12 @@ class _SqliteTransaction:
     async def put_domain(
         self, domain: Domain, event: EventType = EventType.DOMAIN_UPDATED
     ) -> Domain:
-        revision = await self._append_event(event, domain.name, None, domain.updated_at)
+        # The payload leaves the revision out (it is the event's own id, filled in when
+        # read), so the event is one INSERT: writes are serialised, round trips count.
+        payload = json.dumps(domain_to_row(_with_revision(domain, 0)))
+        revision = await self._append_event(event, domain.name, payload, domain.updated_at)
         stored = _with_revision(domain, revision)
         row = domain_to_row(stored)
-        await self._conn.execute(
-            "UPDATE events SET payload = ? WHERE revision = ?", (json.dumps(row), revision)
-        )
         columns = ", ".join(DOMAIN_COLUMNS)
         marks = ", ".join("?" for _ in DOMAIN_COLUMNS)
         await self._conn.execute(
