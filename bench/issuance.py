@@ -55,10 +55,12 @@ async def run_broker(dns: ChallTestSrv, pebble: Pebble, http01: int, n: int) -> 
                 break
         cpu_before = cpu_seconds(proc.pid)
         started = time.monotonic()
-        await asyncio.gather(*(
-            stub.IssueCertificate(broker_pb2.IssueCertificateRequest(domain=name, app="bench"))
-            for name in names
-        ))
+        await asyncio.gather(
+            *(
+                stub.IssueCertificate(broker_pb2.IssueCertificateRequest(domain=name, app="bench"))
+                for name in names
+            )
+        )
         done: dict[str, float] = {}
         deadline = started + 120
         async for response in watch:
@@ -89,10 +91,15 @@ async def main() -> None:
     print(machine_info())
     print(f"settings: {args.domains} domains, Pebble VA_NOSLEEP=1 AUTHZREUSE=0 NONCEREJECT=0")
     http01 = free_port()
-    with ChallTestSrv.running(default_ipv4="127.0.0.1") as dns, Pebble.running(
-        http_port=http01, dns_server=dns.dns_address, nonce_reject_percent=0,
-        authz_reuse_percent=0,
-    ) as pebble:
+    with (
+        ChallTestSrv.running(default_ipv4="127.0.0.1") as dns,
+        Pebble.running(
+            http_port=http01,
+            dns_server=dns.dns_address,
+            nonce_reject_percent=0,
+            authz_reuse_percent=0,
+        ) as pebble,
+    ):
         for run in range(args.runs):
             got = await run_broker(dns, pebble, http01, args.domains)
             bare = await asyncio.to_thread(run_bare, pebble, args.domains)

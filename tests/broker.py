@@ -1,4 +1,4 @@
-"""Start a real broker in-process on a free loopback port, talk to it through the generated stubs."""
+"""A real broker in-process on a free loopback port, called through the generated stubs."""
 
 from __future__ import annotations
 
@@ -40,7 +40,9 @@ class BrokerHandle:
 
 
 @asynccontextmanager
-async def started_broker(settings: Settings, clock: Clock | None = None) -> AsyncIterator[BrokerHandle]:
+async def started_broker(
+    settings: Settings, clock: Clock | None = None
+) -> AsyncIterator[BrokerHandle]:
     running = await run(settings, clock)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
     try:

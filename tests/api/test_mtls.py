@@ -10,8 +10,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from certbroker.clock import FakeClock
 from certbroker.server import StartupError, run
@@ -65,18 +65,27 @@ async def test_router_gets_keys_api_does_not_and_strangers_are_refused(
     trust = tmp_path / "trust.pem"
     trust.write_bytes(pki.root.pem)
     settings = broker_settings(
-        tmp_path, trust_bundle=str(trust), tls_cert=str(server_id.cert),
-        tls_key=str(server_id.key), tls_client_ca=str(mtls.ca),
+        tmp_path,
+        trust_bundle=str(trust),
+        tls_cert=str(server_id.cert),
+        tls_key=str(server_id.key),
+        tls_client_ca=str(mtls.ca),
         roles={"router-1": "router", "api-1": "api"},
     )
     leaf = pki.leaf(DOMAIN)
     async with started_broker(settings, FakeClock(NOW)) as broker:
         port = broker.running.port
         async with _stub(port, mtls, api) as api_stub:
-            await api_stub.IssueCertificate(broker_pb2.IssueCertificateRequest(
-                domain=DOMAIN, app="shop", disable_letsencrypt=True))
-            await api_stub.UploadCustom(broker_pb2.UploadCustomRequest(
-                domain=DOMAIN, certificate=pki.bundle(leaf), private_key=leaf.key_pem()))
+            await api_stub.IssueCertificate(
+                broker_pb2.IssueCertificateRequest(
+                    domain=DOMAIN, app="shop", disable_letsencrypt=True
+                )
+            )
+            await api_stub.UploadCustom(
+                broker_pb2.UploadCustomRequest(
+                    domain=DOMAIN, certificate=pki.bundle(leaf), private_key=leaf.key_pem()
+                )
+            )
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await _first_event(api_stub)
             assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
@@ -112,12 +121,15 @@ async def test_router_gets_keys_api_does_not_and_strangers_are_refused(
         other_ca = MtlsFiles(tmp_path / "other", "some other CA")
         impostor = other_ca.issue("router-1")
         creds = grpc.ssl_channel_credentials(
-            root_certificates=mtls.ca.read_bytes(), private_key=impostor.key.read_bytes(),
-            certificate_chain=impostor.cert.read_bytes())
+            root_certificates=mtls.ca.read_bytes(),
+            private_key=impostor.key.read_bytes(),
+            certificate_chain=impostor.cert.read_bytes(),
+        )
         async with grpc.aio.secure_channel(f"127.0.0.1:{port}", creds) as channel:
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await broker_pb2_grpc.CertificateBrokerServiceStub(channel).GetStatus(
-                    broker_pb2.GetStatusRequest(domain=DOMAIN), timeout=5)
+                    broker_pb2.GetStatusRequest(domain=DOMAIN), timeout=5
+                )
             assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
@@ -141,13 +153,21 @@ async def test_no_private_key_in_the_database_or_logs(
     leaf = pki.leaf(DOMAIN)
     key_pem = leaf.key_pem()
     async with started_broker(settings, FakeClock(NOW)) as broker:
-        await broker.stub.IssueCertificate(broker_pb2.IssueCertificateRequest(domain=DOMAIN, app="a"))
-        await broker.stub.UploadCustom(broker_pb2.UploadCustomRequest(
-            domain=DOMAIN, certificate=pki.bundle(leaf), private_key=key_pem))
+        await broker.stub.IssueCertificate(
+            broker_pb2.IssueCertificateRequest(domain=DOMAIN, app="a")
+        )
+        await broker.stub.UploadCustom(
+            broker_pb2.UploadCustomRequest(
+                domain=DOMAIN, certificate=pki.bundle(leaf), private_key=key_pem
+            )
+        )
         # a refused upload with a valid key must not echo it either
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await broker.stub.UploadCustom(broker_pb2.UploadCustomRequest(
-                domain=DOMAIN, certificate=b"junk", private_key=key_pem))
+            await broker.stub.UploadCustom(
+                broker_pb2.UploadCustomRequest(
+                    domain=DOMAIN, certificate=b"junk", private_key=key_pem
+                )
+            )
         assert "PRIVATE KEY" not in (caught.value.details() or "")
         await asyncio.sleep(0)
     body = b"".join(key_pem.split(b"\n")[1:3])  # a piece of the key's base64

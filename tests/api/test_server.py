@@ -12,7 +12,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 
 from certbroker.v1 import broker_pb2, domain_pb2
-from tests.broker import started_broker, broker_settings
+from tests.broker import broker_settings, started_broker
 
 
 def _details(error: grpc.aio.AioRpcError) -> tuple[str, list[tuple[str, str]]]:
@@ -49,29 +49,44 @@ async def test_health_serving_and_reflection_lists_service(tmp_path: Path) -> No
 async def test_every_rpc_through_generated_stubs(tmp_path: Path) -> None:
     async with started_broker(broker_settings(tmp_path)) as broker:
         stub = broker.stub
-        added = await stub.IssueCertificate(broker_pb2.IssueCertificateRequest(
-            domain="WWW.Example.COM.", app="shop", disable_letsencrypt=True))
+        added = await stub.IssueCertificate(
+            broker_pb2.IssueCertificateRequest(
+                domain="WWW.Example.COM.", app="shop", disable_letsencrypt=True
+            )
+        )
         domain = added.domain
         assert domain.domain == "www.example.com"
         assert domain.lets_encrypt_state == domain_pb2.LETS_ENCRYPT_STATE_DISABLED
         assert domain.serving_source == domain_pb2.CERTIFICATE_SOURCE_NONE
         assert domain.revision > 0
 
-        again = await stub.IssueCertificate(broker_pb2.IssueCertificateRequest(
-            domain="www.example.com", app="shop", disable_letsencrypt=True))
+        again = await stub.IssueCertificate(
+            broker_pb2.IssueCertificateRequest(
+                domain="www.example.com", app="shop", disable_letsencrypt=True
+            )
+        )
         assert again.domain.revision == domain.revision  # idempotent: no new write
 
         status = await stub.GetStatus(broker_pb2.GetStatusRequest(domain="www.example.com"))
         assert status.domain == again.domain
 
-        await stub.IssueCertificate(broker_pb2.IssueCertificateRequest(
-            domain="api.example.com", app="shop", disable_letsencrypt=True))
-        await stub.IssueCertificate(broker_pb2.IssueCertificateRequest(
-            domain="blog.other.test", app="blog", disable_letsencrypt=True))
+        await stub.IssueCertificate(
+            broker_pb2.IssueCertificateRequest(
+                domain="api.example.com", app="shop", disable_letsencrypt=True
+            )
+        )
+        await stub.IssueCertificate(
+            broker_pb2.IssueCertificateRequest(
+                domain="blog.other.test", app="blog", disable_letsencrypt=True
+            )
+        )
         listed = await stub.ListDomains(broker_pb2.ListDomainsRequest(app="shop", page_size=1))
         assert [d.domain for d in listed.domains] == ["api.example.com"]
-        second = await stub.ListDomains(broker_pb2.ListDomainsRequest(
-            app="shop", page_size=1, page_token=listed.next_page_token))
+        second = await stub.ListDomains(
+            broker_pb2.ListDomainsRequest(
+                app="shop", page_size=1, page_token=listed.next_page_token
+            )
+        )
         assert [d.domain for d in second.domains] == ["www.example.com"]
         assert second.next_page_token == ""
         everything = await stub.ListDomains(broker_pb2.ListDomainsRequest())
@@ -81,8 +96,11 @@ async def test_every_rpc_through_generated_stubs(tmp_path: Path) -> None:
         assert deleted.domain.serving_source == domain_pb2.CERTIFICATE_SOURCE_NONE
 
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await stub.UploadCustom(broker_pb2.UploadCustomRequest(
-                domain="www.example.com", certificate=b"not a certificate", private_key=b"x"))
+            await stub.UploadCustom(
+                broker_pb2.UploadCustomRequest(
+                    domain="www.example.com", certificate=b"not a certificate", private_key=b"x"
+                )
+            )
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
         removed = await stub.RemoveDomain(broker_pb2.RemoveDomainRequest(domain="www.example.com"))
@@ -126,7 +144,8 @@ async def test_bad_domains_refused_with_field_violation_and_nothing_stored(
     async with started_broker(broker_settings(tmp_path)) as broker:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await broker.stub.IssueCertificate(
-                broker_pb2.IssueCertificateRequest(domain=raw, app="shop"))
+                broker_pb2.IssueCertificateRequest(domain=raw, app="shop")
+            )
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         _, violations = _details(caught.value)
         assert violations and all(field == "domain" for field, _ in violations)
@@ -138,18 +157,25 @@ async def test_bad_domains_refused_with_field_violation_and_nothing_stored(
 
 async def test_idn_is_stored_as_punycode(tmp_path: Path) -> None:
     async with started_broker(broker_settings(tmp_path)) as broker:
-        reply = await broker.stub.IssueCertificate(broker_pb2.IssueCertificateRequest(
-            domain="Bücher.Example", app="shop", disable_letsencrypt=True))
+        reply = await broker.stub.IssueCertificate(
+            broker_pb2.IssueCertificateRequest(
+                domain="Bücher.Example", app="shop", disable_letsencrypt=True
+            )
+        )
         assert reply.domain.domain == "xn--bcher-kva.example"
 
 
 async def test_domain_of_another_app_is_a_failed_precondition(tmp_path: Path) -> None:
     async with started_broker(broker_settings(tmp_path)) as broker:
-        await broker.stub.IssueCertificate(broker_pb2.IssueCertificateRequest(
-            domain="www.example.com", app="shop", disable_letsencrypt=True))
+        await broker.stub.IssueCertificate(
+            broker_pb2.IssueCertificateRequest(
+                domain="www.example.com", app="shop", disable_letsencrypt=True
+            )
+        )
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await broker.stub.IssueCertificate(broker_pb2.IssueCertificateRequest(
-                domain="www.example.com", app="other"))
+            await broker.stub.IssueCertificate(
+                broker_pb2.IssueCertificateRequest(domain="www.example.com", app="other")
+            )
         assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert _details(caught.value)[0] == "DOMAIN_OWNED_BY_OTHER_APP"
 
@@ -157,8 +183,9 @@ async def test_domain_of_another_app_is_a_failed_precondition(tmp_path: Path) ->
 async def test_missing_app_is_a_field_violation(tmp_path: Path) -> None:
     async with started_broker(broker_settings(tmp_path)) as broker:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await broker.stub.IssueCertificate(broker_pb2.IssueCertificateRequest(
-                domain="www.example.com"))
+            await broker.stub.IssueCertificate(
+                broker_pb2.IssueCertificateRequest(domain="www.example.com")
+            )
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert _details(caught.value)[1][0][0] == "app"
 
@@ -167,8 +194,11 @@ async def test_domains_and_revision_survive_a_restart(tmp_path: Path) -> None:
     settings = broker_settings(tmp_path)
     async with started_broker(settings) as broker:
         for name in ("a.example.com", "b.example.com"):
-            await broker.stub.IssueCertificate(broker_pb2.IssueCertificateRequest(
-                domain=name, app="shop", disable_letsencrypt=True))
+            await broker.stub.IssueCertificate(
+                broker_pb2.IssueCertificateRequest(
+                    domain=name, app="shop", disable_letsencrypt=True
+                )
+            )
         before = await broker.running.store.current_revision()
     async with started_broker(settings) as broker:
         listed = await broker.stub.ListDomains(broker_pb2.ListDomainsRequest())
@@ -177,8 +207,11 @@ async def test_domains_and_revision_survive_a_restart(tmp_path: Path) -> None:
             d.lets_encrypt_state == domain_pb2.LETS_ENCRYPT_STATE_DISABLED for d in listed.domains
         )
         assert await broker.running.store.current_revision() == before
-        reply = await broker.stub.IssueCertificate(broker_pb2.IssueCertificateRequest(
-            domain="c.example.com", app="shop", disable_letsencrypt=True))
+        reply = await broker.stub.IssueCertificate(
+            broker_pb2.IssueCertificateRequest(
+                domain="c.example.com", app="shop", disable_letsencrypt=True
+            )
+        )
         assert reply.domain.revision == before + 1
 
 

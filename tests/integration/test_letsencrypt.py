@@ -163,8 +163,11 @@ async def test_watcher_sees_every_transition_to_in_use_in_revision_order(
     name = unique_domain()
     async with started_broker(lab.settings(tmp_path)) as broker:
         stream = broker.stub.WatchStatus(
-            broker_pb2.WatchStatusRequest(after_revision=0, domains=[name]))
-        await broker.stub.IssueCertificate(broker_pb2.IssueCertificateRequest(domain=name, app="shop"))
+            broker_pb2.WatchStatusRequest(after_revision=0, domains=[name])
+        )
+        await broker.stub.IssueCertificate(
+            broker_pb2.IssueCertificateRequest(domain=name, app="shop")
+        )
         states = []
         revisions = []
         async for response in stream:
@@ -188,12 +191,20 @@ async def test_watcher_sees_every_transition_to_in_use_in_revision_order(
 async def test_routers_can_receive_pending_http01_challenges(lab: Lab, tmp_path: Path) -> None:
     name = unique_domain()
     async with started_broker(lab.settings(tmp_path)) as broker:
-        stream = broker.stub.WatchStatus(broker_pb2.WatchStatusRequest(
-            after_revision=await broker.running.store.current_revision(),
-            include_challenges=True))
-        plain = broker.stub.WatchStatus(broker_pb2.WatchStatusRequest(
-            after_revision=await broker.running.store.current_revision()))
-        await broker.stub.IssueCertificate(broker_pb2.IssueCertificateRequest(domain=name, app="shop"))
+        stream = broker.stub.WatchStatus(
+            broker_pb2.WatchStatusRequest(
+                after_revision=await broker.running.store.current_revision(),
+                include_challenges=True,
+            )
+        )
+        plain = broker.stub.WatchStatus(
+            broker_pb2.WatchStatusRequest(
+                after_revision=await broker.running.store.current_revision()
+            )
+        )
+        await broker.stub.IssueCertificate(
+            broker_pb2.IssueCertificateRequest(domain=name, app="shop")
+        )
         added = removed = None
         async for response in stream:
             event = response.event
@@ -209,7 +220,9 @@ async def test_routers_can_receive_pending_http01_challenges(lab: Lab, tmp_path:
         # a watcher that did not ask for challenges never sees them
         async for response in plain:
             assert response.event.type not in (
-                broker_pb2.EVENT_TYPE_CHALLENGE_ADDED, broker_pb2.EVENT_TYPE_CHALLENGE_REMOVED)
+                broker_pb2.EVENT_TYPE_CHALLENGE_ADDED,
+                broker_pb2.EVENT_TYPE_CHALLENGE_REMOVED,
+            )
             if response.event.domain.lets_encrypt_state == domain_pb2.LETS_ENCRYPT_STATE_IN_USE:
                 break
         plain.cancel()
