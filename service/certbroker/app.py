@@ -111,9 +111,16 @@ class Broker:
         disable_letsencrypt: bool = False,
         key_algorithm: KeyAlgorithm | None = None,
         challenge: ChallengeType | None = None,
+        include_apex: bool = False,
     ) -> Domain:
         name = normalise_domain(domain)
         app = _check_app(app)
+        if include_apex and not name.startswith("*."):
+            raise InvalidArgument.one(
+                "include_apex",
+                "only a wildcard (*.example.com) has an apex to add",
+                reason="INCLUDE_APEX_INVALID",
+            )
         if name.startswith("*.") and challenge is ChallengeType.HTTP_01:
             raise InvalidArgument.one(
                 "challenge_type",
@@ -132,6 +139,8 @@ class Broker:
                 updated = lifecycle.set_letsencrypt(existing, not disable_letsencrypt, now)
                 if key_algorithm is not None:
                     updated = replace(updated, key_algorithm=key_algorithm)
+                if include_apex:
+                    updated = replace(updated, include_apex=True)
                 updated = lifecycle.retry_now(updated, now)
                 if not lifecycle.changed(existing, updated):
                     result = existing
@@ -151,6 +160,7 @@ class Broker:
                     created_at=now,
                     updated_at=now,
                     key_algorithm=key_algorithm or KeyAlgorithm.ECDSA_P256,
+                    include_apex=include_apex,
                     challenge=challenge
                     or (ChallengeType.DNS_01 if name.startswith("*.") else ChallengeType.HTTP_01),
                 )

@@ -42,8 +42,14 @@ DELEGATION_RECHECK = timedelta(days=1)
 _RESTING = (LetsEncryptState.IN_USE, LetsEncryptState.NOT_USED, LetsEncryptState.DISABLED)
 
 
+# A certificate fresh from the CA may carry a notBefore a moment ahead of our clock
+# (Let's Encrypt backdates by an hour; Pebble does not). Routers install a new
+# certificate at once anyway, so a few minutes of skew must not count as "not valid".
+CLOCK_SKEW = timedelta(minutes=5)
+
+
 def is_valid_at(cert: CertificateInfo | None, now: datetime) -> bool:
-    return cert is not None and cert.not_before <= now < cert.not_after
+    return cert is not None and cert.not_before - CLOCK_SKEW <= now < cert.not_after
 
 
 def cert_renewal_time(cert: CertificateInfo) -> datetime:
@@ -60,8 +66,8 @@ def needs_issuance(domain: Domain, now: datetime) -> bool:
     if not domain.letsencrypt_enabled:
         return False
     cert = domain.le_cert
-    # A certificate not valid *yet* (the CA's clock is ahead of ours) is not missing:
-    # ordering again would burn the quota; settle schedules a run at its not_before.
+    # A certificate not valid *yet* (the CA's clock is well ahead of ours) is not
+    # missing: ordering again would burn the quota; settle schedules a run for it.
     return cert is None or now >= cert_renewal_time(cert) or now >= cert.not_after
 
 
@@ -128,8 +134,8 @@ def next_run(domain: Domain, now: datetime) -> datetime | None:
         if not domain.custom_expiring:
             times.append(custom.not_after - EXPIRING_WINDOW)
     le_cert = domain.le_cert
-    if le_cert is not None and now < le_cert.not_before:
-        times.append(le_cert.not_before)  # it starts serving then
+    if le_cert is not None and now < le_cert.not_before - CLOCK_SKEW:
+        times.append(le_cert.not_before - CLOCK_SKEW)  # it starts serving then
     if le_cert is not None and now < le_cert.not_after:
         times.append(le_cert.not_after)
     if domain.letsencrypt_enabled:

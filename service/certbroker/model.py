@@ -105,11 +105,19 @@ class Domain:
     next_run_at: datetime | None = None
     action_required: str = ""
     custom_expiring: bool = False
+    include_apex: bool = False
     revision: int = 0
 
     @property
     def is_wildcard(self) -> bool:
         return self.name.startswith("*.")
+
+    @property
+    def order_names(self) -> tuple[str, ...]:
+        """The names one certificate covers: the domain, and its apex when asked."""
+        if self.include_apex and self.is_wildcard:
+            return (self.name, self.name.removeprefix("*."))
+        return (self.name,)
 
 
 @dataclass(frozen=True)

@@ -420,7 +420,7 @@ class Scheduler:
 
     async def _reserve(self, domain: Domain) -> PendingOrder | None:
         """Count the quotas and, if a slot is free, persist the order in the same transaction."""
-        names = (domain.name,)
+        names = domain.order_names
         registered = registered_domain(domain.name)
         key_pem = await asyncio.to_thread(generate_private_key, domain.key_algorithm)
         now = self._clock.now()

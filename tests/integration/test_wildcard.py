@@ -16,10 +16,18 @@ from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import grpc
 import pytest
 
 from certbroker import delegation
-from certbroker.acme import AcmeIssuer, Dns01Updater, Http01Responder, MemoryAccountStore, TsigKey
+from certbroker.acme import (
+    AcmeIssuer,
+    AcmeProblem,
+    Dns01Updater,
+    Http01Responder,
+    MemoryAccountStore,
+    TsigKey,
+)
 from certbroker.acme.keys import generate_private_key
 from certbroker.clock import FakeClock
 from certbroker.config import Settings
@@ -138,8 +146,8 @@ async def test_wildcard_asks_for_the_delegation_then_issues_renews_and_notices_r
         renew_at = first.renewal_time.ToDatetime(UTC)
         clock.set(renew_at)
         held = await wait_status(
-            broker.stub, name,
-            lambda d: d.retry.next_attempt_time.ToDatetime(UTC) > renew_at)
+            broker.stub, name, lambda d: d.retry.next_attempt_time.ToDatetime(UTC) > renew_at
+        )
         assert held.action_required == record
         assert held.lets_encrypt_certificate.serial == first.lets_encrypt_certificate.serial
         assert held.serving_source == S.CERTIFICATE_SOURCE_LETS_ENCRYPT
@@ -149,8 +157,10 @@ async def test_wildcard_asks_for_the_delegation_then_issues_renews_and_notices_r
         bind.set_cname(f"_acme-challenge.{base}", target)
         clock.advance(timedelta(seconds=60))
         renewed = await wait_status(
-            broker.stub, name,
-            lambda d: d.lets_encrypt_certificate.serial != first.lets_encrypt_certificate.serial)
+            broker.stub,
+            name,
+            lambda d: d.lets_encrypt_certificate.serial != first.lets_encrypt_certificate.serial,
+        )
         assert renewed.lets_encrypt_state == S.LETS_ENCRYPT_STATE_IN_USE
         assert renewed.action_required == ""
         assert renewed.retry.attempt == 0
@@ -170,11 +180,35 @@ async def test_renewal_of_a_delegated_wildcard_needs_no_action(
         first = await wait_status(broker.stub, name, in_use)
         clock.set(first.renewal_time.ToDatetime(UTC))
         renewed = await wait_status(
-            broker.stub, name,
-            lambda d: d.lets_encrypt_certificate.serial != first.lets_encrypt_certificate.serial)
+            broker.stub,
+            name,
+            lambda d: d.lets_encrypt_certificate.serial != first.lets_encrypt_certificate.serial,
+        )
     assert renewed.lets_encrypt_state == S.LETS_ENCRYPT_STATE_IN_USE
     assert renewed.action_required == ""
     verify_chain(renewed.lets_encrypt_certificate.chain_pem, pebble.root_pem(), f"x.{base}")
+
+
+async def test_wildcard_with_its_apex_through_the_api(
+    bind: Bind, pebble: Pebble, tmp_path: Path
+) -> None:
+    base = base_name()
+    name = f"*.{base}"
+    bind.set_cname(f"_acme-challenge.{base}", delegation.target(name, bind.challenge_zone))
+    async with started_broker(settings(tmp_path, bind, pebble)) as broker:
+        request = issue(name)
+        request.include_apex = True
+        reply = await broker.stub.IssueCertificate(request)
+        assert reply.domain.include_apex
+        status = await wait_status(broker.stub, name, in_use)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            apex_only = issue(f"www.{base}")
+            apex_only.include_apex = True
+            await broker.stub.IssueCertificate(apex_only)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert sorted(status.lets_encrypt_certificate.sans) == sorted([name, base])
+    for host in (base, f"a.{base}"):
+        verify_chain(status.lets_encrypt_certificate.chain_pem, pebble.root_pem(), host)
 
 
 async def test_a_wrong_tsig_key_is_a_clear_error_and_no_order(
@@ -187,8 +221,7 @@ async def test_a_wrong_tsig_key_is_a_clear_error_and_no_order(
     issued_before = pebble.issued_count()
     async with started_broker(settings(tmp_path, bind, pebble, wrong)) as broker:
         await broker.stub.IssueCertificate(issue(name))
-        status = await wait_status(
-            broker.stub, name, lambda d: d.retry.last_error_reason != "")
+        status = await wait_status(broker.stub, name, lambda d: d.retry.last_error_reason != "")
     assert status.retry.last_error_reason == "DNS01_UPDATE_REFUSED"
     assert "BADSIG" in status.retry.last_error_message
     assert "broker-key" in status.retry.last_error_message
@@ -208,8 +241,11 @@ async def test_a_plain_name_may_use_dns01_without_pointing_at_the_platform(
     name = base_name()  # no A record anywhere: HTTP-01 could not work
     bind.set_cname(f"_acme-challenge.{name}", delegation.target(name, bind.challenge_zone))
     async with started_broker(settings(tmp_path, bind, pebble)) as broker:
-        await broker.stub.IssueCertificate(broker_pb2.IssueCertificateRequest(
-            domain=name, app="shop", challenge_type=S.CHALLENGE_TYPE_DNS_01))
+        await broker.stub.IssueCertificate(
+            broker_pb2.IssueCertificateRequest(
+                domain=name, app="shop", challenge_type=S.CHALLENGE_TYPE_DNS_01
+            )
+        )
         status = await wait_status(broker.stub, name, in_use)
     assert list(status.lets_encrypt_certificate.sans) == [name]
     verify_chain(status.lets_encrypt_certificate.chain_pem, pebble.root_pem(), name)
@@ -247,4 +283,17 @@ async def test_wildcard_and_apex_in_one_order_share_the_delegation(
     cert = await iss.issue([f"*.{base}", base], key, dns01=True)
     for host in (base, f"www.{base}"):
         verify_chain(cert.chain_pem, pebble.root_pem(), host)
+    assert bind.query(updater.record_name(base), "TXT") == []
+
+
+async def test_values_are_removed_when_the_validation_fails(
+    bind: Bind, issuer: tuple[AcmeIssuer, Dns01Updater]
+) -> None:
+    """No delegation, so the CA finds no TXT: the order fails and our value is gone anyway."""
+    iss, updater = issuer
+    base = base_name()
+    key = generate_private_key(KeyAlgorithm.ECDSA_P256)
+    with pytest.raises(AcmeProblem) as caught:
+        await iss.issue([f"*.{base}"], key, dns01=True)
+    assert caught.value.retryable  # the usual backoff follows
     assert bind.query(updater.record_name(base), "TXT") == []

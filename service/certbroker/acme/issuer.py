@@ -1,5 +1,12 @@
 """The ACME issuer: one account, orders driven to a certificate, HTTP-01 answered locally.
 
+DNS-01 (every wildcard authorization, and every authorization of an order
+asked with ``dns01=True``) is answered through a ``Dns01Responder``: the TXT
+value is written in the broker's own zone (where the customer's one-time
+delegation points) and is served before the challenge is answered; it is
+removed when the order ends, success or failure. ``_select_challenge`` is the
+one place that picks the type.
+
 Why not ``ClientV2.poll_and_finalize``: it blocks a thread for the whole
 order and polls once a second (about 2 s per certificate against a fast CA).
 Here each order is a small state machine driven from the event loop; every

@@ -93,6 +93,7 @@ def domain(record: Domain, now: datetime) -> domain_pb2.Domain:
         challenge_type=_CHALLENGE[record.challenge],
         action_required=record.action_required,
         custom_certificate_expiring=record.custom_expiring,
+        include_apex=record.include_apex,
     )
     if record.le_cert is not None:
         message.lets_encrypt_certificate.CopyFrom(certificate(record.le_cert, now))

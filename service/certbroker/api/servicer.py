@@ -109,6 +109,7 @@ class BrokerServicer(broker_pb2_grpc.CertificateBrokerServiceServicer):
             disable_letsencrypt=request.disable_letsencrypt,
             key_algorithm=convert.key_algorithm(request.key_algorithm),
             challenge=convert.challenge_type(request.challenge_type),
+            include_apex=request.include_apex,
         )
         return broker_pb2.IssueCertificateResponse(domain=self._domain(record))
 

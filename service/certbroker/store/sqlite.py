@@ -186,6 +186,7 @@ class SqliteStore:
             domain = None
             if row["payload"]:
                 payload = json.loads(row["payload"])
+                payload.setdefault("include_apex", 0)  # events older than migration 002
                 if row["type"] == EventType.DOMAIN_UPDATED.value:
                     payload["revision"] = row["revision"]  # see put_domain
                 domain = await self.decode_domain(payload)
