@@ -275,7 +275,7 @@ class CustomCertificateValidator:
                 f"(now is {_fmt(now)}); upload it after that time or check the clock of "
                 "the machine that issued it",
             )
-        if now >= cert.not_valid_after_utc:  # the lifecycle's rule: expired at not_after
+        if now > cert.not_valid_after_utc:  # RFC 5280: notAfter is inclusive
             raise refuse(
                 CERT_FIELD,
                 Reason.CERT_EXPIRED,
