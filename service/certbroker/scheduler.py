@@ -299,26 +299,38 @@ class Scheduler:
                 ),
             )
             return False
-        caa = await self._dns.caa_allows(
-            name, self._policy.caa_identity, wildcard=domain.is_wildcard
-        )
-        if not caa.allowed:
-            await self._record(
-                name,
-                lambda d, now: lifecycle.failed(
-                    lifecycle.dns_ready(d, observation),
-                    caa.reason,
-                    caa.message,
-                    now,
-                    state=None
-                    if lifecycle.is_valid_at(d.le_cert, now)
-                    else LetsEncryptState.PENDING_DNS,
-                ),
-            )
+        if not await self._caa_allows(domain, lambda d, now: lifecycle.dns_ready(d, observation)):
             return False
         if domain.dns != observation:
             await self._record(name, lambda d, now: lifecycle.dns_ready(d, observation))
         return True
+
+    async def _caa_allows(
+        self, domain: Domain, found_so_far: Callable[[Domain, datetime], Domain]
+    ) -> bool:
+        """CAA must allow our CA; if not, back off without ordering (the customer must act).
+
+        ``found_so_far`` records what the earlier checks saw (DNS answers, delegation),
+        so the refusal and those facts land in one write.
+        """
+        caa = await self._dns.caa_allows(
+            domain.name, self._policy.caa_identity, wildcard=domain.is_wildcard
+        )
+        if caa.allowed:
+            return True
+        await self._record(
+            domain.name,
+            lambda d, now: lifecycle.failed(
+                found_so_far(d, now),
+                caa.reason,
+                caa.message,
+                now,
+                state=None
+                if lifecycle.is_valid_at(d.le_cert, now)
+                else LetsEncryptState.PENDING_DNS,
+            ),
+        )
+        return False
 
     async def _delegation_state(self, domain: Domain) -> tuple[bool, str, str]:
         """Is ``_acme-challenge.<base>`` a CNAME to our record? ``(ok, reason, message)``.
@@ -360,22 +372,7 @@ class Scheduler:
         if not ok:
             await self._record(name, self._ask_for_delegation(reason, message))
             return False
-        caa = await self._dns.caa_allows(
-            name, self._policy.caa_identity, wildcard=domain.is_wildcard
-        )
-        if not caa.allowed:
-            await self._record(
-                name,
-                lambda d, now: lifecycle.failed(
-                    lifecycle.delegated(d, now),
-                    caa.reason,
-                    caa.message,
-                    now,
-                    state=None
-                    if lifecycle.is_valid_at(d.le_cert, now)
-                    else LetsEncryptState.PENDING_DNS,
-                ),
-            )
+        if not await self._caa_allows(domain, lifecycle.delegated):
             return False
         try:
             await self._dns01.check_access(delegation.base_name(name))

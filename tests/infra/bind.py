@@ -34,8 +34,6 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +48,7 @@ import dns.tsigkeyring
 import dns.update
 
 from tests.infra.ports import free_port
+from tests.infra.process import ServerProcess
 
 BINARY = shutil.which("named") or "/usr/sbin/named"
 
@@ -89,7 +88,7 @@ def _soa_zone(origin: str, extra: str = "") -> str:
     )
 
 
-class Bind:
+class Bind(ServerProcess):
     """One ``named`` process. The constructor has no side effects; ``start()`` launches it."""
 
     host = "127.0.0.1"
@@ -206,42 +205,10 @@ zone "{self.challenge_zone}" {{
             time.sleep(0.05)
         return False
 
-    def stop(self) -> None:
-        """Stop the process by its PID and remove the temporary directory."""
-        self._kill()
-        self._cleanup()
-
-    def _kill(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-
     def _cleanup(self) -> None:
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
-
-    def __enter__(self) -> Bind:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @classmethod
-    @contextmanager
-    def running(cls, **kwargs: Any) -> Iterator[Bind]:
-        """Context manager for fixtures: always stops the process, even on failure."""
-        b = cls(**kwargs)
-        try:
-            yield b.start()
-        finally:
-            b.stop()
 
     # -- keys -----------------------------------------------------------------
 

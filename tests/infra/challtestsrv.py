@@ -24,12 +24,11 @@ import subprocess
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from tests.infra.ports import free_port, wait_tcp
+from tests.infra.process import ServerProcess
 
 BINARY = shutil.which("pebble-challtestsrv") or "/usr/bin/pebble-challtestsrv"
 
@@ -42,7 +41,7 @@ class ChallTestSrvError(RuntimeError):
     """The server did not start or a management call failed."""
 
 
-class ChallTestSrv:
+class ChallTestSrv(ServerProcess):
     """One ``pebble-challtestsrv`` process on free loopback ports.
 
     The constructor has no side effects; ``start()`` launches the process and
@@ -105,7 +104,7 @@ class ChallTestSrv:
                 return self
             last = self.log_text()
             self._kill()
-        self._cleanup_dir()
+        self._cleanup()
         raise ChallTestSrvError(f"pebble-challtestsrv did not start:\n{last}")
 
     def _launch(self) -> bool:
@@ -132,42 +131,10 @@ class ChallTestSrv:
             time.sleep(0.02)
         return False
 
-    def stop(self) -> None:
-        """Stop the process (by its PID) and remove the log directory."""
-        self._kill()
-        self._cleanup_dir()
-
-    def _kill(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-
-    def _cleanup_dir(self) -> None:
+    def _cleanup(self) -> None:
         if self._log_dir is not None:
             self._log_dir.cleanup()
             self._log_dir = None
-
-    def __enter__(self) -> ChallTestSrv:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @classmethod
-    @contextmanager
-    def running(cls, **kwargs: Any) -> Iterator[ChallTestSrv]:
-        """Context manager for fixtures: always stops the process, even on failure."""
-        srv = cls(**kwargs)
-        try:
-            yield srv.start()
-        finally:
-            srv.stop()
 
     # -- management API ------------------------------------------------------
 

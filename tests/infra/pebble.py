@@ -25,10 +25,7 @@ import subprocess
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -36,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tests.infra.ports import free_port
+from tests.infra.process import ServerProcess
 
 BINARY = shutil.which("pebble") or "/usr/bin/pebble"
 _ISSUED_RE = re.compile(r"Issued certificate serial ([0-9a-f]+) for order (\S+)")
@@ -113,7 +111,7 @@ def _write_listener_certs(directory: Path) -> tuple[Path, Path, Path]:
     return ca_path, cert_path, key_path
 
 
-class Pebble:
+class Pebble(ServerProcess):
     """One Pebble process. The constructor has no side effects; ``start()`` launches it.
 
     ``http_port`` is where Pebble's validator connects for HTTP-01 (the port of
@@ -256,42 +254,10 @@ class Pebble:
                 time.sleep(0.02)
         return False
 
-    def stop(self) -> None:
-        """Stop the process by its PID and remove the temporary directory."""
-        self._kill()
-        self._cleanup()
-
-    def _kill(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-
     def _cleanup(self) -> None:
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
-
-    def __enter__(self) -> Pebble:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @classmethod
-    @contextmanager
-    def running(cls, **kwargs: Any) -> Iterator[Pebble]:
-        """Context manager for fixtures: always stops the process, even on failure."""
-        p = cls(**kwargs)
-        try:
-            yield p.start()
-        finally:
-            p.stop()
 
     # -- management / observation ---------------------------------------------
 
