@@ -59,7 +59,16 @@ from certbroker.store.base import NewCertificate, PendingOrder, Store, Transacti
 from certbroker.x509.info import certificate_info
 
 log = logging.getLogger(__name__)
-_IDLE_POLL = 1.0  # real seconds: a safety net only; commits and wake() drive the loop
+_IDLE_POLL = 1.0
+# What a pre-flight check found, applied to the domain in the write that starts the order.
+Finding = Callable[[Domain, datetime], Domain]
+
+
+def _unchanged(domain: Domain, now: datetime) -> Domain:
+    return domain
+
+
+# real seconds: a safety net only; commits and wake() drive the loop
 
 
 class Issued(Protocol):
@@ -220,8 +229,18 @@ class Scheduler:
         transition: Callable[[Domain, datetime], Domain],
         extra: Callable[[Transaction], Awaitable[None]] | None = None,
     ) -> Domain | None:
-        """Apply ``transition`` to the latest row inside a transaction; write only real changes."""
+        """Apply ``transition`` to the latest row inside a transaction; write only real changes.
+
+        Most ticks change nothing: that is decided on the committed row first, without
+        taking the store's single write lock.
+        """
         now = self._clock.now()
+        if extra is None:
+            current = await self._store.get_domain(name)
+            if current is None:
+                return None
+            if not lifecycle.changed(current, transition(current, now)):
+                return current
         async with self._store.transaction() as tx:
             latest = await tx.get_domain(name)
             if latest is None:
@@ -264,10 +283,12 @@ class Scheduler:
             )
             return
         order = await self._store.get_order(name)
+        found: Finding = _unchanged
         if order is None:
-            ready = await (self._preflight_dns01(domain) if dns01 else self._preflight(domain))
-            if not ready:
+            checked = await (self._preflight_dns01(domain) if dns01 else self._preflight(domain))
+            if checked is None:
                 return
+            found = checked
         assert self._issuer is not None
         try:
             await self._issuer.start()
@@ -281,9 +302,9 @@ class Scheduler:
                 ),
             )
             return
-        await self._order(domain, order)
+        await self._order(domain, order, found)
 
-    async def _preflight(self, domain: Domain) -> bool:
+    async def _preflight(self, domain: Domain) -> Finding | None:
         """DNS and CAA must pass locally before the CA hears of the domain."""
         assert self._targets is not None
         name = domain.name
@@ -298,12 +319,14 @@ class Scheduler:
                     d, observation, pointed.reason, pointed.message, now, interval
                 ),
             )
-            return False
-        if not await self._caa_allows(domain, lambda d, now: lifecycle.dns_ready(d, observation)):
-            return False
-        if domain.dns != observation:
-            await self._record(name, lambda d, now: lifecycle.dns_ready(d, observation))
-        return True
+            return None
+
+        def found(d: Domain, now: datetime) -> Domain:
+            return lifecycle.dns_ready(d, observation)
+
+        if not await self._caa_allows(domain, found):
+            return None
+        return found  # written with the order's start, one write instead of two
 
     async def _caa_allows(
         self, domain: Domain, found_so_far: Callable[[Domain, datetime], Domain]
@@ -355,7 +378,7 @@ class Scheduler:
             d, delegation.record(d.name, zone), now, interval, reason=reason, message=message
         )
 
-    async def _preflight_dns01(self, domain: Domain) -> bool:
+    async def _preflight_dns01(self, domain: Domain) -> Finding | None:
         """Delegation, CAA and our own update rights must hold before the CA hears of it."""
         assert self._dns01 is not None
         name = domain.name
@@ -368,12 +391,12 @@ class Scheduler:
                 name,
                 lambda d, now: lifecycle.delegation_check_failed(d, why, detail, now, interval),
             )
-            return False
+            return None
         if not ok:
             await self._record(name, self._ask_for_delegation(reason, message))
-            return False
+            return None
         if not await self._caa_allows(domain, lifecycle.delegated):
-            return False
+            return None
         try:
             await self._dns01.check_access(delegation.base_name(name))
         except AcmeProblem as problem:
@@ -383,9 +406,8 @@ class Scheduler:
                 name,
                 lambda d, now: lifecycle.failed(lifecycle.delegated(d, now), why, detail, now),
             )
-            return False
-        await self._record(name, lifecycle.delegated)
-        return True
+            return None
+        return lifecycle.delegated
 
     async def _recheck_delegation(self, domain: Domain) -> None:
         """A resting DNS-01 domain: is the delegation still there for the next renewal?"""
@@ -415,7 +437,7 @@ class Scheduler:
             log.info("delegation of %s is gone (%s)", name, reason)
             await self._record(name, self._ask_for_delegation(reason, message))
 
-    async def _reserve(self, domain: Domain) -> PendingOrder | None:
+    async def _reserve(self, domain: Domain, found: Finding) -> PendingOrder | None:
         """Count the quotas and, if a slot is free, persist the order in the same transaction."""
         names = domain.order_names
         registered = registered_domain(domain.name)
@@ -423,9 +445,10 @@ class Scheduler:
         now = self._clock.now()
         since = now - quota.WINDOW
         async with self._store.transaction() as tx:
-            latest = await tx.get_domain(domain.name)
-            if latest is None:
+            stored = await tx.get_domain(domain.name)
+            if stored is None:
                 return None
+            latest = found(stored, now)
             block = quota.check(
                 await tx.registered_domain_usage(registered, since),
                 self._policy.quota_per_registered_domain,
@@ -455,7 +478,7 @@ class Scheduler:
             await tx.put_domain(lifecycle.order_started(latest, now))
         return order
 
-    async def _order(self, domain: Domain, order: PendingOrder | None) -> None:
+    async def _order(self, domain: Domain, order: PendingOrder | None, found: Finding) -> None:
         assert self._issuer is not None
         name = domain.name
         if order is not None and not order.order_url:
@@ -463,7 +486,7 @@ class Scheduler:
             async with self._store.transaction() as tx:
                 await tx.delete_order(name)
         if order is None:
-            order = await self._reserve(domain)
+            order = await self._reserve(domain, found)
             if order is None:
                 return
         key_pem = self._sealer.open(order.key_sealed, name)
