@@ -22,8 +22,13 @@ _LDH = re.compile(r"^[a-z0-9-]+$")
 
 @cache
 def _psl() -> PublicSuffixList:
-    """Loaded lazily and once: parsing the list takes ~100 ms."""
+    """Loaded once; parsing the list takes ~100 ms, so the server calls ``preload`` at start."""
     return PublicSuffixList()
+
+
+def preload() -> None:
+    """Parse the public suffix list now rather than inside the first request."""
+    _psl()
 
 
 def _is_ip(text: str) -> bool:

@@ -22,6 +22,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from certbroker import names
 from certbroker.acme.dns01 import Dns01Updater, TsigKey
 from certbroker.acme.http01 import Http01Responder
 from certbroker.acme.issuer import AcmeIssuer
@@ -131,6 +132,7 @@ def _server_credentials(settings: Settings) -> grpc.ServerCredentials:
 
 async def run(settings: Settings, clock: Clock | None = None) -> Running:
     clock = clock or SystemClock()
+    await asyncio.to_thread(names.preload)
     store = await SqliteStore.open(settings.db)
     try:
         sealer = await _open_sealer(settings, store)
