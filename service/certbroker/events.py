@@ -92,7 +92,8 @@ class EventHub:
             return self._head
         changed = self._changed
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(changed.wait(), seconds)
+            async with asyncio.timeout(seconds):  # no Task per waiter, unlike wait_for
+                await changed.wait()
         return self._head
 
     async def events_after(self, revision: int) -> list[Event]:

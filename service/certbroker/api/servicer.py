@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 _SNAPSHOT_PAGE = 500
+# A snapshot as sent: the responses, and the domains already newer than its revision.
+_Snapshot = tuple[list[broker_pb2.WatchStatusResponse], dict[str, int]]
 _EVENT_CACHE = 4096
 
 
@@ -93,7 +95,8 @@ class BrokerServicer(broker_pb2_grpc.CertificateBrokerServiceServicer):
         self._auth = authorizer
         self._heartbeat = heartbeat.total_seconds()
         self._max_lag = max_lag
-        self._event_cache: OrderedDict[int, broker_pb2.WatchEvent] = OrderedDict()
+        self._event_cache: OrderedDict[int, broker_pb2.WatchStatusResponse] = OrderedDict()
+        self._snapshots: dict[int, asyncio.Future[_Snapshot]] = {}
 
     def _domain(self, record: Domain) -> Any:
         return convert.domain(record, self._clock.now())
@@ -182,8 +185,14 @@ class BrokerServicer(broker_pb2_grpc.CertificateBrokerServiceServicer):
         send = _Sender(context, self._send_timeout)
         if position == 0:
             position = self._hub.revision
-            async for response in self._snapshot(wanted, request.include_keys, position, seen):
-                await send(response, position)
+            if wanted.everything and not request.include_keys:
+                responses, newer = await self._shared_snapshot(position)
+                seen.update(newer)
+                for response in responses:
+                    await send(response, position)
+            else:
+                async for response in self._snapshot(wanted, request.include_keys, position, seen):
+                    await send(response, position)
         async for item in self._hub.follow(position, self._heartbeat):
             if isinstance(item, int):
                 await send(
@@ -205,6 +214,29 @@ class BrokerServicer(broker_pb2_grpc.CertificateBrokerServiceServicer):
             f"the broker is shutting down; resume with after_revision={position}",
             reason="BROKER_SHUTTING_DOWN",
         )
+
+    async def _shared_snapshot(self, revision: int) -> _Snapshot:
+        """One store scan per revision for every unfiltered, keyless stream opening at it.
+
+        A burst of routers reconnecting after a restart would otherwise run thousands
+        of identical scans on the store's one reader connection.
+        """
+        build = self._snapshots.get(revision)
+        if build is None:
+            build = asyncio.ensure_future(self._build_snapshot(revision))
+            self._snapshots = {revision: build}  # only the newest revision is worth keeping
+            build.add_done_callback(self._forget_failed)
+        return await asyncio.shield(build)
+
+    def _forget_failed(self, build: asyncio.Future[_Snapshot]) -> None:
+        if build.cancelled() or build.exception() is not None:
+            self._snapshots = {r: b for r, b in self._snapshots.items() if b is not build}
+
+    async def _build_snapshot(self, revision: int) -> _Snapshot:
+        seen: dict[str, int] = {}
+        everything = _Filter(broker_pb2.WatchStatusRequest())
+        responses = [r async for r in self._snapshot(everything, False, revision, seen)]
+        return responses, seen
 
     async def _snapshot(
         self, wanted: _Filter, include_keys: bool, revision: int, seen: dict[str, int]
@@ -239,15 +271,15 @@ class BrokerServicer(broker_pb2_grpc.CertificateBrokerServiceServicer):
         self, item: Event, include_keys: bool
     ) -> broker_pb2.WatchStatusResponse:
         cached = self._event_cache.get(item.revision)
-        if cached is None:
-            cached = convert.event(item, self._clock.now())
+        if cached is None:  # converted once, shared by every stream that sends it
+            cached = broker_pb2.WatchStatusResponse(event=convert.event(item, self._clock.now()))
             self._event_cache[item.revision] = cached
             if len(self._event_cache) > _EVENT_CACHE:
                 self._event_cache.popitem(last=False)
         if not include_keys or item.domain is None or item.type is not EventType.DOMAIN_UPDATED:
-            return broker_pb2.WatchStatusResponse(event=cached)
+            return cached
         message = broker_pb2.WatchEvent()
-        message.CopyFrom(cached)
+        message.CopyFrom(cached.event)
         await self._attach_material(message, item.domain)
         return broker_pb2.WatchStatusResponse(event=message)
 
@@ -278,8 +310,9 @@ class _Sender:
         self._timeout = timeout
 
     async def __call__(self, response: broker_pb2.WatchStatusResponse, position: int) -> None:
-        try:
-            await asyncio.wait_for(self._context.write(response), self._timeout)
+        try:  # asyncio.timeout: no Task per message, unlike wait_for (fan-out hot path)
+            async with asyncio.timeout(self._timeout):
+                await self._context.write(response)
         except TimeoutError:
             raise _too_slow(position, f"did not read for {self._timeout:g}s") from None
 
@@ -299,6 +332,7 @@ class _Filter:
         if violations:
             raise InvalidArgument(violations)
         self.domains = frozenset(names)
+        self.everything = not self.apps and not self.domains
 
     def matches_domain(self, record: Domain) -> bool:
         return (not self.apps or record.app in self.apps) and (
