@@ -22,6 +22,8 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SpanExporter
 
 from certbroker import names
 from certbroker.acme.dns01 import Dns01Updater, TsigKey
@@ -80,6 +82,7 @@ class Running:
     responder: Http01Responder
     servicer: BrokerServicer
     extras: list[Any] = field(default_factory=list)
+    tracing: TracerProvider | None = None
 
     async def stop(self, grace: float = GRACE_SECONDS) -> None:
         self.servicer.stopping = True
@@ -91,6 +94,8 @@ class Running:
             await extra.stop()
         await self.hub.stop()
         await self.store.close()
+        if self.tracing is not None:
+            self.tracing.shutdown()  # flushes the spans still queued
 
 
 async def _open_sealer(settings: Settings, store: SqliteStore) -> KeySealer:
@@ -131,7 +136,9 @@ def _server_credentials(settings: Settings) -> grpc.ServerCredentials:
     )
 
 
-async def run(settings: Settings, clock: Clock | None = None) -> Running:
+async def run(
+    settings: Settings, clock: Clock | None = None, span_exporter: SpanExporter | None = None
+) -> Running:
     clock = clock or SystemClock()
     await asyncio.to_thread(names.preload)
     store = await SqliteStore.open(settings.db)
@@ -183,9 +190,9 @@ async def run(settings: Settings, clock: Clock | None = None) -> Running:
         dns01=dns01,
     )
     broker = Broker(store, clock, sealer, validator, wake_scheduler=scheduler.wake)
-    provider = tracer_provider(settings.traces_exporter)
+    provider = tracer_provider(settings.traces_exporter, span_exporter)
     server = grpc.aio.server(
-        interceptors=[server_interceptor(provider)],
+        interceptors=[server_interceptor(provider)] if provider else [],
         options=[
             # gRPC cancels stream opens beyond these (defaults 1,000 / 3,000): a broker
             # restart makes every router reconnect at once.
@@ -208,7 +215,7 @@ async def run(settings: Settings, clock: Clock | None = None) -> Running:
         heartbeat=settings.heartbeat_interval,
         max_lag=settings.watch_buffer,
         send_timeout=settings.watch_send_timeout,
-        tracer=provider.get_tracer("certbroker"),
+        tracer=provider.get_tracer("certbroker") if provider else None,
     )
     from certbroker.v1 import broker_pb2_grpc
 
@@ -234,6 +241,7 @@ async def run(settings: Settings, clock: Clock | None = None) -> Running:
         responder,
         servicer,
         extras,
+        provider,
     )
     try:
         await server.start()

@@ -165,7 +165,7 @@ class BrokerServicer(broker_pb2_grpc.CertificateBrokerServiceServicer):
         self, request: broker_pb2.WatchStatusRequest, context: grpc.aio.ServicerContext
     ) -> None:
         with self._tracer.start_as_current_span(
-            "certbroker.v1.CertificateBrokerService/WatchStatus", kind=trace.SpanKind.SERVER
+            "/certbroker.v1.CertificateBrokerService/WatchStatus", kind=trace.SpanKind.SERVER
         ) as span:
             span.set_attribute("certbroker.after_revision", request.after_revision)
             span.set_attribute("certbroker.include_keys", request.include_keys)
