@@ -244,6 +244,10 @@ class BrokerClient:
             ("grpc.initial_reconnect_backoff_ms", 200),
             ("grpc.min_reconnect_backoff_ms", 200),
             ("grpc.max_reconnect_backoff_ms", 3000),
+            # Pings on a quiet watch notice a dead broker in ~30 s, even behind a NAT
+            # that drops idle flows (the broker permits one per 10 s).
+            ("grpc.keepalive_time_ms", 20_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
             *options,
         ]
         if tls is None:
