@@ -6,30 +6,12 @@ from pathlib import Path
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from grpc_status import rpc_status
 
 from certbroker.v1 import broker_pb2, domain_pb2
 from tests.broker import broker_settings, started_broker
-
-
-def _details(error: grpc.aio.AioRpcError) -> tuple[str, list[tuple[str, str]]]:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    assert status is not None
-    reason = ""
-    violations: list[tuple[str, str]] = []
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            reason = info.reason
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            violations = [(v.field, v.description) for v in bad.field_violations]
-    return reason, violations
+from tests.rpc import details
 
 
 async def test_health_serving_and_reflection_lists_service(tmp_path: Path) -> None:
@@ -108,7 +90,7 @@ async def test_every_rpc_through_generated_stubs(tmp_path: Path) -> None:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await stub.GetStatus(broker_pb2.GetStatusRequest(domain="www.example.com"))
         assert caught.value.code() == grpc.StatusCode.NOT_FOUND
-        assert _details(caught.value)[0] == "DOMAIN_NOT_FOUND"
+        assert details(caught.value)[0] == "DOMAIN_NOT_FOUND"
 
         stream = stub.WatchStatus(broker_pb2.WatchStatusRequest(after_revision=0))
         kinds = []
@@ -147,7 +129,7 @@ async def test_bad_domains_refused_with_field_violation_and_nothing_stored(
                 broker_pb2.IssueCertificateRequest(domain=raw, app="shop")
             )
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        _, violations = _details(caught.value)
+        _, violations = details(caught.value)
         assert violations and all(field == "domain" for field, _ in violations)
         assert any(why in description for _, description in violations), violations
         listed = await broker.stub.ListDomains(broker_pb2.ListDomainsRequest())
@@ -177,7 +159,7 @@ async def test_domain_of_another_app_is_a_failed_precondition(tmp_path: Path) ->
                 broker_pb2.IssueCertificateRequest(domain="www.example.com", app="other")
             )
         assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-        assert _details(caught.value)[0] == "DOMAIN_OWNED_BY_OTHER_APP"
+        assert details(caught.value)[0] == "DOMAIN_OWNED_BY_OTHER_APP"
 
 
 async def test_missing_app_is_a_field_violation(tmp_path: Path) -> None:
@@ -187,7 +169,7 @@ async def test_missing_app_is_a_field_violation(tmp_path: Path) -> None:
                 broker_pb2.IssueCertificateRequest(domain="www.example.com")
             )
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert _details(caught.value)[1][0][0] == "app"
+        assert details(caught.value)[1][0][0] == "app"
 
 
 async def test_domains_and_revision_survive_a_restart(tmp_path: Path) -> None:

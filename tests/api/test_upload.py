@@ -24,8 +24,6 @@ import grpc
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -47,6 +45,7 @@ from tests.pki import (
     pem_bundle,
     pkcs7_bundle,
 )
+from tests.rpc import details
 from tests.x509.test_fuzz import mutated
 
 PKI = TestPKI()
@@ -66,24 +65,6 @@ def trust_file(directory: Path, *pkis: TestPKI) -> Path:
     path = directory / "trust.pem"
     path.write_bytes(b"".join(p.root.pem for p in pkis))
     return path
-
-
-def details(error: grpc.aio.AioRpcError) -> tuple[str, list[tuple[str, str]]]:
-    """(ErrorInfo reason, [(field, description)] of the BadRequest) of a failed call."""
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    assert status is not None, error
-    reason = ""
-    violations: list[tuple[str, str]] = []
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            reason = info.reason
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            violations = [(v.field, v.description) for v in bad.field_violations]
-    return reason, violations
 
 
 def chain_certs(chain_pem: str) -> list[x509.Certificate]:

@@ -10,24 +10,12 @@ from pathlib import Path
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from certbroker.clock import FakeClock
 from certbroker.v1 import broker_pb2, broker_pb2_grpc
 from tests.broker import BrokerHandle, broker_settings, started_broker
 from tests.pki import NOW, TestPKI
-
-
-def _reason(error: grpc.aio.AioRpcError) -> str:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    assert status is not None
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return info.reason
-    return ""
+from tests.rpc import reason
 
 
 async def _add(broker: BrokerHandle, name: str, app: str = "shop") -> int:
@@ -149,7 +137,7 @@ async def test_compacted_revision_ends_with_out_of_range(tmp_path: Path) -> None
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await _events(stream, 1)
         assert caught.value.code() == grpc.StatusCode.OUT_OF_RANGE
-        assert _reason(caught.value) == "REVISION_COMPACTED"
+        assert reason(caught.value) == "REVISION_COMPACTED"
         # resuming from the compaction point itself is still exact
         ok = broker.stub.WatchStatus(broker_pb2.WatchStatusRequest(after_revision=first + 1))
         await _add(broker, "new.example.com")
@@ -208,6 +196,6 @@ async def test_stalled_reader_is_cut_off_without_delaying_others(
                 async for _ in stalled:
                     assert time.monotonic() < deadline
             assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert _reason(caught.value) == "WATCHER_TOO_SLOW"
+            assert reason(caught.value) == "WATCHER_TOO_SLOW"
             assert "after_revision=" in (caught.value.details() or "")
             healthy.cancel()
