@@ -234,6 +234,26 @@ async def test_due_domains_returns_only_due_rows_in_next_run_order(store: Sqlite
     assert await store.next_due_time() == now - DAY
 
 
+async def test_due_names_skip_domains_being_worked(store: SqliteStore, db_path: Path) -> None:
+    now = T0 + DAY
+    for i in range(4):
+        await put(store, make_domain(f"d{i}.example.com", next_run_at=now - i * DAY))
+    await put(store, make_domain("later.example.com", next_run_at=now + DAY))
+    busy = {"d3.example.com", "d1.example.com"}
+    assert await store.due_names(now, 10, exclude=busy) == ["d2.example.com", "d0.example.com"]
+    assert await store.due_names(now, 1) == ["d3.example.com"]
+    assert await store.next_due_time(exclude=busy) == now - 2 * DAY
+    statements: list[str] = []
+    await store._reader.set_trace_callback(statements.append)
+    try:
+        await store.due_names(now, 5, exclude=busy)
+    finally:
+        await store._reader.set_trace_callback(None)
+    (query,) = [s for s in statements if "FROM domains" in s]
+    plan = " ".join(str(row[-1]) for row in raw(db_path, f"EXPLAIN QUERY PLAN {query}"))
+    assert "USING INDEX domains_due" in plan  # idle domains cost nothing
+
+
 async def test_next_due_time_is_none_when_nothing_is_scheduled(store: SqliteStore) -> None:
     assert await store.next_due_time() is None
     await put(store, make_domain("idle.example.com", next_run_at=None))

@@ -107,6 +107,12 @@ class Store(Protocol):
 
     async def due_domains(self, now: datetime, limit: int) -> list[Domain]: ...
 
+    async def due_names(
+        self, now: datetime, limit: int, exclude: Collection[str] = ()
+    ) -> list[str]:
+        """Names of due domains, earliest first, leaving out ``exclude`` (being worked)."""
+        ...
+
     async def next_due_time(self, exclude: Collection[str] = ()) -> datetime | None:
         """The earliest ``next_run_at`` among domains not in ``exclude`` (those being worked)."""
         ...

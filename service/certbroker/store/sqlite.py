@@ -166,6 +166,18 @@ class SqliteStore:
             rows = await cur.fetchall()
         return [await self.decode_domain(row) for row in rows]
 
+    async def due_names(
+        self, now: datetime, limit: int, exclude: Collection[str] = ()
+    ) -> list[str]:
+        # Only placeholders are formatted in; the names themselves are bound.
+        skip = f" AND name NOT IN ({', '.join('?' for _ in exclude)})" if exclude else ""
+        sql = (
+            f"SELECT name FROM domains WHERE next_run_at <= ?{skip} "  # noqa: S608
+            "ORDER BY next_run_at LIMIT ?"
+        )
+        async with self._reader.execute(sql, (to_micros(now), *exclude, limit)) as cur:
+            return [row[0] for row in await cur.fetchall()]
+
     async def next_due_time(self, exclude: Collection[str] = ()) -> datetime | None:
         # Only placeholders are formatted in; the names themselves are bound.
         where = f" WHERE name NOT IN ({', '.join('?' for _ in exclude)})" if exclude else ""
