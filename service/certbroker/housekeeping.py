@@ -65,8 +65,11 @@ class ChallengeEvents:
         self._store = store
         self._clock = clock
         self._pending: set[asyncio.Task[None]] = set()
+        self.listeners = 0  # streams open with include_challenges
 
     def on_change(self, token: str, key_authorization: str | None) -> None:
+        if self.listeners == 0:
+            return  # a token lives seconds; with no router asking, the write is pure cost
         task = asyncio.get_running_loop().create_task(self._write(token, key_authorization))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)

@@ -216,6 +216,7 @@ async def run(
         max_lag=settings.watch_buffer,
         send_timeout=settings.watch_send_timeout,
         tracer=provider.get_tracer("certbroker") if provider else None,
+        challenges=challenge_events,
     )
     from certbroker.v1 import broker_pb2_grpc
 

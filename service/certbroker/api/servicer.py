@@ -24,6 +24,7 @@ from certbroker.app import Broker
 from certbroker.clock import Clock
 from certbroker.errors import BrokerError, InvalidArgument, ResourceExhausted, Unavailable
 from certbroker.events import EventHub
+from certbroker.housekeeping import ChallengeEvents
 from certbroker.model import Domain, Event, EventType
 from certbroker.names import normalise_domain
 from certbroker.v1 import broker_pb2, broker_pb2_grpc
@@ -85,7 +86,9 @@ class BrokerServicer(broker_pb2_grpc.CertificateBrokerServiceServicer):
         max_lag: int,
         send_timeout: timedelta = timedelta(seconds=30),
         tracer: trace.Tracer | None = None,
+        challenges: ChallengeEvents | None = None,
     ) -> None:
+        self._challenges = challenges
         self._send_timeout = send_timeout.total_seconds()
         self.stopping = False
         self._tracer = tracer or trace.NoOpTracer()
@@ -169,7 +172,15 @@ class BrokerServicer(broker_pb2_grpc.CertificateBrokerServiceServicer):
         ) as span:
             span.set_attribute("certbroker.after_revision", request.after_revision)
             span.set_attribute("certbroker.include_keys", request.include_keys)
-            await self._watch(request, context)
+            # Challenge events are only written while some router asks for them.
+            challenges = self._challenges if request.include_challenges else None
+            if challenges is not None:
+                challenges.listeners += 1
+            try:
+                await self._watch(request, context)
+            finally:
+                if challenges is not None:
+                    challenges.listeners -= 1
 
     async def _watch(
         self, request: broker_pb2.WatchStatusRequest, context: grpc.aio.ServicerContext

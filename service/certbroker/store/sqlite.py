@@ -51,8 +51,8 @@ def _migrations() -> list[tuple[int, str]]:
     return sorted(found)
 
 
-async def _connect(path: str) -> aiosqlite.Connection:
-    conn = await aiosqlite.connect(path, isolation_level=None)
+async def _connect(path: str, isolation_level: str | None = None) -> aiosqlite.Connection:
+    conn = await aiosqlite.connect(path, isolation_level=isolation_level)
     conn.row_factory = aiosqlite.Row
     await conn.execute("PRAGMA journal_mode=WAL")
     await conn.execute("PRAGMA synchronous=NORMAL")
@@ -76,7 +76,7 @@ class SqliteStore:
         """Open (creating folders and file), apply pending migrations, return the store."""
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        writer = await _connect(path)
+        writer = await _connect(path, isolation_level="DEFERRED")
         try:
             await _migrate(writer)
             reader = await _connect(path)
@@ -95,21 +95,24 @@ class SqliteStore:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_SqliteTransaction]:
         async with self._write_lock:
+            # The writer connection opens its transaction implicitly with the first
+            # write (sqlite3's legacy mode), saving a thread hop: every round trip
+            # waits for a busy event loop, and writes are serialised behind this lock.
             tx = _SqliteTransaction(self, self._writer)
-            await self._writer.execute("BEGIN IMMEDIATE")
             try:
                 yield tx
             except BaseException:
-                await self._writer.execute("ROLLBACK")
+                await self._writer.rollback()
                 raise
-            await self._writer.execute("COMMIT")
-        for name in tx.removed:
-            self._domains.pop(name, None)
-        for cert_id in tx.removed_certificates:
-            self._certificates.pop(cert_id, None)
-        if len(self._domains) > _CACHE_LIMIT:
-            self._domains.clear()
-        self._domains.update(tx.written)
+            await self._writer.commit()
+            # Still under the lock: the next transaction may read the cache as the truth.
+            for name in tx.removed:
+                self._domains.pop(name, None)
+            for cert_id in tx.removed_certificates:
+                self._certificates.pop(cert_id, None)
+            if len(self._domains) > _CACHE_LIMIT:
+                self._domains.clear()
+            self._domains.update(tx.written)
         if tx.last_revision:
             for listener in self._listeners:
                 listener(tx.last_revision)
@@ -138,6 +141,9 @@ class SqliteStore:
         for column in ("le_cert_id", "custom_cert_id"):
             await self.certificate(row[column], conn)
         return domain_from_row(row, self._certificates.get)
+
+    def cached_domain(self, name: str) -> Domain | None:
+        return self._domains.get(name)
 
     async def get_domain(self, name: str) -> Domain | None:
         cached = self._domains.get(name)
@@ -332,6 +338,11 @@ class _SqliteTransaction:
     async def get_domain(self, name: str) -> Domain | None:
         if name in self.written:
             return self.written[name]
+        if name in self.removed:
+            return None
+        cached = self._store.cached_domain(name)
+        if cached is not None:  # committed, and no other writer runs while we hold the lock
+            return cached
         async with self._conn.execute(f"{_DOMAIN_SELECT} WHERE name = ?", (name,)) as cur:
             row = await cur.fetchone()
         return None if row is None else await self._store.decode_domain(row, self._conn)
