@@ -587,3 +587,13 @@ def test_any_sequence_stays_settled_and_never_schedules_the_past(
         # a wanted order is always scheduled
         if lc.needs_issuance(d, now):
             assert d.next_run_at is not None
+
+
+def test_renewal_counts_from_receipt_when_our_clock_is_ahead_of_the_ca() -> None:
+    """A CA clock behind ours must not make a fresh certificate look due at once."""
+    c = cert(NOW, 90 * DAY)
+    assert lc.cert_renewal_time(c) == NOW + 60 * DAY
+    late = replace(c, received_at=NOW + 60 * DAY)  # our clock is 60 days ahead
+    renew = lc.cert_renewal_time(late)
+    assert renew == NOW + 60 * DAY + 20 * DAY  # two thirds of the 30 days left then
+    assert not lc.needs_issuance(domain(le_cert=late), NOW + 60 * DAY + timedelta(seconds=1))

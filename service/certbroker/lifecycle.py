@@ -53,7 +53,17 @@ def is_valid_at(cert: CertificateInfo | None, now: datetime) -> bool:
 
 
 def cert_renewal_time(cert: CertificateInfo) -> datetime:
-    return renewal_time(cert.not_before, cert.not_after)
+    """Two thirds into its life; if our clock says we got it later than its notBefore,
+    two thirds into what was left of it then.
+
+    With a CA clock behind ours (or an injected clock ahead), a notBefore-based
+    renewal time can already be past when the certificate arrives: the broker
+    would renew at once, again and again, until the weekly quota stopped it.
+    """
+    start = cert.not_before
+    if cert.received_at is not None and cert.received_at > start:
+        start = min(cert.received_at, cert.not_after)
+    return renewal_time(start, cert.not_after)
 
 
 def uses_dns01(domain: Domain) -> bool:

@@ -62,6 +62,8 @@ class CertificateInfo:
     sha256_fingerprint: str
     chain_pem: str
     key_algorithm: str
+    # When the broker stored it, by the broker's clock (None for parsed, unstored ones).
+    received_at: datetime | None = None
 
     @property
     def lifetime_seconds(self) -> float:

@@ -533,7 +533,7 @@ class Scheduler:
         return save
 
     async def _store_certificate(self, order: PendingOrder, key_pem: bytes, chain_pem: str) -> None:
-        info = certificate_info(chain_pem)
+        info = replace(certificate_info(chain_pem), received_at=self._clock.now())
         name = order.domain
         now = self._clock.now()
         async with self._store.transaction() as tx:

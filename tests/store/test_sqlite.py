@@ -364,7 +364,7 @@ async def test_add_certificate_and_load_key_round_trip(store: SqliteStore) -> No
             NewCertificate("a.example.com", Source.CUSTOM, cert, b"\x00sealed\xff")
         )
     assert info.id > 0
-    assert info == replace(cert, id=info.id)
+    assert info == replace(cert, id=info.id, received_at=cert.not_before)  # stored as received
     assert await store.load_key(info.id) == b"\x00sealed\xff"
     assert await store.load_key(info.id + 100) is None
 

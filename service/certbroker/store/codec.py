@@ -176,4 +176,5 @@ def certificate_from_row(row: Any) -> CertificateInfo:
         sha256_fingerprint=row["fingerprint"],
         chain_pem=row["chain_pem"],
         key_algorithm=row["key_algorithm"],
+        received_at=from_micros(row["created_at"]),
     )

@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 _DOMAIN_SELECT = f"SELECT {', '.join(DOMAIN_COLUMNS)} FROM domains"  # noqa: S608
 _CERT_SELECT = (
     "SELECT id, chain_pem, sans_json, subject, issuer, serial, not_before, not_after, "
-    "fingerprint, key_algorithm FROM certificates"
+    "fingerprint, key_algorithm, created_at FROM certificates"
 )
 _CACHE_LIMIT = 200_000
 
@@ -422,11 +422,12 @@ class _SqliteTransaction:
                 to_micros(info.not_after),
                 info.sha256_fingerprint,
                 info.key_algorithm,
-                to_micros(info.not_before),
+                to_micros(info.received_at or info.not_before),
             ),
         )
         assert cur.lastrowid is not None
-        stored = replace(info, id=cur.lastrowid)
+        # what a reload gives back: created_at is the receipt time (notBefore if unknown)
+        stored = replace(info, id=cur.lastrowid, received_at=info.received_at or info.not_before)
         self._store._certificates[stored.id] = stored
         return stored
 
