@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
@@ -49,4 +50,5 @@ async def started_broker(
         yield BrokerHandle(running, channel, broker_pb2_grpc.CertificateBrokerServiceStub(channel))
     finally:
         await channel.close()
-        await running.stop(0)
+        # A stop that hangs is a bug to see, not a test run that never ends.
+        await asyncio.wait_for(running.stop(0), timeout=60)
