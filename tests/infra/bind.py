@@ -117,10 +117,6 @@ class Bind(ServerProcess):
         return f"{self.host}:{self.port}"
 
     @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
-
-    @property
     def _dir(self) -> Path:
         if self._tmp is None:
             raise BindError("not started")
@@ -129,12 +125,6 @@ class Bind(ServerProcess):
     @property
     def log_path(self) -> Path:
         return self._dir / "named.log"
-
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except (OSError, BindError):
-            return ""
 
     # -- lifecycle ------------------------------------------------------------
 

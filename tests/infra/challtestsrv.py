@@ -77,19 +77,9 @@ class ChallTestSrv(ServerProcess):
         return f"{self.host}:{self.dns_port}"
 
     @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
-
-    @property
     def log_path(self) -> Path:
         assert self._log_dir is not None
         return Path(self._log_dir.name) / "challtestsrv.log"
-
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
 
     def start(self) -> ChallTestSrv:
         """Start the process; retry on fresh ports if a port was taken meanwhile."""

@@ -161,10 +161,6 @@ class Pebble(ServerProcess):
         return str(self._dir / "listener-ca.pem")
 
     @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
-
-    @property
     def _dir(self) -> Path:
         if self._tmp is None:
             raise PebbleError("not started")
@@ -173,12 +169,6 @@ class Pebble(ServerProcess):
     @property
     def log_path(self) -> Path:
         return self._dir / "pebble.log"
-
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except (OSError, PebbleError):
-            return ""
 
     # -- lifecycle ------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Self
 
 
@@ -19,6 +20,21 @@ class ServerProcess:
 
     def start(self) -> Self:
         raise NotImplementedError
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    @property
+    def log_path(self) -> Path:
+        raise NotImplementedError
+
+    def log_text(self) -> str:
+        """The process's output so far ("" before start or after cleanup)."""
+        try:
+            return self.log_path.read_text(errors="replace")
+        except (OSError, RuntimeError, AssertionError):
+            return ""
 
     def _cleanup(self) -> None:
         """Remove what ``start()`` created on disk (temporary directories)."""

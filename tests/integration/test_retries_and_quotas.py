@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
+import pytest
 
 from certbroker.clock import FakeClock
 from certbroker.v1 import broker_pb2, broker_pb2_grpc, domain_pb2
@@ -25,87 +27,82 @@ from tests.integration.lab import (
 )
 
 
-async def test_backoff_doubles_from_one_minute_and_caps_at_a_day(lab: Lab, tmp_path: Path) -> None:
-    # A CA whose validations always fail: its HTTP-01 port has nothing behind it.
+@pytest.fixture
+def failing_ca(lab: Lab) -> Iterator[Pebble]:
+    """A CA whose validations always fail: its HTTP-01 port has nothing behind it."""
     with Pebble.running(
         http_port=free_port(),
         dns_server=lab.dns.dns_address,
         nonce_reject_percent=0,
         authz_reuse_percent=0,
-    ) as failing:
-        name = unique_domain()
-        clock = FakeClock(datetime.now(UTC))
-        settings = lab.settings(
-            tmp_path, acme_directory=failing.directory_url, acme_ca_bundle=failing.ca_bundle_path
+    ) as pebble:
+        yield pebble
+
+
+async def test_backoff_doubles_from_one_minute_and_caps_at_a_day(
+    lab: Lab, failing_ca: Pebble, tmp_path: Path
+) -> None:
+    name = unique_domain()
+    clock = FakeClock(datetime.now(UTC))
+    settings = lab.settings(
+        tmp_path, acme_directory=failing_ca.directory_url, acme_ca_bundle=failing_ca.ca_bundle_path
+    )
+    async with started_broker(settings, clock) as broker:
+        await broker.stub.IssueCertificate(
+            broker_pb2.IssueCertificateRequest(domain=name, app="shop")
         )
-        async with started_broker(settings, clock) as broker:
-            await broker.stub.IssueCertificate(
-                broker_pb2.IssueCertificateRequest(domain=name, app="shop")
+        for attempt, minutes in ((1, 1), (2, 2), (3, 4), (4, 8), (5, 16)):
+            status = await wait_status(broker.stub, name, lambda d, a=attempt: d.retry.attempt == a)
+            retry = status.retry
+            wait = retry.next_attempt_time.ToDatetime(UTC) - retry.last_error_time.ToDatetime(UTC)
+            assert wait == timedelta(minutes=minutes), (attempt, wait)
+            assert retry.last_error_reason.startswith("ACME_")
+            assert status.lets_encrypt_state == domain_pb2.LETS_ENCRYPT_STATE_CREATING
+            # one second early: nothing happens
+            clock.set(retry.next_attempt_time.ToDatetime(UTC) - timedelta(seconds=1))
+            same = await broker.stub.GetStatus(broker_pb2.GetStatusRequest(domain=name))
+            assert same.domain.retry.attempt == attempt
+            clock.set(retry.next_attempt_time.ToDatetime(UTC))
+
+        # Jump the count to 11 consecutive failures; the 12th and 13th wait one day each.
+        await wait_status(broker.stub, name, lambda d: d.retry.attempt == 6)
+        store = broker.running.store
+        async with store.transaction() as tx:
+            current = await tx.get_domain(name)
+            assert current is not None
+            await tx.put_domain(replace(current, retry=replace(current.retry, attempt=11)))
+        for attempt in (12, 13):
+            status = await broker.stub.GetStatus(broker_pb2.GetStatusRequest(domain=name))
+            clock.set(status.domain.retry.next_attempt_time.ToDatetime(UTC))
+            status_reply = await wait_status(
+                broker.stub, name, lambda d, a=attempt: d.retry.attempt == a
             )
-            for attempt, minutes in ((1, 1), (2, 2), (3, 4), (4, 8), (5, 16)):
-                status = await wait_status(
-                    broker.stub, name, lambda d, a=attempt: d.retry.attempt == a
-                )
-                retry = status.retry
-                wait = retry.next_attempt_time.ToDatetime(UTC) - retry.last_error_time.ToDatetime(
-                    UTC
-                )
-                assert wait == timedelta(minutes=minutes), (attempt, wait)
-                assert retry.last_error_reason.startswith("ACME_")
-                assert status.lets_encrypt_state == domain_pb2.LETS_ENCRYPT_STATE_CREATING
-                # one second early: nothing happens
-                clock.set(retry.next_attempt_time.ToDatetime(UTC) - timedelta(seconds=1))
-                same = await broker.stub.GetStatus(broker_pb2.GetStatusRequest(domain=name))
-                assert same.domain.retry.attempt == attempt
-                clock.set(retry.next_attempt_time.ToDatetime(UTC))
+            retry = status_reply.retry
+            wait = retry.next_attempt_time.ToDatetime(UTC) - retry.last_error_time.ToDatetime(UTC)
+            assert wait == timedelta(days=1)
 
-            # Jump the count to 11 consecutive failures; the 12th and 13th wait one day each.
-            await wait_status(broker.stub, name, lambda d: d.retry.attempt == 6)
-            store = broker.running.store
-            async with store.transaction() as tx:
-                current = await tx.get_domain(name)
-                assert current is not None
-                await tx.put_domain(replace(current, retry=replace(current.retry, attempt=11)))
-            for attempt in (12, 13):
-                status = await broker.stub.GetStatus(broker_pb2.GetStatusRequest(domain=name))
-                clock.set(status.domain.retry.next_attempt_time.ToDatetime(UTC))
-                status_reply = await wait_status(
-                    broker.stub, name, lambda d, a=attempt: d.retry.attempt == a
-                )
-                retry = status_reply.retry
-                wait = retry.next_attempt_time.ToDatetime(UTC) - retry.last_error_time.ToDatetime(
-                    UTC
-                )
-                assert wait == timedelta(days=1)
-
-        # The attempt count and next try survive a restart (they are columns, not memory).
-        async with started_broker(settings, clock) as broker:
-            again = await broker.stub.GetStatus(broker_pb2.GetStatusRequest(domain=name))
-            assert again.domain.retry.attempt == 13
-            assert again.domain.retry.next_attempt_time == retry.next_attempt_time
+    # The attempt count and next try survive a restart (they are columns, not memory).
+    async with started_broker(settings, clock) as broker:
+        again = await broker.stub.GetStatus(broker_pb2.GetStatusRequest(domain=name))
+        assert again.domain.retry.attempt == 13
+        assert again.domain.retry.next_attempt_time == retry.next_attempt_time
 
 
-async def test_retry_now_runs_at_once_without_resetting_attempts(lab: Lab, tmp_path: Path) -> None:
-    with Pebble.running(
-        http_port=free_port(),
-        dns_server=lab.dns.dns_address,
-        nonce_reject_percent=0,
-        authz_reuse_percent=0,
-    ) as failing:
-        name = unique_domain()
-        clock = FakeClock(datetime.now(UTC))
-        settings = lab.settings(
-            tmp_path, acme_directory=failing.directory_url, acme_ca_bundle=failing.ca_bundle_path
-        )
-        async with started_broker(settings, clock) as broker:
-            request = broker_pb2.IssueCertificateRequest(domain=name, app="shop")
-            await broker.stub.IssueCertificate(request)
-            await wait_status(broker.stub, name, lambda d: d.retry.attempt == 1)
-            await broker.stub.IssueCertificate(request)  # "retry now", clock not moved
-            status = await wait_status(broker.stub, name, lambda d: d.retry.attempt == 2)
-            assert status.retry.next_attempt_time.ToDatetime(UTC) - clock.now() == timedelta(
-                minutes=2
-            )
+async def test_retry_now_runs_at_once_without_resetting_attempts(
+    lab: Lab, failing_ca: Pebble, tmp_path: Path
+) -> None:
+    name = unique_domain()
+    clock = FakeClock(datetime.now(UTC))
+    settings = lab.settings(
+        tmp_path, acme_directory=failing_ca.directory_url, acme_ca_bundle=failing_ca.ca_bundle_path
+    )
+    async with started_broker(settings, clock) as broker:
+        request = broker_pb2.IssueCertificateRequest(domain=name, app="shop")
+        await broker.stub.IssueCertificate(request)
+        await wait_status(broker.stub, name, lambda d: d.retry.attempt == 1)
+        await broker.stub.IssueCertificate(request)  # "retry now", clock not moved
+        status = await wait_status(broker.stub, name, lambda d: d.retry.attempt == 2)
+        assert status.retry.next_attempt_time.ToDatetime(UTC) - clock.now() == timedelta(minutes=2)
 
 
 async def test_registered_domain_quota_holds_orders_until_a_slot_frees(
