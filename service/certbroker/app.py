@@ -86,6 +86,12 @@ def _after_name(token: str) -> str:
     return text.removeprefix(_TOKEN_PREFIX)
 
 
+def _known(name: str, found: Domain | None) -> Domain:
+    if found is None:
+        raise NotFound(f"domain {name} is not known", reason="DOMAIN_NOT_FOUND")
+    return found
+
+
 class Broker:
     """The broker's use cases over an injected store, clock, sealer and validator."""
 
@@ -242,14 +248,8 @@ class Broker:
         return Material(source=domain.serving, chain_pem=cert.chain_pem, private_key_pem=key_pem)
 
     async def _existing(self, name: str) -> Domain:
-        found = await self._store.get_domain(name)
-        if found is None:
-            raise NotFound(f"domain {name} is not known", reason="DOMAIN_NOT_FOUND")
-        return found
+        return _known(name, await self._store.get_domain(name))
 
     @staticmethod
     async def _in_tx(tx: Transaction, name: str) -> Domain:
-        found = await tx.get_domain(name)
-        if found is None:
-            raise NotFound(f"domain {name} is not known", reason="DOMAIN_NOT_FOUND")
-        return found
+        return _known(name, await tx.get_domain(name))
