@@ -89,6 +89,7 @@ class BrokerServicer(broker_pb2_grpc.CertificateBrokerServiceServicer):
         challenges: ChallengeEvents | None = None,
     ) -> None:
         self._challenges = challenges
+        self.watchers = 0  # open WatchStatus streams (a gauge for metrics and tests)
         self._send_timeout = send_timeout.total_seconds()
         self.stopping = False
         self._tracer = tracer or trace.NoOpTracer()
@@ -176,9 +177,11 @@ class BrokerServicer(broker_pb2_grpc.CertificateBrokerServiceServicer):
             challenges = self._challenges if request.include_challenges else None
             if challenges is not None:
                 challenges.listeners += 1
+            self.watchers += 1
             try:
                 await self._watch(request, context)
             finally:
+                self.watchers -= 1
                 if challenges is not None:
                     challenges.listeners -= 1
 
