@@ -10,6 +10,11 @@ COPY clients ./clients
 RUN uv sync --locked --no-dev --no-editable --python /usr/local/bin/python3
 
 # Run: non-root, data under /var/lib/certbroker, health through the gRPC health service.
+# The management port listens on all interfaces, so the broker refuses to start until it
+# is given TLS (CERTBROKER_TLS_CERT, _KEY, _CLIENT_CA: mount the files) or the explicit
+# plaintext opt-out CERTBROKER_ALLOW_PLAINTEXT=1; the refusal says which. The health
+# check needs neither: it asks the plaintext, health-only listener on the container's
+# loopback (CERTBROKER_HEALTH_LISTEN, default 127.0.0.1:50052).
 FROM python:3.11-slim-bookworm
 RUN useradd --system --uid 10001 --home /var/lib/certbroker certbroker \
     && mkdir -p /var/lib/certbroker && chown certbroker /var/lib/certbroker
@@ -23,5 +28,5 @@ USER certbroker
 VOLUME /var/lib/certbroker
 EXPOSE 50051 8402
 HEALTHCHECK --interval=15s --timeout=3s --start-period=10s \
-    CMD ["python", "-c", "import grpc, sys; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; c = grpc.insecure_channel('127.0.0.1:50051'); sys.exit(0 if g.HealthStub(c).Check(h.HealthCheckRequest(), timeout=2).status == h.HealthCheckResponse.SERVING else 1)"]
+    CMD ["python", "-m", "certbroker.healthcheck"]
 ENTRYPOINT ["certbroker", "serve"]

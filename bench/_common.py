@@ -164,6 +164,7 @@ def broker_env(port: int, workdir: Path, extra: Mapping[str, str] | None = None)
             "CERTBROKER_ACME_DIRECTORY": "https://127.0.0.1:9/directory",
             "CERTBROKER_DNS_SERVERS": "127.0.0.1:9",
             "CERTBROKER_HTTP01_LISTEN": "off",
+            "CERTBROKER_HEALTH_LISTEN": "off",
             "CERTBROKER_LOG_LEVEL": "WARNING",
             "PYTHONUNBUFFERED": "1",
         }

@@ -23,6 +23,7 @@ def broker_settings(tmp: Path, **overrides: Any) -> Settings:
         db=str(tmp / "broker.sqlite3"),
         kek_file=str(tmp / "kek"),
         http01_listen=None,
+        health_listen=("127.0.0.1", 0),  # a free port: parallel tests never share 50052
         acme_directory="",
         platform_targets=("127.0.0.1",),
     )

@@ -6,6 +6,7 @@ typo in a deployment fails loudly instead of running with a silent default.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -91,6 +92,38 @@ def parse_hostport(name: str, raw: str, default_port: int | None = None) -> tupl
     return match.group(1), port
 
 
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or ``localhost``; a wildcard (0.0.0.0, ::) or any other name is not."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _transport(s: Settings) -> None:
+    """No plaintext by accident: a plaintext listener off loopback is an explicit choice.
+
+    Roles come from client certificates, so roles without TLS would be silently
+    ignored and every caller could manage domains; that is refused too.
+    """
+    tls = "set CERTBROKER_TLS_CERT/_KEY/_CLIENT_CA"
+    if s.roles and not s.tls_enabled:
+        raise ConfigError(f"CERTBROKER_ROLES needs TLS (roles are client certificate names): {tls}")
+    host = parse_hostport("CERTBROKER_LISTEN", s.listen)[0]
+    if not s.tls_enabled and not s.allow_plaintext and not is_loopback(host):
+        raise ConfigError(
+            f"CERTBROKER_LISTEN={s.listen!r} is not loopback and TLS is off: "
+            f"{tls} or CERTBROKER_ALLOW_PLAINTEXT=1"
+        )
+    if s.health_listen and not s.allow_plaintext and not is_loopback(s.health_listen[0]):
+        raise ConfigError(
+            f"CERTBROKER_HEALTH_LISTEN={s.health_listen[0]!r} is not loopback (the health "
+            "listener is plaintext): use 127.0.0.1:PORT, off, or CERTBROKER_ALLOW_PLAINTEXT=1"
+        )
+
+
 def _list(raw: str) -> list[str]:
     return [item for item in re.split(r"[,\s]+", raw.strip()) if item]
 
@@ -118,6 +151,13 @@ class Settings:
     dns_servers: tuple[tuple[str, int], ...] | None = None
     platform_targets: tuple[str, ...] = ()
     http01_listen: tuple[str, int] | None = ("127.0.0.1", 8402)
+    http01_max_connections: int = 1024
+    http01_max_connections_per_peer: int = 64
+    http01_header_timeout: timedelta = timedelta(seconds=10)
+    http01_idle_timeout: timedelta = timedelta(seconds=30)
+    # Plaintext grpc.health.v1 only, for probes inside the host/container; None: off.
+    health_listen: tuple[str, int] | None = ("127.0.0.1", 50052)
+    allow_plaintext: bool = False
     trust_bundle: str | None = None
     kek_file: str = "./var/certbroker.kek"
     caa_identity: str = "letsencrypt.org"
@@ -193,16 +233,24 @@ class Settings:
             )
         if (raw := get("CERTBROKER_PLATFORM_TARGETS")) is not None:
             values["platform_targets"] = tuple(_list(raw))
-        if (raw := get("CERTBROKER_HTTP01_LISTEN")) is not None:
-            values["http01_listen"] = (
-                None if raw.strip() == "off" else parse_hostport("CERTBROKER_HTTP01_LISTEN", raw)
-            )
+        for attr, name in (
+            ("http01_listen", "CERTBROKER_HTTP01_LISTEN"),
+            ("health_listen", "CERTBROKER_HEALTH_LISTEN"),
+        ):
+            if (raw := get(name)) is not None:
+                values[attr] = None if raw.strip() == "off" else parse_hostport(name, raw)
+        if (raw := get("CERTBROKER_ALLOW_PLAINTEXT")) is not None:
+            if raw.strip().lower() not in ("0", "1", "true", "false", "yes", "no"):
+                raise ConfigError(f"CERTBROKER_ALLOW_PLAINTEXT={raw!r}: expected 1 or 0")
+            values["allow_plaintext"] = raw.strip().lower() in ("1", "true", "yes")
         for attr, name in (
             ("dns_check_interval", "CERTBROKER_DNS_CHECK_INTERVAL"),
             ("event_retention", "CERTBROKER_EVENT_RETENTION"),
             ("heartbeat_interval", "CERTBROKER_HEARTBEAT_INTERVAL"),
             ("watch_send_timeout", "CERTBROKER_WATCH_SEND_TIMEOUT"),
             ("compaction_interval", "CERTBROKER_COMPACTION_INTERVAL"),
+            ("http01_header_timeout", "CERTBROKER_HTTP01_HEADER_TIMEOUT"),
+            ("http01_idle_timeout", "CERTBROKER_HTTP01_IDLE_TIMEOUT"),
         ):
             if (raw := get(name)) is not None:
                 values[attr] = _duration(name, raw)
@@ -213,6 +261,8 @@ class Settings:
             ("quota_per_registered_domain", "CERTBROKER_QUOTA_PER_REGISTERED_DOMAIN", 1),
             ("quota_per_name_set", "CERTBROKER_QUOTA_PER_NAME_SET", 1),
             ("max_pending_requests", "CERTBROKER_MAX_PENDING_REQUESTS", 1),
+            ("http01_max_connections", "CERTBROKER_HTTP01_MAX_CONNECTIONS", 1),
+            ("http01_max_connections_per_peer", "CERTBROKER_HTTP01_MAX_CONNECTIONS_PER_PEER", 1),
         ):
             if (raw := get(name)) is not None:
                 values[attr] = _int(name, raw, minimum)
@@ -238,4 +288,5 @@ class Settings:
                 "CERTBROKER_TLS_CERT, CERTBROKER_TLS_KEY and CERTBROKER_TLS_CLIENT_CA "
                 "must be set together (mTLS with required client certificates)"
             )
+        _transport(settings)
         return settings

@@ -27,7 +27,7 @@ from opentelemetry.sdk.trace.export import SpanExporter
 
 from certbroker import names
 from certbroker.acme.dns01 import Dns01Updater, TsigKey
-from certbroker.acme.http01 import Http01Responder
+from certbroker.acme.http01 import Http01Responder, ResponderLimits
 from certbroker.acme.issuer import AcmeIssuer
 from certbroker.api.auth import Authorizer
 from certbroker.api.servicer import BrokerServicer
@@ -37,6 +37,7 @@ from certbroker.config import ConfigError, Settings
 from certbroker.dns import DnsChecker, PlatformTargets
 from certbroker.events import EventHub
 from certbroker.housekeeping import ChallengeEvents, Compactor
+from certbroker.rlimits import raise_open_files_limit
 from certbroker.scheduler import Policy, Scheduler
 from certbroker.store.acme_account import StoredAccount
 from certbroker.store.sqlite import SqliteStore
@@ -83,12 +84,16 @@ class Running:
     servicer: BrokerServicer
     extras: list[Any] = field(default_factory=list)
     tracing: TracerProvider | None = None
+    health_server: grpc.aio.Server | None = None  # plaintext, grpc.health.v1 only
+    health_port: int | None = None
 
     async def stop(self, grace: float = GRACE_SECONDS) -> None:
         self.servicer.stopping = True
         self.hub.close_streams()  # watchers hear UNAVAILABLE now and resume elsewhere
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        if self.health_server is not None:  # after the grace: probes saw NOT_SERVING
+            await self.health_server.stop(0)
         await self.scheduler.stop()
         for extra in reversed(self.extras):
             await extra.stop()
@@ -140,6 +145,7 @@ async def run(
     settings: Settings, clock: Clock | None = None, span_exporter: SpanExporter | None = None
 ) -> Running:
     clock = clock or SystemClock()
+    open_files = raise_open_files_limit()
     await asyncio.to_thread(names.preload)
     store = await SqliteStore.open(settings.db)
     try:
@@ -152,7 +158,9 @@ async def run(
     await hub.start()
     extras: list[Any] = []
     challenge_events = ChallengeEvents(store, clock)
-    responder = Http01Responder(on_change=challenge_events.on_change)
+    responder = Http01Responder(
+        on_change=challenge_events.on_change, limits=_responder_limits(settings, open_files)
+    )
     if settings.http01_listen is not None:
         host, http01_port = settings.http01_listen
         await responder.start(host, http01_port)
@@ -245,7 +253,10 @@ async def run(
         provider,
     )
     try:
+        running.health_server, running.health_port = _health_server(settings, health_servicer)
         await server.start()
+        if running.health_server is not None:
+            await running.health_server.start()
         await scheduler.start()
         compactor = Compactor(store, clock, settings.event_retention, settings.compaction_interval)
         await compactor.start()
@@ -261,7 +272,49 @@ async def run(
         port,
         "mTLS" if settings.tls_enabled else "plaintext",
     )
+    if running.health_server is not None:
+        log.info("health checks (plaintext, grpc.health.v1 only) on port %d", running.health_port)
     return running
+
+
+def _responder_limits(settings: Settings, open_files: int) -> ResponderLimits:
+    """The HTTP-01 caps; the total within a quarter of the open-file limit (gRPC needs the rest)."""
+    total = min(settings.http01_max_connections, max(16, open_files // 4))
+    if total < settings.http01_max_connections:
+        log.warning(
+            "HTTP-01 connection cap lowered to %d: the open-file limit is only %d",
+            total,
+            open_files,
+        )
+    return ResponderLimits(
+        max_connections=total,
+        max_per_peer=settings.http01_max_connections_per_peer,
+        header_timeout=settings.http01_header_timeout.total_seconds(),
+        idle_timeout=settings.http01_idle_timeout.total_seconds(),
+    )
+
+
+def _health_server(settings: Settings, servicer: Any) -> tuple[grpc.aio.Server | None, int | None]:
+    """A second, plaintext server with only grpc.health.v1, sharing the main one's servicer.
+
+    Container and orchestrator probes run inside the host and speak plaintext;
+    this gives them SERVING/NOT_SERVING (in step with the main server, since the
+    servicer is shared) without opening the management API without TLS.
+    ``so_reuseport`` off: a port already in use is an error, not a shared port.
+    """
+    if settings.health_listen is None:
+        return None, None
+    host, port = settings.health_listen
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, health_server)
+    try:
+        return health_server, health_server.add_insecure_port(address)
+    except RuntimeError:
+        raise StartupError(
+            f"CERTBROKER_HEALTH_LISTEN={address}: cannot listen there (address in use?); "
+            "choose another address or set it to off"
+        ) from None
 
 
 async def _serve(settings: Settings) -> None:

@@ -76,6 +76,7 @@ def start_broker(
                 "CERTBROKER_ACME_DIRECTORY": "https://127.0.0.1:9/directory",
                 "CERTBROKER_DNS_SERVERS": "127.0.0.1:9",
                 "CERTBROKER_HTTP01_LISTEN": "off",
+                "CERTBROKER_HEALTH_LISTEN": "off",
                 "CERTBROKER_HEARTBEAT_INTERVAL": "1s",
             }
         )

@@ -112,6 +112,7 @@ class BrokerProcess:
                 "CERTBROKER_HTTP01_LISTEN": (
                     f"{s.http01_listen[0]}:{s.http01_listen[1]}" if s.http01_listen else "off"
                 ),
+                "CERTBROKER_HEALTH_LISTEN": "off",  # parallel brokers never share 50052
             }
         )
         return env

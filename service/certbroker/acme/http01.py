@@ -12,37 +12,72 @@ with 404 for everything else. Tokens are reference-counted so two orders that
 share a pending authorization do not unpublish each other's answer, and the
 ``on_change`` hook reports the first add and the last remove so the broker
 can publish challenges to routers.
+
+It listens where anyone may connect, so every connection is bounded (see
+``ResponderLimits``): a total and a per-peer cap (over-cap connections are
+reset at once and counted in one log line per interval), a deadline for each
+request head, an idle deadline between keep-alive requests, and size limits on
+the request line and headers. Without them, idle connections held file
+descriptors the gRPC server needed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 log = logging.getLogger(__name__)
 
 PREFIX = "/.well-known/acme-challenge/"
-_MAX_HEADER_BYTES = 16 * 1024
 _MAX_BODY_BYTES = 64 * 1024
-_HEADER_TIMEOUT = 10.0
-_IDLE_TIMEOUT = 30.0
+REPORT_INTERVAL = 60.0  # seconds between two "connections refused" log lines
 
 OnChange = Callable[[str, str | None], None]
+
+
+@dataclass(frozen=True)
+class ResponderLimits:
+    """Bounds on what one client can hold; defaults are the broker's settings' defaults.
+
+    A validation is one short request per vantage point, so honest traffic is
+    far below every limit; the caps exist for the idle or slow connections of
+    a scanner or an attacker.
+    """
+
+    max_connections: int = 1024
+    max_per_peer: int = 64  # per IPv4 address / IPv6 /64
+    header_timeout: float = 10.0  # from the first byte of a request to the end of its head
+    idle_timeout: float = 30.0  # between keep-alive requests, and for writing an answer
+    max_request_line: int = 8 * 1024
+    max_header_bytes: int = 16 * 1024
+    max_headers: int = 100
 
 
 class Http01Responder:
     """Serves key authorizations for published tokens. No I/O until ``start()``."""
 
-    def __init__(self, *, on_change: OnChange | None = None) -> None:
+    def __init__(
+        self, *, on_change: OnChange | None = None, limits: ResponderLimits | None = None
+    ) -> None:
         self.on_change = on_change
+        self.limits = limits or ResponderLimits()
         self._answers: dict[str, str] = {}
         self._refs: dict[str, int] = {}
         self._server: asyncio.Server | None = None
         self._conns: set[asyncio.Task[None]] = set()
+        self._per_peer: dict[str, int] = {}
+        self._refused = 0
+        self._next_report = 0.0
         self.port = 0
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._conns)
 
     # -- publication ------------------------------------------------------------
 
@@ -82,7 +117,7 @@ class Http01Responder:
             port,
             backlog=1024,
             reuse_address=True,
-            limit=_MAX_HEADER_BYTES,
+            limit=self.limits.max_header_bytes,
         )
         sock = self._server.sockets[0]
         self.port = int(sock.getsockname()[1])
@@ -102,43 +137,98 @@ class Http01Responder:
             await asyncio.wait_for(server.wait_closed(), timeout=5)
 
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = _peer_key(writer.get_extra_info("peername"))
+        if (
+            len(self._conns) >= self.limits.max_connections
+            or self._per_peer.get(peer, 0) >= self.limits.max_per_peer
+        ):
+            writer.transport.abort()  # a reset frees the descriptor now; no answer to write
+            self._note_refusal(peer)
+            return
         task = asyncio.current_task()
         assert task is not None
         self._conns.add(task)
+        self._per_peer[peer] = self._per_peer.get(peer, 0) + 1
         try:
             await self._serve(reader, writer)
-        except (asyncio.IncompleteReadError, ConnectionError, TimeoutError):
+        except (asyncio.IncompleteReadError, OSError):  # resets and timeouts: a closed peer
             pass
         except asyncio.LimitOverrunError:
-            await _respond(writer, 431, "Request Header Fields Too Large", b"", close=True)
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(self.limits.idle_timeout):
+                    await _respond(writer, 431, "Request Header Fields Too Large", b"", close=True)
+        except Exception:  # one bad connection must not log a traceback per request
+            log.debug("HTTP-01 connection from %s failed", peer, exc_info=True)
         finally:
             self._conns.discard(task)
+            left = self._per_peer.pop(peer, 1) - 1
+            if left:
+                self._per_peer[peer] = left
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
+    def _note_refusal(self, peer: str) -> None:
+        """Count a refused connection; one warning per interval however many there are."""
+        self._refused += 1
+        now = asyncio.get_running_loop().time()
+        if now < self._next_report:
+            return
+        log.warning(
+            "HTTP-01 responder refused %d connection(s) over its caps (%d open, at most %d, "
+            "%d per peer); latest from %s",
+            self._refused,
+            len(self._conns),
+            self.limits.max_connections,
+            self.limits.max_per_peer,
+            peer,
+        )
+        self._refused = 0
+        self._next_report = now + REPORT_INTERVAL
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        first = True
+        limits = self.limits
+        start = b""
         while True:
-            timeout = _HEADER_TIMEOUT if first else _IDLE_TIMEOUT
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
-            first = False
-            if len(head) > _MAX_HEADER_BYTES:
-                await _respond(writer, 431, "Request Header Fields Too Large", b"", close=True)
-                return
-            request = _parse_head(head)
-            if request is None:
-                await _respond(writer, 400, "Bad Request", b"", close=True)
-                return
-            method, target, version, headers = request
-            if not await _discard_body(reader, headers):
-                await _respond(writer, 400, "Bad Request", b"", close=True)
-                return
-            close = _wants_close(version, headers)
-            status, phrase, body = self._answer(method, target)
-            await _respond(writer, status, phrase, body, close=close, head_only=(method == "HEAD"))
+            async with asyncio.timeout(limits.header_timeout):
+                head = start + await reader.readuntil(b"\r\n\r\n")
+            if len(head) > limits.max_header_bytes or head.count(b"\r\n") > limits.max_headers + 2:
+                status: tuple[int, str] | None = (431, "Request Header Fields Too Large")
+            elif head.find(b"\r\n") > limits.max_request_line:
+                status = (414, "URI Too Long")
+            else:
+                status = None
+            request = None if status else _parse_head(head)
+            if request is not None and not await self._discard_body(reader, request[3]):
+                request = None
+            async with asyncio.timeout(limits.idle_timeout):  # a peer that never reads
+                if request is None:
+                    code, phrase = status or (400, "Bad Request")
+                    await _respond(writer, code, phrase, b"", close=True)
+                    return
+                method, target, version, headers = request
+                close = _wants_close(version, headers)
+                code, phrase, body = self._answer(method, target)
+                await _respond(writer, code, phrase, body, close=close, head_only=method == "HEAD")
             if close:
                 return
+            async with asyncio.timeout(limits.idle_timeout):
+                start = await reader.readexactly(1)  # the next request's first byte
+
+    async def _discard_body(self, reader: asyncio.StreamReader, headers: dict[str, str]) -> bool:
+        """Read and drop a request body so keep-alive stays in sync; False if unacceptable."""
+        if "transfer-encoding" in headers:
+            return False
+        length_text = headers.get("content-length", "0")
+        if not length_text.isdigit():
+            return False
+        length = int(length_text)
+        if length > _MAX_BODY_BYTES:
+            return False
+        if length:
+            async with asyncio.timeout(self.limits.header_timeout):
+                await reader.readexactly(length)
+        return True
 
     def _answer(self, method: str, target: str) -> tuple[int, str, bytes]:
         if method not in ("GET", "HEAD"):
@@ -149,6 +239,20 @@ class Http01Responder:
             if answer is not None:
                 return 200, "OK", answer.encode("ascii")
         return 404, "Not Found", b""
+
+
+def _peer_key(peername: object) -> str:
+    """The per-peer cap's key: the IPv4 address, or the /64 of an IPv6 one (one subscriber)."""
+    host = peername[0] if isinstance(peername, tuple) and peername else str(peername)
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return str(host)
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
 
 
 def _parse_head(head: bytes) -> tuple[str, str, str, dict[str, str]] | None:
@@ -169,21 +273,6 @@ def _parse_head(head: bytes) -> tuple[str, str, str, dict[str, str]] | None:
             return None
         headers[name.strip().lower()] = value.strip()
     return parts[0], parts[1], parts[2], headers
-
-
-async def _discard_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> bool:
-    """Read and drop a request body so keep-alive stays in sync; False if unacceptable."""
-    if "transfer-encoding" in headers:
-        return False
-    length_text = headers.get("content-length", "0")
-    if not length_text.isdigit():
-        return False
-    length = int(length_text)
-    if length > _MAX_BODY_BYTES:
-        return False
-    if length:
-        await asyncio.wait_for(reader.readexactly(length), _HEADER_TIMEOUT)
-    return True
 
 
 def _wants_close(version: str, headers: dict[str, str]) -> bool:
