@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import re
 import secrets
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -31,66 +30,18 @@ from certbroker.acme import (
 )
 from certbroker.acme.keys import generate_private_key
 from certbroker.clock import FakeClock
-from certbroker.config import Settings
 from certbroker.delegation import LabelKey
 from certbroker.model import KeyAlgorithm
 from certbroker.v1 import broker_pb2, domain_pb2
-from tests.broker import BrokerHandle, broker_settings, label_key, started_broker
+from tests.broker import label_key, started_broker
 from tests.infra.bind import Bind, BindKey
 from tests.infra.pebble import Pebble
-from tests.infra.ports import free_port
-from tests.integration.lab import NINETY_DAYS, in_use, verify_chain, wait_status
+from tests.integration.dns01 import AHEAD, base_name, delegate
+from tests.integration.dns01 import dns01_settings as settings
+from tests.integration.lab import in_use, verify_chain, wait_status
 
 S = domain_pb2
 KEY = LabelKey(secrets.token_bytes(32))
-#: Fake clocks start this far ahead of the real one: Pebble's certificates begin
-#: at its real "now", which must not be in the fake clock's future.
-AHEAD = timedelta(seconds=5)
-
-
-@pytest.fixture(scope="module")
-def bind() -> Iterator[Bind]:
-    with Bind.running() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def pebble(bind: Bind) -> Iterator[Pebble]:
-    """Pebble resolving through BIND; every order validates (no authorization reuse)."""
-    with Pebble.running(
-        http_port=free_port(),  # nothing answers HTTP-01 here: DNS-01 or nothing
-        dns_server=bind.address,
-        nonce_reject_percent=0,
-        authz_reuse_percent=0,
-        validity_seconds=NINETY_DAYS,
-    ) as p:
-        yield p
-
-
-def base_name() -> str:
-    return f"w{uuid.uuid4().hex[:10]}.example.test"
-
-
-def settings(tmp: Path, bind: Bind, pebble: Pebble, key: BindKey | None = None) -> Settings:
-    key_file = Bind.write_key_file(tmp / "tsig.key", key or bind.broker_key)
-    return broker_settings(
-        tmp,
-        acme_directory=pebble.directory_url,
-        acme_ca_bundle=pebble.ca_bundle_path,
-        dns_servers=(("127.0.0.1", bind.port),),
-        platform_targets=("127.0.0.1",),
-        dns01_zone=bind.challenge_zone,
-        dns01_server=("127.0.0.1", bind.port),
-        dns01_tsig_key=str(key_file),
-    )
-
-
-async def delegate(broker: BrokerHandle, bind: Bind, name: str, app: str = "shop") -> str:
-    """The customer creates the record ``app``'s request for ``name`` will ask for."""
-    label = (await label_key(broker)).label(app, name)
-    target = delegation.target(label, bind.challenge_zone)
-    bind.set_cname(delegation.challenge_name(name), target)
-    return target
 
 
 def issue(name: str) -> broker_pb2.IssueCertificateRequest:
