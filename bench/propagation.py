@@ -189,7 +189,7 @@ async def _drive(args: argparse.Namespace) -> int:
             names = [f"n{i}.bench.example.test" for i in range(args.names)]
             for name in names:  # a certificate each before the routers start: a warm snapshot
                 await api.issue_certificate(name, "bench", disable_letsencrypt=True)
-                await api.upload_custom(name, *_leaf_files(name))
+                await api.upload_custom(name, *_leaf_files(name), app="bench")
             per_host = args.routers if args.one_process else 1
             for _ in range(args.routers // per_host):
                 hosts.append(
@@ -231,7 +231,7 @@ async def _drive(args: argparse.Namespace) -> int:
                 wanted = _fp_of(bundle)
                 router_port = ports[index % len(ports)]
                 t_call = time.monotonic()
-                await api.upload_custom(name, bundle, key)
+                await api.upload_custom(name, bundle, key, app="bench")
                 t_reply = time.monotonic()
                 seen = await asyncio.to_thread(_probe_until, router_port, name, wanted, 10.0)
                 from_reply.append((seen - t_reply) * 1000)

@@ -13,8 +13,11 @@ import grpc
 
 from certbroker.clock import Clock
 from certbroker.config import Settings
+from certbroker.delegation import LabelKey
 from certbroker.server import Running, run
+from certbroker.store.delegation_secret import load_label_key
 from certbroker.v1 import broker_pb2_grpc
+from certbroker.x509.sealing import KeySealer
 
 
 def broker_settings(tmp: Path, **overrides: Any) -> Settings:
@@ -53,3 +56,12 @@ async def started_broker(
         await channel.close()
         # A stop that hangs is a bug to see, not a test run that never ends.
         await asyncio.wait_for(running.stop(0), timeout=60)
+
+
+async def label_key(handle: BrokerHandle) -> LabelKey:
+    """The broker's DNS-01 label key, read as every replica reads it: from the store, with the KEK.
+
+    Tests use it to create a customer's delegation record before the broker asks for it.
+    """
+    sealer = KeySealer.load(handle.running.settings.kek_file)
+    return await load_label_key(handle.running.store, sealer)

@@ -2,7 +2,11 @@
 
 Every mutation is idempotent (adding a domain twice returns it; uploading the
 same bundle twice changes nothing) and writes the domain and its event
-together, so a watcher never sees a state the store does not hold.
+together, so a watcher never sees a state the store does not hold. Every
+mutation names the app it acts for and is checked against the domain's owner
+(and, when it claims names, against the family rule of ``certbroker.tenancy``)
+inside the transaction that writes, so no concurrent change slips between the
+check and the write.
 """
 
 from __future__ import annotations
@@ -14,9 +18,10 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Protocol
 
-from certbroker import lifecycle
+from certbroker import lifecycle, tenancy
 from certbroker.clock import Clock
-from certbroker.errors import FailedPrecondition, InvalidArgument, NotFound
+from certbroker.delegation import LabelKey
+from certbroker.errors import InvalidArgument, NotFound
 from certbroker.model import (
     ChallengeType,
     Domain,
@@ -29,7 +34,6 @@ from certbroker.names import normalise_domain
 from certbroker.store.base import NewCertificate, Store, Transaction
 from certbroker.x509.validate import ValidatedBundle
 
-MAX_APP_LENGTH = 128
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 
@@ -50,17 +54,6 @@ class Validator(Protocol):
 class Page:
     domains: list[Domain]
     next_page_token: str
-
-
-def _check_app(app: str) -> str:
-    app = app.strip()
-    if not app:
-        raise InvalidArgument.one("app", "must not be empty", reason="APP_INVALID")
-    if len(app) > MAX_APP_LENGTH or not app.isprintable():
-        raise InvalidArgument.one(
-            "app", f"must be at most {MAX_APP_LENGTH} printable characters", reason="APP_INVALID"
-        )
-    return app
 
 
 _TOKEN_PREFIX = "after:"  # noqa: S105 (a page token, not a secret)
@@ -93,7 +86,11 @@ def _known(name: str, found: Domain | None) -> Domain:
 
 
 class Broker:
-    """The broker's use cases over an injected store, clock, sealer and validator."""
+    """The broker's use cases over an injected store, clock, sealer, validator and label key.
+
+    ``app`` on the mutations of an existing domain is ``None`` for an operator
+    acting across tenants (``tenancy.acting_app`` decides who may).
+    """
 
     def __init__(
         self,
@@ -101,12 +98,14 @@ class Broker:
         clock: Clock,
         sealer: Sealer,
         validator: Validator,
+        labels: LabelKey,
         wake_scheduler: Callable[[], None] = lambda: None,
     ) -> None:
         self._store = store
         self._clock = clock
         self._sealer = sealer
         self._validator = validator
+        self._labels = labels
         self._wake = wake_scheduler
 
     async def issue_certificate(
@@ -120,7 +119,7 @@ class Broker:
         include_apex: bool = False,
     ) -> Domain:
         name = normalise_domain(domain)
-        app = _check_app(app)
+        app = tenancy.check_app(app)
         if include_apex and not name.startswith("*."):
             raise InvalidArgument.one(
                 "include_apex",
@@ -137,11 +136,9 @@ class Broker:
         async with self._store.transaction() as tx:
             existing = await tx.get_domain(name)
             if existing is not None:
-                if existing.app != app:
-                    raise FailedPrecondition(
-                        f"domain {name} belongs to app {existing.app!r}; remove it there first",
-                        reason="DOMAIN_OWNED_BY_OTHER_APP",
-                    )
+                tenancy.check_owner(existing, app)
+                if include_apex and not existing.include_apex:  # the apex joins the claim
+                    await self._check_family(tx, tenancy.Claim(name, True), app)
                 updated = lifecycle.set_letsencrypt(existing, not disable_letsencrypt, now)
                 if key_algorithm is not None:
                     updated = replace(updated, key_algorithm=key_algorithm)
@@ -153,6 +150,7 @@ class Broker:
                 else:
                     result = await tx.put_domain(updated)
             else:
+                await self._check_family(tx, tenancy.Claim(name, include_apex), app)
                 fresh = Domain(
                     name=name,
                     app=app,
@@ -170,14 +168,19 @@ class Broker:
                     challenge=challenge
                     or (ChallengeType.DNS_01 if name.startswith("*.") else ChallengeType.HTTP_01),
                 )
+                if lifecycle.uses_dns01(fresh):
+                    fresh = replace(fresh, delegation_label=self._labels.label(app, name))
                 result = await tx.put_domain(lifecycle.settle(fresh, now))
         self._wake()
         return result
 
-    async def upload_custom(self, domain: str, certificate: bytes, private_key: bytes) -> Domain:
+    async def upload_custom(
+        self, domain: str, app: str | None, certificate: bytes, private_key: bytes
+    ) -> Domain:
         name = normalise_domain(domain)
         now = self._clock.now()
         current = await self._existing(name)
+        tenancy.check_owner(current, app)  # before the costly parse; again when writing
         bundle = self._validator.validate(name, certificate, private_key, now)
         custom = current.custom_cert
         if custom is not None and custom.sha256_fingerprint == bundle.info.sha256_fingerprint:
@@ -185,6 +188,7 @@ class Broker:
         sealed = self._sealer.seal(bundle.key_pem.encode(), name)
         async with self._store.transaction() as tx:
             latest = await self._in_tx(tx, name)
+            tenancy.check_owner(latest, app)
             custom = latest.custom_cert
             if custom is not None and custom.sha256_fingerprint == bundle.info.sha256_fingerprint:
                 return latest  # a concurrent upload of the same bundle won: still a no-op
@@ -197,11 +201,12 @@ class Broker:
         self._wake()
         return result
 
-    async def delete_custom(self, domain: str) -> Domain:
+    async def delete_custom(self, domain: str, app: str | None) -> Domain:
         name = normalise_domain(domain)
         now = self._clock.now()
         async with self._store.transaction() as tx:
             current = await self._in_tx(tx, name)
+            tenancy.check_owner(current, app)
             if current.custom_cert is None:
                 return current  # nothing to delete: idempotent
             result = await tx.put_domain(lifecycle.custom_removed(current, now))
@@ -211,10 +216,11 @@ class Broker:
     async def get_status(self, domain: str) -> Domain:
         return await self._existing(normalise_domain(domain))
 
-    async def remove_domain(self, domain: str) -> int:
+    async def remove_domain(self, domain: str, app: str | None) -> int:
         name = normalise_domain(domain)
         async with self._store.transaction() as tx:
             current = await self._in_tx(tx, name)
+            tenancy.check_owner(current, app)
             return await tx.delete_domain(replace(current, updated_at=self._clock.now()))
 
     async def list_domains(self, app: str, page_size: int, page_token: str) -> Page:
@@ -246,6 +252,15 @@ class Broker:
             return None
         key_pem = self._sealer.open(sealed, domain.name).decode()
         return Material(source=domain.serving, chain_pem=cert.chain_pem, private_key_pem=key_pem)
+
+    @staticmethod
+    async def _check_family(tx: Transaction, claim: tenancy.Claim, app: str) -> None:
+        """Refuse ``claim`` if a row of another app overlaps it (``tenancy``'s family rule)."""
+        names, below = tenancy.neighbours(claim)
+        rows = [row for row in [await tx.get_domain(n) for n in names] if row is not None]
+        if below is not None:
+            rows.extend(await tx.domains_under(below, app))
+        tenancy.check_family(claim, app, rows)
 
     async def _existing(self, name: str) -> Domain:
         return _known(name, await self._store.get_domain(name))

@@ -108,6 +108,9 @@ class Domain:
     action_required: str = ""
     custom_expiring: bool = False
     include_apex: bool = False
+    # Where the customer's ``_acme-challenge`` CNAME must point (``certbroker.delegation``):
+    # bound to the owner, set when a DNS-01 domain is added, "" for HTTP-01 ones.
+    delegation_label: str = ""
     revision: int = 0
 
     @property

@@ -24,7 +24,9 @@ One step, in the order that keeps the CA's quotas safe::
 DNS-01 domains (wildcards, or ``challenge`` DNS_01) need no pointing at the
 platform to be validated, so they are not held in PENDING_DNS for it (a
 customer can get the certificate before moving traffic); what they need is
-the one-time delegation (``certbroker.delegation``). While such a domain
+the one-time delegation (``certbroker.delegation``), to the label stored with
+the domain (bound to its owner: a CNAME made for another app, or for an
+earlier owner of the name, is a wrong delegation here). While such a domain
 rests, its delegation is looked at again once a day
 (``lifecycle.is_due_for_delegation_check``), so a removed CNAME shows as
 ``action_required`` long before the renewal, while the certificate keeps
@@ -46,6 +48,7 @@ from certbroker.acme.keys import generate_private_key
 from certbroker.acme.problems import AcmeProblem, classify
 from certbroker.app import Sealer
 from certbroker.clock import Clock
+from certbroker.delegation import LabelKey
 from certbroker.dns import (
     CaaResult,
     DnsLookupError,
@@ -87,11 +90,18 @@ class Issuer(Protocol):
         key_pem: bytes,
         *,
         dns01: bool = False,
+        dns01_label: str = "",
         on_order_created: Callable[[str], Awaitable[None]] | None = None,
     ) -> Issued: ...
 
     async def resume(
-        self, order_url: str, names: list[str], key_pem: bytes, *, dns01: bool = False
+        self,
+        order_url: str,
+        names: list[str],
+        key_pem: bytes,
+        *,
+        dns01: bool = False,
+        dns01_label: str = "",
     ) -> Issued: ...
 
 
@@ -109,8 +119,8 @@ class Dns01Access(Protocol):
     @property
     def zone(self) -> str: ...
 
-    async def check_access(self, identifier: str) -> None:
-        """Raise ``AcmeProblem`` if the key may not update ``identifier``'s record."""
+    async def check_access(self, label: str) -> None:
+        """Raise ``AcmeProblem`` if the key may not update delegation ``label``'s record."""
         ...
 
 
@@ -137,9 +147,11 @@ class Scheduler:
         policy: Policy,
         *,
         dns01: Dns01Access | None = None,
+        labels: LabelKey | None = None,
     ) -> None:
         self._store = store
         self._dns01 = dns01
+        self._labels = labels
         self._clock = clock
         self._sealer = sealer
         self._issuer = issuer
@@ -352,27 +364,41 @@ class Scheduler:
         )
         return False
 
+    def _label(self, domain: Domain) -> str:
+        """The domain's delegation label: stored with it since it was added.
+
+        A DNS-01 domain without one (none exist: creation and migration 003 set
+        it) gets its owner-bound label, the same on every replica; never one
+        derived from the name alone.
+        """
+        if domain.delegation_label:
+            return domain.delegation_label
+        if self._labels is None:
+            raise RuntimeError(f"{domain.name} has no delegation label and no label key is set")
+        return self._labels.label(domain.app, domain.name)
+
     async def _delegation_state(self, domain: Domain) -> tuple[bool, str, str]:
-        """Is ``_acme-challenge.<base>`` a CNAME to our record? ``(ok, reason, message)``.
+        """Is ``_acme-challenge.<base>`` a CNAME to this domain's record? ``(ok, reason, message)``.
 
         Raises ``DnsLookupError`` when the DNS cannot tell.
         """
         assert self._dns01 is not None
         zone = self._dns01.zone
+        label = self._label(domain)
         found = await self._dns.cname_target(delegation.challenge_name(domain.name))
-        if found == delegation.target(domain.name, zone):
+        if found == delegation.target(label, zone):
             return True, "", ""
         reason = "DNS01_DELEGATION_MISSING" if found is None else "DNS01_DELEGATION_WRONG"
-        return False, reason, delegation.instruction(domain.name, zone, found)
+        return False, reason, delegation.instruction(domain.name, label, zone, found)
 
     def _ask_for_delegation(
-        self, reason: str, message: str
+        self, domain: Domain, reason: str, message: str
     ) -> Callable[[Domain, datetime], Domain]:
         assert self._dns01 is not None
-        zone = self._dns01.zone
+        record = delegation.record(domain.name, self._label(domain), self._dns01.zone)
         interval = self._policy.dns_check_interval
         return lambda d, now: lifecycle.action_required(
-            d, delegation.record(d.name, zone), now, interval, reason=reason, message=message
+            d, record, now, interval, reason=reason, message=message
         )
 
     async def _preflight_dns01(self, domain: Domain) -> Finding | None:
@@ -390,12 +416,12 @@ class Scheduler:
             )
             return None
         if not ok:
-            await self._record(name, self._ask_for_delegation(reason, message))
+            await self._record(name, self._ask_for_delegation(domain, reason, message))
             return None
         if not await self._caa_allows(domain, lifecycle.delegated):
             return None
         try:
-            await self._dns01.check_access(delegation.base_name(name))
+            await self._dns01.check_access(self._label(domain))
         except AcmeProblem as problem:
             log.warning("DNS-01 updates for %s fail: %s", name, problem)
             why, detail = problem.reason, problem.detail
@@ -432,7 +458,7 @@ class Scheduler:
             await self._record(name, lifecycle.delegation_confirmed)
         else:
             log.info("delegation of %s is gone (%s)", name, reason)
-            await self._record(name, self._ask_for_delegation(reason, message))
+            await self._record(name, self._ask_for_delegation(domain, reason, message))
 
     async def _reserve(self, domain: Domain, found: Finding) -> PendingOrder | None:
         """Count the quotas and, if a slot is free, persist the order in the same transaction."""
@@ -488,22 +514,35 @@ class Scheduler:
                 return
         key_pem = self._sealer.open(order.key_sealed, name)
         dns01 = lifecycle.uses_dns01(domain)
+        label = self._label(domain) if dns01 else ""
         try:
             if order.order_url:
                 try:
                     issued = await self._issuer.resume(
-                        order.order_url, list(order.names), key_pem, dns01=dns01
+                        order.order_url,
+                        list(order.names),
+                        key_pem,
+                        dns01=dns01,
+                        dns01_label=label,
                     )
                 except AcmeProblem as problem:
                     if problem.reason != "ACME_ORDER_INVALID":
                         raise
                     log.info("order for %s cannot be resumed (%s); ordering anew", name, problem)
                     issued = await self._issuer.issue(
-                        list(order.names), key_pem, dns01=dns01, on_order_created=self._saver(order)
+                        list(order.names),
+                        key_pem,
+                        dns01=dns01,
+                        dns01_label=label,
+                        on_order_created=self._saver(order),
                     )
             else:
                 issued = await self._issuer.issue(
-                    list(order.names), key_pem, dns01=dns01, on_order_created=self._saver(order)
+                    list(order.names),
+                    key_pem,
+                    dns01=dns01,
+                    dns01_label=label,
+                    on_order_created=self._saver(order),
                 )
         except AcmeProblem as problem:
             log.warning("order for %s failed: %s", name, problem.reason)

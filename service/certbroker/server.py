@@ -40,6 +40,7 @@ from certbroker.housekeeping import ChallengeEvents, Compactor
 from certbroker.rlimits import raise_open_files_limit
 from certbroker.scheduler import Policy, Scheduler
 from certbroker.store.acme_account import StoredAccount
+from certbroker.store.delegation_secret import load_label_key
 from certbroker.store.sqlite import SqliteStore
 from certbroker.telemetry import server_interceptor, tracer_provider
 from certbroker.v1 import broker_pb2
@@ -150,6 +151,7 @@ async def run(
     store = await SqliteStore.open(settings.db)
     try:
         sealer = await _open_sealer(settings, store)
+        labels = await load_label_key(store, sealer)
         validator = CustomCertificateValidator.from_file(settings.trust_bundle)
     except BaseException:
         await store.close()
@@ -196,8 +198,9 @@ async def run(
             max_concurrent=settings.max_concurrent_orders,
         ),
         dns01=dns01,
+        labels=labels,
     )
-    broker = Broker(store, clock, sealer, validator, wake_scheduler=scheduler.wake)
+    broker = Broker(store, clock, sealer, validator, labels, wake_scheduler=scheduler.wake)
     provider = tracer_provider(settings.traces_exporter, span_exporter)
     server = grpc.aio.server(
         interceptors=[server_interceptor(provider)] if provider else [],

@@ -16,10 +16,12 @@ from certbroker.acme.dns01 import (
     Dns01Updater,
     TsigKey,
 )
+from certbroker.delegation import LabelKey
 from tests.infra.bind import Bind, BindKey
 from tests.infra.ports import free_port
 
 SECRET = "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LTEyMzQ="
+KEY = LabelKey(bytes(32))
 
 
 # -- key files ---------------------------------------------------------------------
@@ -74,23 +76,32 @@ async def test_publish_waits_until_served_and_unpublish_removes_only_its_value(
     bind: Bind, tmp_path: Path
 ) -> None:
     up = updater(bind)
-    name = up.record_name("*.one.example.test")
-    assert name == delegation.target("one.example.test", bind.challenge_zone)
-    await up.publish("one.example.test", "value-a")
+    label = KEY.label("shop", "*.one.example.test")
+    name = up.record_name(label)
+    assert name == delegation.target(label, bind.challenge_zone)
+    await up.publish(label, "value-a")
     assert bind.query(name, "TXT") == ['"value-a"']  # already there when publish returns
-    await up.publish("*.one.example.test", "value-b")  # wildcard + apex: two values at once
+    await up.publish(label, "value-b")  # wildcard + apex: two values at once
     assert sorted(bind.query(name, "TXT")) == ['"value-a"', '"value-b"']
-    await up.unpublish("one.example.test", "value-a")
+    await up.unpublish(label, "value-a")
     assert bind.query(name, "TXT") == ['"value-b"']
-    await up.unpublish("one.example.test", "value-b")
-    await up.unpublish("one.example.test", "value-b")  # idempotent
+    await up.unpublish(label, "value-b")
+    await up.unpublish(label, "value-b")  # idempotent
     assert bind.query(name, "TXT") == []
 
 
 async def test_check_access_changes_nothing(bind: Bind) -> None:
     up = updater(bind)
-    await up.check_access("two.example.test")
-    assert bind.query(up.record_name("two.example.test"), "TXT") == []
+    await up.check_access("twotwotwo")
+    assert bind.query(up.record_name("twotwotwo"), "TXT") == []
+
+
+def test_only_a_single_label_names_a_record() -> None:
+    """A value is never written outside ``<label>.<zone>`` (e.g. at a domain's name)."""
+    up = Dns01Updater("acme.broker.test", ("127.0.0.1", 53), TsigKey("k", "hmac-sha256", SECRET))
+    for bad in ("one.example.test", "*.one", "", "a b"):
+        with pytest.raises(ValueError, match="not a delegation label"):
+            up.record_name(bad)
 
 
 @pytest.mark.parametrize(
@@ -105,7 +116,7 @@ async def test_a_wrong_key_is_refused_before_anything_changes(
 ) -> None:
     up = updater(bind, key)
     with pytest.raises(Dns01Error) as caught:
-        await up.check_access("three.example.test")
+        await up.check_access("three")
     assert caught.value.reason == UPDATE_REFUSED
     assert not caught.value.retryable
     assert says in caught.value.detail and key.name in caught.value.detail
@@ -116,7 +127,7 @@ async def test_a_key_without_rights_in_the_zone_is_refused(bind: Bind) -> None:
     # the customer key exists on the server but may not update the broker's zone
     up = updater(bind, bind.customer_key)
     with pytest.raises(Dns01Error) as caught:
-        await up.publish("four.example.test", "v")
+        await up.publish("four", "v")
     assert caught.value.reason == UPDATE_REFUSED
     assert "REFUSED" in caught.value.detail
 
@@ -125,7 +136,7 @@ async def test_a_dead_server_is_a_retryable_failure() -> None:
     key = TsigKey("k", "hmac-sha256", SECRET)
     up = Dns01Updater("acme.broker.test", ("127.0.0.1", free_port()), key, timeout=0.5)
     with pytest.raises(Dns01Error) as caught:
-        await up.check_access("five.example.test")
+        await up.check_access("five")
     assert caught.value.reason == UPDATE_FAILED
     assert caught.value.retryable
 
@@ -141,7 +152,7 @@ async def test_a_value_that_never_shows_is_not_visible(bind: Bind) -> None:
 
     up.values = nothing  # type: ignore[method-assign]
     with pytest.raises(Dns01Error) as caught:
-        await up.publish("six.example.test", "v")
+        await up.publish("six", "v")
     assert caught.value.reason == NOT_VISIBLE
     assert caught.value.retryable
-    await up.unpublish("six.example.test", "v")
+    await up.unpublish("six", "v")

@@ -83,7 +83,10 @@ async def test_router_gets_keys_api_does_not_and_strangers_are_refused(
             )
             await api_stub.UploadCustom(
                 broker_pb2.UploadCustomRequest(
-                    domain=DOMAIN, certificate=pki.bundle(leaf), private_key=leaf.key_pem()
+                    domain=DOMAIN,
+                    app="shop",
+                    certificate=pki.bundle(leaf),
+                    private_key=leaf.key_pem(),
                 )
             )
             with pytest.raises(grpc.aio.AioRpcError) as caught:

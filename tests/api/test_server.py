@@ -160,6 +160,7 @@ async def test_domain_of_another_app_is_a_failed_precondition(tmp_path: Path) ->
             )
         assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert details(caught.value)[0] == "DOMAIN_OWNED_BY_OTHER_APP"
+        assert "shop" not in (caught.value.details() or "")  # never names the other app
 
 
 async def test_missing_app_is_a_field_violation(tmp_path: Path) -> None:

@@ -145,7 +145,7 @@ def test_custom_certificate_install_and_disable(broker: RunningBroker, tmp_path:
     assert "custom" in row
     assert "(59d)" in row or "(60d)" in row
 
-    disabled = run("domains-ssl", name, "--disable", addr=broker.addr)
+    disabled = run("domains-ssl", name, "--disable", "--app", "shop", addr=broker.addr)
     assert disabled.returncode == 0, disabled.stderr
     assert "Custom certificate: none" in disabled.stdout
 
@@ -157,7 +157,10 @@ def test_custom_certificate_install_and_disable(broker: RunningBroker, tmp_path:
 def test_remove_then_not_found(broker: RunningBroker) -> None:
     name = "gone.cli.example.com"
     run("domains-add", name, "--app", "x", "--no-letsencrypt", addr=broker.addr)
-    removed = run("domains-remove", name, addr=broker.addr)
+    other = run("domains-remove", name, "--app", "y", addr=broker.addr)
+    assert_clean_error(other, 1, "error: FAILED_PRECONDITION")
+    assert "DOMAIN_OWNED_BY_OTHER_APP" in other.stderr
+    removed = run("domains-remove", name, "--app", "x", addr=broker.addr)
     assert removed.returncode == 0, removed.stderr
     assert removed.stdout.startswith(f"removed {name} (revision ")
     assert_clean_error(run("status", name, addr=broker.addr), 1, "error: NOT_FOUND")

@@ -4,6 +4,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.infra.bind import Bind
 from tests.infra.challtestsrv import ChallTestSrv
 from tests.infra.pebble import Pebble
 from tests.infra.ports import free_port
@@ -28,3 +29,23 @@ def lab(dns_server: ChallTestSrv) -> Iterator[Lab]:
         validity_seconds=NINETY_DAYS,
     ) as pebble:
         yield Lab(dns=dns_server, pebble=pebble, http01_port=http01_port)
+
+
+@pytest.fixture(scope="module")
+def bind() -> Iterator[Bind]:
+    """BIND: the customer zone, the broker's challenge zone (tests/integration/dns01.py)."""
+    with Bind.running() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def pebble(bind: Bind) -> Iterator[Pebble]:
+    """Pebble resolving through BIND; every order validates (no authorization reuse)."""
+    with Pebble.running(
+        http_port=free_port(),  # nothing answers HTTP-01 here: DNS-01 or nothing
+        dns_server=bind.address,
+        nonce_reject_percent=0,
+        authz_reuse_percent=0,
+        validity_seconds=NINETY_DAYS,
+    ) as p:
+        yield p

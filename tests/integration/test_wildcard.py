@@ -11,8 +11,8 @@ delegation the broker checks is the very one the CA follows.
 from __future__ import annotations
 
 import re
-import uuid
-from collections.abc import AsyncIterator, Iterator
+import secrets
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -30,56 +30,18 @@ from certbroker.acme import (
 )
 from certbroker.acme.keys import generate_private_key
 from certbroker.clock import FakeClock
-from certbroker.config import Settings
+from certbroker.delegation import LabelKey
 from certbroker.model import KeyAlgorithm
 from certbroker.v1 import broker_pb2, domain_pb2
-from tests.broker import broker_settings, started_broker
+from tests.broker import label_key, started_broker
 from tests.infra.bind import Bind, BindKey
 from tests.infra.pebble import Pebble
-from tests.infra.ports import free_port
-from tests.integration.lab import NINETY_DAYS, in_use, verify_chain, wait_status
+from tests.integration.dns01 import AHEAD, base_name, delegate
+from tests.integration.dns01 import dns01_settings as settings
+from tests.integration.lab import in_use, verify_chain, wait_status
 
 S = domain_pb2
-#: Fake clocks start this far ahead of the real one: Pebble's certificates begin
-#: at its real "now", which must not be in the fake clock's future.
-AHEAD = timedelta(seconds=5)
-
-
-@pytest.fixture(scope="module")
-def bind() -> Iterator[Bind]:
-    with Bind.running() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def pebble(bind: Bind) -> Iterator[Pebble]:
-    """Pebble resolving through BIND; every order validates (no authorization reuse)."""
-    with Pebble.running(
-        http_port=free_port(),  # nothing answers HTTP-01 here: DNS-01 or nothing
-        dns_server=bind.address,
-        nonce_reject_percent=0,
-        authz_reuse_percent=0,
-        validity_seconds=NINETY_DAYS,
-    ) as p:
-        yield p
-
-
-def base_name() -> str:
-    return f"w{uuid.uuid4().hex[:10]}.example.test"
-
-
-def settings(tmp: Path, bind: Bind, pebble: Pebble, key: BindKey | None = None) -> Settings:
-    key_file = Bind.write_key_file(tmp / "tsig.key", key or bind.broker_key)
-    return broker_settings(
-        tmp,
-        acme_directory=pebble.directory_url,
-        acme_ca_bundle=pebble.ca_bundle_path,
-        dns_servers=(("127.0.0.1", bind.port),),
-        platform_targets=("127.0.0.1",),
-        dns01_zone=bind.challenge_zone,
-        dns01_server=("127.0.0.1", bind.port),
-        dns01_tsig_key=str(key_file),
-    )
+KEY = LabelKey(secrets.token_bytes(32))
 
 
 def issue(name: str) -> broker_pb2.IssueCertificateRequest:
@@ -95,16 +57,17 @@ async def test_wildcard_asks_for_the_delegation_then_issues_renews_and_notices_r
 ) -> None:
     base = base_name()
     name = f"*.{base}"
-    target = f"{delegation.label(name)}.{bind.challenge_zone}"
-    record = f"_acme-challenge.{base}. CNAME {target}."
     clock = FakeClock(datetime.now(UTC) + AHEAD)
     issued_before = pebble.issued_count()
     async with started_broker(settings(tmp_path, bind, pebble), clock) as broker:
+        label = (await label_key(broker)).label("shop", name)
+        target = f"{label}.{bind.challenge_zone}"
+        record = f"_acme-challenge.{base}. CNAME {target}."
         # 1. Added: ACTION_REQUIRED with the record, ready to paste; the CA heard nothing.
         await broker.stub.IssueCertificate(issue(name))
         waiting = await wait_status(broker.stub, name, ask)
         assert waiting.action_required == record
-        assert re.fullmatch(r"[a-z2-7]{20}", delegation.label(name))
+        assert re.fullmatch(r"[a-z2-7]{20}", label)
         assert waiting.challenge_type == S.CHALLENGE_TYPE_DNS_01
         assert waiting.retry.last_error_reason == "DNS01_DELEGATION_MISSING"
         assert record in waiting.retry.last_error_message
@@ -173,9 +136,9 @@ async def test_renewal_of_a_delegated_wildcard_needs_no_action(
 ) -> None:
     base = base_name()
     name = f"*.{base}"
-    bind.set_cname(f"_acme-challenge.{base}", delegation.target(name, bind.challenge_zone))
     clock = FakeClock(datetime.now(UTC) + AHEAD)
     async with started_broker(settings(tmp_path, bind, pebble), clock) as broker:
+        await delegate(broker, bind, name)
         await broker.stub.IssueCertificate(issue(name))
         first = await wait_status(broker.stub, name, in_use)
         clock.set(first.renewal_time.ToDatetime(UTC))
@@ -194,8 +157,8 @@ async def test_wildcard_with_its_apex_through_the_api(
 ) -> None:
     base = base_name()
     name = f"*.{base}"
-    bind.set_cname(f"_acme-challenge.{base}", delegation.target(name, bind.challenge_zone))
     async with started_broker(settings(tmp_path, bind, pebble)) as broker:
+        await delegate(broker, bind, name)
         request = issue(name)
         request.include_apex = True
         reply = await broker.stub.IssueCertificate(request)
@@ -216,10 +179,10 @@ async def test_a_wrong_tsig_key_is_a_clear_error_and_no_order(
 ) -> None:
     base = base_name()
     name = f"*.{base}"
-    bind.set_cname(f"_acme-challenge.{base}", delegation.target(name, bind.challenge_zone))
     wrong = BindKey(bind.broker_key.name, "hmac-sha256", BindKey.generate("x").secret)
     issued_before = pebble.issued_count()
     async with started_broker(settings(tmp_path, bind, pebble, wrong)) as broker:
+        await delegate(broker, bind, name)
         await broker.stub.IssueCertificate(issue(name))
         status = await wait_status(broker.stub, name, lambda d: d.retry.last_error_reason != "")
     assert status.retry.last_error_reason == "DNS01_UPDATE_REFUSED"
@@ -239,8 +202,8 @@ async def test_a_plain_name_may_use_dns01_without_pointing_at_the_platform(
     bind: Bind, pebble: Pebble, tmp_path: Path
 ) -> None:
     name = base_name()  # no A record anywhere: HTTP-01 could not work
-    bind.set_cname(f"_acme-challenge.{name}", delegation.target(name, bind.challenge_zone))
     async with started_broker(settings(tmp_path, bind, pebble)) as broker:
+        await delegate(broker, bind, name)
         await broker.stub.IssueCertificate(
             broker_pb2.IssueCertificateRequest(
                 domain=name, app="shop", challenge_type=S.CHALLENGE_TYPE_DNS_01
@@ -277,13 +240,13 @@ async def test_wildcard_and_apex_in_one_order_share_the_delegation(
     """Two authorizations for one ``_acme-challenge`` name: two TXT values side by side."""
     iss, updater = issuer
     base = base_name()
-    assert updater.record_name(f"*.{base}") == updater.record_name(base)
-    bind.set_cname(f"_acme-challenge.{base}", delegation.target(base, bind.challenge_zone))
+    label = KEY.label("shop", base)
+    bind.set_cname(f"_acme-challenge.{base}", delegation.target(label, bind.challenge_zone))
     key = generate_private_key(KeyAlgorithm.ECDSA_P256)
-    cert = await iss.issue([f"*.{base}", base], key, dns01=True)
+    cert = await iss.issue([f"*.{base}", base], key, dns01=True, dns01_label=label)
     for host in (base, f"www.{base}"):
         verify_chain(cert.chain_pem, pebble.root_pem(), host)
-    assert bind.query(updater.record_name(base), "TXT") == []
+    assert bind.query(updater.record_name(label), "TXT") == []
 
 
 async def test_values_are_removed_when_the_validation_fails(
@@ -292,8 +255,20 @@ async def test_values_are_removed_when_the_validation_fails(
     """No delegation, so the CA finds no TXT: the order fails and our value is gone anyway."""
     iss, updater = issuer
     base = base_name()
+    label = KEY.label("shop", base)
     key = generate_private_key(KeyAlgorithm.ECDSA_P256)
     with pytest.raises(AcmeProblem) as caught:
-        await iss.issue([f"*.{base}"], key, dns01=True)
+        await iss.issue([f"*.{base}"], key, dns01=True, dns01_label=label)
     assert caught.value.retryable  # the usual backoff follows
-    assert bind.query(updater.record_name(base), "TXT") == []
+    assert bind.query(updater.record_name(label), "TXT") == []
+
+
+async def test_a_dns01_order_without_a_label_fails_before_writing_anything(
+    issuer: tuple[AcmeIssuer, Dns01Updater],
+) -> None:
+    """No label is ever guessed from the name (that would be the pre-binding label)."""
+    iss, _ = issuer
+    with pytest.raises(AcmeProblem) as caught:
+        await iss.issue([f"*.{base_name()}"], generate_private_key(KeyAlgorithm.ECDSA_P256))
+    assert caught.value.reason == "DNS01_LABEL_MISSING"
+    assert not caught.value.retryable

@@ -115,14 +115,16 @@ async def test_custom_upload_changes_the_handshake_and_delete_brings_lets_encryp
     assert await served_fingerprint(port, name) == le
 
     leaf = custom_leaf(name)
-    uploaded = await topo.api.upload_custom(name, CUSTOM_PKI.bundle(leaf), leaf.key_pem())
+    uploaded = await topo.api.upload_custom(
+        name, CUSTOM_PKI.bundle(leaf), leaf.key_pem(), app="shop"
+    )
     assert uploaded.serving_source == CUSTOM
     async with asyncio.timeout(10):
         await topo.watcher.wait_for_revision(uploaded.revision)
     cert = await served(port, name, trust_pem=CUSTOM_PKI.root.pem)
     assert fingerprint(cert) == fingerprint(leaf.cert)
 
-    deleted = await topo.api.delete_custom(name)
+    deleted = await topo.api.delete_custom(name, app="shop")
     assert deleted.serving_source == LETS_ENCRYPT
     async with asyncio.timeout(10):
         await topo.watcher.wait_for_revision(deleted.revision)
@@ -135,7 +137,9 @@ async def test_a_wildcard_serves_one_label_only(topo: Topology) -> None:
     wildcard = f"*.{base}"
     await topo.api.issue_certificate(wildcard, "shop", disable_letsencrypt=True)
     leaf = custom_leaf(wildcard)
-    uploaded = await topo.api.upload_custom(wildcard, CUSTOM_PKI.bundle(leaf), leaf.key_pem())
+    uploaded = await topo.api.upload_custom(
+        wildcard, CUSTOM_PKI.bundle(leaf), leaf.key_pem(), app="shop"
+    )
     async with asyncio.timeout(10):
         await topo.watcher.wait_for_revision(uploaded.revision)
     port = topo.router.https_port
@@ -228,7 +232,9 @@ async def test_killing_the_broker_leaves_every_name_served(topo: Topology) -> No
     await asyncio.to_thread(topo.broker.start)
     await wait_until(lambda: topo.watcher.connected, 15, "the router to reconnect")
     leaf = custom_leaf(name)
-    uploaded = await topo.api.upload_custom(name, CUSTOM_PKI.bundle(leaf), leaf.key_pem())
+    uploaded = await topo.api.upload_custom(
+        name, CUSTOM_PKI.bundle(leaf), leaf.key_pem(), app="shop"
+    )
     async with asyncio.timeout(10):
         await topo.watcher.wait_for_revision(uploaded.revision)
     assert await served_fingerprint(port, name) == fingerprint(leaf.cert)

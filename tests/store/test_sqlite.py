@@ -85,7 +85,7 @@ async def test_migrations_are_applied_once(db_path: Path) -> None:
     first = await SqliteStore.open(str(db_path))
     await first.close()
     applied = raw(db_path, "SELECT version, applied_at FROM schema_migrations")
-    assert [row[0] for row in applied] == [1, 2]
+    assert [row[0] for row in applied] == [1, 2, 3]
     tables = {r[0] for r in raw(db_path, "SELECT name FROM sqlite_master WHERE type='table'")}
     assert {"domains", "events", "certificates", "issuances", "orders", "meta"} <= tables
 

@@ -35,6 +35,12 @@ EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
 
 
+_OWNER_HELP = (
+    "the app that owns the domain (required by the broker's api role; "
+    "only an admin may leave it out)"
+)
+
+
 class UsageError(Exception):
     """Bad input caught before any RPC (exit 2)."""
 
@@ -107,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("domains-ssl", "install (--cert/--key) or remove (--disable) a custom certificate")
     p.add_argument("domain", metavar="DOMAIN")
+    p.add_argument("--app", help=_OWNER_HELP)
     p.add_argument("--cert", type=Path, help="certificate (PEM bundle or DER)")
     p.add_argument("--key", type=Path, help="private key")
     p.add_argument(
@@ -117,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("domains-remove", "forget a domain and its certificates")
     p.add_argument("domain", metavar="DOMAIN")
+    p.add_argument("--app", help=_OWNER_HELP)
 
     p = command("domains", "list domains")
     p.add_argument("--app", help="only this app's domains")
@@ -207,7 +215,7 @@ async def _domains_add(client: BrokerClient, args: argparse.Namespace, io: _Outp
     )
     if custom is not None:
         try:
-            domain = await client.upload_custom(domain.domain, *custom)
+            domain = await client.upload_custom(domain.domain, *custom, app=args.app)
         except BrokerError as err:
             io.error(render.error_lines(err))
             io.error([f"note: {domain.domain} was added; its custom certificate was not installed"])
@@ -220,18 +228,18 @@ async def _domains_ssl(client: BrokerClient, args: argparse.Namespace, io: _Outp
     if args.disable:
         if args.cert is not None or args.key is not None:
             raise UsageError("--disable takes no --cert/--key")
-        domain = await client.delete_custom(args.domain)
+        domain = await client.delete_custom(args.domain, app=args.app or "")
     else:
         custom = _cert_and_key(args)
         if custom is None:
             raise UsageError("give --cert and --key, or --disable")
-        domain = await client.upload_custom(args.domain, *custom)
+        domain = await client.upload_custom(args.domain, *custom, app=args.app or "")
     io.print(render.to_json(domain) if args.json else render.status_block(domain))
     return EXIT_OK
 
 
 async def _domains_remove(client: BrokerClient, args: argparse.Namespace, io: _Output) -> int:
-    revision = await client.remove_domain(args.domain)
+    revision = await client.remove_domain(args.domain, app=args.app or "")
     if args.json:
         io.print(render.to_json(broker_pb2.RemoveDomainResponse(revision=revision)))
     else:

@@ -317,18 +317,22 @@ class BrokerClient:
         return response.domain
 
     async def upload_custom(
-        self, domain: str, certificate: bytes, private_key: bytes
+        self, domain: str, certificate: bytes, private_key: bytes, *, app: str = ""
     ) -> domain_pb2.Domain:
-        """Install a custom certificate (PEM bundle or DER) and key; it serves at once."""
+        """Install a custom certificate (PEM bundle or DER) and key; it serves at once.
+
+        ``app`` is the caller's tenant, which must own the domain; leave it empty
+        only as an operator (admin role, or a plaintext loopback broker).
+        """
         request = broker_pb2.UploadCustomRequest(
-            domain=domain, certificate=certificate, private_key=private_key
+            domain=domain, certificate=certificate, private_key=private_key, app=app
         )
         response: broker_pb2.UploadCustomResponse = await self._unary("UploadCustom", request)
         return response.domain
 
-    async def delete_custom(self, domain: str) -> domain_pb2.Domain:
-        """Remove the custom certificate; Let's Encrypt serves again at once."""
-        request = broker_pb2.DeleteCustomRequest(domain=domain)
+    async def delete_custom(self, domain: str, *, app: str = "") -> domain_pb2.Domain:
+        """Remove the custom certificate; Let's Encrypt serves again at once (``app``: as above)."""
+        request = broker_pb2.DeleteCustomRequest(domain=domain, app=app)
         response: broker_pb2.DeleteCustomResponse = await self._unary("DeleteCustom", request)
         return response.domain
 
@@ -338,9 +342,9 @@ class BrokerClient:
         response: broker_pb2.GetStatusResponse = await self._unary("GetStatus", request)
         return response.domain
 
-    async def remove_domain(self, domain: str) -> int:
-        """Forget ``domain``; returns the revision of the removal event."""
-        request = broker_pb2.RemoveDomainRequest(domain=domain)
+    async def remove_domain(self, domain: str, *, app: str = "") -> int:
+        """Forget ``domain``; returns the revision of the removal event (``app``: as above)."""
+        request = broker_pb2.RemoveDomainRequest(domain=domain, app=app)
         response: broker_pb2.RemoveDomainResponse = await self._unary("RemoveDomain", request)
         return response.revision
 

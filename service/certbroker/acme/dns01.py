@@ -3,9 +3,12 @@
 The customer delegated ``_acme-challenge.<base>`` to ``<label>.<zone>`` once
 (``certbroker.delegation``); for every order the issuer asks this updater to
 ``publish`` the challenge's TXT value there and to ``unpublish`` it when the
-order ends. ``publish`` returns only when the zone's primary (the server the
-updates go to, asked without recursion) answers the new value, so the CA is
-never asked to validate before the record exists.
+order ends. Callers name the *label* (the one stored with the domain, bound to
+its owner), never the domain: the updater cannot derive where a domain's
+values go, so it cannot write them where another app's delegation points.
+``publish`` returns only when the zone's primary (the server the updates go
+to, asked without recursion) answers the new value, so the CA is never asked
+to validate before the record exists.
 
 Values are *added* and removed one by one, never replaced: a wildcard and its
 apex (two authorizations, one ``_acme-challenge`` name) or two overlapping
@@ -170,9 +173,12 @@ class Dns01Updater:
         self._poll_interval = poll_interval
         self._ttl = ttl
 
-    def record_name(self, identifier: str) -> str:
-        """Where the TXT values for ``identifier`` (``example.com``, wildcard or not) go."""
-        return delegation.target(identifier, self.zone)
+    def record_name(self, label: str) -> str:
+        """``<label>.<zone>``: where the TXT values of the delegation ``label`` go.
+
+        Raises ``ValueError`` if ``label`` is not one DNS label.
+        """
+        return delegation.target(label, self.zone)
 
     # -- updates ----------------------------------------------------------------
 
@@ -226,23 +232,24 @@ class Dns01Updater:
     def _txt(value: str) -> str:
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
-    async def check_access(self, identifier: str) -> None:
-        """Prove the key may update ``identifier``'s record, changing nothing."""
+    async def check_access(self, label: str) -> None:
+        """Prove the key may update ``label``'s record, changing nothing."""
+        name = self.record_name(label)
         update = self._update()
-        update.delete(self.record_name(identifier) + ".", "TXT", self._txt(_PROBE_VALUE))
-        await self._send(update, f"checking DNS-01 access for {identifier}")
+        update.delete(name + ".", "TXT", self._txt(_PROBE_VALUE))
+        await self._send(update, f"checking DNS-01 access for {name}")
 
-    async def publish(self, identifier: str, value: str) -> None:
-        """Add ``value`` at ``identifier``'s record; return once the primary answers it."""
-        name = self.record_name(identifier)
+    async def publish(self, label: str, value: str) -> None:
+        """Add ``value`` at ``label``'s record; return once the primary answers it."""
+        name = self.record_name(label)
         update = self._update()
         update.add(name + ".", self._ttl, "TXT", self._txt(value))
         await self._send(update, f"publishing the DNS-01 record {name}")
         await self._wait_visible(name, value)
 
-    async def unpublish(self, identifier: str, value: str) -> None:
-        """Remove ``value`` (only that one) from ``identifier``'s record."""
-        name = self.record_name(identifier)
+    async def unpublish(self, label: str, value: str) -> None:
+        """Remove ``value`` (only that one) from ``label``'s record."""
+        name = self.record_name(label)
         update = self._update()
         update.delete(name + ".", "TXT", self._txt(value))
         await self._send(update, f"removing the DNS-01 record {name}")

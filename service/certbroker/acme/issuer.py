@@ -2,9 +2,10 @@
 
 DNS-01 (every wildcard authorization, and every authorization of an order
 asked with ``dns01=True``) is answered through a ``Dns01Responder``: the TXT
-value is written in the broker's own zone (where the customer's one-time
-delegation points) and is served before the challenge is answered; it is
-removed when the order ends, success or failure. ``_select_challenge`` is the
+value is written in the broker's own zone, at the order's ``dns01_label``
+(the domain's delegation label, bound to its owner: where that owner's
+customer pointed the one-time CNAME), and is served before the challenge is
+answered; it is removed when the order ends, success or failure. ``_select_challenge`` is the
 one place that picks the type.
 
 Why not ``ClientV2.poll_and_finalize``: it blocks a thread for the whole
@@ -82,6 +83,15 @@ _MAX_POLL_WAIT: Final = 10.0
 
 
 @dataclass(frozen=True)
+class _Challenges:
+    """How an order answers: DNS-01 for every authorization (``always``) or only
+    wildcards, and the delegation label whose record receives DNS-01 values."""
+
+    always: bool
+    label: str
+
+
+@dataclass(frozen=True)
 class IssuedCertificate:
     """A downloaded certificate: the PEM chain (leaf first) and the order it came from."""
 
@@ -114,14 +124,14 @@ class ChallengeResponder(Protocol):
 class Dns01Responder(Protocol):
     """Publishes DNS-01 answers (``certbroker.acme.dns01.Dns01Updater``).
 
-    ``identifier`` is the authorization's name (``example.com`` for
-    ``*.example.com`` too); ``value`` the TXT value. ``publish`` returns only
-    once the record is served; both raise ``AcmeProblem`` on failure.
+    ``label`` is the domain's delegation label (``certbroker.delegation``; a
+    wildcard and its apex share it); ``value`` the TXT value. ``publish``
+    returns only once the record is served; both raise ``AcmeProblem`` on failure.
     """
 
-    async def publish(self, identifier: str, value: str) -> None: ...
+    async def publish(self, label: str, value: str) -> None: ...
 
-    async def unpublish(self, identifier: str, value: str) -> None: ...
+    async def unpublish(self, label: str, value: str) -> None: ...
 
 
 class MemoryAccountStore:
@@ -408,6 +418,7 @@ class AcmeIssuer:
         key_pem: bytes,
         *,
         dns01: bool = False,
+        dns01_label: str = "",
         on_order_created: Callable[[str], Awaitable[None]] | None = None,
     ) -> IssuedCertificate:
         """Order, validate, finalize and download a certificate for ``names`` (A-labels).
@@ -415,17 +426,27 @@ class AcmeIssuer:
         ``on_order_created`` receives the order URL before any challenge is
         answered, so the caller can persist it and ``resume()`` after a crash
         instead of ordering (and possibly issuing) twice. ``dns01`` answers
-        every authorization with DNS-01 (wildcard authorizations always are).
+        every authorization with DNS-01 (wildcard authorizations always are),
+        writing the values at ``dns01_label``'s record; without a label a
+        DNS-01 authorization fails (DNS01_LABEL_MISSING) rather than guess one.
         """
         self._require_started()
         csr_pem = await self._submit(make_csr, key_pem, names)
         order_url, order, authzs = await self._run(_new_order, csr_pem)
         if on_order_created is not None:
             await on_order_created(order_url)
-        return await self._drive(order_url, order, csr_pem, key_pem, dns01, authzs)
+        return await self._drive(
+            order_url, order, csr_pem, key_pem, _Challenges(dns01, dns01_label), authzs
+        )
 
     async def resume(
-        self, order_url: str, names: list[str], key_pem: bytes, *, dns01: bool = False
+        self,
+        order_url: str,
+        names: list[str],
+        key_pem: bytes,
+        *,
+        dns01: bool = False,
+        dns01_label: str = "",
     ) -> IssuedCertificate:
         """Continue an order created before a crash.
 
@@ -445,7 +466,9 @@ class AcmeIssuer:
             why = f" ({order.error.typ})" if order.error is not None else ""
             raise AcmeProblem(ORDER_INVALID, f"order is {order.status.name}{why}", retryable=True)
         csr_pem = await self._submit(make_csr, key_pem, names)
-        return await self._drive(order_url, order, csr_pem, key_pem, dns01)
+        return await self._drive(
+            order_url, order, csr_pem, key_pem, _Challenges(dns01, dns01_label)
+        )
 
     @staticmethod
     def _expired(order: messages.Order) -> bool:
@@ -463,7 +486,7 @@ class AcmeIssuer:
         order: messages.Order,
         csr_pem: bytes,
         key_pem: bytes,
-        dns01: bool,
+        dns01: _Challenges,
         known_authzs: dict[str, messages.Authorization] | None = None,
     ) -> IssuedCertificate:
         loop = asyncio.get_running_loop()
@@ -524,11 +547,11 @@ class AcmeIssuer:
             return
         dns01 = self._dns01
 
-        async def remove(identifier: str, value: str) -> None:
+        async def remove(label: str, value: str) -> None:
             try:
-                await dns01.unpublish(identifier, value)
+                await dns01.unpublish(label, value)
             except Exception as error:
-                log.warning("could not remove the DNS-01 value for %s: %s", identifier, error)
+                log.warning("could not remove the DNS-01 value at %s: %s", label, error)
 
         await asyncio.shield(asyncio.gather(*(remove(i, v) for i, v in published)))
 
@@ -538,7 +561,7 @@ class AcmeIssuer:
         published: list[str],
         published_dns: list[tuple[str, str]],
         deadline: float,
-        dns01: bool,
+        dns01: _Challenges,
         known: messages.Authorization | None = None,
     ) -> None:
         """Bring one authorization to valid, or raise its challenge's problem.
@@ -561,9 +584,8 @@ class AcmeIssuer:
                 # crash the validator may still be about to connect.
                 if isinstance(challb.chall, challenges.DNS01):
                     assert self._dns01 is not None  # _select_challenge checked
-                    ident = str(authz.identifier.value)
-                    published_dns.append((ident, str(validation)))
-                    await self._dns01.publish(ident, str(validation))
+                    published_dns.append((dns01.label, str(validation)))
+                    await self._dns01.publish(dns01.label, str(validation))
                 else:
                     token = str(challb.chall.encode("token"))
                     self._responder.add(token, str(validation))
@@ -576,7 +598,7 @@ class AcmeIssuer:
             raise _authz_problem(authz)
 
     def _select_challenge(
-        self, authz: messages.Authorization, dns01: bool
+        self, authz: messages.Authorization, dns01: _Challenges
     ) -> messages.ChallengeBody:
         """The one place that picks a challenge type.
 
@@ -585,11 +607,18 @@ class AcmeIssuer:
         """
         ident = str(authz.identifier.value)
         wanted: type[challenges.Challenge] = challenges.HTTP01
-        if dns01 or authz.wildcard:
+        if dns01.always or authz.wildcard:
             if self._dns01 is None:
                 raise AcmeProblem(
                     "DNS01_NOT_CONFIGURED",
                     f"{ident} needs DNS-01 and CERTBROKER_DNS01_ZONE is not set",
+                    retryable=False,
+                    identifier=ident,
+                )
+            if not dns01.label:
+                raise AcmeProblem(
+                    "DNS01_LABEL_MISSING",
+                    f"{ident} needs DNS-01 and the order names no delegation label",
                     retryable=False,
                     identifier=ident,
                 )

@@ -23,6 +23,11 @@ class Role(StrEnum):
     LOCAL = "local"
 
 
+#: Roles that may change any app's domain, leaving ``app`` empty (``certbroker.tenancy``):
+#: the operator, and the plaintext loopback development mode.
+ACROSS_TENANTS: frozenset[Role] = frozenset({Role.ADMIN, Role.LOCAL})
+
+
 class Permission(StrEnum):
     READ = "read"
     MANAGE = "manage"

@@ -17,8 +17,9 @@ from typing import Any, TypeVar
 import grpc
 from opentelemetry import trace
 
+from certbroker import tenancy
 from certbroker.api import convert
-from certbroker.api.auth import Authorizer, Permission
+from certbroker.api.auth import ACROSS_TENANTS, Authorizer, Permission
 from certbroker.api.errors import internal, to_status
 from certbroker.app import Broker
 from certbroker.clock import Clock
@@ -124,9 +125,12 @@ class BrokerServicer(broker_pb2_grpc.CertificateBrokerServiceServicer):
     async def UploadCustom(
         self, request: broker_pb2.UploadCustomRequest, context: grpc.aio.ServicerContext
     ) -> broker_pb2.UploadCustomResponse:
-        self._auth.require(context, Permission.MANAGE)
+        role = self._auth.require(context, Permission.MANAGE)
         record = await self._broker.upload_custom(
-            request.domain, request.certificate, request.private_key
+            request.domain,
+            tenancy.acting_app(request.app, role in ACROSS_TENANTS),
+            request.certificate,
+            request.private_key,
         )
         return broker_pb2.UploadCustomResponse(domain=self._domain(record))
 
@@ -134,8 +138,10 @@ class BrokerServicer(broker_pb2_grpc.CertificateBrokerServiceServicer):
     async def DeleteCustom(
         self, request: broker_pb2.DeleteCustomRequest, context: grpc.aio.ServicerContext
     ) -> broker_pb2.DeleteCustomResponse:
-        self._auth.require(context, Permission.MANAGE)
-        record = await self._broker.delete_custom(request.domain)
+        role = self._auth.require(context, Permission.MANAGE)
+        record = await self._broker.delete_custom(
+            request.domain, tenancy.acting_app(request.app, role in ACROSS_TENANTS)
+        )
         return broker_pb2.DeleteCustomResponse(domain=self._domain(record))
 
     @_unary
@@ -150,8 +156,10 @@ class BrokerServicer(broker_pb2_grpc.CertificateBrokerServiceServicer):
     async def RemoveDomain(
         self, request: broker_pb2.RemoveDomainRequest, context: grpc.aio.ServicerContext
     ) -> broker_pb2.RemoveDomainResponse:
-        self._auth.require(context, Permission.MANAGE)
-        revision = await self._broker.remove_domain(request.domain)
+        role = self._auth.require(context, Permission.MANAGE)
+        revision = await self._broker.remove_domain(
+            request.domain, tenancy.acting_app(request.app, role in ACROSS_TENANTS)
+        )
         return broker_pb2.RemoveDomainResponse(revision=revision)
 
     @_unary

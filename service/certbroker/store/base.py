@@ -89,6 +89,20 @@ class Transaction(Protocol):
         self, domain: str, event: EventType, token: str, key_authorization: str, at: datetime
     ) -> int: ...
 
+    async def domains_under(self, base: str, other_than_app: str) -> list[Domain]:
+        """Domains of apps other than ``other_than_app`` whose name ends with ``.base``.
+
+        Any depth below ``base``; for the tenancy family check (``certbroker.tenancy``).
+        """
+        ...
+
+    async def ensure_meta(self, key: str, value: bytes) -> bytes:
+        """Store ``value`` under ``key`` unless a value is there; return the stored one.
+
+        Two brokers starting at once on one store both get the first writer's value.
+        """
+        ...
+
     async def set_meta(self, key: str, value: bytes) -> None: ...
 
 

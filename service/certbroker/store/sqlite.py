@@ -21,6 +21,7 @@ from typing import Any
 
 import aiosqlite
 
+from certbroker import delegation
 from certbroker.model import CertificateInfo, Domain, Event, EventType
 from certbroker.store.base import NewCertificate, PendingOrder, QuotaUsage, names_key
 from certbroker.store.codec import (
@@ -205,6 +206,7 @@ class SqliteStore:
             if row["payload"]:
                 payload = json.loads(row["payload"])
                 payload.setdefault("include_apex", 0)  # events older than migration 002
+                payload.setdefault("delegation_label", "")  # and than migration 003
                 if row["type"] == EventType.DOMAIN_UPDATED.value:
                     payload["revision"] = row["revision"]  # see put_domain
                 domain = await self.decode_domain(payload)
@@ -282,6 +284,14 @@ class SqliteStore:
 
 
 async def _migrate(conn: aiosqlite.Connection) -> None:
+    """Apply the numbered ``migrations/*.sql`` not applied yet, each in its own transaction.
+
+    Functions a migration needs that SQLite lacks are registered here, in Python,
+    for the migrations only (so no schema object ever depends on them).
+    """
+    await conn.create_function(
+        "certbroker_legacy_label", 1, delegation.legacy_label, deterministic=True
+    )
     await conn.execute(
         "CREATE TABLE IF NOT EXISTS schema_migrations "
         "(version INTEGER PRIMARY KEY, applied_at TEXT)"
@@ -488,6 +498,27 @@ class _SqliteTransaction:
         self, domain: str, event: EventType, token: str, key_authorization: str, at: datetime
     ) -> int:
         return await self._append_event(event, domain, None, at, token, key_authorization)
+
+    async def domains_under(self, base: str, other_than_app: str) -> list[Domain]:
+        # A scan (no index finds names by suffix); only adding a wildcard asks.
+        suffix = f".{base}"
+        async with self._conn.execute(
+            f"{_DOMAIN_SELECT} WHERE app != ? AND substr(name, -?) = ?",
+            (other_than_app, len(suffix), suffix),
+        ) as cur:
+            rows = await cur.fetchall()
+        # This connection sees the transaction's own writes: nothing to merge.
+        return [await self._store.decode_domain(row, self._conn) for row in rows]
+
+    async def ensure_meta(self, key: str, value: bytes) -> bytes:
+        await self._conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+            (key, value),
+        )
+        async with self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)) as cur:
+            row = await cur.fetchone()
+        assert row is not None
+        return bytes(row[0])
 
     async def set_meta(self, key: str, value: bytes) -> None:
         await self._conn.execute(

@@ -48,14 +48,16 @@ class IssueCertificateResponse(_message.Message):
     def __init__(self, domain: _Optional[_Union[_domain_pb2.Domain, _Mapping]] = ...) -> None: ...
 
 class UploadCustomRequest(_message.Message):
-    __slots__ = ("domain", "certificate", "private_key")
+    __slots__ = ("domain", "certificate", "private_key", "app")
     DOMAIN_FIELD_NUMBER: _ClassVar[int]
     CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
     PRIVATE_KEY_FIELD_NUMBER: _ClassVar[int]
+    APP_FIELD_NUMBER: _ClassVar[int]
     domain: str
     certificate: bytes
     private_key: bytes
-    def __init__(self, domain: _Optional[str] = ..., certificate: _Optional[bytes] = ..., private_key: _Optional[bytes] = ...) -> None: ...
+    app: str
+    def __init__(self, domain: _Optional[str] = ..., certificate: _Optional[bytes] = ..., private_key: _Optional[bytes] = ..., app: _Optional[str] = ...) -> None: ...
 
 class UploadCustomResponse(_message.Message):
     __slots__ = ("domain",)
@@ -64,10 +66,12 @@ class UploadCustomResponse(_message.Message):
     def __init__(self, domain: _Optional[_Union[_domain_pb2.Domain, _Mapping]] = ...) -> None: ...
 
 class DeleteCustomRequest(_message.Message):
-    __slots__ = ("domain",)
+    __slots__ = ("domain", "app")
     DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    APP_FIELD_NUMBER: _ClassVar[int]
     domain: str
-    def __init__(self, domain: _Optional[str] = ...) -> None: ...
+    app: str
+    def __init__(self, domain: _Optional[str] = ..., app: _Optional[str] = ...) -> None: ...
 
 class DeleteCustomResponse(_message.Message):
     __slots__ = ("domain",)
@@ -88,10 +92,12 @@ class GetStatusResponse(_message.Message):
     def __init__(self, domain: _Optional[_Union[_domain_pb2.Domain, _Mapping]] = ...) -> None: ...
 
 class RemoveDomainRequest(_message.Message):
-    __slots__ = ("domain",)
+    __slots__ = ("domain", "app")
     DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    APP_FIELD_NUMBER: _ClassVar[int]
     domain: str
-    def __init__(self, domain: _Optional[str] = ...) -> None: ...
+    app: str
+    def __init__(self, domain: _Optional[str] = ..., app: _Optional[str] = ...) -> None: ...
 
 class RemoveDomainResponse(_message.Message):
     __slots__ = ("revision",)
