@@ -1,4 +1,4 @@
-"""Shared helpers for the router tests: real TLS handshakes from a client's point of view."""
+"""Shared helpers for the router tests: real TLS handshakes and raw HTTP from a client's view."""
 
 from __future__ import annotations
 
@@ -96,3 +96,50 @@ def serving_event(
             )
         )
     return broker_pb2.WatchStatusResponse(event=event)
+
+
+async def http_exchange(
+    port: int, request: bytes, *, ssl_context: ssl.SSLContext | None = None, sni: str | None = None
+) -> bytes:
+    """Send raw bytes to ``127.0.0.1:port`` (TLS with ``ssl_context``) and read until the close."""
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", port, ssl=ssl_context, server_hostname=sni if ssl_context else None
+    )
+    try:
+        writer.write(request)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(-1), 10)
+    finally:
+        writer.close()
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 response with a Content-Length body: status, headers (lower-case), body."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if sep:
+            headers[name.strip().lower()] = value.strip()
+    body = await asyncio.wait_for(reader.readexactly(int(headers.get("content-length", "0"))), 10)
+    return int(lines[0].split(" ")[1]), headers, body
+
+
+def response_head(response: bytes) -> tuple[int, str]:
+    """The status and the raw head (everything before the blank line) of a whole response."""
+    head = response.partition(b"\r\n\r\n")[0].decode("latin-1")
+    return int(head.split(" ", 2)[1]), head
+
+
+async def closed_by_peer(reader: asyncio.StreamReader, timeout: float) -> bool:
+    """True once the other side ends the connection (EOF or reset), False if it stays open."""
+    try:
+        async with asyncio.timeout(timeout):
+            while await reader.read(65536):
+                pass
+    except TimeoutError:
+        return False
+    except (OSError, ssl.SSLError):
+        pass  # a reset or a TLS stream cut without close_notify: closed as well
+    return True

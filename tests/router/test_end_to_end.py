@@ -95,11 +95,20 @@ async def test_http_listener_redirects_and_forwards_challenges(topo: Topology) -
         writer.close()
         return answer
 
-    redirect = await get("/shop?x=1", "www.example.test")
-    assert redirect.startswith(b"HTTP/1.1 308")
-    assert f"Location: https://www.example.test:{topo.router.https_port}/shop?x=1".encode() in (
-        redirect
+    name = unique("redirect")  # redirects go only to names the router has a certificate for
+    await topo.api.issue_certificate(name, "shop", disable_letsencrypt=True)
+    leaf = custom_leaf(name)
+    uploaded = await topo.api.upload_custom(
+        name, CUSTOM_PKI.bundle(leaf), leaf.key_pem(), app="shop"
     )
+    async with asyncio.timeout(10):
+        await topo.watcher.wait_for_revision(uploaded.revision)
+    redirect = await get("/shop?x=1", name)
+    assert redirect.startswith(b"HTTP/1.1 308")
+    assert f"Location: https://{name}:{topo.router.https_port}/shop?x=1".encode() in redirect
+    unknown = await get("/shop?x=1", "www.example.test")
+    assert unknown.startswith(b"HTTP/1.1 421")
+    assert b"Location" not in unknown
     # An unknown token: the broker's responder answers (404), reached through the router.
     missing = await get("/.well-known/acme-challenge/nope", "www.example.test")
     assert missing.startswith(b"HTTP/1.1 404")

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from certbroker_client.client import DEFAULT_ADDR, TlsFiles
-from certbroker_client.reference_router import HostPort, ReferenceRouter, RouterConfig
+from certbroker_client.reference_router import HostPort, Limits, ReferenceRouter, RouterConfig
 from certbroker_client.router import CertificateMap, MapChange, RouterWatcher
 
 __all__ = ["add_router_parser", "main", "run_router"]
@@ -33,6 +33,15 @@ log = logging.getLogger("certbroker.router")
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+
+
+# Limits' field names as the flags that set them, for error messages.
+_LIMIT_FLAGS = {
+    "max_connections": "--max-connections",
+    "head_timeout": "--header-timeout",
+    "idle_timeout": "--client-idle-timeout",
+    "max_body_bytes": "--max-body-bytes",
+}
 
 
 class _Usage(Exception):
@@ -98,6 +107,32 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
         default=60.0,
         help="seconds without events or heartbeats before reconnecting (60)",
     )
+    limits = Limits()
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=limits.max_connections,
+        help=f"open client connections, both listeners; more are closed ({limits.max_connections})",
+    )
+    p.add_argument(
+        "--header-timeout",
+        type=float,
+        default=limits.head_timeout,
+        help=f"seconds for a TLS handshake or a request head ({limits.head_timeout:g})",
+    )
+    p.add_argument(
+        "--client-idle-timeout",
+        type=float,
+        default=limits.idle_timeout,
+        help="seconds a client connection may stay silent, between requests or when proxied "
+        f"({limits.idle_timeout:g})",
+    )
+    p.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=limits.max_body_bytes,
+        help=f"largest request body read; more gets 413 ({limits.max_body_bytes})",
+    )
 
 
 def _config(args: argparse.Namespace) -> tuple[RouterConfig, str, TlsFiles | None]:
@@ -129,6 +164,18 @@ def _config(args: argparse.Namespace) -> tuple[RouterConfig, str, TlsFiles | Non
     http01 = args.http01_forward or env.get("CERTBROKER_HTTP01_LISTEN") or "127.0.0.1:8402"
     if (args.default_cert is None) != (args.default_key is None):
         raise _Usage("--default-cert and --default-key go together")
+    try:
+        limits = Limits(
+            max_connections=args.max_connections,
+            head_timeout=args.header_timeout,
+            idle_timeout=args.client_idle_timeout,
+            max_body_bytes=args.max_body_bytes,
+        )
+    except ValueError as err:
+        message = str(err)
+        for name, flag in _LIMIT_FLAGS.items():
+            message = message.replace(name, flag)
+        raise _Usage(message) from None
     config = RouterConfig(
         https_listen=_hostport(args.https_listen, "--https-listen"),
         http_listen=None
@@ -139,6 +186,7 @@ def _config(args: argparse.Namespace) -> tuple[RouterConfig, str, TlsFiles | Non
         default_cert=args.default_cert,
         default_key=args.default_key,
         redirect_port=args.redirect_port,
+        limits=limits,
     )
     return config, addr, tls
 
