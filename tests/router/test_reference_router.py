@@ -357,9 +357,10 @@ async def test_the_connection_cap_refuses_new_connections_and_keeps_the_open_one
         reader, writer = held[0]
         writer.write(get())
         assert response_head(await asyncio.wait_for(reader.read(-1), 10))[0] == 308
+        writer.close()
         await wait_until(lambda: router.open_connections == 2, 10, "a free slot")
         assert response_head(await http_exchange(router.http_port, get()))[0] == 308
-        for _, writer in held:
+        for _, writer in held[1:]:
             writer.close()
 
 
