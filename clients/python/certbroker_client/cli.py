@@ -25,6 +25,7 @@ from certbroker.v1 import broker_pb2
 from certbroker_client import render
 from certbroker_client.client import DEFAULT_ADDR, BrokerClient, BrokerError, TlsFiles
 from certbroker_client.router_cli import add_router_parser, run_router
+from certbroker_client.sync.cli import add_sync_parser, run_sync
 
 __all__ = ["main"]
 
@@ -150,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--count", type=int, default=0, help="stop after this many events")
     add_router_parser(sub)
+    add_sync_parser(sub)
     return parser
 
 
@@ -322,6 +324,8 @@ def main(
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     if args.command == "router":
         return run_router(args)
+    if args.command == "sync":
+        return run_sync(args)
     if args.command == "serve":
         try:
             return _serve()

@@ -221,6 +221,7 @@ class BrokerClient:
         self._timeout = timeout
         self._last_revision = 0
         self._resnapshots = 0
+        self._snapshot_streams = 0
 
     @classmethod
     def connect(
@@ -287,6 +288,17 @@ class BrokerClient:
     def resnapshots(self) -> int:
         """How many times ``watch()`` had to start over after ``REVISION_COMPACTED``."""
         return self._resnapshots
+
+    @property
+    def snapshot_streams(self) -> int:
+        """How many streams ``watch()`` opened that start with a snapshot.
+
+        A consumer collecting a snapshot compares it at each ``EVENT_TYPE_SNAPSHOT``:
+        when it grew, the previous attempt was cut and restarted, so what was
+        collected from it must be dropped (a name removed in between would
+        otherwise survive the resync).
+        """
+        return self._snapshot_streams
 
     async def _unary(self, method: str, request: Any) -> Any:
         try:
@@ -407,6 +419,8 @@ class BrokerClient:
         request_domains = list(domains)
         while True:
             snapshotting = self._last_revision == 0
+            if snapshotting:
+                self._snapshot_streams += 1
             request = broker_pb2.WatchStatusRequest(
                 after_revision=self._last_revision,
                 include_keys=include_keys,
