@@ -62,6 +62,10 @@ def default_pem() -> tuple[bytes, Issued]:
     return DEFAULT_PKI.bundle(leaf) + leaf.key_pem(), leaf
 
 
+DEFAULT_PEM, DEFAULT_LEAF = default_pem()
+PREFIX = "certbroker/"
+
+
 class MtlsBroker(BrokerProcess):
     """The broker with mTLS, roles, a trust bundle for ``CUSTOM_PKI`` and quick heartbeats."""
 

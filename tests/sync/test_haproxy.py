@@ -8,58 +8,28 @@ its own names; the HAProxy restart and broker kill tests come last.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.infra.challtestsrv import ChallTestSrv
 from tests.infra.haproxy import HAProxy
 from tests.router.support import fingerprint, served
 from tests.sync.support import (
     CUSTOM_PKI,
+    DEFAULT_LEAF,
+    PREFIX,
     SyncAgent,
     SyncLab,
     custom_leaf,
-    default_pem,
     leaf_fingerprint,
     openssl_verify,
-    sync_lab,
     unique,
     wait_fingerprint,
 )
 
 pytestmark = pytest.mark.integration
 
-PREFIX = "certbroker/"
-DEFAULT_PEM, DEFAULT_LEAF = default_pem()
 DEFAULT = fingerprint(DEFAULT_LEAF.cert)
-
-
-@pytest.fixture(scope="module")
-async def lab(
-    tmp_path_factory: pytest.TempPathFactory, sync_dns: ChallTestSrv
-) -> AsyncIterator[SyncLab]:
-    async with sync_lab(tmp_path_factory.mktemp("sync-haproxy"), sync_dns) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def haproxy(lab: SyncLab) -> Iterator[HAProxy]:
-    with HAProxy.running(
-        default_pem=DEFAULT_PEM, http01_port=lab.http01_port, http_port=lab.http_port
-    ) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def agent(lab: SyncLab, haproxy: HAProxy) -> Iterator[SyncAgent]:
-    args = ["--socket", str(haproxy.socket_path), "--crt-list", str(haproxy.crt_list)]
-    args += ["--prefix", PREFIX]
-    with SyncAgent.running(
-        target="haproxy", lab=lab, args=args, log_path=lab.workdir / "agent.log"
-    ) as running:
-        yield running
 
 
 def stores(haproxy: HAProxy) -> set[str]:
@@ -79,7 +49,7 @@ def worker_pid(haproxy: HAProxy) -> str:
 
 
 async def test_an_issued_domain_is_served_with_a_chain_to_pebbles_root(
-    lab: SyncLab, haproxy: HAProxy, agent: SyncAgent
+    lab: SyncLab, haproxy: HAProxy, haproxy_agent: SyncAgent
 ) -> None:
     name = unique()
     status = await lab.issue(name)
@@ -95,7 +65,7 @@ async def test_an_issued_domain_is_served_with_a_chain_to_pebbles_root(
 
 
 async def test_a_custom_upload_is_served_without_a_reload_and_delete_brings_lets_encrypt_back(
-    lab: SyncLab, haproxy: HAProxy, agent: SyncAgent
+    lab: SyncLab, haproxy: HAProxy, haproxy_agent: SyncAgent
 ) -> None:
     name = unique("shop")
     status = await lab.issue(name)
@@ -118,7 +88,7 @@ async def test_a_custom_upload_is_served_without_a_reload_and_delete_brings_lets
 
 
 async def test_a_removed_domain_is_no_longer_served(
-    lab: SyncLab, haproxy: HAProxy, agent: SyncAgent
+    lab: SyncLab, haproxy: HAProxy, haproxy_agent: SyncAgent
 ) -> None:
     name = unique("gone")
     leaf = await lab.custom(name)
@@ -130,7 +100,7 @@ async def test_a_removed_domain_is_no_longer_served(
 
 
 async def test_a_wildcard_serves_one_label_and_an_exact_name_wins(
-    lab: SyncLab, haproxy: HAProxy, agent: SyncAgent
+    lab: SyncLab, haproxy: HAProxy, haproxy_agent: SyncAgent
 ) -> None:
     base = unique("w").partition(".")[2]
     wildcard = await lab.custom(f"*.{base}")
@@ -146,7 +116,7 @@ async def test_a_wildcard_serves_one_label_and_an_exact_name_wins(
 
 
 async def test_killing_and_restarting_the_agent_reconciles(
-    lab: SyncLab, haproxy: HAProxy, agent: SyncAgent
+    lab: SyncLab, haproxy: HAProxy, haproxy_agent: SyncAgent
 ) -> None:
     keep, gone, changed = unique("keep"), unique("gone"), unique("changed")
     kept, removed, old = await lab.custom(keep), await lab.custom(gone), await lab.custom(changed)
@@ -154,7 +124,7 @@ async def test_killing_and_restarting_the_agent_reconciles(
     for name, leaf in ((keep, kept), (gone, removed), (changed, old)):
         await wait_fingerprint(port, name, fingerprint(leaf.cert))
 
-    agent.kill_hard()
+    haproxy_agent.kill_hard()
     await lab.api.remove_domain(gone)
     new = await lab.custom(changed, register=False)
     fresh = unique("fresh")
@@ -172,7 +142,7 @@ async def test_killing_and_restarting_the_agent_reconciles(
     assert await leaf_fingerprint(port, stray) == fingerprint(stray_leaf.cert)
     haproxy.command(f"set ssl cert {PREFIX}{keep}.pem <<\n{pem.strip()}\n")  # never committed
 
-    await asyncio.to_thread(agent.start)
+    await asyncio.to_thread(haproxy_agent.start)
     await wait_fingerprint(port, gone, DEFAULT)
     await wait_fingerprint(port, changed, fingerprint(new.cert))
     await wait_fingerprint(port, fresh, fingerprint(added.cert))
@@ -185,7 +155,7 @@ async def test_killing_and_restarting_the_agent_reconciles(
 
 
 async def test_a_restarted_haproxy_gets_every_certificate_back(
-    lab: SyncLab, haproxy: HAProxy, agent: SyncAgent
+    lab: SyncLab, haproxy: HAProxy, haproxy_agent: SyncAgent
 ) -> None:
     name = unique("restart")
     leaf = await lab.custom(name)
@@ -193,11 +163,11 @@ async def test_a_restarted_haproxy_gets_every_certificate_back(
     await wait_fingerprint(port, name, fingerprint(leaf.cert))
     await asyncio.to_thread(haproxy.restart)  # runtime changes are gone with the old process
     await wait_fingerprint(haproxy.https_port, name, fingerprint(leaf.cert), timeout=15)
-    assert agent.alive()
+    assert haproxy_agent.alive()
 
 
 async def test_killing_the_broker_leaves_haproxy_serving(
-    lab: SyncLab, haproxy: HAProxy, agent: SyncAgent, tmp_path: Path
+    lab: SyncLab, haproxy: HAProxy, haproxy_agent: SyncAgent, tmp_path: Path
 ) -> None:
     name = unique("outage")
     leaf = await lab.custom(name)
@@ -208,7 +178,7 @@ async def test_killing_the_broker_leaves_haproxy_serving(
         for _ in range(10):  # over a couple of the agent's check intervals
             assert await leaf_fingerprint(port, name) == fingerprint(leaf.cert)
             await asyncio.sleep(0.1)
-        assert agent.alive()
+        assert haproxy_agent.alive()
     finally:
         await asyncio.to_thread(lab.broker.start)
     # The agent resumes on its own once the broker is back.

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import stat
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.infra.challtestsrv import ChallTestSrv
 from tests.infra.nginx import Nginx
 from tests.router.support import fingerprint, served
 from tests.sync.support import (
@@ -24,7 +22,6 @@ from tests.sync.support import (
     custom_leaf,
     leaf_fingerprint,
     openssl_verify,
-    sync_lab,
     unique,
     wait_fingerprint,
     wait_verified,
@@ -33,43 +30,12 @@ from tests.sync.support import (
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-async def lab(
-    tmp_path_factory: pytest.TempPathFactory, sync_dns: ChallTestSrv
-) -> AsyncIterator[SyncLab]:
-    async with sync_lab(tmp_path_factory.mktemp("sync-nginx"), sync_dns) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def certs(lab: SyncLab) -> Path:
-    folder = lab.workdir / "certs"  # tmpfs in production
-    folder.mkdir()
-    return folder
-
-
-@pytest.fixture(scope="module")
-def nginx(lab: SyncLab, certs: Path) -> Iterator[Nginx]:
-    with Nginx.running(certs=certs, http01_port=lab.http01_port, http_port=lab.http_port) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def agent(lab: SyncLab, nginx: Nginx, certs: Path) -> Iterator[SyncAgent]:
-    args = ["--dir", str(certs), "--map-file", str(nginx.map_file)]
-    args += ["--reload-command", nginx.reload_command]
-    with SyncAgent.running(
-        target="nginx", lab=lab, args=args, log_path=lab.workdir / "agent.log"
-    ) as running:
-        yield running
-
-
 def processes(nginx: Nginx) -> tuple[int | None, set[int]]:
     return nginx.pid, nginx.worker_pids()
 
 
 async def test_an_issued_domain_is_served_with_a_chain_to_pebbles_root(
-    lab: SyncLab, nginx: Nginx, agent: SyncAgent, certs: Path
+    lab: SyncLab, nginx: Nginx, nginx_agent: SyncAgent, certs: Path
 ) -> None:
     name = unique()
     status = await lab.issue(name)
@@ -87,7 +53,7 @@ async def test_an_issued_domain_is_served_with_a_chain_to_pebbles_root(
 
 
 async def test_a_custom_upload_is_served_without_a_reload_and_delete_brings_lets_encrypt_back(
-    lab: SyncLab, nginx: Nginx, agent: SyncAgent
+    lab: SyncLab, nginx: Nginx, nginx_agent: SyncAgent
 ) -> None:
     name = unique("shop")
     status = await lab.issue(name)
@@ -111,7 +77,7 @@ async def test_a_custom_upload_is_served_without_a_reload_and_delete_brings_lets
 
 
 async def test_a_removed_domain_is_no_longer_served(
-    lab: SyncLab, nginx: Nginx, agent: SyncAgent, certs: Path
+    lab: SyncLab, nginx: Nginx, nginx_agent: SyncAgent, certs: Path
 ) -> None:
     name = unique("gone")
     leaf = await lab.custom(name)
@@ -122,7 +88,7 @@ async def test_a_removed_domain_is_no_longer_served(
 
 
 async def test_a_wildcard_is_served_through_the_map_and_an_exact_name_wins(
-    lab: SyncLab, nginx: Nginx, agent: SyncAgent, certs: Path
+    lab: SyncLab, nginx: Nginx, nginx_agent: SyncAgent, certs: Path
 ) -> None:
     base = unique("w").partition(".")[2]
     wildcard = await lab.custom(f"*.{base}")
@@ -139,7 +105,7 @@ async def test_a_wildcard_is_served_through_the_map_and_an_exact_name_wins(
 
 
 async def test_killing_and_restarting_the_agent_reconciles(
-    lab: SyncLab, nginx: Nginx, agent: SyncAgent, certs: Path
+    lab: SyncLab, nginx: Nginx, nginx_agent: SyncAgent, certs: Path
 ) -> None:
     keep, gone, changed = unique("keep"), unique("gone"), unique("changed")
     kept, removed, old = await lab.custom(keep), await lab.custom(gone), await lab.custom(changed)
@@ -147,7 +113,7 @@ async def test_killing_and_restarting_the_agent_reconciles(
     for name, leaf in ((keep, kept), (gone, removed), (changed, old)):
         await wait_fingerprint(port, name, fingerprint(leaf.cert))
 
-    agent.kill_hard()
+    nginx_agent.kill_hard()
     await lab.api.remove_domain(gone)
     new = await lab.custom(changed, register=False)
     fresh = unique("fresh")
@@ -160,7 +126,7 @@ async def test_killing_and_restarting_the_agent_reconciles(
     operator.write_text("not a certificate: left alone\n")
     (certs / f"{keep}.pem").chmod(0o644)  # drifted permissions are repaired too
 
-    await asyncio.to_thread(agent.start)
+    await asyncio.to_thread(nginx_agent.start)
     await wait_fingerprint(port, gone, None)
     await wait_fingerprint(port, changed, fingerprint(new.cert))
     await wait_fingerprint(port, fresh, fingerprint(added.cert))
@@ -170,7 +136,7 @@ async def test_killing_and_restarting_the_agent_reconciles(
 
 
 async def test_killing_the_broker_leaves_nginx_serving(
-    lab: SyncLab, nginx: Nginx, agent: SyncAgent
+    lab: SyncLab, nginx: Nginx, nginx_agent: SyncAgent
 ) -> None:
     name = unique("outage")
     leaf = await lab.custom(name)
@@ -181,7 +147,7 @@ async def test_killing_the_broker_leaves_nginx_serving(
         for _ in range(10):
             assert await leaf_fingerprint(port, name) == fingerprint(leaf.cert)
             await asyncio.sleep(0.1)
-        assert agent.alive()
+        assert nginx_agent.alive()
     finally:
         await asyncio.to_thread(lab.broker.start)
     later = await lab.custom(name, register=False)
