@@ -107,6 +107,7 @@ async def test_snapshot_cut_short_is_started_over(fake: FakeServer, client: Brok
     assert await collect(client, 3) == [5, 5, 9]
     assert after_revisions(fake) == [0, 0]
     assert client.last_revision == 9
+    assert client.snapshot_streams == 2  # how a consumer tells the restart apart
 
 
 async def test_compacted_revision_resnapshots(fake: FakeServer, client: BrokerClient) -> None:

@@ -236,7 +236,8 @@ class Syncer:
         self._report_interval = report_interval
         self._report = report
         self._lock = asyncio.Lock()
-        self._applied = 0
+        self._seen = 0  # the revision ``desired`` reflects
+        self._applied = 0  # the revision the proxy reflects (behind while it is dirty)
         self._busy = False
         self._dirty = False
         self._last_reconcile = 0.0
@@ -274,7 +275,7 @@ class Syncer:
     async def _follow(self) -> None:
         """Watch forever; a refused watch (bad identity or filter) is logged and retried slowly."""
         while True:
-            resume = self._applied if self.ready.is_set() else 0
+            resume = self._seen if self.ready.is_set() else 0
             try:
                 await self._consume(resume)
             except BrokerError as error:
@@ -319,7 +320,9 @@ class Syncer:
                         await self._put(found)
                 elif event.type == broker_pb2.EVENT_TYPE_DOMAIN_REMOVED:
                     await self._drop(event.domain.domain, event.revision)
-                self._applied = max(self._applied, event.revision)
+                self._seen = max(self._seen, event.revision)
+                if not self._dirty:
+                    self._applied = self._seen
             finally:
                 self._busy = False
 
@@ -349,8 +352,8 @@ class Syncer:
     async def _resync(self, snapshot: dict[str, Material], revision: int) -> None:
         async with self._lock:
             self.desired = snapshot
+            self._seen = revision
             await self._reconcile_locked()
-            self._applied = revision
         log.info(
             "%s: snapshot at revision %d: %d names%s",
             self.target.kind,
@@ -423,6 +426,7 @@ class Syncer:
             self._mark_dirty(error)
             return
         self.reconciles += 1
+        self._applied = self._seen
         if self._dirty:
             log.info("%s reconciled: %d names", self.target.kind, len(self.desired))
         self._dirty = False
