@@ -185,7 +185,7 @@ async def sync_lab(workdir: Path, dns: ChallTestSrv) -> AsyncIterator[SyncLab]:
 
 
 class SyncAgent(ServerProcess):
-    """``certbroker sync <target>`` as a process (the CLI's own module), logging to a file."""
+    """``certbroker sync <target>`` as a process (through the main CLI), logging to a file."""
 
     def __init__(self, target: str, lab: SyncLab, args: Sequence[str], log_path: Path) -> None:
         self.target = target
@@ -201,7 +201,7 @@ class SyncAgent(ServerProcess):
         tls = self.lab.router_tls
         assert tls.ca and tls.cert and tls.key
         return [
-            sys.executable, "-m", "certbroker_client.sync.cli", self.target,
+            sys.executable, "-m", "certbroker_client.cli", "sync", self.target,
             "--addr", self.lab.broker_addr, "--tls-ca", str(tls.ca),
             "--tls-cert", str(tls.cert), "--tls-key", str(tls.key),
             "--router-id", f"test-{self.target}", "--idle-timeout", "5",

@@ -191,8 +191,12 @@ class SyncTarget(Protocol):
         """Cheap check, run often: did the proxy lose what it was given (e.g. a restart)?"""
 
 
-ReportHook = Callable[[int, int], Awaitable[None]]
-"""``(applied_revision, domain_count)``: what the agent tells the broker it serves."""
+ReportHook = Callable[[int, int], Awaitable[float | None]]
+"""``(applied_revision, domain_count)``: what the agent tells the broker it serves.
+
+Returns the number of seconds until the next report the broker asks for, or
+None to keep the configured interval.
+"""
 
 
 class Syncer:
@@ -213,7 +217,7 @@ class Syncer:
         max_backoff: float = 3.0,
         check_interval: float = 1.0,
         resync_interval: float = 60.0,
-        report_interval: float = 30.0,
+        report_interval: float = 10.0,
         report: ReportHook | None = None,
     ) -> None:
         """``check_interval``: how often ``target.drifted()`` runs (and a dirty target is retried).
@@ -464,12 +468,16 @@ class Syncer:
         """Report every ``report_interval`` and soon after each change; failures are logged."""
         assert self._report is not None
         await self.ready.wait()
+        interval = self._report_interval
         while True:
             self._changed.clear()
             try:
-                await self._report(self.applied_revision, len(self.desired))
+                asked = await self._report(self.applied_revision, len(self.desired))
             except Exception as error:  # a report must never stop the agent
                 log.warning("report to the broker failed: %s", error)
+            else:
+                if asked is not None and asked > 0:
+                    interval = asked
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._report_interval):
+                async with asyncio.timeout(interval):
                     await self._changed.wait()
