@@ -117,7 +117,7 @@ class SyncLab:
         if register:
             await self.api.issue_certificate(name, "shop", disable_letsencrypt=True)
         leaf = custom_leaf(name)
-        await self.api.upload_custom(name, CUSTOM_PKI.bundle(leaf), leaf.key_pem())
+        await self.api.upload_custom(name, CUSTOM_PKI.bundle(leaf), leaf.key_pem(), app="shop")
         return leaf
 
 

@@ -37,7 +37,7 @@ async def test_chromium_loads_the_shop_with_a_valid_certificate_before_and_after
     assert not page.net_errors(), page.log
 
     leaf = custom_leaf(SHOP)
-    await lab.api.upload_custom(SHOP, CUSTOM_PKI.bundle(leaf), leaf.key_pem())
+    await lab.api.upload_custom(SHOP, CUSTOM_PKI.bundle(leaf), leaf.key_pem(), app="shop")
     await wait_fingerprint(port, SHOP, fingerprint(leaf.cert), timeout=10)
 
     page = await load(URL, home=trusts_custom, host=SHOP, port=port, profile=tmp_path / "p2")

@@ -75,13 +75,13 @@ async def test_a_custom_upload_is_served_without_a_reload_and_delete_brings_lets
     pid, worker = haproxy.pid, worker_pid(haproxy)
 
     leaf = custom_leaf(name)
-    await lab.api.upload_custom(name, CUSTOM_PKI.bundle(leaf), leaf.key_pem())
+    await lab.api.upload_custom(name, CUSTOM_PKI.bundle(leaf), leaf.key_pem(), app="shop")
     await wait_fingerprint(port, name, fingerprint(leaf.cert), timeout=10)
     cert = await served(port, name, trust_pem=CUSTOM_PKI.root.pem)
     assert fingerprint(cert) == fingerprint(leaf.cert)
     assert (haproxy.pid, worker_pid(haproxy)) == (pid, worker)  # no reload, no restart
 
-    await lab.api.delete_custom(name)
+    await lab.api.delete_custom(name, app="shop")
     await wait_fingerprint(port, name, le, timeout=10)
     await openssl_verify(port, name, lab.pebble_root_file())
     assert (haproxy.pid, worker_pid(haproxy)) == (pid, worker)
@@ -93,7 +93,7 @@ async def test_a_removed_domain_is_no_longer_served(
     name = unique("gone")
     leaf = await lab.custom(name)
     await wait_fingerprint(haproxy.https_port, name, fingerprint(leaf.cert))
-    await lab.api.remove_domain(name)
+    await lab.api.remove_domain(name, app="shop")
     await wait_fingerprint(haproxy.https_port, name, DEFAULT)  # the operator's default
     assert f"{PREFIX}{name}.pem" not in stores(haproxy)
     assert name not in haproxy.command(f"show ssl crt-list {haproxy.crt_list}")
@@ -125,7 +125,7 @@ async def test_killing_and_restarting_the_agent_reconciles(
         await wait_fingerprint(port, name, fingerprint(leaf.cert))
 
     haproxy_agent.kill_hard()
-    await lab.api.remove_domain(gone)
+    await lab.api.remove_domain(gone, app="shop")
     new = await lab.custom(changed, register=False)
     fresh = unique("fresh")
     added = await lab.custom(fresh)

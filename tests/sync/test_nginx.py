@@ -64,13 +64,13 @@ async def test_a_custom_upload_is_served_without_a_reload_and_delete_brings_lets
     assert before[1], "nginx has a worker"
 
     leaf = custom_leaf(name)
-    await lab.api.upload_custom(name, CUSTOM_PKI.bundle(leaf), leaf.key_pem())
+    await lab.api.upload_custom(name, CUSTOM_PKI.bundle(leaf), leaf.key_pem(), app="shop")
     await wait_fingerprint(port, name, fingerprint(leaf.cert), timeout=10)
     cert = await served(port, name, trust_pem=CUSTOM_PKI.root.pem)
     assert fingerprint(cert) == fingerprint(leaf.cert)
     assert processes(nginx) == before  # same master, same worker: no reload
 
-    await lab.api.delete_custom(name)
+    await lab.api.delete_custom(name, app="shop")
     await wait_fingerprint(port, name, le, timeout=10)
     await openssl_verify(port, name, lab.pebble_root_file())
     assert processes(nginx) == before
@@ -82,7 +82,7 @@ async def test_a_removed_domain_is_no_longer_served(
     name = unique("gone")
     leaf = await lab.custom(name)
     await wait_fingerprint(nginx.https_port, name, fingerprint(leaf.cert))
-    await lab.api.remove_domain(name)
+    await lab.api.remove_domain(name, app="shop")
     await wait_fingerprint(nginx.https_port, name, None)  # no file: the handshake fails
     assert not (certs / f"{name}.pem").exists()
 
@@ -114,7 +114,7 @@ async def test_killing_and_restarting_the_agent_reconciles(
         await wait_fingerprint(port, name, fingerprint(leaf.cert))
 
     nginx_agent.kill_hard()
-    await lab.api.remove_domain(gone)
+    await lab.api.remove_domain(gone, app="shop")
     new = await lab.custom(changed, register=False)
     fresh = unique("fresh")
     added = await lab.custom(fresh)
