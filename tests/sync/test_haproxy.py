@@ -141,6 +141,9 @@ async def test_killing_and_restarting_the_agent_reconciles(
     assert "Success" in haproxy.command(f"add ssl crt-list {haproxy.crt_list} {store}")
     assert await leaf_fingerprint(port, stray) == fingerprint(stray_leaf.cert)
     haproxy.command(f"set ssl cert {PREFIX}{keep}.pem <<\n{pem.strip()}\n")  # never committed
+    # A second line for one of our stores, serving it for a name it must not answer.
+    extra = haproxy.command(f"add ssl crt-list {haproxy.crt_list} <<\n{PREFIX}{keep}.pem {stray}\n")
+    assert "Success" in extra
 
     await asyncio.to_thread(haproxy_agent.start)
     await wait_fingerprint(port, gone, DEFAULT)

@@ -36,6 +36,19 @@ def test_crt_list_lines_with_options_and_filters() -> None:
     ]
 
 
+def test_numbered_crt_list_lines() -> None:
+    answer = (
+        "# /x/list.txt\n/x/default.pem:1\n"
+        "certbroker/a.example.com.pem:2 a.example.com\n"
+        "certbroker/a.example.com.pem:3 [alpn h2] b.example.com\n"
+    )
+    assert [(e.store, e.line, e.filters) for e in parse_crt_list(answer)] == [
+        ("/x/default.pem", 1, ()),
+        ("certbroker/a.example.com.pem", 2, ("a.example.com",)),
+        ("certbroker/a.example.com.pem", 3, ("b.example.com",)),
+    ]
+
+
 def test_cert_list_separates_open_transactions() -> None:
     answer = (
         "# transaction\n*certbroker/a.example.com.pem\n"

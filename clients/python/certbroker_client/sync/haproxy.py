@@ -109,27 +109,32 @@ class HAProxyRuntime:
 
 @dataclass(frozen=True)
 class CrtListEntry:
-    """One line of ``show ssl crt-list``: the certificate store, its options and SNI filters."""
+    """One line of ``show ssl crt-list -n``: store, its line number, options and SNI filters."""
 
     store: str
     options: str = ""
     filters: tuple[str, ...] = ()
+    line: int | None = None
 
 
 def parse_crt_list(text: str) -> list[CrtListEntry]:
-    """Parse ``show ssl crt-list <list>``: ``store [opts ...] filter ...`` per line."""
+    """Parse ``show ssl crt-list [-n] <list>``: ``store[:line] [opts ...] filter ...`` per line."""
     entries: list[CrtListEntry] = []
     for raw in text.splitlines():
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
         store, _, rest = line.partition(" ")
+        number: int | None = None
+        head, colon, tail = store.rpartition(":")
+        if colon and tail.isdigit():
+            store, number = head, int(tail)
         options = ""
         rest = rest.strip()
         if rest.startswith("["):
             end = rest.find("]")
             options, rest = (rest, "") if end < 0 else (rest[: end + 1], rest[end + 1 :])
-        entries.append(CrtListEntry(store, options, tuple(rest.split())))
+        entries.append(CrtListEntry(store, options, tuple(rest.split()), number))
     return entries
 
 
@@ -172,9 +177,11 @@ class HAProxyTarget:
         self.runtime = runtime
         self.crt_list = crt_list
         self.prefix = prefix
-        # name -> digest of what this agent committed, valid while HAProxy keeps
-        # the same worker (its PID): lets a reconcile skip unchanged names.
+        # What this agent knows HAProxy holds, valid while HAProxy keeps the same
+        # worker (its PID): name -> digest committed (a reconcile skips unchanged
+        # names), and the stores with their one filtered crt-list line.
         self._committed: dict[str, str] = {}
+        self._listed: set[str] = set()
         self._pid: int | None = None
 
     def store_of(self, name: str) -> str:
@@ -196,7 +203,7 @@ class HAProxyTarget:
         return int(found.group(1))
 
     async def crt_list_entries(self) -> list[CrtListEntry]:
-        answer = await self.runtime.command(f"show ssl crt-list {self.crt_list}")
+        answer = await self.runtime.command(f"show ssl crt-list -n {self.crt_list}")
         if not answer.startswith("#"):
             raise TargetUnavailable(f"crt-list {self.crt_list} in HAProxy: {answer[:200]}")
         return parse_crt_list(answer)
@@ -244,11 +251,15 @@ class HAProxyTarget:
         answer = await self.runtime.command(f"add ssl crt-list {self.crt_list}", f"{store} {name}")
         if "Success!" not in answer:
             raise TargetUnavailable(f"add ssl crt-list {self.crt_list} {store}: {answer}")
+        self._listed.add(store)
 
-    async def _list_del(self, store: str) -> None:
-        answer = await self.runtime.command(f"del ssl crt-list {self.crt_list} {store}")
+    async def _list_del(self, store: str, line: int | None = None) -> None:
+        """Delete a store's line (by number when HAProxy holds several for it)."""
+        where = store if line is None else f"{store}:{line}"
+        answer = await self.runtime.command(f"del ssl crt-list {self.crt_list} {where}")
         if "deleted" not in answer and "does not exist" not in answer:
-            raise TargetUnavailable(f"del ssl crt-list {self.crt_list} {store}: {answer}")
+            raise TargetUnavailable(f"del ssl crt-list {self.crt_list} {where}: {answer}")
+        self._listed.discard(store)
 
     async def _delete(self, store: str) -> None:
         answer = await self.runtime.command(f"del ssl cert {store}")
@@ -270,14 +281,10 @@ class HAProxyTarget:
 
     async def apply(self, material: Material) -> None:
         store = self.store_of(material.name)
-        if material.name in self._committed:
-            await self._load(store, material)
+        if store in self._listed:
+            await self._load(store, material)  # in place: handshakes see old or new
         else:
-            listed = any(e.store == store for e in await self.crt_list_entries())
-            if listed:  # there already (an earlier run): replace in place
-                await self._load(store, material)
-            else:
-                await self._add(store, material)
+            await self._add(store, material)
         self._committed[material.name] = material.digest
 
     async def remove(self, name: str) -> None:
@@ -294,21 +301,32 @@ class HAProxyTarget:
         if pid != self._pid:
             self._committed.clear()  # a new worker: nothing we committed survives
             self._pid = pid
+        self._listed.clear()
         stores, transactions = await self.stores()
         for store in transactions:
             if self.name_of(store) is not None:
                 await self._abort(store)  # left open by an agent killed mid-change
-        entries = await self.crt_list_entries()
         wanted = {self.store_of(name): material for name, material in desired.items()}
-        listed: dict[str, list[CrtListEntry]] = {}
-        for entry in entries:
+        lines: dict[str, list[CrtListEntry]] = {}
+        for entry in await self.crt_list_entries():
             if self.name_of(entry.store) is not None:
-                listed.setdefault(entry.store, []).append(entry)
+                lines.setdefault(entry.store, []).append(entry)
+        # Lines to drop: stores no longer wanted, and wanted ones whose line is not
+        # exactly ours (no SNI filter, another filter, duplicates). Highest line
+        # first, so the numbers of the lines still to delete do not move.
+        drop: list[CrtListEntry] = []
         removed = 0
-        for store in sorted(set(listed) - set(wanted)):
-            for _ in listed[store]:
-                await self._list_del(store)
-            removed += 1
+        for store, found in lines.items():
+            material = wanted.get(store)
+            if material is None:
+                drop.extend(found)
+                removed += 1
+            elif len(found) == 1 and found[0].filters == (material.name,):
+                self._listed.add(store)
+            else:
+                drop.extend(found)
+        for entry in sorted(drop, key=lambda e: e.line or 0, reverse=True):
+            await self._list_del(entry.store, entry.line if len(lines[entry.store]) > 1 else None)
         for store in sorted(stores - set(wanted)):
             if self.name_of(store) is not None:
                 await self._delete(store)
@@ -334,12 +352,8 @@ class HAProxyTarget:
                     with contextlib.suppress(TargetUnavailable):
                         await self._delete(store)
                     continue
-            lines = listed.get(store, [])
-            if len(lines) == 1 and lines[0].filters == (material.name,):
-                continue
-            for _ in lines:  # a line without our SNI filter, or duplicates: rewrite
-                await self._list_del(store)
-            await self._list_add(store, material.name)
+            if store not in self._listed:
+                await self._list_add(store, material.name)
         if added or updated or removed or rejected:
             log.info(
                 "haproxy reconciled with %d names: %d added, %d updated, %d removed, %d refused",
