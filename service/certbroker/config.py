@@ -172,6 +172,7 @@ class Settings:
     tls_client_ca: str | None = None
     roles: Mapping[str, str] = field(default_factory=dict)
     event_retention: timedelta = timedelta(days=7)
+    key_retention: timedelta = timedelta(days=7)  # retired certificates' keys, then erased
     heartbeat_interval: timedelta = timedelta(seconds=15)
     watch_buffer: int = 1024
     watch_send_timeout: timedelta = timedelta(seconds=30)
@@ -246,6 +247,7 @@ class Settings:
         for attr, name in (
             ("dns_check_interval", "CERTBROKER_DNS_CHECK_INTERVAL"),
             ("event_retention", "CERTBROKER_EVENT_RETENTION"),
+            ("key_retention", "CERTBROKER_KEY_RETENTION"),
             ("heartbeat_interval", "CERTBROKER_HEARTBEAT_INTERVAL"),
             ("watch_send_timeout", "CERTBROKER_WATCH_SEND_TIMEOUT"),
             ("compaction_interval", "CERTBROKER_COMPACTION_INTERVAL"),

@@ -1,6 +1,7 @@
-"""Background chores that keep the store small: event-log compaction, challenge events.
+"""Background chores: compaction of the event log and of retired certificates' keys,
+and challenge events.
 
-Both write through the store like everything else, so watchers see challenge
+All write through the store like everything else, so watchers see challenge
 events in revision order and a compacted revision is reported precisely.
 """
 
@@ -19,15 +20,27 @@ log = logging.getLogger(__name__)
 
 
 class Compactor:
-    """Drops watch events older than the retention, every ``interval``."""
+    """Every ``interval``: drops watch events older than the retention, then the rows and
+    sealed keys of certificates retired longer than ``key_retention`` ago.
+
+    Why a grace period for keys: a retired certificate may still be in a router's
+    memory or a backup being restored; erasing it a week later rather than at once
+    costs nothing and leaves room to notice a mistaken delete.
+    """
 
     def __init__(
-        self, store: Store, clock: Clock, retention: timedelta, interval: timedelta
+        self,
+        store: Store,
+        clock: Clock,
+        retention: timedelta,
+        interval: timedelta,
+        key_retention: timedelta = timedelta(days=7),
     ) -> None:
         self._store = store
         self._clock = clock
         self._retention = retention
         self._interval = interval
+        self._key_retention = key_retention
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -40,9 +53,18 @@ class Compactor:
                 await self._task
 
     async def compact_once(self) -> int:
+        """Events first: a certificate's row may wait on the events that name it."""
         dropped = await self._store.compact_events(self._clock.now() - self._retention)
         if dropped:
             log.info("compacted %d watch events older than %s", dropped, self._retention)
+        now = self._clock.now()
+        erased = await self._store.compact_certificates(now - self._key_retention, now)
+        if erased:
+            log.info(
+                "erased %d retired certificates and their keys (retired over %s ago)",
+                erased,
+                self._key_retention,
+            )
         return dropped
 
     async def _run(self) -> None:

@@ -112,7 +112,8 @@ async def _open_sealer(settings: Settings, store: SqliteStore) -> KeySealer:
     """
     canary = await store.get_meta(_CANARY_KEY)
     if canary is None and not await asyncio.to_thread(os.path.exists, settings.kek_file):
-        os.makedirs(os.path.dirname(os.path.abspath(settings.kek_file)), exist_ok=True)
+        # a new folder for secrets: only the broker's user may list or add files in it
+        os.makedirs(os.path.dirname(os.path.abspath(settings.kek_file)), 0o700, exist_ok=True)
         KeySealer.generate_file(settings.kek_file)
         log.warning("created a new key-encryption key at %s; back it up", settings.kek_file)
     try:
@@ -261,7 +262,13 @@ async def run(
         if running.health_server is not None:
             await running.health_server.start()
         await scheduler.start()
-        compactor = Compactor(store, clock, settings.event_retention, settings.compaction_interval)
+        compactor = Compactor(
+            store,
+            clock,
+            settings.event_retention,
+            settings.compaction_interval,
+            settings.key_retention,
+        )
         await compactor.start()
         extras.extend([compactor, challenge_events])
         for name in ("", SERVICE_NAME):

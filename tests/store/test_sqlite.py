@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from importlib import resources
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -85,7 +86,10 @@ async def test_migrations_are_applied_once(db_path: Path) -> None:
     first = await SqliteStore.open(str(db_path))
     await first.close()
     applied = raw(db_path, "SELECT version, applied_at FROM schema_migrations")
-    assert [row[0] for row in applied] == [1, 2, 3]
+    folder = resources.files("certbroker.store") / "migrations"
+    shipped = sorted(int(f.name.split("_")[0]) for f in folder.iterdir() if f.name.endswith(".sql"))
+    assert shipped[:3] == [1, 2, 3]
+    assert [row[0] for row in applied] == shipped
     tables = {r[0] for r in raw(db_path, "SELECT name FROM sqlite_master WHERE type='table'")}
     assert {"domains", "events", "certificates", "issuances", "orders", "meta"} <= tables
 

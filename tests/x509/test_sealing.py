@@ -122,6 +122,7 @@ def test_generate_in_missing_directory(tmp_path: Path) -> None:
 def test_bad_kek_file(tmp_path: Path, content: bytes, message: str) -> None:
     path = tmp_path / "kek"
     path.write_bytes(content)
+    path.chmod(0o600)
     with pytest.raises(KekError, match=message) as caught:
         KeySealer.load(str(path))
     assert str(path) in str(caught.value)
@@ -132,6 +133,29 @@ def test_missing_kek_file(tmp_path: Path) -> None:
     with pytest.raises(KekError, match="does not exist") as caught:
         KeySealer.load(str(path))
     assert str(path) in str(caught.value)
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o620, 0o666])
+def test_a_kek_open_to_group_or_others_is_refused_with_the_chmod_to_run(
+    tmp_path: Path, mode: int
+) -> None:
+    path = tmp_path / "my keys" / "kek"
+    path.parent.mkdir()
+    KeySealer.generate_file(str(path))
+    path.chmod(mode)
+    with pytest.raises(KekError) as caught:
+        KeySealer.load(str(path))
+    assert f"mode {mode:04o}" in str(caught.value)
+    assert f"run `chmod 600 '{path}'`" in str(caught.value)  # quoted: ready to paste
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o400])
+def test_a_kek_only_its_owner_can_read_is_accepted(tmp_path: Path, mode: int) -> None:
+    path = tmp_path / "kek"
+    KeySealer.generate_file(str(path))
+    path.chmod(mode)
+    sealer = KeySealer.load(str(path))
+    assert sealer.open(sealer.seal(KEY_PEM, "d"), "d") == KEY_PEM
 
 
 def test_kek_path_is_a_directory(tmp_path: Path) -> None:

@@ -141,6 +141,15 @@ class Store(Protocol):
 
     async def compact_events(self, before: datetime) -> int: ...
 
+    async def compact_certificates(self, before: datetime, now: datetime) -> int:
+        """Delete certificates (row and sealed key) retired before ``before``; returns how many.
+
+        Retired: no longer the domain's Let's Encrypt or custom certificate. A row
+        whose retirement is newer than the compacted events stays (a router resuming
+        from an older revision would be told to serve it).
+        """
+        ...
+
     async def load_key(self, certificate_id: int) -> bytes | None:
         """The sealed private key of a certificate."""
         ...

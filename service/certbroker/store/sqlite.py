@@ -4,6 +4,10 @@ Two connections: one writer that runs transactions one at a time (SQLite has a
 single writer anyway), one reader that never sees an uncommitted change. A
 write-through cache of domain rows serves GetStatus without a query; it is
 filled only from committed data, so it never shows what the store does not hold.
+
+The file holds sealed keys and the KEK canary: it and its -wal/-shm files are
+kept 0600, and a certificate's row (with its key) is deleted a retention after
+it stopped being one of its domain's certificates (``compact_certificates``).
 """
 
 from __future__ import annotations
@@ -11,6 +15,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import stat
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Collection
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -41,6 +48,10 @@ _CERT_SELECT = (
     "fingerprint, key_algorithm, created_at FROM certificates"
 )
 _CACHE_LIMIT = 200_000
+# Certificate infos (chain PEM included) decoded for rows and replayed events: room for
+# every cached domain's two current certificates; the least recently used go first.
+_CERTIFICATE_CACHE_LIMIT = 2 * _CACHE_LIMIT
+_PRIVATE = 0o600
 
 
 def _migrations() -> list[tuple[int, str]]:
@@ -50,6 +61,28 @@ def _migrations() -> list[tuple[int, str]]:
         if entry.name.endswith(".sql"):
             found.append((int(entry.name.split("_", 1)[0]), entry.read_text()))
     return sorted(found)
+
+
+def _make_private(path: str) -> None:
+    """Create the database file 0600 before SQLite does (it would use 0644 less the umask).
+
+    SQLite gives the -wal and -shm files it creates the database file's mode, so
+    they follow; files left by an older version are tightened here.
+    """
+    folder = Path(path).parent
+    if not folder.exists():
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, _PRIVATE))
+    for name in (path, f"{path}-wal", f"{path}-shm"):
+        try:
+            mode = stat.S_IMODE(os.stat(name).st_mode)
+            if mode & 0o077:
+                os.chmod(name, _PRIVATE)
+                log.warning("%s was mode %04o; set to 0600 (it holds sealed keys)", name, mode)
+        except FileNotFoundError:
+            continue
+        except PermissionError as error:  # not ours to change: say so, do not refuse to start
+            log.warning("%s is mode %04o and cannot be made 0600: %s", name, mode, error)
 
 
 async def _connect(path: str, isolation_level: str | None = None) -> aiosqlite.Connection:
@@ -63,20 +96,28 @@ async def _connect(path: str, isolation_level: str | None = None) -> aiosqlite.C
 
 
 class SqliteStore:
-    def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
+    def __init__(
+        self,
+        writer: aiosqlite.Connection,
+        reader: aiosqlite.Connection,
+        certificate_cache: int = _CERTIFICATE_CACHE_LIMIT,
+    ) -> None:
         self._writer = writer
         self._reader = reader
         self._write_lock = asyncio.Lock()
         self._listeners: list[Callable[[int], None]] = []
         self._domains: dict[str, Domain] = {}
-        self._certificates: dict[int, CertificateInfo] = {}
+        self._certificates: OrderedDict[int, CertificateInfo] = OrderedDict()
+        self._certificate_cache = certificate_cache
         self._compacted: int | None = None
 
     @classmethod
-    async def open(cls, path: str) -> SqliteStore:
-        """Open (creating folders and file), apply pending migrations, return the store."""
+    async def open(
+        cls, path: str, certificate_cache: int = _CERTIFICATE_CACHE_LIMIT
+    ) -> SqliteStore:
+        """Open (creating folders and a 0600 file), apply pending migrations, return the store."""
         if path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            await asyncio.to_thread(_make_private, path)
         writer = await _connect(path, isolation_level="DEFERRED")
         try:
             await _migrate(writer)
@@ -84,7 +125,7 @@ class SqliteStore:
         except BaseException:
             await writer.close()
             raise
-        return cls(writer, reader)
+        return cls(writer, reader, certificate_cache)
 
     async def close(self) -> None:
         await self._reader.close()
@@ -127,6 +168,7 @@ class SqliteStore:
             return None
         cached = self._certificates.get(cert_id)
         if cached is not None:
+            self._certificates.move_to_end(cert_id)
             return cached
         async with (conn or self._reader).execute(
             f"{_CERT_SELECT} WHERE id = ?", (cert_id,)
@@ -135,13 +177,27 @@ class SqliteStore:
         if row is None:
             return None
         info = certificate_from_row(row)
-        self._certificates[cert_id] = info
+        self.remember_certificate(info)
         return info
 
+    def remember_certificate(self, info: CertificateInfo) -> None:
+        """Cache ``info``, dropping the least recently used beyond the bound."""
+        self._certificates[info.id] = info
+        self._certificates.move_to_end(info.id)
+        while len(self._certificates) > self._certificate_cache:
+            self._certificates.popitem(last=False)
+
+    def cached_certificate_ids(self) -> list[int]:
+        """Certificates whose info is held in memory, least recently used first."""
+        return list(self._certificates)
+
     async def decode_domain(self, row: Any, conn: aiosqlite.Connection | None = None) -> Domain:
+        # Looked up into a local map: the bounded cache may evict between the awaits.
+        found = {}
         for column in ("le_cert_id", "custom_cert_id"):
-            await self.certificate(row[column], conn)
-        return domain_from_row(row, self._certificates.get)
+            if row[column] is not None:
+                found[row[column]] = await self.certificate(row[column], conn)
+        return domain_from_row(row, found.get)
 
     def cached_domain(self, name: str) -> Domain | None:
         return self._domains.get(name)
@@ -267,6 +323,49 @@ class SqliteStore:
         self._compacted = int(through)
         return int(deleted)
 
+    async def compact_certificates(self, before: datetime, now: datetime) -> int:
+        """Delete certificates, with their sealed keys, retired before ``before``.
+
+        Retired: no longer the domain's Let's Encrypt or custom certificate (the one
+        serving, or the warm standby), so nothing will serve it again. A row also
+        waits until every watch event from before its retirement is compacted: a
+        router resuming there would be told to serve it. Rows no domain names but
+        not marked yet (kept by an older version) start their retention now.
+        """
+        async with self._write_lock:
+            await self._writer.execute("BEGIN IMMEDIATE")
+            try:
+                async with self._writer.execute("SELECT MAX(revision) FROM events") as cur:
+                    row = await cur.fetchone()
+                newest = row[0] if row is not None and row[0] is not None else 0
+                await self._writer.execute(
+                    "UPDATE certificates SET retired_at = ?, retired_revision = ? "
+                    "WHERE retired_at IS NULL AND NOT EXISTS (SELECT 1 FROM domains d "
+                    "WHERE d.name = certificates.domain "
+                    "AND certificates.id IN (d.le_cert_id, d.custom_cert_id))",
+                    # the newest event of a domain names only what its row names, so the
+                    # events that may name these are all older than the newest overall
+                    (to_micros(now), newest),
+                )
+                async with self._writer.execute(
+                    "SELECT value FROM meta WHERE key = 'compacted_through'"
+                ) as cur:
+                    row = await cur.fetchone()
+                compacted = int(bytes(row[0]).decode()) if row is not None else 0
+                async with self._writer.execute(
+                    "DELETE FROM certificates WHERE retired_at < ? AND retired_revision <= ? "
+                    "RETURNING id",
+                    (to_micros(before), compacted + 1),
+                ) as cur:
+                    gone = [int(r[0]) for r in await cur.fetchall()]
+            except BaseException:
+                await self._writer.execute("ROLLBACK")
+                raise
+            await self._writer.execute("COMMIT")
+            for cert_id in gone:
+                self._certificates.pop(cert_id, None)
+        return len(gone)
+
     async def load_key(self, certificate_id: int) -> bytes | None:
         async with self._reader.execute(
             "SELECT key_sealed FROM certificates WHERE id = ?", (certificate_id,)
@@ -391,9 +490,31 @@ class _SqliteTransaction:
             f"INSERT OR REPLACE INTO domains ({columns}) VALUES ({marks})",  # noqa: S608
             tuple(row[c] for c in DOMAIN_COLUMNS),
         )
+        await self._retire_replaced(stored)
         self.written[domain.name] = stored
         self.removed.discard(domain.name)
         return stored
+
+    async def _retire_replaced(self, domain: Domain) -> None:
+        """Mark the certificates this write stops naming: their keys' retention starts now.
+
+        Skipped when the previous row is known (cached) and named no other certificate,
+        so an ordinary write costs no extra statement.
+        """
+        kept = [c.id for c in (domain.le_cert, domain.custom_cert) if c is not None]
+        previous = self.written.get(domain.name) or (
+            None if domain.name in self.removed else self._store.cached_domain(domain.name)
+        )
+        if previous is not None and all(
+            c.id in kept for c in (previous.le_cert, previous.custom_cert) if c is not None
+        ):
+            return
+        first, second = (*kept, 0, 0)[:2]  # ids start at 1: 0 names nothing
+        await self._conn.execute(
+            "UPDATE certificates SET retired_at = ?, retired_revision = ? "
+            "WHERE domain = ? AND retired_at IS NULL AND id NOT IN (?, ?)",
+            (to_micros(domain.updated_at), domain.revision, domain.name, first, second),
+        )
 
     async def delete_domain(self, domain: Domain) -> int:
         revision = await self._append_event(
@@ -438,7 +559,7 @@ class _SqliteTransaction:
         assert cur.lastrowid is not None
         # what a reload gives back: created_at is the receipt time (notBefore if unknown)
         stored = replace(info, id=cur.lastrowid, received_at=info.received_at or info.not_before)
-        self._store._certificates[stored.id] = stored
+        self._store.remember_certificate(stored)
         return stored
 
     async def record_issuance(

@@ -21,6 +21,8 @@ import hashlib
 import hmac
 import os
 import secrets
+import shlex
+import stat
 from typing import Final
 
 from cryptography.exceptions import InvalidTag
@@ -63,9 +65,20 @@ class KeySealer:
 
     @classmethod
     def load(cls, path: str) -> KeySealer:
-        """Read a KEK file: one line of base64 holding 32 random bytes."""
+        """Read a KEK file: one line of base64 holding 32 random bytes, mode 0600 or 0400.
+
+        A KEK others can read opens every sealed key in the database and its backups,
+        so such a file stops the start (as ssh refuses a private key others can read).
+        """
         try:
             with open(path, encoding="ascii") as handle:
+                mode = stat.S_IMODE(os.fstat(handle.fileno()).st_mode)  # the file we read
+                if mode & 0o077:
+                    raise KekError(
+                        f"key-encryption key file {path} has mode {mode:04o}, open to group "
+                        f"or others; run `chmod 600 {shlex.quote(path)}` (for a mounted "
+                        "secret, give it mode 0400)"
+                    )
                 text = handle.read(4096)
         except FileNotFoundError:
             raise KekError(
