@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import sqlite3
-from importlib import resources
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from importlib import resources
 from pathlib import Path
 
 import pytest
