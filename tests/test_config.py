@@ -124,6 +124,16 @@ def test_durations(raw: str, expected: timedelta) -> None:
     assert Settings.from_env({"CERTBROKER_DNS_CHECK_INTERVAL": raw}).dns_check_interval == expected
 
 
+def test_key_retention_defaults_to_a_week_and_is_a_duration() -> None:
+    assert Settings.from_env({}).key_retention == timedelta(days=7)
+    assert Settings.from_env({"CERTBROKER_KEY_RETENTION": "36h"}).key_retention == timedelta(
+        hours=36
+    )
+    for bad in ("0", "a week"):
+        with pytest.raises(ConfigError, match=r"^CERTBROKER_KEY_RETENTION="):
+            Settings.from_env({"CERTBROKER_KEY_RETENTION": bad})
+
+
 def test_http01_listen_off_disables_the_responder() -> None:
     assert Settings.from_env({"CERTBROKER_HTTP01_LISTEN": "off"}).http01_listen is None
 

@@ -50,9 +50,7 @@ async def install(
     """Store a new certificate and make it the domain's LE or custom one, as the broker does."""
     async with store.transaction() as tx:
         info = await tx.add_certificate(
-            NewCertificate(
-                domain.name, source, make_cert(domain.name, serial, at), f"sealed-{serial}".encode()
-            )
+            NewCertificate(domain.name, source, make_cert(domain.name, serial, at), sealed(serial))
         )
         field = "le_cert" if source is Source.LETS_ENCRYPT else "custom_cert"
         changed = replace(domain, serving=source, updated_at=at, **{field: info})
@@ -62,6 +60,11 @@ async def install(
 async def write(store: SqliteStore, domain: Domain) -> Domain:
     async with store.transaction() as tx:
         return await tx.put_domain(domain)
+
+
+def sealed(serial: str) -> bytes:
+    """A stand-in sealed key, distinctive enough to look for in the file's bytes."""
+    return f"sealed-{serial}-".encode() * 8
 
 
 def keys(db_path: Path) -> dict[str, bytes]:
@@ -97,11 +100,16 @@ async def test_a_superseded_letsencrypt_key_is_erased_after_the_retention(
     assert set(keys(db_path)) == {"01", "02"}  # still inside the grace period
 
     await compact_at(store, renewed_at + WEEK + SECOND)
-    assert keys(db_path) == {"02": b"sealed-02"}
+    assert keys(db_path) == {"02": sealed("02")}
     assert await store.load_key(first.le_cert.id) is None
-    assert await store.load_key(renewed.le_cert.id) == b"sealed-02"
+    assert await store.load_key(renewed.le_cert.id) == sealed("02")
     assert first.le_cert.id not in store.cached_certificate_ids()
     assert await store.get_domain("a.example.com") == renewed
+    # the bytes themselves are zeroed in the file, not left in free pages
+    raw(db_path, "PRAGMA wal_checkpoint(TRUNCATE)")
+    on_disk = db_path.read_bytes()
+    assert sealed("02") in on_disk
+    assert sealed("01") not in on_disk
 
 
 async def test_serving_and_standby_keys_stay_replaced_and_deleted_custom_keys_go(
@@ -117,7 +125,7 @@ async def test_serving_and_standby_keys_stay_replaced_and_deleted_custom_keys_go
         )
 
     await compact_at(store, T0 + 100 * DAY)
-    assert keys(db_path) == {"1e": b"sealed-1e", "c2": b"sealed-c2", "b1": b"sealed-b1"}
+    assert keys(db_path) == {"1e": sealed("1e"), "c2": sealed("c2"), "b1": sealed("b1")}
 
     deleted_at = T0 + 101 * DAY
     d = await write(store, replace(d, custom_cert=None, serving=Source.LETS_ENCRYPT,
@@ -125,7 +133,7 @@ async def test_serving_and_standby_keys_stay_replaced_and_deleted_custom_keys_go
     await compact_at(store, deleted_at + WEEK - SECOND)
     assert "c2" in keys(db_path)
     await compact_at(store, deleted_at + WEEK + SECOND)
-    assert keys(db_path) == {"1e": b"sealed-1e", "b1": b"sealed-b1"}
+    assert keys(db_path) == {"1e": sealed("1e"), "b1": sealed("b1")}
     assert await store.get_domain("a.example.com") == d
     assert await store.get_domain("b.example.com") == other
     order = await store.get_order("b.example.com")
@@ -144,7 +152,7 @@ async def test_a_key_named_by_a_replayable_event_stays_until_that_event_is_compa
     await compact_at(store, T0 + 9 * DAY, events=30 * DAY)
     replayed = (await store.events_after(0, 10))[0].domain
     assert replayed is not None and replayed.le_cert == first.le_cert
-    assert await store.load_key(first.le_cert.id) == b"sealed-01"
+    assert await store.load_key(first.le_cert.id) == sealed("01")
 
     await compact_at(store, T0 + 31 * DAY, events=30 * DAY)
     assert [e.revision for e in await store.events_after(0, 10)] == [2]

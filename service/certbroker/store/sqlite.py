@@ -110,6 +110,7 @@ class SqliteStore:
         self._certificates: OrderedDict[int, CertificateInfo] = OrderedDict()
         self._certificate_cache = certificate_cache
         self._compacted: int | None = None
+        self._swept = False  # compact_certificates has looked for unmarked retired rows
 
     @classmethod
     async def open(
@@ -330,28 +331,21 @@ class SqliteStore:
         serving, or the warm standby), so nothing will serve it again. A row also
         waits until every watch event from before its retirement is compacted: a
         router resuming there would be told to serve it. Rows no domain names but
-        not marked yet (kept by an older version) start their retention now.
+        not marked yet (kept by an older version) start their retention at the first
+        run after each start.
         """
         async with self._write_lock:
             await self._writer.execute("BEGIN IMMEDIATE")
             try:
-                async with self._writer.execute("SELECT MAX(revision) FROM events") as cur:
-                    row = await cur.fetchone()
-                newest = row[0] if row is not None and row[0] is not None else 0
-                await self._writer.execute(
-                    "UPDATE certificates SET retired_at = ?, retired_revision = ? "
-                    "WHERE retired_at IS NULL AND NOT EXISTS (SELECT 1 FROM domains d "
-                    "WHERE d.name = certificates.domain "
-                    "AND certificates.id IN (d.le_cert_id, d.custom_cert_id))",
-                    # the newest event of a domain names only what its row names, so the
-                    # events that may name these are all older than the newest overall
-                    (to_micros(now), newest),
-                )
+                if not self._swept:  # once per start: every certificate row is visited
+                    await self._mark_unnamed(now)
                 async with self._writer.execute(
                     "SELECT value FROM meta WHERE key = 'compacted_through'"
                 ) as cur:
                     row = await cur.fetchone()
                 compacted = int(bytes(row[0]).decode()) if row is not None else 0
+                # zero the deleted rows' bytes in the file rather than leave them in free space
+                await self._writer.execute("PRAGMA secure_delete = ON")
                 async with self._writer.execute(
                     "DELETE FROM certificates WHERE retired_at < ? AND retired_revision <= ? "
                     "RETURNING id",
@@ -361,10 +355,28 @@ class SqliteStore:
             except BaseException:
                 await self._writer.execute("ROLLBACK")
                 raise
+            finally:
+                await self._writer.execute("PRAGMA secure_delete = OFF")
             await self._writer.execute("COMMIT")
+            self._swept = True
             for cert_id in gone:
                 self._certificates.pop(cert_id, None)
         return len(gone)
+
+    async def _mark_unnamed(self, now: datetime) -> None:
+        """Retire, as of ``now``, rows no domain names that carry no mark (an older version's)."""
+        async with self._writer.execute("SELECT MAX(revision) FROM events") as cur:
+            row = await cur.fetchone()
+        newest = row[0] if row is not None and row[0] is not None else 0
+        await self._writer.execute(
+            "UPDATE certificates SET retired_at = ?, retired_revision = ? "
+            "WHERE retired_at IS NULL AND NOT EXISTS (SELECT 1 FROM domains d "
+            "WHERE d.name = certificates.domain "
+            "AND certificates.id IN (d.le_cert_id, d.custom_cert_id))",
+            # a domain's newest event names only what its row names, so any event that
+            # may name one of these is older than the newest event overall
+            (to_micros(now), newest),
+        )
 
     async def load_key(self, certificate_id: int) -> bytes | None:
         async with self._reader.execute(
