@@ -55,7 +55,7 @@ async def upload(broker: BrokerHandle, name: str, now: datetime) -> domain_pb2.D
     leaf = PKI.leaf(name, not_before=now - timedelta(days=1), not_after=now + timedelta(days=120))
     reply = await broker.stub.UploadCustom(
         broker_pb2.UploadCustomRequest(
-            domain=name, certificate=PKI.bundle(leaf), private_key=leaf.key_pem()
+            domain=name, app="shop", certificate=PKI.bundle(leaf), private_key=leaf.key_pem()
         )
     )
     return reply.domain
@@ -103,7 +103,7 @@ async def test_retired_keys_go_after_the_retention_while_serving_and_standby_key
         assert set(stored_keys(settings.db, name)) == {le1, second}  # standby and serving stay
         await served_key_matches(broker, name, Source.CUSTOM)
 
-        deleted = await stub.DeleteCustom(broker_pb2.DeleteCustomRequest(domain=name))
+        deleted = await stub.DeleteCustom(broker_pb2.DeleteCustomRequest(domain=name, app="shop"))
         assert deleted.domain.serving_source == LETS_ENCRYPT
         clock.advance(WEEK + MINUTE)
         await compact(broker)
