@@ -76,13 +76,16 @@ def _make_private(path: str) -> None:
     for name in (path, f"{path}-wal", f"{path}-shm"):
         try:
             mode = stat.S_IMODE(os.stat(name).st_mode)
-            if mode & 0o077:
-                os.chmod(name, _PRIVATE)
-                log.warning("%s was mode %04o; set to 0600 (it holds sealed keys)", name, mode)
         except FileNotFoundError:
             continue
+        if not mode & 0o077:
+            continue
+        try:
+            os.chmod(name, _PRIVATE)
         except PermissionError as error:  # not ours to change: say so, do not refuse to start
             log.warning("%s is mode %04o and cannot be made 0600: %s", name, mode, error)
+        else:
+            log.warning("%s was mode %04o; set to 0600 (it holds sealed keys)", name, mode)
 
 
 async def _connect(path: str, isolation_level: str | None = None) -> aiosqlite.Connection:
