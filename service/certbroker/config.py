@@ -184,6 +184,9 @@ class Settings:
     traces_exporter: str = "none"
     log_level: str = "INFO"
     max_pending_requests: int = 20000
+    # Routers report what they serve this often; silent for 3 intervals they stop counting.
+    router_report_interval: timedelta = timedelta(seconds=10)
+    max_routers: int = 10_000
 
     @property
     def tls_enabled(self) -> bool:
@@ -253,6 +256,7 @@ class Settings:
             ("compaction_interval", "CERTBROKER_COMPACTION_INTERVAL"),
             ("http01_header_timeout", "CERTBROKER_HTTP01_HEADER_TIMEOUT"),
             ("http01_idle_timeout", "CERTBROKER_HTTP01_IDLE_TIMEOUT"),
+            ("router_report_interval", "CERTBROKER_ROUTER_REPORT_INTERVAL"),
         ):
             if (raw := get(name)) is not None:
                 values[attr] = _duration(name, raw)
@@ -265,6 +269,7 @@ class Settings:
             ("max_pending_requests", "CERTBROKER_MAX_PENDING_REQUESTS", 1),
             ("http01_max_connections", "CERTBROKER_HTTP01_MAX_CONNECTIONS", 1),
             ("http01_max_connections_per_peer", "CERTBROKER_HTTP01_MAX_CONNECTIONS_PER_PEER", 1),
+            ("max_routers", "CERTBROKER_MAX_ROUTERS", 1),
         ):
             if (raw := get(name)) is not None:
                 values[attr] = _int(name, raw, minimum)

@@ -38,6 +38,7 @@ from certbroker.dns import DnsChecker, PlatformTargets
 from certbroker.events import EventHub
 from certbroker.housekeeping import ChallengeEvents, Compactor
 from certbroker.rlimits import raise_open_files_limit
+from certbroker.routers import RouterRegistry
 from certbroker.scheduler import Policy, Scheduler
 from certbroker.store.acme_account import StoredAccount
 from certbroker.store.delegation_secret import load_label_key
@@ -229,6 +230,7 @@ async def run(
         send_timeout=settings.watch_send_timeout,
         tracer=provider.get_tracer("certbroker") if provider else None,
         challenges=challenge_events,
+        routers=RouterRegistry(clock, settings.router_report_interval, settings.max_routers),
     )
     from certbroker.v1 import broker_pb2_grpc
 

@@ -133,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("status", "show everything about one domain")
     p.add_argument("domain", metavar="DOMAIN")
 
+    command("routers", "list the routers reporting what they serve, and how far behind they are")
+
     p = command("watch", "print changes live, one line each (Ctrl-C stops)")
     p.add_argument(
         "--since",
@@ -264,6 +266,15 @@ async def _status(client: BrokerClient, args: argparse.Namespace, io: _Output) -
     return EXIT_OK
 
 
+async def _routers(client: BrokerClient, args: argparse.Namespace, io: _Output) -> int:
+    routers = await client.list_routers()
+    if args.json:
+        io.print(render.to_json(broker_pb2.ListRoutersResponse(routers=routers)))
+    else:
+        io.print(render.routers_table(routers))
+    return EXIT_OK
+
+
 async def _watch(client: BrokerClient, args: argparse.Namespace, io: _Output) -> int:
     if args.since < 0:
         raise UsageError("--since must be 0 or more")
@@ -282,6 +293,7 @@ _HANDLERS: dict[str, Callable[[BrokerClient, argparse.Namespace, _Output], Await
     "domains-remove": _domains_remove,
     "domains": _domains,
     "status": _status,
+    "routers": _routers,
     "watch": _watch,
 }
 

@@ -27,6 +27,7 @@ from certbroker.v1 import broker_pb2, broker_pb2_grpc, domain_pb2
 
 __all__ = [
     "DEFAULT_ADDR",
+    "DEFAULT_REPORT_INTERVAL",
     "BrokerClient",
     "BrokerError",
     "FieldViolation",
@@ -38,6 +39,8 @@ WatchEvent = broker_pb2.WatchEvent
 """What ``watch()`` yields: the proto event itself (revision, type, domain, serving)."""
 
 DEFAULT_ADDR: Final = "127.0.0.1:50051"
+# How often routers report what they serve until the broker's reply says otherwise.
+DEFAULT_REPORT_INTERVAL: Final = timedelta(seconds=10)
 
 # Codes after which a watch reconnects on its own. UNAVAILABLE: broker down or
 # restarting, connection lost. CANCELLED (seen as an error, so from the server
@@ -222,6 +225,7 @@ class BrokerClient:
         self._last_revision = 0
         self._resnapshots = 0
         self._snapshot_streams = 0
+        self._report_interval = DEFAULT_REPORT_INTERVAL
 
     @classmethod
     def connect(
@@ -375,6 +379,33 @@ class BrokerClient:
             token = response.next_page_token
             if not token:
                 return
+
+    async def report_serving(self, router_id: str, applied_revision: int, domain_count: int) -> int:
+        """Tell the broker which revision this router serves (router role); its current revision.
+
+        Call it every ``report_interval`` (:attr:`report_interval`, 10 s unless the broker
+        says otherwise) and after each change applied: a router silent for three intervals
+        stops counting as serving, one silent for ten is forgotten.
+        """
+        request = broker_pb2.ReportServingRequest(
+            router_id=router_id, applied_revision=applied_revision, domain_count=domain_count
+        )
+        response: broker_pb2.ReportServingResponse = await self._unary("ReportServing", request)
+        if response.HasField("report_interval"):
+            self._report_interval = response.report_interval.ToTimedelta()
+        return response.current_revision
+
+    @property
+    def report_interval(self) -> timedelta:
+        """How often the broker wants reports, as its last ``ReportServing`` reply said."""
+        return self._report_interval
+
+    async def list_routers(self) -> list[broker_pb2.RouterStatus]:
+        """The routers that reported recently (sorted by id), with their lag and liveness."""
+        response: broker_pb2.ListRoutersResponse = await self._unary(
+            "ListRouters", broker_pb2.ListRoutersRequest()
+        )
+        return list(response.routers)
 
     async def watch(
         self,

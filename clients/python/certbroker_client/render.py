@@ -21,6 +21,7 @@ __all__ = [
     "domains_table",
     "error_lines",
     "lets_encrypt_label",
+    "routers_table",
     "source_label",
     "status_block",
     "to_json",
@@ -199,6 +200,7 @@ def status_block(d: domain_pb2.Domain) -> str:
         ("Key algorithm", _KEY_LABELS.get(d.key_algorithm, str(d.key_algorithm))),
         ("Challenge", _CHALLENGE_LABELS.get(d.challenge_type, str(d.challenge_type))),
         ("Revision", str(d.revision)),
+        ("Routers", _routers_line(d)),
         ("Created", format_time(d.create_time)),
         ("Updated", format_time(d.update_time)),
         ("Next check", format_time(d.next_check_time)),
@@ -249,6 +251,34 @@ def status_block(d: domain_pb2.Domain) -> str:
         )
     )
     return "\n".join(lines)
+
+
+def _routers_line(d: domain_pb2.Domain) -> str:
+    if d.known_routers == 0:
+        return "none reporting"
+    return f"{d.serving_routers} of {d.known_routers} serve this revision"
+
+
+_ROUTERS_HEADER = ("ROUTER", "IDENTITY", "APPLIED", "LAG", "DOMAINS", "LAST SEEN", "STATE")
+
+
+def routers_table(routers: Iterable[broker_pb2.RouterStatus]) -> str:
+    """One row per router: which one is behind ("LAG"), or silent ("stale")."""
+    rows = [
+        [
+            r.router_id,
+            r.identity or "-",
+            str(r.applied_revision),
+            str(r.lag),
+            str(r.domain_count),
+            format_time(r.last_seen_time),
+            "live" if r.live else "stale",
+        ]
+        for r in routers
+    ]
+    if not rows:
+        return "no routers reporting"
+    return _table(_ROUTERS_HEADER, rows)
 
 
 def watch_line(event: broker_pb2.WatchEvent) -> str:

@@ -5,18 +5,24 @@ re-implement the watch protocol (snapshot, resume, compaction, too-slow
 streams) nor the fiddly parts of TLS by SNI (wildcard matching, swapping a
 certificate without a window where the name has none). This module does both:
 
-- :class:`CertificateMap` holds ``server name -> ready ssl.SSLContext`` and
-  gives an ``sni_callback`` for the listening context. Each context is built
-  completely (chain and key loaded, key checked against the leaf) *before* it
-  replaces the previous one, with a single dict assignment, so a handshake
-  sees either the old certificate or the new one, never none.
+- :class:`CertificateMap` holds ``server name -> Served`` (the material, kept
+  compactly) and gives an ``sni_callback`` for the listening context. The
+  ``ssl.SSLContext`` of a name is built on its first handshake and kept in a
+  bounded LRU (``max_contexts``), because a context costs ~30 KiB and ~1.2 ms
+  (OpenSSL 3 parsing the PEM): built up front for 100,000 names that would be
+  ~3 GB and two minutes of CPU after every restart, for names most of which
+  see no handshake that hour. An entry replaces the previous one with a single
+  dict assignment, so a handshake sees either the old certificate or the new
+  one, never none.
 - :class:`RouterWatcher` follows ``WatchStatus`` with ``include_keys`` (the
   broker sends keys only to the ``router`` role over mTLS) and applies each
   event to the map. It resumes from the revision it serves after any break;
   on ``REVISION_COMPACTED`` it re-snapshots into a *new* map and swaps it in
   whole at ``SNAPSHOT_COMPLETE``, so no name disappears mid-resync. While the
   broker is unreachable it keeps serving what it has: a broker outage must
-  never take HTTPS down.
+  never take HTTPS down. Given a ``router_id`` it also reports the revision it
+  has applied (``ReportServing``) periodically and after each change, so the
+  broker can tell which routers really serve a domain's current certificate.
 
 Why its own stream loop rather than ``BrokerClient.watch()``: a router must
 know where each stream *starts*, to throw away a half-built snapshot when a
@@ -35,14 +41,20 @@ loading is used instead.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import os
 import random
+import re
 import shutil
 import ssl
 import tempfile
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -52,17 +64,21 @@ from typing import Any, Final
 import grpc
 import grpc.aio
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
 
 from certbroker.v1 import broker_pb2, broker_pb2_grpc, domain_pb2
-from certbroker_client.client import BrokerError, TlsFiles
+from certbroker_client.client import BrokerClient, BrokerError, TlsFiles
 
 __all__ = [
+    "DEFAULT_MAX_CONTEXTS",
     "CertificateMap",
     "MapChange",
+    "Material",
     "RouterWatcher",
     "Served",
     "build_context",
+    "check_router_id",
     "default_context_factory",
     "lookup_names",
 ]
@@ -147,6 +163,18 @@ def build_context(
     return context
 
 
+_ROUTER_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
+
+
+def check_router_id(router_id: str) -> str:
+    """The broker's rule for a ``router_id``: 1-128 of ``A-Za-z0-9._:@-`` (else ``ValueError``)."""
+    if not _ROUTER_ID.fullmatch(router_id):
+        raise ValueError(
+            "must be 1-128 characters of A-Z a-z 0-9 . _ : @ - starting with a letter or digit"
+        )
+    return router_id
+
+
 def lookup_names(server_name: str) -> tuple[str, ...]:
     """The map keys that may serve ``server_name``, best first (RFC 6125, section 6.4.3).
 
@@ -165,17 +193,69 @@ def lookup_names(server_name: str) -> tuple[str, ...]:
     return (name,)
 
 
-@dataclass(frozen=True)
+_PEM_CERTIFICATE: Final = re.compile(
+    rb"-----BEGIN CERTIFICATE-----([A-Za-z0-9+/=\s]+?)-----END CERTIFICATE-----"
+)
+# Distinct intermediate chains shared between entries (Let's Encrypt has a handful;
+# custom uploads add a few each). Bounded so odd inputs cannot grow it without end.
+_MAX_SHARED_CHAINS: Final = 4096
+DEFAULT_MAX_CONTEXTS: Final = 1000
+
+
+def _pem(label: str, der: bytes) -> str:
+    body = base64.b64encode(der).decode("ascii")
+    lines = [body[i : i + 64] for i in range(0, len(body), 64)]
+    return f"-----BEGIN {label}-----\n" + "\n".join(lines) + f"\n-----END {label}-----\n"
+
+
+@dataclass(frozen=True, slots=True)
+class Material:
+    """One certificate as held in memory: DER, the intermediates shared between entries.
+
+    About 0.8 KiB for an ECDSA leaf, against ~30 KiB for a built context; the
+    PEM OpenSSL needs is rebuilt from it when a context is built.
+    """
+
+    leaf: bytes
+    intermediates: tuple[bytes, ...]
+    key: bytes = field(repr=False)  # PKCS#8 DER
+
+    def chain_pem(self) -> str:
+        return "".join(_pem("CERTIFICATE", der) for der in (self.leaf, *self.intermediates))
+
+    def key_pem(self) -> str:
+        return _pem("PRIVATE KEY", self.key)
+
+
+@dataclass(frozen=True, slots=True)
 class Served:
-    """What the router serves for one name: the context and facts to show or check."""
+    """What the router serves for one name: the material and facts to show or check.
+
+    The ``ssl.SSLContext`` is not here: :meth:`CertificateMap.context_for`
+    builds it on demand and keeps the recently used ones.
+    """
 
     name: str
-    context: ssl.SSLContext = field(repr=False, compare=False)
     source: int
     revision: int
-    sha256_fingerprint: str
     not_after: datetime
-    material_digest: str = field(repr=False)
+    material: Material = field(repr=False, compare=False)
+    material_digest: bytes = field(repr=False)
+
+    @property
+    def sha256_fingerprint(self) -> str:
+        """The leaf's SHA-256 fingerprint, hex (what ``GetStatus`` shows)."""
+        return hashlib.sha256(self.material.leaf).hexdigest()
+
+    @property
+    def chain_pem(self) -> str:
+        """Leaf then intermediates, PEM (for agents that hand it to another server)."""
+        return self.material.chain_pem()
+
+    @property
+    def key_pem(self) -> str:
+        """The private key, PKCS#8 PEM."""
+        return self.material.key_pem()
 
 
 @dataclass(frozen=True)
@@ -192,22 +272,50 @@ class MapChange:
     resync: bool = False
 
 
-def _material_digest(chain_pem: str, key_pem: str) -> str:
-    return hashlib.sha256(chain_pem.encode() + b"\0" + key_pem.encode()).hexdigest()
+def _material_digest(chain_pem: str, key_pem: str) -> bytes:
+    return hashlib.sha256(chain_pem.encode() + b"\0" + key_pem.encode()).digest()
 
 
 class CertificateMap:
     """``server name -> Served``, read by handshakes, written by the watcher.
 
-    Reads (the SNI callback) take no lock: single dict operations are atomic
-    in CPython, and a resync replaces the whole dict with one assignment.
-    The callback may therefore run in any thread, e.g. a threaded server's.
+    Entries hold material only; :meth:`context_for` builds a name's context on
+    its first handshake and keeps at most ``max_contexts`` of them, least
+    recently used out first. A snapshot of 100,000 names is therefore applied
+    without building any context (``builds`` counts them), and the memory of a
+    router is its material plus ``max_contexts`` contexts.
+
+    Reads of the entries (the SNI callback) take no lock: single dict
+    operations are atomic in CPython, and a resync replaces the whole dict with
+    one assignment. The LRU is guarded by a lock held only for dict
+    operations, never while a context is built, so the callback may run in any
+    thread, e.g. a threaded server's.
     """
 
-    def __init__(self, *, context_factory: ContextFactory = default_context_factory) -> None:
-        """``context_factory`` makes each context (TLS versions, ciphers, ALPN)."""
+    def __init__(
+        self,
+        *,
+        context_factory: ContextFactory = default_context_factory,
+        max_contexts: int = DEFAULT_MAX_CONTEXTS,
+    ) -> None:
+        """``context_factory`` makes each context (TLS versions, ciphers, ALPN).
+
+        ``max_contexts``: built contexts kept (~30 KiB each). A handshake for a
+        name outside them builds its context first (~1.2 ms on the handshake's
+        thread), so size it to the names that are busy at once.
+        """
+        if max_contexts < 1:
+            raise ValueError("max_contexts must be at least 1")
         self._factory = context_factory
+        self.max_contexts = max_contexts
         self._entries: dict[str, Served] = {}
+        # name -> (material digest it was built from, its context; None: the build failed)
+        self._contexts: OrderedDict[str, tuple[bytes, ssl.SSLContext | None]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._shared: dict[tuple[bytes, ...], tuple[bytes, ...]] = {}
+        self.builds = 0
+        self.build_failures = 0
+        self.evictions = 0
 
     # -- reading ----------------------------------------------------------------
 
@@ -239,6 +347,79 @@ class CertificateMap:
                 return found
         return None
 
+    @property
+    def cached_contexts(self) -> int:
+        """How many built contexts are held now (at most ``max_contexts``)."""
+        return len(self._contexts)
+
+    def is_warm(self, name: str) -> bool:
+        """Whether the current entry of ``name`` has its context built."""
+        entry = self._entries.get(name)
+        with self._lock:
+            cached = self._contexts.get(name)
+        return entry is not None and cached is not None and cached[0] == entry.material_digest
+
+    def context_for(self, entry: Served) -> ssl.SSLContext:
+        """The entry's context: from the LRU, else built now (``ssl.SSLError`` if it cannot be).
+
+        A build that failed is remembered for that material, so a broken entry
+        costs one attempt, not one per handshake.
+        """
+        with self._lock:
+            cached = self._contexts.get(entry.name)
+            if cached is not None and cached[0] == entry.material_digest:
+                self._contexts.move_to_end(entry.name)
+                if cached[1] is None:
+                    raise ssl.SSLError(f"the certificate of {entry.name} could not be loaded")
+                return cached[1]
+        try:
+            context = self.build_context(entry)
+        except (ValueError, ssl.SSLError, OSError) as error:
+            log.error(
+                "cannot load the certificate of %s (revision %d): %s",
+                entry.name,
+                entry.revision,
+                error,
+            )
+            self._remember(entry, None)
+            raise
+        self._remember(entry, context)
+        return context
+
+    def build_context(self, entry: Served) -> ssl.SSLContext:
+        """Build the entry's context without caching it (counted in ``builds``)."""
+        with self._lock:
+            self.builds += 1
+        try:
+            return build_context(
+                entry.material.chain_pem(), entry.material.key_pem(), self._factory
+            )
+        except (ValueError, ssl.SSLError, OSError):
+            with self._lock:
+                self.build_failures += 1
+            raise
+
+    def _remember(self, entry: Served, context: ssl.SSLContext | None) -> None:
+        with self._lock:
+            if self._entries.get(entry.name) is not entry:
+                return  # replaced while we built: the new entry gets its own
+            self._contexts[entry.name] = (entry.material_digest, context)
+            self._contexts.move_to_end(entry.name)
+            while len(self._contexts) > self.max_contexts:
+                self._contexts.popitem(last=False)
+                self.evictions += 1
+
+    def _switch(self, connection: ssl.SSLObject | ssl.SSLSocket, server_name: str | None) -> int:
+        """Point the handshake at the name's context: 0 done, else the alert to send."""
+        found = self.lookup(server_name)
+        if found is None:
+            return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
+        try:
+            connection.context = self.context_for(found)
+        except (ValueError, ssl.SSLError, OSError):
+            return ssl.ALERT_DESCRIPTION_INTERNAL_ERROR  # logged once, where the build failed
+        return 0
+
     def sni_callback(
         self, connection: ssl.SSLObject | ssl.SSLSocket, server_name: str | None, _: ssl.SSLContext
     ) -> int | None:
@@ -249,11 +430,7 @@ class CertificateMap:
         "no shared cipher". For a default certificate instead, use
         :meth:`server_context` (or :meth:`make_sni_callback` with ``fallback``).
         """
-        found = self.lookup(server_name)
-        if found is not None:
-            connection.context = found.context
-            return None
-        return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
+        return self._switch(connection, server_name) or None
 
     def make_sni_callback(
         self, *, fallback: bool
@@ -269,9 +446,7 @@ class CertificateMap:
         def callback(
             connection: ssl.SSLObject | ssl.SSLSocket, server_name: str | None, _: ssl.SSLContext
         ) -> int | None:
-            found = self.lookup(server_name)
-            if found is not None:
-                connection.context = found.context
+            self._switch(connection, server_name)
             return None
 
         return callback
@@ -289,38 +464,93 @@ class CertificateMap:
     # -- writing (the watcher) --------------------------------------------------
 
     def build(self, name: str, serving: broker_pb2.ServingMaterial, revision: int) -> Served:
-        """Build a complete entry; the map is untouched (``ValueError``/``ssl.SSLError`` if bad).
+        """Check and keep one entry; the map is untouched.
 
-        An unchanged chain and key reuse the existing context: a resync of
-        thousands of names then costs a digest each, not a TLS context each.
+        Bad material raises ``ValueError`` (``TypeError`` for an encrypted key,
+        ``UnsupportedAlgorithm`` for a key type OpenSSL here cannot load).
+
+        Cheap on purpose (~50 µs, no context): the leaf is parsed and the key
+        must belong to it. Material identical to the current entry's is
+        reused as it is, so a resync of unchanged names costs a digest each.
         """
         digest = _material_digest(serving.chain_pem, serving.private_key_pem)
         current = self._entries.get(name)
-        leaf = x509.load_pem_x509_certificate(serving.chain_pem.encode())
         if current is not None and current.material_digest == digest:
-            context = current.context
-        else:
-            context = build_context(serving.chain_pem, serving.private_key_pem, self._factory)
+            return dataclasses.replace(current, source=serving.source, revision=revision)
+        blocks = [
+            binascii.a2b_base64(body)
+            for body in _PEM_CERTIFICATE.findall(serving.chain_pem.encode("ascii"))
+        ]
+        if not blocks:
+            raise ValueError("the chain holds no PEM certificate")
+        leaf = x509.load_der_x509_certificate(blocks[0])
+        key = serialization.load_pem_private_key(
+            serving.private_key_pem.encode("ascii"),
+            password=None,
+            # The public halves are compared below; RSA's own consistency check costs
+            # ~40 ms a key, and OpenSSL checks the pair again when the context is built.
+            unsafe_skip_rsa_key_validation=True,
+        )
+        if key.public_key() != leaf.public_key():
+            raise ValueError("the private key does not belong to the leaf certificate")
+        material = Material(
+            leaf=blocks[0],
+            intermediates=self._share(tuple(blocks[1:])),
+            key=key.private_bytes(
+                serialization.Encoding.DER,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            ),
+        )
         return Served(
             name=name,
-            context=context,
             source=serving.source,
             revision=revision,
-            sha256_fingerprint=leaf.fingerprint(hashes.SHA256()).hex(),
             not_after=leaf.not_valid_after_utc.astimezone(UTC),
+            material=material,
             material_digest=digest,
         )
 
-    def put(self, entry: Served) -> None:
-        self._entries[entry.name] = entry
+    def _share(self, intermediates: tuple[bytes, ...]) -> tuple[bytes, ...]:
+        """One copy of each distinct intermediate chain, parsed once to refuse garbage."""
+        shared = self._shared.get(intermediates)
+        if shared is not None:
+            return shared
+        for der in intermediates:
+            x509.load_der_x509_certificate(der)
+        if len(self._shared) < _MAX_SHARED_CHAINS:
+            self._shared[intermediates] = intermediates
+        return intermediates
+
+    def put(self, entry: Served, *, context: ssl.SSLContext | None = None) -> None:
+        """Serve ``entry`` from now on; ``context``: its context, built ahead (see ``prepare``)."""
+        with self._lock:
+            self._entries[entry.name] = entry
+            cached = self._contexts.get(entry.name)
+            if context is not None:
+                self._contexts[entry.name] = (entry.material_digest, context)
+                self._contexts.move_to_end(entry.name)
+                while len(self._contexts) > self.max_contexts:
+                    self._contexts.popitem(last=False)
+                    self.evictions += 1
+            elif cached is not None and cached[0] != entry.material_digest:
+                del self._contexts[entry.name]  # the old key leaves memory with its context
 
     def remove(self, name: str) -> bool:
-        return self._entries.pop(name, None) is not None
+        with self._lock:
+            self._contexts.pop(name, None)
+            return self._entries.pop(name, None) is not None
 
     def replace_all(self, entries: Mapping[str, Served]) -> tuple[str, ...]:
         """Swap in a whole new map in one assignment; returns the names that went away."""
-        gone = tuple(sorted(set(self._entries) - set(entries)))
-        self._entries = dict(entries)
+        fresh = dict(entries)
+        gone = tuple(sorted(set(self._entries) - set(fresh)))
+        with self._lock:
+            self._entries = fresh
+            for name, (digest, _) in list(self._contexts.items()):
+                entry = fresh.get(name)
+                if entry is None or entry.material_digest != digest:
+                    del self._contexts[name]
         return gone
 
 
@@ -335,6 +565,13 @@ class RouterWatcher:
     stream until cancelled; build the watcher, start ``run()`` as a task, and
     serve from ``certificates`` right away (names appear as the first snapshot
     arrives; ``ready`` is set when it is complete).
+
+    With a ``router_id``, ``run()`` also reports ``(router_id, revision, names
+    served)`` to the broker: at once, every report interval (the broker's,
+    10 s by default, or ``report_interval``) and ``report_debounce`` seconds
+    after a change was applied (a burst of changes makes one report). A
+    failed report is logged and retried at the next one; it never affects
+    serving.
     """
 
     def __init__(
@@ -347,11 +584,16 @@ class RouterWatcher:
         on_change: Callable[[MapChange], None] | None = None,
         idle_timeout: float | None = 60.0,
         max_backoff: float = 3.0,
+        router_id: str | None = None,
+        report_interval: float | None = None,
+        report_debounce: float = 0.5,
     ) -> None:
         """``idle_timeout``: a stream silent this long (no event, no heartbeat) counts as dead.
 
         Set it to a few of the broker's heartbeat intervals (15 s by default)
         so a broker host that vanished without closing TCP is noticed.
+        ``router_id`` (e.g. the hostname) turns reporting on; ``report_interval``
+        overrides the interval the broker asks for.
         """
         self.certificates = certificates if certificates is not None else CertificateMap()
         self._channel = channel
@@ -371,6 +613,15 @@ class RouterWatcher:
         self.reconnects = 0
         self.bad_material = 0
         self.last_error: BrokerError | None = None
+        self._router_id = router_id
+        self._reporter = BrokerClient(channel, timeout=10.0)
+        self._report_interval = report_interval
+        self._report_debounce = report_debounce
+        self._report_wanted = asyncio.Event()
+        self.reports = 0
+        self.report_failures = 0
+        self.last_report_error: BrokerError | None = None
+        self.broker_revision = 0
 
     @classmethod
     def connect(cls, addr: str, tls: TlsFiles | None, **kwargs: Any) -> RouterWatcher:
@@ -421,6 +672,7 @@ class RouterWatcher:
             self._revision_changed.notify_all()
 
     def _changed(self, change: MapChange) -> None:
+        self._report_wanted.set()
         if self._on_change is None:
             return
         try:
@@ -430,6 +682,51 @@ class RouterWatcher:
 
     async def run(self) -> None:
         """Follow the broker forever (until cancelled), resuming after every break."""
+        reporting = None
+        if self._router_id is not None:
+            reporting = asyncio.create_task(self._report_loop(), name="router-report")
+        try:
+            await self._follow()
+        finally:
+            if reporting is not None:
+                reporting.cancel()
+                await asyncio.gather(reporting, return_exceptions=True)
+
+    async def report(self) -> bool:
+        """Report what is served now (needs ``router_id``); False if the broker did not take it."""
+        if self._router_id is None:
+            raise ValueError("this watcher has no router_id")
+        self._report_wanted.clear()
+        try:
+            self.broker_revision = await self._reporter.report_serving(
+                self._router_id, self._revision, len(self.certificates)
+            )
+        except BrokerError as error:
+            self.report_failures += 1
+            previous, self.last_report_error = self.last_report_error, error
+            if previous is None or (previous.code, previous.reason) != (error.code, error.reason):
+                log.warning("report to the broker failed (%s); still serving, will retry", error)
+            return False
+        if self.last_report_error is not None:
+            log.info("reports to the broker work again")
+            self.last_report_error = None
+        self.reports += 1
+        return True
+
+    def _report_every(self) -> float:
+        if self._report_interval is not None:
+            return self._report_interval
+        return self._reporter.report_interval.total_seconds()
+
+    async def _report_loop(self) -> None:
+        while True:
+            await self.report()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._report_every()):
+                    await self._report_wanted.wait()
+                    await asyncio.sleep(self._report_debounce)  # let a burst of changes land
+
+    async def _follow(self) -> None:
         attempt = 0
         while True:
             delay_at_least = 0.0
@@ -472,14 +769,12 @@ class RouterWatcher:
         progressed = False
         try:
             while True:
-                if self._idle_timeout is None:
-                    response = await call.read()
-                else:
-                    try:
-                        response = await asyncio.wait_for(call.read(), self._idle_timeout)
-                    except TimeoutError:
-                        log.warning("watch silent for %gs: reconnecting", self._idle_timeout)
-                        return progressed
+                try:  # asyncio.timeout, not wait_for: no task per message in a big snapshot
+                    async with asyncio.timeout(self._idle_timeout):
+                        response = await call.read()
+                except TimeoutError:
+                    log.warning("watch silent for %gs: reconnecting", self._idle_timeout)
+                    return progressed
                 if response is grpc.aio.EOF:
                     return progressed
                 progressed = True
@@ -503,7 +798,7 @@ class RouterWatcher:
             if pending is None:
                 pending = {}  # defensive: a snapshot we did not ask for starts a new map
             if _serves(event):
-                entry = await self._build(name, event)
+                entry = self._entry(name, event)  # no context: cheap enough for the loop
                 if entry is not None:
                     pending[name] = entry
                 elif (kept := self.certificates.get(name)) is not None:
@@ -525,8 +820,15 @@ class RouterWatcher:
             return pending  # live events never arrive mid-snapshot; ignore if they do
         if event.type == broker_pb2.EVENT_TYPE_DOMAIN_UPDATED:
             if _serves(event):
-                entry = await self._build(name, event)
-                if entry is not None:
+                entry = self._entry(name, event)
+                if entry is not None and self.certificates.is_warm(name):
+                    # A name in use: build the new context now, off the loop, so its
+                    # next handshake does not pay for it (and bad material is caught).
+                    context = await self._prepare(entry)
+                    if context is not None:
+                        self.certificates.put(entry, context=context)
+                        self._changed(MapChange(event.revision, updated=(name,)))
+                elif entry is not None:
                     self.certificates.put(entry)
                     self._changed(MapChange(event.revision, updated=(name,)))
             elif self.certificates.remove(name):
@@ -536,15 +838,21 @@ class RouterWatcher:
         await self._set_revision(event.revision)
         return None
 
-    async def _build(self, name: str, event: broker_pb2.WatchEvent) -> Served | None:
-        """Build off the event loop's thread, so handshakes keep flowing during a big resync."""
+    def _entry(self, name: str, event: broker_pb2.WatchEvent) -> Served | None:
+        """The checked entry (no context); None, logged and counted, if the material is bad."""
         try:
-            return await asyncio.to_thread(
-                self.certificates.build, name, event.serving, event.revision
-            )
-        except (ValueError, ssl.SSLError, OSError) as error:
-            self.bad_material += 1
-            log.error(
-                "cannot load the certificate of %s at revision %d: %s", name, event.revision, error
-            )
+            return self.certificates.build(name, event.serving, event.revision)
+        except (ValueError, TypeError, UnsupportedAlgorithm) as error:
+            self._bad(name, event.revision, error)
             return None
+
+    async def _prepare(self, entry: Served) -> ssl.SSLContext | None:
+        try:
+            return await asyncio.to_thread(self.certificates.build_context, entry)
+        except (ValueError, ssl.SSLError, OSError) as error:
+            self._bad(entry.name, entry.revision, error)
+            return None
+
+    def _bad(self, name: str, revision: int, error: Exception) -> None:
+        self.bad_material += 1
+        log.error("cannot load the certificate of %s at revision %d: %s", name, revision, error)

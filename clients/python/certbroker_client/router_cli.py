@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,7 +25,13 @@ from typing import Any
 
 from certbroker_client.client import DEFAULT_ADDR, TlsFiles
 from certbroker_client.reference_router import HostPort, Limits, ReferenceRouter, RouterConfig
-from certbroker_client.router import CertificateMap, MapChange, RouterWatcher
+from certbroker_client.router import (
+    DEFAULT_MAX_CONTEXTS,
+    CertificateMap,
+    MapChange,
+    RouterWatcher,
+    check_router_id,
+)
 
 __all__ = ["add_router_parser", "main", "run_router"]
 
@@ -101,6 +108,18 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--app", action="append", default=[], help="serve only this app (repeatable)")
     p.add_argument("--domain", action="append", default=[], dest="domains", help="only this domain")
+    p.add_argument(
+        "--router-id",
+        default=None,
+        help="this router's name in the broker's ListRouters and reports (default: the hostname)",
+    )
+    p.add_argument(
+        "--max-contexts",
+        type=int,
+        default=DEFAULT_MAX_CONTEXTS,
+        help="TLS contexts kept built, ~30 KiB each; other names build theirs on their "
+        f"first handshake (~1 ms) ({DEFAULT_MAX_CONTEXTS})",
+    )
     p.add_argument(
         "--idle-timeout",
         type=float,
@@ -204,7 +223,14 @@ async def _serve(args: argparse.Namespace) -> int:
     config, addr, tls = _config(args)
     if tls is None:
         log.warning("no --tls-* given: a plaintext broker never sends keys, nothing will be served")
-    certificates = CertificateMap()
+    if args.max_contexts < 1:
+        raise _Usage("--max-contexts must be at least 1")
+    router_id = args.router_id or socket.gethostname()
+    try:
+        check_router_id(router_id)
+    except ValueError as err:
+        raise _Usage(f"--router-id {router_id!r}: {err}") from None
+    certificates = CertificateMap(max_contexts=args.max_contexts)
     watcher = RouterWatcher.connect(
         addr,
         tls,
@@ -213,6 +239,7 @@ async def _serve(args: argparse.Namespace) -> int:
         domains=args.domains,
         on_change=_log_change,
         idle_timeout=args.idle_timeout,
+        router_id=router_id,
     )
     router = ReferenceRouter(certificates, config)
     try:
@@ -222,7 +249,8 @@ async def _serve(args: argparse.Namespace) -> int:
         print(f"error: cannot start the router: {err}", file=sys.stderr, flush=True)
         return EXIT_FAILED
     log.info(
-        "listening https=%s:%d http=%s; broker %s",
+        "%s listening https=%s:%d http=%s; broker %s",
+        router_id,
         config.https_listen[0],
         router.https_port,
         f"{config.http_listen[0]}:{router.http_port}" if config.http_listen else "off",

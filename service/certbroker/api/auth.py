@@ -1,9 +1,9 @@
 """Who is calling, from the mTLS client certificate, and what that role may do.
 
-Roles: ``router`` (reads, watches, and is the only role that receives private
-keys), ``api`` (manages domains, never keys), ``admin`` (everything but keys).
-Without TLS (local development on loopback) every caller is ``local``: it may
-manage domains but never receives keys.
+Roles: ``router`` (reads, watches, reports what it serves, and is the only role
+that receives private keys), ``api`` (manages domains, never keys), ``admin``
+(everything but keys and reports). Without TLS (local development on loopback)
+every caller is ``local``: it may manage domains and report, but never receives keys.
 """
 
 from __future__ import annotations
@@ -32,13 +32,14 @@ class Permission(StrEnum):
     READ = "read"
     MANAGE = "manage"
     KEYS = "keys"
+    REPORT = "report"
 
 
 _GRANTS: dict[Role, frozenset[Permission]] = {
-    Role.ROUTER: frozenset({Permission.READ, Permission.KEYS}),
+    Role.ROUTER: frozenset({Permission.READ, Permission.KEYS, Permission.REPORT}),
     Role.API: frozenset({Permission.READ, Permission.MANAGE}),
     Role.ADMIN: frozenset({Permission.READ, Permission.MANAGE}),
-    Role.LOCAL: frozenset({Permission.READ, Permission.MANAGE}),
+    Role.LOCAL: frozenset({Permission.READ, Permission.MANAGE, Permission.REPORT}),
 }
 
 
@@ -56,14 +57,18 @@ class Authorizer:
         self._roles = {name: Role(role) for name, role in roles.items()}
 
     def role(self, context: grpc.aio.ServicerContext) -> Role:
+        return self.caller(context)[1]
+
+    def caller(self, context: grpc.aio.ServicerContext) -> tuple[str, Role]:
+        """The client-certificate name that gave the role (``local`` without TLS), and the role."""
         if not self._tls:
-            return Role.LOCAL
+            return Role.LOCAL.value, Role.LOCAL
         identities = _identities(context)
         if not identities:
             raise Unauthenticated("a client certificate is required", reason="NO_CLIENT_IDENTITY")
         for identity in identities:
             if identity in self._roles:
-                return self._roles[identity]
+                return identity, self._roles[identity]
         raise PermissionDenied(
             f"client {identities[0]!r} has no role here (configure CERTBROKER_ROLES)",
             reason="NO_ROLE",

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
-from datetime import datetime
+from collections.abc import Iterable
+from datetime import datetime, timedelta
 
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from certbroker import lifecycle
@@ -19,6 +21,7 @@ from certbroker.model import (
     Material,
     Source,
 )
+from certbroker.routers import RouterState, ServingCounts
 from certbroker.v1 import broker_pb2, domain_pb2
 
 _STATE = {
@@ -135,3 +138,43 @@ def material(found: Material) -> broker_pb2.ServingMaterial:
         chain_pem=found.chain_pem,
         private_key_pem=found.private_key_pem,
     )
+
+
+def with_routers(message: domain_pb2.Domain, counts: ServingCounts) -> domain_pb2.Domain:
+    """Add how many live routers serve the domain's current revision (unary replies only)."""
+    message.known_routers = counts.known
+    message.serving_routers = counts.serving(message.revision)
+    return message
+
+
+def _duration(value: timedelta) -> Duration:
+    message = Duration()
+    message.FromTimedelta(value)
+    return message
+
+
+def report_reply(current_revision: int, interval: timedelta) -> broker_pb2.ReportServingResponse:
+    return broker_pb2.ReportServingResponse(
+        current_revision=current_revision, report_interval=_duration(interval)
+    )
+
+
+def routers(
+    states: Iterable[RouterState], current_revision: int, interval: timedelta
+) -> broker_pb2.ListRoutersResponse:
+    message = broker_pb2.ListRoutersResponse(
+        current_revision=current_revision, report_interval=_duration(interval)
+    )
+    for state in states:
+        report = state.report
+        item = message.routers.add(
+            router_id=report.router_id,
+            identity=report.identity,
+            applied_revision=report.applied_revision,
+            lag=current_revision - report.applied_revision,
+            domain_count=report.domain_count,
+            live=state.live,
+        )
+        _ts(item.first_seen_time, report.first_seen)
+        _ts(item.last_seen_time, report.last_seen)
+    return message

@@ -28,6 +28,7 @@ from certbroker.events import EventHub
 from certbroker.housekeeping import ChallengeEvents
 from certbroker.model import Domain, Event, EventType
 from certbroker.names import normalise_domain
+from certbroker.routers import RouterRegistry
 from certbroker.v1 import broker_pb2, broker_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -88,9 +89,11 @@ class BrokerServicer(broker_pb2_grpc.CertificateBrokerServiceServicer):
         send_timeout: timedelta = timedelta(seconds=30),
         tracer: trace.Tracer | None = None,
         challenges: ChallengeEvents | None = None,
+        routers: RouterRegistry | None = None,
     ) -> None:
         self._challenges = challenges
         self.watchers = 0  # open WatchStatus streams (a gauge for metrics and tests)
+        self._routers = routers or RouterRegistry(clock)
         self._send_timeout = send_timeout.total_seconds()
         self.stopping = False
         self._tracer = tracer or trace.NoOpTracer()
@@ -106,6 +109,10 @@ class BrokerServicer(broker_pb2_grpc.CertificateBrokerServiceServicer):
     def _domain(self, record: Domain) -> Any:
         return convert.domain(record, self._clock.now())
 
+    def _status(self, record: Domain) -> Any:
+        """The domain as unary replies show it: with how many live routers serve it."""
+        return convert.with_routers(self._domain(record), self._routers.counts())
+
     @_unary
     async def IssueCertificate(
         self, request: broker_pb2.IssueCertificateRequest, context: grpc.aio.ServicerContext
@@ -119,7 +126,7 @@ class BrokerServicer(broker_pb2_grpc.CertificateBrokerServiceServicer):
             challenge=convert.challenge_type(request.challenge_type),
             include_apex=request.include_apex,
         )
-        return broker_pb2.IssueCertificateResponse(domain=self._domain(record))
+        return broker_pb2.IssueCertificateResponse(domain=self._status(record))
 
     @_unary
     async def UploadCustom(
@@ -132,7 +139,7 @@ class BrokerServicer(broker_pb2_grpc.CertificateBrokerServiceServicer):
             request.certificate,
             request.private_key,
         )
-        return broker_pb2.UploadCustomResponse(domain=self._domain(record))
+        return broker_pb2.UploadCustomResponse(domain=self._status(record))
 
     @_unary
     async def DeleteCustom(
@@ -142,7 +149,7 @@ class BrokerServicer(broker_pb2_grpc.CertificateBrokerServiceServicer):
         record = await self._broker.delete_custom(
             request.domain, tenancy.acting_app(request.app, role in ACROSS_TENANTS)
         )
-        return broker_pb2.DeleteCustomResponse(domain=self._domain(record))
+        return broker_pb2.DeleteCustomResponse(domain=self._status(record))
 
     @_unary
     async def GetStatus(
@@ -150,7 +157,7 @@ class BrokerServicer(broker_pb2_grpc.CertificateBrokerServiceServicer):
     ) -> broker_pb2.GetStatusResponse:
         self._auth.require(context, Permission.READ)
         record = await self._broker.get_status(request.domain)
-        return broker_pb2.GetStatusResponse(domain=self._domain(record))
+        return broker_pb2.GetStatusResponse(domain=self._status(record))
 
     @_unary
     async def RemoveDomain(
@@ -169,8 +176,26 @@ class BrokerServicer(broker_pb2_grpc.CertificateBrokerServiceServicer):
         self._auth.require(context, Permission.READ)
         page = await self._broker.list_domains(request.app, request.page_size, request.page_token)
         return broker_pb2.ListDomainsResponse(
-            domains=[self._domain(d) for d in page.domains], next_page_token=page.next_page_token
+            domains=[self._status(d) for d in page.domains], next_page_token=page.next_page_token
         )
+
+    @_unary
+    async def ReportServing(
+        self, request: broker_pb2.ReportServingRequest, context: grpc.aio.ServicerContext
+    ) -> broker_pb2.ReportServingResponse:
+        self._auth.require(context, Permission.REPORT)
+        identity, _ = self._auth.caller(context)
+        self._routers.report(
+            request.router_id, identity, request.applied_revision, request.domain_count
+        )
+        return convert.report_reply(self._hub.revision, self._routers.interval)
+
+    @_unary
+    async def ListRouters(
+        self, request: broker_pb2.ListRoutersRequest, context: grpc.aio.ServicerContext
+    ) -> broker_pb2.ListRoutersResponse:
+        self._auth.require(context, Permission.READ)
+        return convert.routers(self._routers.routers(), self._hub.revision, self._routers.interval)
 
     @_stream
     async def WatchStatus(

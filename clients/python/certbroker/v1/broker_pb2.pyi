@@ -1,4 +1,8 @@
+import datetime
+
 from certbroker.v1 import domain_pb2 as _domain_pb2
+from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -182,3 +186,55 @@ class WatchStatusResponse(_message.Message):
     event: WatchEvent
     heartbeat: Heartbeat
     def __init__(self, event: _Optional[_Union[WatchEvent, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...) -> None: ...
+
+class ReportServingRequest(_message.Message):
+    __slots__ = ("router_id", "applied_revision", "domain_count")
+    ROUTER_ID_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_REVISION_FIELD_NUMBER: _ClassVar[int]
+    DOMAIN_COUNT_FIELD_NUMBER: _ClassVar[int]
+    router_id: str
+    applied_revision: int
+    domain_count: int
+    def __init__(self, router_id: _Optional[str] = ..., applied_revision: _Optional[int] = ..., domain_count: _Optional[int] = ...) -> None: ...
+
+class ReportServingResponse(_message.Message):
+    __slots__ = ("current_revision", "report_interval")
+    CURRENT_REVISION_FIELD_NUMBER: _ClassVar[int]
+    REPORT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    current_revision: int
+    report_interval: _duration_pb2.Duration
+    def __init__(self, current_revision: _Optional[int] = ..., report_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class ListRoutersRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class RouterStatus(_message.Message):
+    __slots__ = ("router_id", "identity", "applied_revision", "lag", "domain_count", "first_seen_time", "last_seen_time", "live")
+    ROUTER_ID_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_REVISION_FIELD_NUMBER: _ClassVar[int]
+    LAG_FIELD_NUMBER: _ClassVar[int]
+    DOMAIN_COUNT_FIELD_NUMBER: _ClassVar[int]
+    FIRST_SEEN_TIME_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_TIME_FIELD_NUMBER: _ClassVar[int]
+    LIVE_FIELD_NUMBER: _ClassVar[int]
+    router_id: str
+    identity: str
+    applied_revision: int
+    lag: int
+    domain_count: int
+    first_seen_time: _timestamp_pb2.Timestamp
+    last_seen_time: _timestamp_pb2.Timestamp
+    live: bool
+    def __init__(self, router_id: _Optional[str] = ..., identity: _Optional[str] = ..., applied_revision: _Optional[int] = ..., lag: _Optional[int] = ..., domain_count: _Optional[int] = ..., first_seen_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seen_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., live: _Optional[bool] = ...) -> None: ...
+
+class ListRoutersResponse(_message.Message):
+    __slots__ = ("routers", "current_revision", "report_interval")
+    ROUTERS_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_REVISION_FIELD_NUMBER: _ClassVar[int]
+    REPORT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    routers: _containers.RepeatedCompositeFieldContainer[RouterStatus]
+    current_revision: int
+    report_interval: _duration_pb2.Duration
+    def __init__(self, routers: _Optional[_Iterable[_Union[RouterStatus, _Mapping]]] = ..., current_revision: _Optional[int] = ..., report_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...

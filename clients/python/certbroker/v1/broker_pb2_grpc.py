@@ -70,6 +70,16 @@ class CertificateBrokerServiceStub:
                 request_serializer=certbroker_dot_v1_dot_broker__pb2.WatchStatusRequest.SerializeToString,
                 response_deserializer=certbroker_dot_v1_dot_broker__pb2.WatchStatusResponse.FromString,
                 _registered_method=True)
+        self.ReportServing = channel.unary_unary(
+                '/certbroker.v1.CertificateBrokerService/ReportServing',
+                request_serializer=certbroker_dot_v1_dot_broker__pb2.ReportServingRequest.SerializeToString,
+                response_deserializer=certbroker_dot_v1_dot_broker__pb2.ReportServingResponse.FromString,
+                _registered_method=True)
+        self.ListRouters = channel.unary_unary(
+                '/certbroker.v1.CertificateBrokerService/ListRouters',
+                request_serializer=certbroker_dot_v1_dot_broker__pb2.ListRoutersRequest.SerializeToString,
+                response_deserializer=certbroker_dot_v1_dot_broker__pb2.ListRoutersResponse.FromString,
+                _registered_method=True)
 
 
 class CertificateBrokerServiceServicer:
@@ -124,6 +134,21 @@ class CertificateBrokerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportServing(self, request, context):
+        """A router says which revision it has applied (router role; any caller in plaintext mode).
+        Kept in memory only, never in the event log: a router that stops reporting ages out.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRouters(self, request, context):
+        """The routers that reported recently: the revision each has applied and how far behind it is.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CertificateBrokerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -161,6 +186,16 @@ def add_CertificateBrokerServiceServicer_to_server(servicer, server):
                     servicer.WatchStatus,
                     request_deserializer=certbroker_dot_v1_dot_broker__pb2.WatchStatusRequest.FromString,
                     response_serializer=certbroker_dot_v1_dot_broker__pb2.WatchStatusResponse.SerializeToString,
+            ),
+            'ReportServing': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportServing,
+                    request_deserializer=certbroker_dot_v1_dot_broker__pb2.ReportServingRequest.FromString,
+                    response_serializer=certbroker_dot_v1_dot_broker__pb2.ReportServingResponse.SerializeToString,
+            ),
+            'ListRouters': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRouters,
+                    request_deserializer=certbroker_dot_v1_dot_broker__pb2.ListRoutersRequest.FromString,
+                    response_serializer=certbroker_dot_v1_dot_broker__pb2.ListRoutersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -353,6 +388,60 @@ class CertificateBrokerService:
             '/certbroker.v1.CertificateBrokerService/WatchStatus',
             certbroker_dot_v1_dot_broker__pb2.WatchStatusRequest.SerializeToString,
             certbroker_dot_v1_dot_broker__pb2.WatchStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportServing(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/certbroker.v1.CertificateBrokerService/ReportServing',
+            certbroker_dot_v1_dot_broker__pb2.ReportServingRequest.SerializeToString,
+            certbroker_dot_v1_dot_broker__pb2.ReportServingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRouters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/certbroker.v1.CertificateBrokerService/ListRouters',
+            certbroker_dot_v1_dot_broker__pb2.ListRoutersRequest.SerializeToString,
+            certbroker_dot_v1_dot_broker__pb2.ListRoutersResponse.FromString,
             options,
             channel_credentials,
             insecure,
