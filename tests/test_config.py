@@ -182,6 +182,8 @@ def test_hostport_port_out_of_range_is_refused() -> None:
         ("CERTBROKER_QUOTA_PER_REGISTERED_DOMAIN", "0"),
         ("CERTBROKER_QUOTA_PER_NAME_SET", "five"),
         ("CERTBROKER_MAX_PENDING_REQUESTS", "0"),
+        ("CERTBROKER_ROUTER_REPORT_INTERVAL", "0s"),
+        ("CERTBROKER_MAX_ROUTERS", "0"),
         ("CERTBROKER_ROLES", "router-1=superuser"),
         ("CERTBROKER_ROLES", "router-1"),
         ("CERTBROKER_ROLES", "=router"),
@@ -236,3 +238,14 @@ def test_settings_are_frozen() -> None:
     settings = Settings()
     with pytest.raises(AttributeError):
         settings.db = "other"  # type: ignore[misc]
+
+
+def test_router_reports_settings() -> None:
+    assert (Settings().router_report_interval, Settings().max_routers) == (
+        timedelta(seconds=10),
+        10_000,
+    )
+    settings = Settings.from_env(
+        {"CERTBROKER_ROUTER_REPORT_INTERVAL": "30s", "CERTBROKER_MAX_ROUTERS": "500"}
+    )
+    assert (settings.router_report_interval, settings.max_routers) == (timedelta(seconds=30), 500)

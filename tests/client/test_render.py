@@ -186,3 +186,55 @@ def test_unreachable_broker_names_the_address_on_one_line() -> None:
         "error: UNAVAILABLE: cannot reach the broker at 127.0.0.1:1: "
         "failed to connect to all addresses"
     ]
+
+
+def test_routers_table_shows_lag_and_stale_routers() -> None:
+    routers = [
+        broker_pb2.RouterStatus(
+            router_id="edge-1", identity="router-1", applied_revision=42, lag=0, domain_count=9,
+            last_seen_time=ts(T0), live=True,
+        ),
+        broker_pb2.RouterStatus(
+            router_id="edge-2", identity="router-1", applied_revision=40, lag=2, domain_count=9,
+            last_seen_time=ts(T0 - timedelta(minutes=1)), live=False,
+        ),
+    ]  # fmt: skip
+    lines = render.routers_table(routers).splitlines()
+    assert lines[0].split() == [
+        "ROUTER",
+        "IDENTITY",
+        "APPLIED",
+        "LAG",
+        "DOMAINS",
+        "LAST",
+        "SEEN",
+        "STATE",
+    ]
+    assert lines[1].split() == [
+        "edge-1",
+        "router-1",
+        "42",
+        "0",
+        "9",
+        "2026-06-01",
+        "12:00:00Z",
+        "live",
+    ]
+    assert lines[2].split() == [
+        "edge-2",
+        "router-1",
+        "40",
+        "2",
+        "9",
+        "2026-06-01",
+        "11:59:00Z",
+        "stale",
+    ]
+    assert render.routers_table([]) == "no routers reporting"
+
+
+def test_status_block_says_how_many_routers_serve_the_revision() -> None:
+    d = stuck_domain()
+    assert "Routers:         none reporting" in render.status_block(d)
+    d.serving_routers, d.known_routers = 2, 3
+    assert "Routers:         2 of 3 serve this revision" in render.status_block(d)

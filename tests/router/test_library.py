@@ -430,3 +430,50 @@ async def test_bad_material_keeps_the_previous_certificate(
         await running.watcher.wait_for_revision(6)
     assert running.fingerprint("a.example.test") == fingerprint(good.cert)
     assert running.watcher.bad_material == 1
+
+
+async def test_an_update_builds_the_context_of_a_name_in_use_only(
+    fake: FakeServer, running: Running
+) -> None:
+    """A busy name gets its new context before the swap (no build on its next handshake);
+    a name no handshake asked for stays material only."""
+    hot1, hot2 = leaf("hot.example.test"), leaf("hot.example.test")
+    cold1, cold2 = leaf("cold.example.test"), leaf("cold.example.test")
+    gate = asyncio.Event()
+
+    async def script(request: broker_pb2.WatchStatusRequest, _: Any) -> AsyncIterator[Any]:
+        yield serving_event(3, SNAPSHOT, "hot.example.test", hot1, PKI)
+        yield serving_event(4, SNAPSHOT, "cold.example.test", cold1, PKI)
+        yield serving_event(5, COMPLETE, "", None, PKI)
+        await gate.wait()
+        yield serving_event(6, UPDATED, "hot.example.test", hot2, PKI)
+        yield serving_event(7, UPDATED, "cold.example.test", cold2, PKI)
+        await hang()
+
+    fake.broker.scripts.append(script)
+    await asyncio.wait_for(running.watcher.ready.wait(), 5)
+    router = ReferenceRouter(
+        running.map, RouterConfig(https_listen=("127.0.0.1", 0), http_listen=None)
+    )
+    await router.start()
+    try:
+        assert await served_fingerprint(router.https_port, "hot.example.test") == fingerprint(
+            hot1.cert
+        )
+        assert running.map.builds == 1
+        gate.set()
+        async with asyncio.timeout(5):
+            await running.watcher.wait_for_revision(7)
+        assert running.map.builds == 2  # hot's new context, built before it was swapped in
+        assert running.map.is_warm("hot.example.test")
+        assert not running.map.is_warm("cold.example.test")
+        assert await served_fingerprint(router.https_port, "hot.example.test") == fingerprint(
+            hot2.cert
+        )
+        assert running.map.builds == 2
+        assert await served_fingerprint(router.https_port, "cold.example.test") == fingerprint(
+            cold2.cert
+        )
+        assert running.map.builds == 3
+    finally:
+        await router.stop()

@@ -57,7 +57,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
 
@@ -193,13 +193,35 @@ def lookup_names(server_name: str) -> tuple[str, ...]:
     return (name,)
 
 
-_PEM_CERTIFICATE: Final = re.compile(
-    rb"-----BEGIN CERTIFICATE-----([A-Za-z0-9+/=\s]+?)-----END CERTIFICATE-----"
-)
+_KEY_LABELS: Final = {
+    label: label for label in ("PRIVATE KEY", "EC PRIVATE KEY", "RSA PRIVATE KEY")
+}
 # Distinct intermediate chains shared between entries (Let's Encrypt has a handful;
 # custom uploads add a few each). Bounded so odd inputs cannot grow it without end.
 _MAX_SHARED_CHAINS: Final = 4096
 DEFAULT_MAX_CONTEXTS: Final = 1000
+
+
+def _pem_blocks(text: str, label: str) -> list[bytes]:
+    """The DER of each ``label`` PEM block in ``text``, in order (``ValueError`` if malformed)."""
+    begin, end = f"-----BEGIN {label}-----", f"-----END {label}-----"
+    blocks = []
+    for part in text.split(begin)[1:]:
+        body, found, _ = part.partition(end)
+        if not found:
+            raise ValueError(f"a {label} PEM block has no end line")
+        blocks.append(binascii.a2b_base64(body))
+    return blocks
+
+
+def _pem_key(text: str) -> tuple[str, bytes]:
+    """The label and DER of the one unencrypted private key block (``ValueError`` if none)."""
+    for label in _KEY_LABELS.values():
+        if f"-----BEGIN {label}-----" in text:
+            blocks = _pem_blocks(text, label)
+            if len(blocks) == 1:
+                return label, blocks[0]
+    raise ValueError("no single unencrypted PEM private key")
 
 
 def _pem(label: str, der: bytes) -> str:
@@ -218,13 +240,14 @@ class Material:
 
     leaf: bytes
     intermediates: tuple[bytes, ...]
-    key: bytes = field(repr=False)  # PKCS#8 DER
+    key: bytes = field(repr=False)  # DER, in the format it came in
+    key_label: str = "PRIVATE KEY"  # its PEM label: PKCS#8, or SEC1/PKCS#1 ("EC/RSA ...")
 
     def chain_pem(self) -> str:
         return "".join(_pem("CERTIFICATE", der) for der in (self.leaf, *self.intermediates))
 
     def key_pem(self) -> str:
-        return _pem("PRIVATE KEY", self.key)
+        return _pem(self.key_label, self.key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,6 +295,19 @@ class MapChange:
     resync: bool = False
 
 
+def _check_pair(leaf: x509.Certificate, key_der: bytes) -> None:
+    """``ValueError`` unless the private key (DER, any format) belongs to ``leaf``."""
+    key = serialization.load_der_private_key(
+        key_der,
+        password=None,
+        # The public halves are compared below; RSA's own consistency check costs
+        # ~40 ms a key, and OpenSSL checks the pair again when the context is built.
+        unsafe_skip_rsa_key_validation=True,
+    )
+    if key.public_key() != leaf.public_key():
+        raise ValueError("the private key does not belong to the leaf certificate")
+
+
 def _material_digest(chain_pem: str, key_pem: str) -> bytes:
     return hashlib.sha256(chain_pem.encode() + b"\0" + key_pem.encode()).digest()
 
@@ -312,7 +348,7 @@ class CertificateMap:
         # name -> (material digest it was built from, its context; None: the build failed)
         self._contexts: OrderedDict[str, tuple[bytes, ssl.SSLContext | None]] = OrderedDict()
         self._lock = threading.Lock()
-        self._shared: dict[tuple[bytes, ...], tuple[bytes, ...]] = {}
+        self._shared: dict[str, tuple[bytes, ...]] = {}  # intermediates' PEM -> their DER
         self.builds = 0
         self.build_failures = 0
         self.evictions = 0
@@ -466,61 +502,51 @@ class CertificateMap:
     def build(self, name: str, serving: broker_pb2.ServingMaterial, revision: int) -> Served:
         """Check and keep one entry; the map is untouched.
 
-        Bad material raises ``ValueError`` (``TypeError`` for an encrypted key,
-        ``UnsupportedAlgorithm`` for a key type OpenSSL here cannot load).
+        Bad material raises ``ValueError`` (``UnsupportedAlgorithm`` for a key
+        type this OpenSSL cannot load).
 
-        Cheap on purpose (~50 µs, no context): the leaf is parsed and the key
-        must belong to it. Material identical to the current entry's is
-        reused as it is, so a resync of unchanged names costs a digest each.
+        Cheap on purpose, since a snapshot may hold 100,000 names: the PEM is
+        decoded and the leaf parsed (~15 µs, no context). Whether the key
+        belongs to the leaf is checked here (~30 µs more) only when the entry
+        replaces other material, so that bad material keeps the previous
+        certificate serving; for a new name OpenSSL checks the pair when its
+        context is built, and there was nothing to keep. Material identical
+        to the current entry's is reused as it is, so a resync of unchanged
+        names costs a digest each.
         """
         digest = _material_digest(serving.chain_pem, serving.private_key_pem)
         current = self._entries.get(name)
         if current is not None and current.material_digest == digest:
             return dataclasses.replace(current, source=serving.source, revision=revision)
-        blocks = [
-            binascii.a2b_base64(body)
-            for body in _PEM_CERTIFICATE.findall(serving.chain_pem.encode("ascii"))
-        ]
-        if not blocks:
-            raise ValueError("the chain holds no PEM certificate")
+        first, end, rest = serving.chain_pem.partition("-----END CERTIFICATE-----")
+        leaf_pem = first + end
+        blocks = _pem_blocks(leaf_pem, "CERTIFICATE")
+        if len(blocks) != 1:
+            raise ValueError("the chain does not start with a PEM certificate")
         leaf = x509.load_der_x509_certificate(blocks[0])
-        key = serialization.load_pem_private_key(
-            serving.private_key_pem.encode("ascii"),
-            password=None,
-            # The public halves are compared below; RSA's own consistency check costs
-            # ~40 ms a key, and OpenSSL checks the pair again when the context is built.
-            unsafe_skip_rsa_key_validation=True,
-        )
-        if key.public_key() != leaf.public_key():
-            raise ValueError("the private key does not belong to the leaf certificate")
-        material = Material(
-            leaf=blocks[0],
-            intermediates=self._share(tuple(blocks[1:])),
-            key=key.private_bytes(
-                serialization.Encoding.DER,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            ),
-        )
+        label, key = _pem_key(serving.private_key_pem)
+        if current is not None:
+            _check_pair(leaf, key)
         return Served(
             name=name,
             source=serving.source,
             revision=revision,
-            not_after=leaf.not_valid_after_utc.astimezone(UTC),
-            material=material,
+            not_after=leaf.not_valid_after_utc,
+            material=Material(blocks[0], self._intermediates(rest), key, _KEY_LABELS[label]),
             material_digest=digest,
         )
 
-    def _share(self, intermediates: tuple[bytes, ...]) -> tuple[bytes, ...]:
-        """One copy of each distinct intermediate chain, parsed once to refuse garbage."""
-        shared = self._shared.get(intermediates)
+    def _intermediates(self, pem: str) -> tuple[bytes, ...]:
+        """One copy of each distinct intermediate chain, decoded and parsed once."""
+        shared = self._shared.get(pem)
         if shared is not None:
             return shared
-        for der in intermediates:
-            x509.load_der_x509_certificate(der)
+        blocks = tuple(_pem_blocks(pem, "CERTIFICATE"))
+        for der in blocks:
+            x509.load_der_x509_certificate(der)  # refuse garbage now, not at a handshake
         if len(self._shared) < _MAX_SHARED_CHAINS:
-            self._shared[intermediates] = intermediates
-        return intermediates
+            self._shared[pem] = blocks
+        return blocks
 
     def put(self, entry: Served, *, context: ssl.SSLContext | None = None) -> None:
         """Serve ``entry`` from now on; ``context``: its context, built ahead (see ``prepare``)."""

@@ -93,7 +93,7 @@ class BrokerServicer(broker_pb2_grpc.CertificateBrokerServiceServicer):
     ) -> None:
         self._challenges = challenges
         self.watchers = 0  # open WatchStatus streams (a gauge for metrics and tests)
-        self._routers = routers or RouterRegistry(clock)
+        self._routers = routers if routers is not None else RouterRegistry(clock)
         self._send_timeout = send_timeout.total_seconds()
         self.stopping = False
         self._tracer = tracer or trace.NoOpTracer()
