@@ -104,8 +104,9 @@ async def _router_host(args: argparse.Namespace) -> None:
     watchers: list[RouterWatcher] = []
     routers: list[ReferenceRouter] = []
     tasks: list[asyncio.Task[None]] = []
-    for _ in range(args.routers):
-        watcher = RouterWatcher.connect(args.addr, tls)
+    for index in range(args.routers):
+        # Each reports what it serves, as deployed routers do (ListRouters shows them).
+        watcher = RouterWatcher.connect(args.addr, tls, router_id=f"{args.router_id_prefix}{index}")
         router = ReferenceRouter(
             watcher.certificates, RouterConfig(https_listen=("127.0.0.1", 0), http_listen=None)
         )
@@ -200,7 +201,7 @@ async def _drive(args: argparse.Namespace) -> int:
                 await api.issue_certificate(name, "bench", disable_letsencrypt=True)
                 await api.upload_custom(name, *_leaf_files(name), app="bench")
             per_host = args.routers if args.one_process else 1
-            for _ in range(args.routers // per_host if args.target == "library" else 0):
+            for host_index in range(args.routers // per_host if args.target == "library" else 0):
                 hosts.append(
                     subprocess.Popen(
                         [
@@ -217,6 +218,8 @@ async def _drive(args: argparse.Namespace) -> int:
                             str(router_id.key),
                             "--routers",
                             str(per_host),
+                            "--router-id-prefix",
+                            f"bench-{host_index}-",
                         ],
                         stdout=subprocess.PIPE,
                         cwd=ROOT,
@@ -342,6 +345,7 @@ def main() -> int:
     for flag in ("--addr", "--ca", "--cert", "--key"):
         host.add_argument(flag, required=True)
     host.add_argument("--routers", type=int, default=10)
+    host.add_argument("--router-id-prefix", default="bench-")
     client = sub.add_parser("hps-client")
     client.add_argument("--port", type=int, required=True)
     client.add_argument("--name", required=True)

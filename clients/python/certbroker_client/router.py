@@ -277,7 +277,7 @@ class Served:
 
     @property
     def key_pem(self) -> str:
-        """The private key, PKCS#8 PEM."""
+        """The private key as PEM, in the format it was sent (PKCS#8, SEC1 or PKCS#1)."""
         return self.material.key_pem()
 
 
