@@ -185,7 +185,7 @@ async def test_unknown_names_get_an_alert_or_the_default_certificate(topo: Topol
 
 
 async def test_the_cli_router_serves_what_the_broker_has(topo: Topology) -> None:
-    """``certbroker router`` as a process: mTLS to the broker, HTTPS by SNI, clean SIGTERM."""
+    """``certbroker router`` as a process: mTLS to the broker, HTTPS by SNI, reports, SIGTERM."""
     name = unique("cli")
     status = await issue(topo, name)
     https, http = free_port(), free_port()
@@ -196,6 +196,7 @@ async def test_the_cli_router_serves_what_the_broker_has(topo: Topology) -> None
         "--addr", topo.broker_addr, "--tls-ca", str(tls.ca), "--tls-cert", str(tls.cert),
         "--tls-key", str(tls.key), "--https-listen", f"127.0.0.1:{https}",
         "--http-listen", f"127.0.0.1:{http}", "--http01-forward", f"127.0.0.1:{topo.http01_port}",
+        "--router-id", "cli-router-1", "--max-contexts", "10",
         cwd=ROOT, env=dict(os.environ), stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
@@ -210,6 +211,13 @@ async def test_the_cli_router_serves_what_the_broker_has(topo: Topology) -> None
             return fingerprint(cert) == status.lets_encrypt_certificate.sha256_fingerprint
 
         await wait_until(serves, 15, "the CLI router to serve the name", interval=0.1)
+
+        async def reported() -> bool:
+            routers = {r.router_id: r for r in await topo.api.list_routers()}
+            cli = routers.get("cli-router-1")
+            return cli is not None and cli.applied_revision >= status.revision
+
+        await wait_until(reported, 15, "the CLI router to report its revision", interval=0.1)
     finally:
         if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)
