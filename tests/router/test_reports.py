@@ -112,7 +112,7 @@ async def fleet(tmp_path: Path) -> AsyncIterator[Fleet]:
 
 async def upload(api: BrokerClient) -> tuple[domain_pb2.Domain, str]:
     leaf = PKI.leaf(DOMAIN)
-    domain = await api.upload_custom(DOMAIN, PKI.bundle(leaf), leaf.key_pem())
+    domain = await api.upload_custom(DOMAIN, PKI.bundle(leaf), leaf.key_pem(), app="shop")
     return domain, fingerprint(leaf.cert)
 
 
