@@ -189,16 +189,10 @@ def report_hook(client: BrokerClient, router_id: str) -> ReportHook:
     """What the agent tells the broker it serves: its identity and the revision applied."""
 
     async def report(applied_revision: int, domain_count: int) -> float | None:
-        # REPORT SERVING (issue 15, item 4): the one place the report goes. When
-        # BrokerClient gains report_serving, this becomes
-        #   await client.report_serving(router_id, applied_revision, domain_count)
-        #   return client.report_interval.total_seconds()
-        # The follow loop already calls this every --report-interval and soon
-        # after each change; errors raised here are logged and never stop it.
-        log.debug(
-            "serving %d names at revision %d as %s", domain_count, applied_revision, router_id
-        )
-        return None
+        # The follow loop calls this every --report-interval and soon after each
+        # change; errors raised here are logged and never stop it.
+        await client.report_serving(router_id, applied_revision, domain_count)
+        return client.report_interval.total_seconds()  # the broker's, from its reply
 
     return report
 
