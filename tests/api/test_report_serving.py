@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from pathlib import Path
 
@@ -57,8 +58,14 @@ async def test_plaintext_callers_may_report_and_bad_reports_name_their_fields(
         started_broker(settings, FakeClock(NOW)) as broker,
         BrokerClient.connect(broker.address, timeout=10) as local,
     ):
-        await local.issue_certificate("a.example.test", "shop", disable_letsencrypt=True)
-        assert await local.report_serving("dev-box", 1, 3) == 1
+        assert await local.report_serving("dev-box", 0, 0) == 0
+        added = await local.issue_certificate("a.example.test", "shop", disable_letsencrypt=True)
+        # The reply carries the broker's current revision (its event hub's, a moment behind
+        # the commit): the report that follows the change sees it.
+        deadline = asyncio.get_running_loop().time() + 10
+        while await local.report_serving("dev-box", 1, 3) < added.revision:
+            assert asyncio.get_running_loop().time() < deadline, "the revision never showed"
+            await asyncio.sleep(0.02)
         assert local.report_interval == timedelta(seconds=3)
         [listed] = await local.list_routers()
         assert (listed.identity, listed.applied_revision, listed.domain_count) == ("local", 1, 3)
