@@ -3,7 +3,8 @@
 # On main itself (CI's clean checkout) this compares main with itself and passes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if git rev-parse --verify -q main >/dev/null && git ls-tree -r --name-only main | grep -q '^protos/'; then
+# (No `grep -q` on a pipe: it closes the pipe early and pipefail turned that into "no protos".)
+if git rev-parse --verify -q main >/dev/null && [ -n "$(git ls-tree -r --name-only main -- protos/)" ]; then
   node_modules/.bin/buf breaking --against '.git#branch=main'
   echo "buf breaking: no breaking change against main"
 else
