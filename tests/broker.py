@@ -46,9 +46,10 @@ class BrokerHandle:
 
 @asynccontextmanager
 async def started_broker(
-    settings: Settings, clock: Clock | None = None
+    settings: Settings, clock: Clock | None = None, **run_options: Any
 ) -> AsyncIterator[BrokerHandle]:
-    running = await run(settings, clock)
+    """``run_options`` go to ``run`` (e.g. ``open_store`` with a fault injected)."""
+    running = await run(settings, clock, **run_options)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
     try:
         yield BrokerHandle(running, channel, broker_pb2_grpc.CertificateBrokerServiceStub(channel))

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from certbroker.backoff import MAX_RETRY, renewal_time, retry_delay
+from certbroker.backoff import MAX_RETRY, STORE_RETRY, renewal_time, retry_delay
 
 
 @pytest.mark.parametrize(
@@ -41,3 +41,10 @@ def test_renewal_is_day_60_of_a_90_day_certificate() -> None:
 def test_renewal_is_day_30_of_a_45_day_certificate() -> None:
     start = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
     assert renewal_time(start, start + timedelta(days=45)) == start + timedelta(days=30)
+
+
+@pytest.mark.parametrize(
+    ("attempt", "seconds"), [(0, 0), (1, 1), (2, 2), (3, 4), (9, 256), (10, 300), (60, 300)]
+)
+def test_store_retry_doubles_from_one_second_to_five_minutes(attempt: int, seconds: int) -> None:
+    assert STORE_RETRY.delay(attempt) == timedelta(seconds=seconds)

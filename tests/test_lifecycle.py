@@ -19,6 +19,7 @@ from certbroker.model import (
     RetryState,
     Source,
 )
+from certbroker.store.codec import DOMAIN_COLUMNS, SCHEDULE_COLUMNS, domain_to_row
 
 NOW = datetime(2026, 4, 1, 12, 0, tzinfo=UTC)
 MINUTE = timedelta(minutes=1)
@@ -380,6 +381,18 @@ def test_custom_removed_without_le_orders_now() -> None:
     assert lc.is_due_for_order(d, NOW)
 
 
+def test_custom_removed_while_backing_off_is_a_rationed_forced_retry() -> None:
+    custom = cert(NOW - DAY, 365 * DAY)
+    failing = lc.failed(domain(), "ACME_X", "", NOW)
+    first = lc.custom_removed(lc.custom_installed(failing, custom, NOW), NOW, 10 * MINUTE)
+    assert first.retry.next_attempt_at == NOW
+    assert first.retry.forced_at == NOW
+    failed_again = lc.failed(first, "ACME_X", "", NOW)
+    second = lc.custom_removed(lc.custom_installed(failed_again, custom, NOW), NOW, 10 * MINUTE)
+    assert second.retry.next_attempt_at == NOW + 2 * MINUTE  # the backoff stands
+    assert not lc.is_due_for_order(second, NOW)
+
+
 def test_custom_removed_when_opted_out_is_disabled_and_orders_nothing() -> None:
     start = lc.custom_installed(domain(letsencrypt_enabled=False), cert(NOW - DAY, 9 * DAY), NOW)
     d = lc.custom_removed(start, NOW)
@@ -455,6 +468,44 @@ def test_retry_now_runs_at_once_without_touching_the_attempt_count() -> None:
     assert d.retry.last_error_reason == "X"
 
 
+def test_retry_now_of_a_failing_domain_records_the_forced_retry() -> None:
+    start = lc.failed(domain(), "ACME_X", "", NOW)
+    assert lc.backing_off(start, NOW)
+    assert lc.forced_retry_wait(start, NOW, 10 * MINUTE) is None
+    forced = lc.retry_now(start, NOW + MINUTE / 2)
+    assert forced.retry.forced_at == NOW + MINUTE / 2
+    assert lc.is_due_for_order(forced, NOW + MINUTE / 2)
+    again = lc.failed(forced, "ACME_X", "", NOW + MINUTE)
+    assert again.retry.forced_at == NOW + MINUTE / 2  # failing again refills nothing
+    assert lc.forced_retry_wait(again, NOW + MINUTE, 10 * MINUTE) == 9.5 * MINUTE
+    assert lc.forced_retry_wait(again, NOW + 10.5 * MINUTE, 10 * MINUTE) is None
+
+
+def test_retry_now_before_any_failure_is_free() -> None:
+    """DNS cadence, quota holds and missing settings are re-checked locally: never rationed."""
+    pending = lc.dns_not_ready(domain(), OBS, "DNS_NOT_POINTING", "", NOW, MINUTE)
+    held = lc.held_back(domain(), "QUOTA_NAME_SET", "", NOW + 7 * DAY, NOW)
+    for d in (pending, held):
+        assert not lc.backing_off(d, NOW)
+        forced = lc.retry_now(d, NOW)
+        assert forced.retry.forced_at is None
+        assert lc.forced_retry_wait(lc.retry_now(forced, NOW), NOW, 10 * MINUTE) is None
+
+
+def test_a_due_domain_is_not_backing_off_and_retry_now_spends_nothing() -> None:
+    start = lc.failed(domain(retry=RetryState(forced_at=NOW)), "ACME_X", "", NOW)
+    due = start.retry.next_attempt_at
+    assert due is not None
+    assert lc.forced_retry_wait(start, due, 10 * MINUTE) is None
+    assert not lc.changed(start, lc.retry_now(start, due))
+
+
+def test_issued_resets_the_forced_retry() -> None:
+    start = lc.retry_now(lc.failed(domain(), "ACME_X", "", NOW), NOW)
+    assert start.retry.forced_at == NOW
+    assert lc.issued(start, fresh_le(), NOW).retry.forced_at is None
+
+
 def test_retry_now_without_need_changes_no_retry_fact() -> None:
     start = serving_le()
     d = lc.retry_now(start, NOW)
@@ -467,13 +518,23 @@ def test_set_letsencrypt_off_then_on() -> None:
     off = lc.set_letsencrypt(start, False, NOW)
     assert not off.letsencrypt_enabled
     assert off.le_state is S.DISABLED
-    assert off.retry == RetryState()
+    assert off.retry == start.retry  # the backoff is remembered, not reset
     assert off.next_run_at is None
     on = lc.set_letsencrypt(off, True, NOW + MINUTE)
     assert on.letsencrypt_enabled
     assert on.le_state is S.PENDING_DNS
     assert on.next_run_at == NOW + MINUTE
     assert lc.is_due_for_order(on, NOW + MINUTE)
+
+
+def test_set_letsencrypt_off_and_on_again_is_no_way_around_the_backoff() -> None:
+    start = lc.failed(domain(retry=RetryState(attempt=5)), "ACME_X", "", NOW)
+    assert start.retry.next_attempt_at == NOW + 32 * MINUTE
+    on = lc.set_letsencrypt(lc.set_letsencrypt(start, False, NOW), True, NOW)
+    assert on.retry.attempt == 6
+    assert on.retry.next_attempt_at == NOW + 32 * MINUTE
+    assert not lc.is_due_for_order(on, NOW + MINUTE)
+    assert lc.backing_off(on, NOW)
 
 
 def test_set_letsencrypt_on_with_a_valid_le_cert_is_in_use() -> None:
@@ -499,6 +560,39 @@ def test_changed_ignores_only_updated_at() -> None:
 def test_a_failed_transition_is_worth_writing() -> None:
     d = domain()
     assert lc.changed(d, lc.failed(d, "X", "", NOW))
+    assert lc.worth_an_event(d, lc.failed(d, "X", "", NOW))
+
+
+def test_a_dns_recheck_that_finds_the_same_is_no_event() -> None:
+    seen = replace(OBS, answered=("A 198.51.100.9", "A 198.51.100.10"))
+    first = lc.dns_not_ready(domain(), seen, "DNS_NOT_POINTING", "m", NOW, MINUTE)
+    assert lc.worth_an_event(domain(), first)
+    later = NOW + MINUTE
+    shuffled = replace(seen, answered=tuple(reversed(seen.answered)), checked_at=later)
+    second = lc.dns_not_ready(first, shuffled, "DNS_NOT_POINTING", "m", later, MINUTE)
+    assert lc.changed(first, second)  # the next check time must still be written
+    assert not lc.worth_an_event(first, second)
+    moved = replace(OBS, answered=("A 198.51.100.7",), checked_at=later)
+    third = lc.dns_not_ready(first, moved, "DNS_NOT_POINTING", "m", later, MINUTE)
+    assert lc.worth_an_event(first, third)
+    other_reason = lc.dns_not_ready(first, OBS, "DNS_NXDOMAIN", "m", later, MINUTE)
+    assert lc.worth_an_event(first, other_reason)
+
+
+def test_scheduling_moves_are_no_event() -> None:
+    d = serving_le()
+    assert not lc.worth_an_event(d, replace(d, next_run_at=NOW + DAY, updated_at=NOW + DAY))
+    failing = lc.failed(domain(), "X", "", NOW)
+    assert not lc.worth_an_event(failing, lc.retry_now(failing, NOW))
+    for shown in (
+        replace(d, le_state=S.CREATING),
+        replace(d, action_required="create the record"),
+        replace(d, retry=replace(d.retry, attempt=3)),
+        replace(d, retry=replace(d.retry, last_error_message="x")),
+        replace(d, custom_expiring=True),
+        replace(d, le_cert=fresh_le()),
+    ):
+        assert lc.worth_an_event(d, shown)
 
 
 # --- property: any sequence of transitions --------------------------------------------------
@@ -587,6 +681,23 @@ def test_any_sequence_stays_settled_and_never_schedules_the_past(
         # a wanted order is always scheduled
         if lc.needs_issuance(d, now):
             assert d.next_run_at is not None
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(enabled=st.booleans(), steps=_steps)
+def test_a_change_without_an_event_moves_only_the_scheduling_columns(
+    enabled: bool, steps: list[tuple[int, tuple[object, ...]]]
+) -> None:
+    """What ``put_schedule`` writes is all that differs when no event is due."""
+    now = NOW
+    d = lc.settle(domain(letsencrypt_enabled=enabled), now)
+    for advance, op in steps:
+        now += timedelta(seconds=advance)
+        before, d = d, _apply(d, op, now)
+        if lc.changed(before, d) and not lc.worth_an_event(before, d):
+            old, new = domain_to_row(before), domain_to_row(d)
+            moved = {c for c in DOMAIN_COLUMNS if old[c] != new[c]} - {"updated_at"}
+            assert moved <= set(SCHEDULE_COLUMNS), (op[0], moved)
 
 
 def test_renewal_counts_from_receipt_when_our_clock_is_ahead_of_the_ca() -> None:

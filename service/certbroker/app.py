@@ -15,13 +15,13 @@ import base64
 import binascii
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Protocol
 
-from certbroker import lifecycle, tenancy
+from certbroker import lifecycle, outbox, tenancy
 from certbroker.clock import Clock
 from certbroker.delegation import LabelKey
-from certbroker.errors import InvalidArgument, NotFound
+from certbroker.errors import InvalidArgument, NotFound, ResourceExhausted
 from certbroker.model import (
     ChallengeType,
     Domain,
@@ -100,6 +100,8 @@ class Broker:
         validator: Validator,
         labels: LabelKey,
         wake_scheduler: Callable[[], None] = lambda: None,
+        *,
+        forced_retry_interval: timedelta = lifecycle.FORCED_RETRY_INTERVAL,
     ) -> None:
         self._store = store
         self._clock = clock
@@ -107,6 +109,7 @@ class Broker:
         self._validator = validator
         self._labels = labels
         self._wake = wake_scheduler
+        self._forced_retry_interval = forced_retry_interval
 
     async def issue_certificate(
         self,
@@ -139,16 +142,10 @@ class Broker:
                 tenancy.check_owner(existing, app)
                 if include_apex and not existing.include_apex:  # the apex joins the claim
                     await self._check_family(tx, tenancy.Claim(name, True), app)
-                updated = lifecycle.set_letsencrypt(existing, not disable_letsencrypt, now)
-                if key_algorithm is not None:
-                    updated = replace(updated, key_algorithm=key_algorithm)
-                if include_apex:
-                    updated = replace(updated, include_apex=True)
-                updated = lifecycle.retry_now(updated, now)
-                if not lifecycle.changed(existing, updated):
-                    result = existing
-                else:
-                    result = await tx.put_domain(updated)
+                updated = self._settings_or_retry(
+                    existing, now, not disable_letsencrypt, key_algorithm, include_apex
+                )
+                result = await outbox.save(tx, existing, updated)
             else:
                 await self._check_family(tx, tenancy.Claim(name, include_apex), app)
                 fresh = Domain(
@@ -173,6 +170,43 @@ class Broker:
                 result = await tx.put_domain(lifecycle.settle(fresh, now))
         self._wake()
         return result
+
+    def _settings_or_retry(
+        self,
+        existing: Domain,
+        now: datetime,
+        letsencrypt: bool,
+        key_algorithm: KeyAlgorithm | None,
+        include_apex: bool,
+    ) -> Domain:
+        """IssueCertificate on a known domain: a settings change, or else "retry now".
+
+        A call that changes a setting (Let's Encrypt on/off, key algorithm, apex) is
+        applied and never refused; it runs the next step at once only where that is
+        free (nothing failed yet), so it is no way around a backoff. A call that
+        changes nothing is a forced retry: a domain that is backing off gets one per
+        forced-retry interval, and sooner calls RESOURCE_EXHAUSTED/RETRY_TOO_SOON.
+        """
+        updated = lifecycle.set_letsencrypt(existing, letsencrypt, now)
+        if key_algorithm is not None:
+            updated = replace(updated, key_algorithm=key_algorithm)
+        if include_apex:
+            updated = replace(updated, include_apex=True)
+        if lifecycle.changed(existing, updated):
+            if lifecycle.backing_off(updated, now):
+                return lifecycle.settle(updated, now)
+            return lifecycle.retry_now(updated, now)
+        wait = lifecycle.forced_retry_wait(existing, now, self._forced_retry_interval)
+        if wait is not None:
+            raise ResourceExhausted(
+                f"domain {existing.name} is backing off after {existing.retry.attempt} failed "
+                f"attempts and was retried on request recently; the next forced retry is "
+                f"allowed in {int(wait.total_seconds()) + 1} s (the next attempt is scheduled "
+                "for next_attempt_time)",
+                retry_after=wait,
+                reason="RETRY_TOO_SOON",
+            )
+        return lifecycle.retry_now(existing, now)
 
     async def upload_custom(
         self, domain: str, app: str | None, certificate: bytes, private_key: bytes
@@ -209,7 +243,9 @@ class Broker:
             tenancy.check_owner(current, app)
             if current.custom_cert is None:
                 return current  # nothing to delete: idempotent
-            result = await tx.put_domain(lifecycle.custom_removed(current, now))
+            result = await tx.put_domain(
+                lifecycle.custom_removed(current, now, self._forced_retry_interval)
+            )
         self._wake()
         return result
 

@@ -61,9 +61,11 @@ class FakeClock:
             waiters = [asyncio.ensure_future(moved.wait())]
             if wake is not None:
                 waiters.append(asyncio.ensure_future(wake.wait()))
-            _, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-            for task in pending:
-                task.cancel()
+            try:
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            finally:  # also when the sleeper itself is cancelled: leave no waiter behind
+                for task in waiters:
+                    task.cancel()
 
 
 def utc(when: datetime) -> datetime:

@@ -162,6 +162,9 @@ class Settings:
     kek_file: str = "./var/certbroker.kek"
     caa_identity: str = "letsencrypt.org"
     dns_check_interval: timedelta = timedelta(seconds=60)
+    # A failing domain may be forced ("retry now") once per this; Let's Encrypt refills
+    # one failed authorization per name every 12 minutes.
+    forced_retry_interval: timedelta = timedelta(minutes=10)
     # DNS-01 through a one-time delegation (wildcards): the broker's own zone, its
     # primary (RFC 2136 updates go there) and the TSIG key file; all three or none.
     dns01_zone: str | None = None
@@ -249,6 +252,7 @@ class Settings:
             values["allow_plaintext"] = raw.strip().lower() in ("1", "true", "yes")
         for attr, name in (
             ("dns_check_interval", "CERTBROKER_DNS_CHECK_INTERVAL"),
+            ("forced_retry_interval", "CERTBROKER_FORCED_RETRY_INTERVAL"),
             ("event_retention", "CERTBROKER_EVENT_RETENTION"),
             ("key_retention", "CERTBROKER_KEY_RETENTION"),
             ("heartbeat_interval", "CERTBROKER_HEARTBEAT_INTERVAL"),

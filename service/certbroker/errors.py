@@ -73,4 +73,22 @@ class OutOfRange(BrokerError):
 
 
 class Unavailable(BrokerError):
+    """Try again later; ``retry_after`` (sent as ``RetryInfo``) says when, where we know."""
+
     reason = "UNAVAILABLE"
+
+    def __init__(
+        self, message: str, *, reason: str | None = None, retry_after: timedelta | None = None
+    ) -> None:
+        super().__init__(message, reason=reason)
+        self.retry_after = retry_after
+
+
+class StoreUnavailable(Unavailable):
+    """The database cannot take the read or write now (locked, disk full, I/O error).
+
+    Raised by the store backend in place of its driver's error, so callers (the
+    scheduler's backoff, the API's UNAVAILABLE) need not know the backend.
+    """
+
+    reason = "STORE_UNAVAILABLE"

@@ -18,6 +18,27 @@ after issuance is reported (``action_required``) well before the renewal
 needs it, while the current certificate keeps serving (the state stays
 IN_USE: that is what serves). ``retry.next_attempt_at`` holds that time, so
 it survives restarts like the backoff does.
+
+Forced retries (IssueCertificate on a known domain, ``retry_now``) are free
+while nothing has failed yet: a quota hold, the 60-second DNS or delegation
+cadence and a missing setting are all re-checked locally before the CA hears
+anything. A domain that is *backing off* (``backing_off``: an attempt failed
+and the next one is in the future) may be forced at most once per
+``FORCED_RETRY_INTERVAL`` (``forced_retry_wait`` says how long is left): each
+forced try can cost the shared ACME account a failed authorization, which
+Let's Encrypt refills at one per name every 12 minutes. The time of the last
+forced retry is a column (``retry.forced_at``), so a restart does not reopen
+it, and neither does switching Let's Encrypt off and on (``set_letsencrypt``
+keeps the retry facts) or removing a custom certificate (``custom_removed``
+keeps the backoff). Otherwise only the wait running out, or a change the
+broker observes on its own cadence (DNS pointing, the delegation appearing),
+lets the next attempt go.
+
+Events: every write of a domain used to append an event, and a DNS re-check
+moves several times (check time, next check, error time) without changing
+anything a router or a status page acts on. ``worth_an_event`` compares what
+is shown; a transition that moves only those times is written to the
+scheduling columns alone (``Transaction.put_schedule``), without an event.
 """
 
 from __future__ import annotations
@@ -37,6 +58,8 @@ from certbroker.model import (
 )
 
 EXPIRING_WINDOW = timedelta(days=14)
+#: Default spacing of forced retries of a failing domain (CERTBROKER_FORCED_RETRY_INTERVAL).
+FORCED_RETRY_INTERVAL = timedelta(minutes=10)
 #: How often a resting DNS-01 domain's delegation is looked at again.
 DELEGATION_RECHECK = timedelta(days=1)
 _RESTING = (LetsEncryptState.IN_USE, LetsEncryptState.NOT_USED, LetsEncryptState.DISABLED)
@@ -202,7 +225,8 @@ def failed(
     wait = retry_delay(attempt)
     if retry_after is not None and retry_after > wait:
         wait = retry_after
-    retry = RetryState(
+    retry = replace(
+        domain.retry,  # keeps forced_at: failing again does not refill forced retries
         attempt=attempt,
         next_attempt_at=now + wait,
         last_error_reason=reason,
@@ -302,29 +326,64 @@ def issued(domain: Domain, cert: CertificateInfo, now: datetime) -> Domain:
     return settle(done, now)
 
 
+def backing_off(domain: Domain, now: datetime) -> bool:
+    """An attempt failed and the next one waits: forcing it would cost the CA's quotas."""
+    next_attempt = domain.retry.next_attempt_at
+    return (
+        domain.retry.attempt > 0
+        and next_attempt is not None
+        and next_attempt > now
+        and needs_issuance(domain, now)
+    )
+
+
+def forced_retry_wait(domain: Domain, now: datetime, interval: timedelta) -> timedelta | None:
+    """How long until a forced retry is allowed again; ``None`` when it is allowed now."""
+    forced = domain.retry.forced_at
+    if not backing_off(domain, now) or forced is None or forced + interval <= now:
+        return None
+    return forced + interval - now
+
+
 def retry_now(domain: Domain, now: datetime) -> Domain:
-    """IssueCertificate on a known domain: run the next step at once (quotas still count)."""
+    """IssueCertificate on a known domain: run the next step at once (quotas still count).
+
+    Forcing a domain that is backing off is recorded in ``retry.forced_at``;
+    the caller checks ``forced_retry_wait`` first. The attempt count is kept.
+    """
     if not needs_issuance(domain, now):
         return settle(domain, now)
-    return settle(replace(domain, retry=replace(domain.retry, next_attempt_at=now)), now)
+    retry = replace(domain.retry, next_attempt_at=now)
+    if backing_off(domain, now):
+        retry = replace(retry, forced_at=now)
+    return settle(replace(domain, retry=retry), now)
 
 
 def custom_installed(domain: Domain, cert: CertificateInfo, now: datetime) -> Domain:
     return settle(replace(domain, custom_cert=cert), now)
 
 
-def custom_removed(domain: Domain, now: datetime) -> Domain:
-    """Fallback: the Let's Encrypt certificate serves in the same write; none yet → order now."""
+def custom_removed(
+    domain: Domain, now: datetime, interval: timedelta = FORCED_RETRY_INTERVAL
+) -> Domain:
+    """Fallback: the Let's Encrypt certificate serves in the same write; none yet → order now.
+
+    Ordering at once while backing off is a forced retry, rationed like one
+    (``interval``): uploading and deleting a custom certificate in a loop must
+    not become a way around the backoff.
+    """
     fallback = replace(domain, custom_cert=None)
-    if fallback.letsencrypt_enabled and not _has_usable_le(fallback, now):
-        fallback = replace(fallback, retry=replace(fallback.retry, next_attempt_at=now))
+    wanted = fallback.letsencrypt_enabled and not _has_usable_le(fallback, now)
+    if wanted and forced_retry_wait(fallback, now, interval) is None:
+        return retry_now(fallback, now)
     return settle(fallback, now)
 
 
 def set_letsencrypt(domain: Domain, enabled: bool, now: datetime) -> Domain:
+    """Opt in or out. The retry facts stay: switching off and on is no way around a backoff."""
     if enabled == domain.letsencrypt_enabled:
         return domain
-    changed = replace(domain, letsencrypt_enabled=enabled, retry=RetryState())
+    changed = replace(domain, letsencrypt_enabled=enabled)
     if enabled and changed.le_state is LetsEncryptState.DISABLED:
         changed = replace(changed, le_state=LetsEncryptState.PENDING_DNS)
     return settle(changed, now)
@@ -338,10 +397,36 @@ def tick(domain: Domain, now: datetime) -> Domain:
         and domain.letsencrypt_enabled
         and not _has_usable_le(domain, now)
     ):
+        # Once per custom certificate and driven by time alone: not a forced retry.
         domain = replace(domain, retry=replace(domain.retry, next_attempt_at=now))
     return settle(domain, now)
 
 
 def changed(before: Domain, after: Domain) -> bool:
-    """Worth a write and an event: anything but the bookkeeping timestamp moved."""
+    """Worth a write: anything but the bookkeeping timestamp moved."""
     return replace(before, updated_at=after.updated_at) != after
+
+
+def _shown(domain: Domain) -> Domain:
+    """The domain as far as a router or a status page acts on it.
+
+    Left out: when things were last looked at and will next be (check and error
+    times, the next attempt and run, the last forced retry) and the order in
+    which DNS listed its answers. A failure still shows, through its attempt
+    count and reason; a new answer, state, certificate or instruction too.
+    """
+    retry = replace(domain.retry, next_attempt_at=None, last_error_at=None, forced_at=None)
+    dns = domain.dns
+    if dns is not None:
+        dns = replace(
+            dns,
+            answered=tuple(sorted(dns.answered)),
+            expected=tuple(sorted(dns.expected)),
+            checked_at=None,
+        )
+    return replace(domain, retry=retry, dns=dns, next_run_at=None)
+
+
+def worth_an_event(before: Domain, after: Domain) -> bool:
+    """Does ``after`` show anything ``before`` did not? If not, only scheduling times moved."""
+    return replace(_shown(before), updated_at=after.updated_at) != _shown(after)

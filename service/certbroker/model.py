@@ -79,6 +79,9 @@ class RetryState:
     last_error_reason: str = ""
     last_error_message: str = ""
     last_error_at: datetime | None = None
+    # When a caller last forced a retry of this failing domain (IssueCertificate on a
+    # known name); forced retries are rationed by it so they cannot drain CA quotas.
+    forced_at: datetime | None = None
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,17 @@ rests, its delegation is looked at again once a day
 (``lifecycle.is_due_for_delegation_check``), so a removed CNAME shows as
 ``action_required`` long before the renewal, while the certificate keeps
 serving.
+
+Writes go through ``outbox.save``: a check that finds what the last one found
+moves only the scheduling columns and writes no event.
+
+When the store cannot record a step (disk full, database locked), the step's
+domain is held back in memory with a growing delay, the whole loop pauses and
+probes (``store_health``), and ``on_store_health`` hears when the store turns
+unhealthy and healthy again (the server maps it to gRPC health). Nothing is
+retried at once, so a failing store cannot make the loop spin. An order whose
+certificate was issued but could not be stored keeps its row and URL, so the
+next step downloads that certificate again instead of ordering anew.
 """
 
 from __future__ import annotations
@@ -38,12 +49,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from certbroker import delegation, lifecycle, quota
+from certbroker import delegation, lifecycle, outbox, quota
 from certbroker.acme.keys import generate_private_key
 from certbroker.acme.problems import AcmeProblem, classify
 from certbroker.app import Sealer
@@ -56,9 +68,11 @@ from certbroker.dns import (
     PlatformTargets,
     to_observation,
 )
+from certbroker.errors import StoreUnavailable
 from certbroker.model import Domain, LetsEncryptState, Source
 from certbroker.names import registered_domain
 from certbroker.store.base import NewCertificate, PendingOrder, Store, Transaction
+from certbroker.store_health import Holds, StoreHealth
 from certbroker.x509.info import certificate_info
 
 log = logging.getLogger(__name__)
@@ -148,6 +162,7 @@ class Scheduler:
         *,
         dns01: Dns01Access | None = None,
         labels: LabelKey | None = None,
+        on_store_health: Callable[[bool], Awaitable[None]] | None = None,
     ) -> None:
         self._store = store
         self._dns01 = dns01
@@ -162,6 +177,10 @@ class Scheduler:
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._health = StoreHealth()
+        self._holds = Holds()
+        self._on_store_health = on_store_health
+        self._reported_healthy = True
 
     def wake(self) -> None:
         """Something changed (a new domain, a retry-now): look at the store again."""
@@ -186,15 +205,35 @@ class Scheduler:
     def busy(self) -> int:
         return len(self._inflight)
 
+    @property
+    def store_healthy(self) -> bool:
+        return self._health.healthy
+
+    def _skipped(self) -> set[str]:
+        """Being worked, or held back after their step could not be recorded."""
+        return set(self._inflight) | self._holds.held(self._clock.now())
+
     async def _run(self) -> None:
         while not self._stopping:
             self._wake.clear()
+            paused_until = self._health.resume_at(self._clock.now())
+            if paused_until is not None:
+                await self._clock.sleep_until(paused_until, self._wake)
+                continue
+            if self._health.suspect and not await self._probe():
+                continue
             try:
                 await self._start_due()
-                next_due = await self._store.next_due_time(exclude=set(self._inflight))
-            except Exception:
-                log.exception("scheduler pass failed; retrying")
-                next_due = None
+                next_due = await self._store.next_due_time(exclude=self._skipped())
+            except Exception as error:
+                # Reads failed: the same pause as for failed writes, not a traceback a second.
+                log.debug("scheduler pass failed", exc_info=True)
+                self._health.failed(error, self._clock.now())
+                await self._report_health()
+                continue
+            release = self._holds.next_release(self._clock.now())
+            if release is not None and (next_due is None or release < next_due):
+                next_due = release
             now = self._clock.now()
             if next_due is not None and next_due > now:
                 await self._clock.sleep_until(next_due, self._wake)
@@ -211,26 +250,65 @@ class Scheduler:
             return
         # Names only: each step reads its domain itself, and in-flight ones are skipped in SQL,
         # so a pass costs one small query however many orders are running.
-        due = await self._store.due_names(self._clock.now(), free, exclude=set(self._inflight))
+        due = await self._store.due_names(self._clock.now(), free, exclude=self._skipped())
         for name in due:
             task = asyncio.create_task(self._guarded_step(name), name=f"step {name}")
             self._inflight[name] = task
 
     async def _guarded_step(self, name: str) -> None:
         try:
-            await self.step(name)
+            try:
+                await self.step(name)
+            except StoreUnavailable:
+                raise
+            except Exception as error:
+                # A bug or an unforeseen failure: recorded like a failed try, so it backs off.
+                log.exception("step for %s failed", name)
+                kind = type(error).__name__
+                await self._record(
+                    name,
+                    lambda d, now: lifecycle.failed(d, "INTERNAL", f"internal error ({kind})", now),
+                )
         except asyncio.CancelledError:
+            self._inflight.pop(name, None)
             raise
         except Exception as error:
-            log.exception("step for %s failed", name)
-            kind = type(error).__name__
-            await self._record(
-                name,
-                lambda d, now: lifecycle.failed(d, "INTERNAL", f"internal error ({kind})", now),
-            )
-        finally:
-            self._inflight.pop(name, None)
-            self._wake.set()
+            # The outcome could not be recorded: neither retry at once nor lose the domain.
+            now = self._clock.now()
+            self._holds.hold(name, now)
+            self._health.failed(error, now)
+        else:
+            self._holds.release(name)
+        self._inflight.pop(name, None)
+        self._wake.set()
+        await self._report_health()
+
+    async def _probe(self) -> bool:
+        """After failures: one small write says whether the store takes writes again."""
+        try:
+            async with self._transaction() as tx:
+                await tx.set_meta("scheduler_probe", self._clock.now().isoformat().encode())
+        except Exception as error:
+            self._health.failed(error, self._clock.now())
+            await self._report_health()
+            return False
+        await self._report_health()
+        return True
+
+    async def _report_health(self) -> None:
+        healthy = self._health.healthy
+        if healthy == self._reported_healthy:
+            return
+        self._reported_healthy = healthy
+        if self._on_store_health is not None:
+            await self._on_store_health(healthy)
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[Transaction]:
+        """The store's transaction; a commit tells the health tracker that writes work."""
+        async with self._store.transaction() as tx:
+            yield tx
+        self._health.succeeded(self._clock.now())
 
     async def _record(
         self,
@@ -250,16 +328,13 @@ class Scheduler:
                 return None
             if not lifecycle.changed(current, transition(current, now)):
                 return current
-        async with self._store.transaction() as tx:
+        async with self._transaction() as tx:
             latest = await tx.get_domain(name)
             if latest is None:
                 return None
             if extra is not None:
                 await extra(tx)
-            updated = transition(latest, now)
-            if not lifecycle.changed(latest, updated):
-                return latest
-            return await tx.put_domain(updated)
+            return await outbox.save(tx, latest, transition(latest, now))
 
     async def step(self, name: str) -> None:
         """One unit of work for a due domain."""
@@ -467,7 +542,7 @@ class Scheduler:
         key_pem = await asyncio.to_thread(generate_private_key, domain.key_algorithm)
         now = self._clock.now()
         since = now - quota.WINDOW
-        async with self._store.transaction() as tx:
+        async with self._transaction() as tx:
             stored = await tx.get_domain(domain.name)
             if stored is None:
                 return None
@@ -486,9 +561,8 @@ class Scheduler:
                 f"the names {', '.join(names)}",
             )
             if block is not None:
-                await tx.put_domain(
-                    lifecycle.held_back(latest, block.reason, block.message, block.until, now)
-                )
+                held = lifecycle.held_back(latest, block.reason, block.message, block.until, now)
+                await outbox.save(tx, stored, held)
                 return None
             order = PendingOrder(
                 domain=domain.name,
@@ -498,7 +572,7 @@ class Scheduler:
                 started_at=now,
             )
             await tx.put_order(order)
-            await tx.put_domain(lifecycle.order_started(latest, now))
+            await outbox.save(tx, stored, lifecycle.order_started(latest, now))
         return order
 
     async def _order(self, domain: Domain, order: PendingOrder | None, found: Finding) -> None:
@@ -506,7 +580,7 @@ class Scheduler:
         name = domain.name
         if order is not None and not order.order_url:
             order = None  # crashed before the CA answered: nothing was ordered
-            async with self._store.transaction() as tx:
+            async with self._transaction() as tx:
                 await tx.delete_order(name)
         if order is None:
             order = await self._reserve(domain, found)
@@ -566,7 +640,7 @@ class Scheduler:
 
     def _saver(self, order: PendingOrder) -> Callable[[str], Awaitable[None]]:
         async def save(url: str) -> None:
-            async with self._store.transaction() as tx:
+            async with self._transaction() as tx:
                 await tx.put_order(replace(order, order_url=url))
 
         return save
@@ -575,7 +649,7 @@ class Scheduler:
         info = replace(certificate_info(chain_pem), received_at=self._clock.now())
         name = order.domain
         now = self._clock.now()
-        async with self._store.transaction() as tx:
+        async with self._transaction() as tx:
             latest = await tx.get_domain(name)
             await tx.delete_order(name)
             await tx.record_issuance(name, order.registered_domain, order.names, info.serial, now)
@@ -589,5 +663,5 @@ class Scheduler:
                     key_sealed=self._sealer.seal(key_pem, name),
                 )
             )
-            await tx.put_domain(lifecycle.issued(latest, cert, now))
+            await outbox.save(tx, latest, lifecycle.issued(latest, cert, now))
         log.info("issued %s (serial %s, until %s)", name, info.serial, info.not_after)

@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -145,12 +146,16 @@ def _server_credentials(settings: Settings) -> grpc.ServerCredentials:
 
 
 async def run(
-    settings: Settings, clock: Clock | None = None, span_exporter: SpanExporter | None = None
+    settings: Settings,
+    clock: Clock | None = None,
+    span_exporter: SpanExporter | None = None,
+    *,
+    open_store: Callable[[str], Awaitable[SqliteStore]] = SqliteStore.open,
 ) -> Running:
     clock = clock or SystemClock()
     open_files = raise_open_files_limit()
     await asyncio.to_thread(names.preload)
-    store = await SqliteStore.open(settings.db)
+    store = await open_store(settings.db)
     try:
         sealer = await _open_sealer(settings, store)
         labels = await load_label_key(store, sealer)
@@ -173,6 +178,15 @@ async def run(
     if settings.dns01_zone and settings.dns01_server and settings.dns01_tsig_key:
         key = TsigKey.load(settings.dns01_tsig_key)
         dns01 = Dns01Updater(settings.dns01_zone, settings.dns01_server, key)
+    health_servicer = health.aio.HealthServicer()
+
+    async def store_health(healthy: bool) -> None:
+        """The scheduler's verdict on the store; a broker that cannot record is NOT_SERVING."""
+        serving = health_pb2.HealthCheckResponse
+        status = serving.SERVING if healthy else serving.NOT_SERVING
+        for service in ("", SERVICE_NAME):
+            await health_servicer.set(service, status)
+
     issuer: AcmeIssuer | None = None
     if settings.acme_directory:
         issuer = AcmeIssuer(
@@ -201,8 +215,17 @@ async def run(
         ),
         dns01=dns01,
         labels=labels,
+        on_store_health=store_health,
     )
-    broker = Broker(store, clock, sealer, validator, labels, wake_scheduler=scheduler.wake)
+    broker = Broker(
+        store,
+        clock,
+        sealer,
+        validator,
+        labels,
+        wake_scheduler=scheduler.wake,
+        forced_retry_interval=settings.forced_retry_interval,
+    )
     provider = tracer_provider(settings.traces_exporter, span_exporter)
     server = grpc.aio.server(
         interceptors=[server_interceptor(provider)] if provider else [],
@@ -235,7 +258,6 @@ async def run(
     from certbroker.v1 import broker_pb2_grpc
 
     broker_pb2_grpc.add_CertificateBrokerServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
-    health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
@@ -273,8 +295,7 @@ async def run(
         )
         await compactor.start()
         extras.extend([compactor, challenge_events])
-        for name in ("", SERVICE_NAME):
-            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await store_health(scheduler.store_healthy)
     except BaseException:
         await running.stop(0)
         raise

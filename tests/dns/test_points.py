@@ -53,6 +53,19 @@ async def test_a_elsewhere_is_not_pointing(
     )
 
 
+async def test_answers_read_the_same_in_whatever_order_the_server_sends_them(
+    checker: DnsChecker, challtestsrv: ChallTestSrv, zone: str
+) -> None:
+    """A re-check finding the same records must read the same: no event is written then."""
+    challtestsrv.add_a(f"rr.{zone}", ["192.0.2.9", "192.0.2.1", "192.0.2.5"])
+    first = await checker.points_to_platform(f"rr.{zone}", TARGETS)
+    challtestsrv.clear_a(f"rr.{zone}")
+    challtestsrv.add_a(f"rr.{zone}", ["192.0.2.5", "192.0.2.9", "192.0.2.1"])
+    again = await checker.points_to_platform(f"rr.{zone}", TARGETS)
+    assert first.answered == again.answered == ("A 192.0.2.1", "A 192.0.2.5", "A 192.0.2.9")
+    assert first.message == again.message
+
+
 async def test_one_stray_a_among_platform_ones_is_not_pointing(
     checker: DnsChecker, challtestsrv: ChallTestSrv, zone: str
 ) -> None:

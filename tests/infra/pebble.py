@@ -9,7 +9,8 @@ changes at every start and is fetched from the management port
 
 Issuances are counted from Pebble's log (``Issued certificate serial <hex> for
 order <url>``, one line per finalized order), which is what tests use to
-assert "no duplicate issuance".
+assert "no duplicate issuance"; new orders likewise (``Added order ... to the
+db``), for "no order placed".
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from tests.infra.process import ServerProcess
 
 BINARY = shutil.which("pebble") or "/usr/bin/pebble"
 _ISSUED_RE = re.compile(r"Issued certificate serial ([0-9a-f]+) for order (\S+)")
+_ORDER_RE = re.compile(r"Added order \S+ to the db")
 
 
 class PebbleError(RuntimeError):
@@ -269,3 +271,7 @@ class Pebble(ServerProcess):
 
     def issued_count(self) -> int:
         return len(self.issued_serials())
+
+    def order_count(self) -> int:
+        """New orders Pebble accepted so far (``Added order ... to the db`` in its log)."""
+        return len(_ORDER_RE.findall(self.log_text()))

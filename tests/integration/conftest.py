@@ -49,3 +49,15 @@ def pebble(bind: Bind) -> Iterator[Pebble]:
         validity_seconds=NINETY_DAYS,
     ) as p:
         yield p
+
+
+@pytest.fixture
+def failing_ca(lab: Lab) -> Iterator[Pebble]:
+    """A CA whose validations always fail: its HTTP-01 port has nothing behind it."""
+    with Pebble.running(
+        http_port=free_port(),
+        dns_server=lab.dns.dns_address,
+        nonce_reject_percent=0,
+        authz_reuse_percent=0,
+    ) as pebble:
+        yield pebble

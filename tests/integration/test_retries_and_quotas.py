@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
-import pytest
 
 from certbroker.clock import FakeClock
 from certbroker.v1 import broker_pb2, broker_pb2_grpc, domain_pb2
@@ -25,18 +23,6 @@ from tests.integration.lab import (
     verify_chain,
     wait_status,
 )
-
-
-@pytest.fixture
-def failing_ca(lab: Lab) -> Iterator[Pebble]:
-    """A CA whose validations always fail: its HTTP-01 port has nothing behind it."""
-    with Pebble.running(
-        http_port=free_port(),
-        dns_server=lab.dns.dns_address,
-        nonce_reject_percent=0,
-        authz_reuse_percent=0,
-    ) as pebble:
-        yield pebble
 
 
 async def test_backoff_doubles_from_one_minute_and_caps_at_a_day(

@@ -62,9 +62,10 @@ def to_status(error: BrokerError) -> grpc.Status:
                 )
             )
         )
-    if isinstance(error, ResourceExhausted):
+    retry_after = error.retry_after if isinstance(error, ResourceExhausted | Unavailable) else None
+    if retry_after is not None:
         delay = duration_pb2.Duration()
-        delay.FromTimedelta(error.retry_after)
+        delay.FromTimedelta(retry_after)
         details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
     return rpc_status.to_status(
         status_pb2.Status(code=code, message=error.message, details=details)

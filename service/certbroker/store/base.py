@@ -58,6 +58,13 @@ class Transaction(Protocol):
         """Insert or replace the row, append its event; returns it with the new revision."""
         ...
 
+    async def put_schedule(self, domain: Domain) -> Domain:
+        """Write only the scheduling columns (next run and attempt, check and error times,
+        last forced retry), with no event: for transitions that change nothing a watcher
+        is shown (``lifecycle.worth_an_event``). The row keeps its revision.
+        """
+        ...
+
     async def delete_domain(self, domain: Domain) -> int:
         """Remove the row, its certificates and order; returns the removal event's revision."""
         ...

@@ -43,9 +43,19 @@ DOMAIN_COLUMNS = (
     "custom_expiring",
     "include_apex",
     "delegation_label",
+    "forced_retry_at",
     "revision",
     "created_at",
     "updated_at",
+)
+#: The columns a re-check moves without changing anything a watcher is shown
+#: (``lifecycle.worth_an_event``): written by ``put_schedule``, with no event.
+SCHEDULE_COLUMNS = (
+    "next_attempt_at",
+    "last_error_at",
+    "forced_retry_at",
+    "dns_json",
+    "next_run_at",
 )
 
 
@@ -117,6 +127,7 @@ def domain_to_row(domain: Domain) -> dict[str, Any]:
         "custom_expiring": int(domain.custom_expiring),
         "include_apex": int(domain.include_apex),
         "delegation_label": domain.delegation_label,
+        "forced_retry_at": to_micros(domain.retry.forced_at),
         "revision": domain.revision,
         "created_at": to_micros(domain.created_at),
         "updated_at": to_micros(domain.updated_at),
@@ -140,6 +151,7 @@ def domain_from_row(row: Any, certificate: Callable[[Any], CertificateInfo | Non
             last_error_reason=row["last_error_reason"],
             last_error_message=row["last_error_message"],
             last_error_at=from_micros(row["last_error_at"]),
+            forced_at=from_micros(row["forced_retry_at"]),
         ),
         dns=_dns_from_json(row["dns_json"]),
         next_run_at=from_micros(row["next_run_at"]),

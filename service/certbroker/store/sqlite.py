@@ -8,31 +8,42 @@ filled only from committed data, so it never shows what the store does not hold.
 The file holds sealed keys and the KEK canary: it and its -wal/-shm files are
 kept 0600, and a certificate's row (with its key) is deleted a retention after
 it stopped being one of its domain's certificates (``compact_certificates``).
+
+A database that cannot take a read or write right now (locked by another
+process, disk full, I/O error) raises ``StoreUnavailable`` with a RetryInfo
+delay, here and nowhere else, so callers see UNAVAILABLE and the scheduler
+backs off without knowing SQLite. A failed commit is rolled back before the
+next transaction starts: nothing of it can ride along with a later commit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import json
 import logging
 import os
+import sqlite3
 import stat
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import aiosqlite
 
 from certbroker import delegation
+from certbroker.errors import StoreUnavailable
 from certbroker.model import CertificateInfo, Domain, Event, EventType
 from certbroker.store.base import NewCertificate, PendingOrder, QuotaUsage, names_key
 from certbroker.store.codec import (
     DOMAIN_COLUMNS,
+    SCHEDULE_COLUMNS,
     certificate_from_row,
     domain_from_row,
     domain_to_row,
@@ -52,6 +63,68 @@ _CACHE_LIMIT = 200_000
 # every cached domain's two current certificates; the least recently used go first.
 _CERTIFICATE_CACHE_LIMIT = 2 * _CACHE_LIMIT
 _PRIVATE = 0o600
+# How long a statement waits for another process's lock (a backup, the sqlite3 shell)
+# before giving up with SQLITE_BUSY. Our own writes never wait on each other (they are
+# serialised by an asyncio lock), so a longer wait only makes every queued RPC slower.
+BUSY_TIMEOUT = timedelta(seconds=1)
+# SQLite's primary result codes that mean "not now" rather than "this is a bug".
+_BUSY = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
+_FULL = {sqlite3.SQLITE_FULL}
+_IO = {sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY}
+# The same, for errors built without a result code (sqlite3_errstr texts).
+_MESSAGES = {
+    "database is locked": sqlite3.SQLITE_BUSY,
+    "database table is locked": sqlite3.SQLITE_LOCKED,
+    "database or disk is full": sqlite3.SQLITE_FULL,
+    "disk i/o error": sqlite3.SQLITE_IOERR,
+}
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _busy() -> StoreUnavailable:
+    return StoreUnavailable(
+        "the database is locked by another process; try again shortly",
+        reason="STORE_BUSY",
+        retry_after=BUSY_TIMEOUT,
+    )
+
+
+def translate(error: sqlite3.Error) -> Exception:
+    """SQLITE_BUSY/LOCKED, FULL and I/O errors → ``StoreUnavailable``; anything else as is."""
+    code = getattr(error, "sqlite_errorcode", None)
+    primary = code & 0xFF if isinstance(code, int) else _MESSAGES.get(str(error).lower())
+    if primary in _BUSY:
+        return _busy()
+    if primary in _FULL:
+        return StoreUnavailable(
+            "the broker's database is full; try again once space is freed",
+            reason="STORE_FULL",
+            retry_after=timedelta(seconds=5),
+        )
+    if primary in _IO:
+        return StoreUnavailable(
+            "the broker's database cannot be read or written; try again shortly",
+            reason="STORE_IO_ERROR",
+            retry_after=timedelta(seconds=5),
+        )
+    return error
+
+
+def _translated(fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
+    """Run ``fn``, raising ``translate``'s answer in place of a transient SQLite error."""
+
+    @functools.wraps(fn)
+    async def call(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await fn(*args, **kwargs)
+        except sqlite3.Error as error:
+            unavailable = translate(error)
+            if unavailable is error:
+                raise
+            raise unavailable from error
+
+    return call
 
 
 def _migrations() -> list[tuple[int, str]]:
@@ -89,12 +162,13 @@ def _make_private(path: str) -> None:
 
 
 async def _connect(path: str, isolation_level: str | None = None) -> aiosqlite.Connection:
-    conn = await aiosqlite.connect(path, isolation_level=isolation_level)
+    wait = BUSY_TIMEOUT.total_seconds()
+    conn = await aiosqlite.connect(path, isolation_level=isolation_level, timeout=wait)
     conn.row_factory = aiosqlite.Row
     await conn.execute("PRAGMA journal_mode=WAL")
     await conn.execute("PRAGMA synchronous=NORMAL")
     await conn.execute("PRAGMA foreign_keys=ON")
-    await conn.execute("PRAGMA busy_timeout=5000")
+    await conn.execute(f"PRAGMA busy_timeout={int(wait * 1000)}")
     return conn
 
 
@@ -114,12 +188,21 @@ class SqliteStore:
         self._certificate_cache = certificate_cache
         self._compacted: int | None = None
         self._swept = False  # compact_certificates has looked for unmarked retired rows
+        self._busy_failures = 0  # writes that found another process's lock, ever
 
     @classmethod
     async def open(
-        cls, path: str, certificate_cache: int = _CERTIFICATE_CACHE_LIMIT
+        cls,
+        path: str,
+        certificate_cache: int = _CERTIFICATE_CACHE_LIMIT,
+        *,
+        wrap_writer: Callable[[aiosqlite.Connection], aiosqlite.Connection] | None = None,
     ) -> SqliteStore:
-        """Open (creating folders and a 0600 file), apply pending migrations, return the store."""
+        """Open (creating folders and a 0600 file), apply pending migrations, return the store.
+
+        ``wrap_writer`` is a seam for fault injection (a full disk in the tests):
+        it gets the migrated writer connection and returns what the store uses.
+        """
         if path != ":memory:":
             await asyncio.to_thread(_make_private, path)
         writer = await _connect(path, isolation_level="DEFERRED")
@@ -129,7 +212,7 @@ class SqliteStore:
         except BaseException:
             await writer.close()
             raise
-        return cls(writer, reader, certificate_cache)
+        return cls(wrap_writer(writer) if wrap_writer else writer, reader, certificate_cache)
 
     async def close(self) -> None:
         await self._reader.close()
@@ -140,17 +223,34 @@ class SqliteStore:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_SqliteTransaction]:
+        busy_before = self._busy_failures
         async with self._write_lock:
+            if self._busy_failures != busy_before:
+                # A write in front of us just waited out the busy timeout in vain: waiting
+                # the same again for each queued write made a locked database take 9.6 s
+                # to answer one RPC. Say so at once; RetryInfo tells when to try again.
+                raise _busy()
             # The writer connection opens its transaction implicitly with the first
             # write (sqlite3's legacy mode), saving a thread hop: every round trip
             # waits for a busy event loop, and writes are serialised behind this lock.
             tx = _SqliteTransaction(self, self._writer)
             try:
                 yield tx
-            except BaseException:
-                await self._writer.rollback()
+                await self._writer.commit()
+            except BaseException as error:
+                # A failed COMMIT (disk full, busy) leaves the transaction open: end it here,
+                # or the next transaction would commit this one's writes with its own.
+                with contextlib.suppress(sqlite3.Error):
+                    await self._writer.rollback()
+                for cert_id in tx.added_certificates:
+                    self._certificates.pop(cert_id, None)  # the id is free again
+                if isinstance(error, sqlite3.Error):
+                    unavailable = translate(error)
+                    if isinstance(unavailable, StoreUnavailable):
+                        if unavailable.reason == "STORE_BUSY":
+                            self._busy_failures += 1
+                        raise unavailable from error
                 raise
-            await self._writer.commit()
             # Still under the lock: the next transaction may read the cache as the truth.
             for name in tx.removed:
                 self._domains.pop(name, None)
@@ -206,6 +306,7 @@ class SqliteStore:
     def cached_domain(self, name: str) -> Domain | None:
         return self._domains.get(name)
 
+    @_translated
     async def get_domain(self, name: str) -> Domain | None:
         cached = self._domains.get(name)
         if cached is not None:
@@ -216,6 +317,7 @@ class SqliteStore:
             return None
         return await self.decode_domain(row)
 
+    @_translated
     async def list_domains(self, app: str | None, after: str, limit: int) -> list[Domain]:
         if app:
             sql = f"{_DOMAIN_SELECT} WHERE app = ? AND name > ? ORDER BY name LIMIT ?"
@@ -227,12 +329,14 @@ class SqliteStore:
             rows = await cur.fetchall()
         return [await self.decode_domain(row) for row in rows]
 
+    @_translated
     async def due_domains(self, now: datetime, limit: int) -> list[Domain]:
         sql = f"{_DOMAIN_SELECT} WHERE next_run_at <= ? ORDER BY next_run_at LIMIT ?"
         async with self._reader.execute(sql, (to_micros(now), limit)) as cur:
             rows = await cur.fetchall()
         return [await self.decode_domain(row) for row in rows]
 
+    @_translated
     async def due_names(
         self, now: datetime, limit: int, exclude: Collection[str] = ()
     ) -> list[str]:
@@ -245,6 +349,7 @@ class SqliteStore:
         async with self._reader.execute(sql, (to_micros(now), *exclude, limit)) as cur:
             return [row[0] for row in await cur.fetchall()]
 
+    @_translated
     async def next_due_time(self, exclude: Collection[str] = ()) -> datetime | None:
         # Only placeholders are formatted in; the names themselves are bound.
         where = f" WHERE name NOT IN ({', '.join('?' for _ in exclude)})" if exclude else ""
@@ -253,6 +358,7 @@ class SqliteStore:
             row = await cur.fetchone()
         return from_micros(row[0]) if row is not None else None
 
+    @_translated
     async def events_after(self, revision: int, limit: int) -> list[Event]:
         sql = (
             "SELECT revision, type, domain, payload, challenge_token, challenge_keyauth, at "
@@ -267,6 +373,7 @@ class SqliteStore:
                 payload = json.loads(row["payload"])
                 payload.setdefault("include_apex", 0)  # events older than migration 002
                 payload.setdefault("delegation_label", "")  # and than migration 003
+                payload.setdefault("forced_retry_at", None)  # and than migration 004
                 if row["type"] == EventType.DOMAIN_UPDATED.value:
                     payload["revision"] = row["revision"]  # see put_domain
                 domain = await self.decode_domain(payload)
@@ -283,6 +390,7 @@ class SqliteStore:
             )
         return events
 
+    @_translated
     async def current_revision(self) -> int:
         async with self._reader.execute(
             "SELECT seq FROM sqlite_sequence WHERE name = 'events'"
@@ -296,6 +404,7 @@ class SqliteStore:
             self._compacted = int(raw.decode()) if raw else 0
         return self._compacted
 
+    @_translated
     async def compact_events(self, before: datetime) -> int:
         """Drop events older than ``before``; the newest stays so revisions keep growing."""
         async with self._write_lock:
@@ -320,13 +429,15 @@ class SqliteStore:
                     "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                     (str(through).encode(),),
                 )
+                await self._writer.execute("COMMIT")
             except BaseException:
-                await self._writer.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):
+                    await self._writer.execute("ROLLBACK")
                 raise
-            await self._writer.execute("COMMIT")
         self._compacted = int(through)
         return int(deleted)
 
+    @_translated
     async def compact_certificates(self, before: datetime, now: datetime) -> int:
         """Delete certificates, with their sealed keys, retired before ``before``.
 
@@ -355,12 +466,13 @@ class SqliteStore:
                     (to_micros(before), compacted + 1),
                 ) as cur:
                     gone = [int(r[0]) for r in await cur.fetchall()]
+                await self._writer.execute("COMMIT")
             except BaseException:
-                await self._writer.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):
+                    await self._writer.execute("ROLLBACK")
                 raise
             finally:
                 await self._writer.execute("PRAGMA secure_delete = OFF")
-            await self._writer.execute("COMMIT")
             self._swept = True
             for cert_id in gone:
                 self._certificates.pop(cert_id, None)
@@ -381,6 +493,7 @@ class SqliteStore:
             (to_micros(now), newest),
         )
 
+    @_translated
     async def load_key(self, certificate_id: int) -> bytes | None:
         async with self._reader.execute(
             "SELECT key_sealed FROM certificates WHERE id = ?", (certificate_id,)
@@ -388,9 +501,11 @@ class SqliteStore:
             row = await cur.fetchone()
         return bytes(row[0]) if row is not None else None
 
+    @_translated
     async def get_order(self, domain: str) -> PendingOrder | None:
         return await _get_order(self._reader, domain)
 
+    @_translated
     async def get_meta(self, key: str) -> bytes | None:
         async with self._reader.execute("SELECT value FROM meta WHERE key = ?", (key,)) as cur:
             row = await cur.fetchone()
@@ -457,6 +572,7 @@ class _SqliteTransaction:
         self.written: dict[str, Domain] = {}
         self.removed: set[str] = set()
         self.removed_certificates: set[int] = set()
+        self.added_certificates: set[int] = set()
         self.last_revision = 0
 
     async def get_domain(self, name: str) -> Domain | None:
@@ -531,6 +647,18 @@ class _SqliteTransaction:
             (to_micros(domain.updated_at), domain.revision, domain.name, first, second),
         )
 
+    async def put_schedule(self, domain: Domain) -> Domain:
+        # Only the columns a re-check moves (see lifecycle.worth_an_event); the row keeps
+        # its revision, since no event was added, and names the same certificates.
+        assigns = ", ".join(f"{c} = ?" for c in SCHEDULE_COLUMNS)
+        row = domain_to_row(domain)
+        await self._conn.execute(
+            f"UPDATE domains SET {assigns} WHERE name = ?",  # noqa: S608
+            (*(row[c] for c in SCHEDULE_COLUMNS), domain.name),
+        )
+        self.written[domain.name] = domain
+        return domain
+
     async def delete_domain(self, domain: Domain) -> int:
         revision = await self._append_event(
             EventType.DOMAIN_REMOVED,
@@ -575,6 +703,7 @@ class _SqliteTransaction:
         # what a reload gives back: created_at is the receipt time (notBefore if unknown)
         stored = replace(info, id=cur.lastrowid, received_at=info.received_at or info.not_before)
         self._store.remember_certificate(stored)
+        self.added_certificates.add(stored.id)
         return stored
 
     async def record_issuance(
