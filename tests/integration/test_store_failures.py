@@ -132,8 +132,10 @@ async def test_a_locked_database_answers_rpcs_unavailable_with_retry_info_quickl
         await broker.stub.IssueCertificate(
             broker_pb2.IssueCertificateRequest(domain=name, app="shop")
         )
-        other = sqlite3.connect(settings.db, isolation_level=None)
-        other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        # Another process takes the write lock. From a thread: waiting for it on the event
+        # loop would stall the broker's own transaction in flight, which holds the lock.
+        other = sqlite3.connect(settings.db, isolation_level=None, check_same_thread=False)
+        await asyncio.to_thread(other.execute, "BEGIN IMMEDIATE")
         try:
             started = time.monotonic()
             with pytest.raises(grpc.RpcError) as caught:
@@ -150,7 +152,7 @@ async def test_a_locked_database_answers_rpcs_unavailable_with_retry_info_quickl
             status = await broker.stub.GetStatus(broker_pb2.GetStatusRequest(domain=name))
             assert status.domain.domain == name
         finally:
-            other.execute("ROLLBACK")
+            await asyncio.to_thread(other.execute, "ROLLBACK")
             other.close()
         await broker.stub.IssueCertificate(
             broker_pb2.IssueCertificateRequest(domain=unique_domain("c"), app="shop")
