@@ -74,9 +74,15 @@ def test_a_label_of_63_characters_is_accepted_and_64_refused() -> None:
 
 
 def test_an_idna_label_over_63_after_punycode_is_refused() -> None:
-    error = _refused("ü" * 70 + ".de")
+    error = _refused("ü" * 60 + ".de")  # 60 characters, but its A-label is longer than 63
     assert "is not valid IDNA" in _descriptions(error)
     assert "too long" in _descriptions(error)
+
+
+def test_a_unicode_label_over_63_characters_is_refused_before_idna() -> None:
+    error = _refused("ü" * 70 + ".de")
+    assert "is 70 characters, over 63" in _descriptions(error)
+    assert "IDNA" not in _descriptions(error)
 
 
 @pytest.mark.parametrize("raw", ["a..example.com", ".example.com", "example.com.."])

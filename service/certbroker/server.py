@@ -25,7 +25,7 @@ from grpc_reflection.v1alpha import reflection
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter
 
-from certbroker import names
+from certbroker import bounds, names
 from certbroker.acme.dns01 import Dns01Updater, TsigKey
 from certbroker.acme.http01 import Http01Responder, ResponderLimits
 from certbroker.acme.issuer import AcmeIssuer
@@ -218,6 +218,7 @@ async def run(
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.max_pings_without_data", 0),
+            *bounds.server_options(),  # larger requests: RESOURCE_EXHAUSTED from gRPC itself
         ],
     )
     servicer = BrokerServicer(
