@@ -57,12 +57,13 @@ def _to_ascii(label: str) -> str:
 def _check_raw_length(raw: str, field: str) -> None:
     """Refuse a name no certificate can hold before any IDNA work (microseconds, any size).
 
-    A U-label's A-label is never shorter than the U-label, so input over 253
-    characters (plus a trailing dot) can only fail later, after work that grows
-    with its length: a 2 MB name used to cost seconds of UTS46 mapping. Labels are
-    bounded the same way, before ``_to_ascii``. Only sizes are echoed, never input.
+    An A-label is never shorter than its U-label (short of characters UTS46 maps
+    away, like soft hyphens, which no one pastes by the hundred), so input over 253
+    characters (plus a trailing dot and blanks) would only fail later, after work
+    that grows with its length: a 2 MB name used to cost seconds of UTS46 mapping.
+    Labels are bounded the same way, before ``_to_ascii``. Only sizes are echoed.
     """
-    if len(raw) > MAX_NAME_LENGTH + 1:
+    if len(raw) > MAX_NAME_LENGTH:
         stripped = raw.strip()  # a pasted name with surrounding blanks is still fine
         if len(stripped.removesuffix(".")) > MAX_NAME_LENGTH:
             raise InvalidArgument.one(
