@@ -57,3 +57,26 @@ def test_listed_names_at_most_five_and_counts_the_rest(items: list[str], expecte
 
 def test_listed_takes_a_limit_and_separator() -> None:
     assert bounds.listed(["a", "b", "c", "d"], limit=2, separator="; ") == "a; b and 2 more"
+
+
+def test_watch_filters_report_every_oversized_app_and_the_idn_total() -> None:
+    bounds.check_watch_filters(["shop", " "], ["bücher.example", "a.example"], 10)
+    with pytest.raises(InvalidArgument) as caught:
+        bounds.check_watch_filters(
+            ["shop", "x" * 11, "y" * 12], ["ü" * 600 + ".de", "ö" * 500 + ".de"], 10
+        )
+    assert caught.value.reason == "FILTER_TOO_LARGE"
+    assert [(v.field, v.description.split(";")[0]) for v in caught.value.violations] == [
+        ("apps[1]", "is 11 characters"),
+        ("apps[2]", "is 12 characters"),
+        ("domains", "non-ASCII names add up to 1106 characters"),
+    ]
+
+
+def test_watch_filter_counts_are_checked_first() -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        bounds.check_watch_filters(["x" * 1000] * 1001, [], 10)
+    assert [v.field for v in caught.value.violations] == ["apps"]
+    with pytest.raises(InvalidArgument) as caught:
+        bounds.check_watch_filters([], ["a.example"] * 1001, 10)
+    assert [v.field for v in caught.value.violations] == ["domains"]

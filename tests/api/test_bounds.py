@@ -112,6 +112,16 @@ async def test_oversized_domains_are_refused_while_other_callers_are_answered(en
     assert answered >= 1
 
 
+async def test_a_long_app_filter_entry_is_refused(env: Env) -> None:
+    request = broker_pb2.WatchStatusRequest(apps=["shop", "a" * 200])
+    error = await _watch_refused(env.stub, request)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert details(error) == (
+        "FILTER_TOO_LARGE",
+        [("apps[1]", "is 200 characters; the limit is 128")],
+    )
+
+
 @pytest.mark.parametrize("field", ["apps", "domains"])
 async def test_a_watch_filter_over_1000_entries_is_refused_before_any_is_read(
     env: Env, field: str
@@ -136,20 +146,29 @@ async def test_a_filter_of_60k_names_is_refused_by_count_and_200k_by_grpc(env: E
 
 
 async def test_a_thousand_bad_filter_names_come_back_bounded_with_a_count(env: Env) -> None:
-    # One violation each, with non-ASCII text: the worst case for the reply's size.
-    names = ["ü" * 60 + f"{i}.de" for i in range(1000)]
-    error = await _watch_refused(
-        env.stub, broker_pb2.WatchStatusRequest(domains=names, apps=["a" * 200])
-    )
+    # One violation each; the first ones quote non-ASCII labels (three bytes a character
+    # once percent-encoded): the worst case for the reply's size.
+    names = ["ü" * 60 + f"{i}.de" for i in range(10)] + [f"x_{i}.example" for i in range(990)]
+    error = await _watch_refused(env.stub, broker_pb2.WatchStatusRequest(domains=names))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT  # not RESOURCE_EXHAUSTED
     _, violations = details(error)
-    assert violations[0] == ("apps[0]", "is 200 characters; the limit is 128")
-    assert violations[1][0] == "domains[0]"
-    assert "is not valid IDNA" in violations[1][1]
+    assert violations[0][0] == "domains[0]"
+    assert "is not valid IDNA" in violations[0][1]
     assert len(violations) <= 11
     listed = len(violations) - 1
-    assert violations[-1] == (f"domains[{listed - 1}]", f"... and {1001 - listed} more not listed")
+    assert violations[-1] == (f"domains[{listed}]", f"... and {1000 - listed} more not listed")
     assert len((error.details() or "").encode()) <= 512
+
+
+async def test_non_ascii_filter_names_are_bounded_in_total_before_any_is_parsed(
+    env: Env,
+) -> None:
+    names = ["ü" * 60 + f"{i:02}.de" for i in range(20)]  # 20 x 65 characters
+    error = await _watch_refused(env.stub, broker_pb2.WatchStatusRequest(domains=names))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    reason, [(field, description)] = details(error)
+    assert (reason, field) == ("FILTER_TOO_LARGE", "domains")
+    assert description.startswith("non-ASCII names add up to 1300 characters; the limit is 1024")
 
 
 async def test_a_leaf_with_1200_sans_is_refused_with_a_bounded_message(env: Env) -> None:

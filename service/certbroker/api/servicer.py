@@ -22,7 +22,7 @@ from certbroker.api import convert
 from certbroker.api.auth import ACROSS_TENANTS, Authorizer, Permission
 from certbroker.api.errors import internal, to_status
 from certbroker.app import Broker, encode_page_token
-from certbroker.bounds import MAX_FILTER_ENTRIES, MAX_PAGE_BYTES, check_count
+from certbroker.bounds import MAX_PAGE_BYTES, check_watch_filters
 from certbroker.clock import Clock
 from certbroker.errors import (
     BrokerError,
@@ -390,28 +390,16 @@ class _Filter:
 
     @classmethod
     async def parse(cls, request: broker_pb2.WatchStatusRequest) -> _Filter:
-        """Counts and lengths first, then names, yielding to the loop between slices.
+        """Counts and sizes first (no name read), then names, yielding to the loop as it goes.
 
-        A 253-character IDN name costs up to ~0.5 ms of UTS46 work; a thousand of
-        them in one go would hold every other RPC for half a second.
+        A 253-character IDN name costs up to ~0.6 ms of UTS46 and Punycode work, so
+        each one gets its own turn; plain names go sixteen at a time.
         """
-        check_count(request.apps, "apps", MAX_FILTER_ENTRIES, reason="FILTER_TOO_LARGE")
-        check_count(request.domains, "domains", MAX_FILTER_ENTRIES, reason="FILTER_TOO_LARGE")
-        violations: list[FieldViolation] = []
-        apps = []
-        for index, app in enumerate(request.apps):
-            if len(app) > tenancy.MAX_APP_LENGTH:
-                violations.append(
-                    FieldViolation(
-                        f"apps[{index}]",
-                        f"is {len(app)} characters; the limit is {tenancy.MAX_APP_LENGTH}",
-                    )
-                )
-            elif app.strip():
-                apps.append(app.strip())
+        check_watch_filters(request.apps, request.domains, tenancy.MAX_APP_LENGTH)
         names = []
+        violations: list[FieldViolation] = []
         for index, raw in enumerate(request.domains):
-            if index % _NAMES_PER_SLICE == _NAMES_PER_SLICE - 1:
+            if not raw.isascii() or index % _NAMES_PER_SLICE == _NAMES_PER_SLICE - 1:
                 await asyncio.sleep(0)
             try:
                 names.append(normalise_domain(raw, field=f"domains[{index}]"))
@@ -419,7 +407,8 @@ class _Filter:
                 violations.extend(error.violations)
         if violations:
             raise InvalidArgument(violations)
-        return cls(frozenset(apps), frozenset(names))
+        apps = frozenset(app.strip() for app in request.apps if app.strip())
+        return cls(apps, frozenset(names))
 
     def matches_domain(self, record: Domain) -> bool:
         return (not self.apps or record.app in self.apps) and (
