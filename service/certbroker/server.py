@@ -30,6 +30,7 @@ from certbroker.acme.dns01 import Dns01Updater, TsigKey
 from certbroker.acme.http01 import Http01Responder, ResponderLimits
 from certbroker.acme.issuer import AcmeIssuer
 from certbroker.api.auth import Authorizer
+from certbroker.api.malformed import MalformedRequests
 from certbroker.api.servicer import BrokerServicer
 from certbroker.app import Broker
 from certbroker.clock import Clock, SystemClock
@@ -205,7 +206,8 @@ async def run(
     broker = Broker(store, clock, sealer, validator, labels, wake_scheduler=scheduler.wake)
     provider = tracer_provider(settings.traces_exporter, span_exporter)
     server = grpc.aio.server(
-        interceptors=[server_interceptor(provider)] if provider else [],
+        # Garbage that does not parse is refused INVALID_ARGUMENT, not logged as a traceback.
+        interceptors=[MalformedRequests(), *([server_interceptor(provider)] if provider else [])],
         options=[
             # gRPC cancels stream opens beyond these (defaults 1,000 / 3,000): a broker
             # restart makes every router reconnect at once.
