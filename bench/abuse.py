@@ -8,7 +8,7 @@ p50/p99 of each phase and of all phases of each kind, the abuser's calls per
 kind and the status codes they got, and p99 under abuse against p99 without
 (target: at most 2x). The figures come with ``uptime`` before and after.
 
-    .venv/bin/python bench/abuse.py [--rounds 3] [--duration 5] [--rate 200] [--abusers 4]
+    .venv/bin/python bench/abuse.py [--rounds 3] [--duration 5] [--mode cycle|per-kind] [--control]
 
 The abuser is this file run with ``--abuser ADDR``; everything is on loopback and
 every process is stopped by its PID. Loops are bounded by time and by count.
@@ -52,7 +52,18 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds per phase")
     p.add_argument("--rate", type=float, default=200.0, help="GetStatus calls per second")
     p.add_argument("--concurrency", type=int, default=8, help="GetStatus calls in flight at most")
-    p.add_argument("--abusers", type=int, default=4, help="bad requests in flight (abuser)")
+    p.add_argument("--in-flight", type=int, default=4, help="abuser workers (per kind: each)")
+    p.add_argument(
+        "--mode",
+        choices=["cycle", "per-kind"],
+        default="cycle",
+        help="cycle: each worker goes round every kind; per-kind: workers for each kind",
+    )
+    p.add_argument(
+        "--control",
+        action="store_true",
+        help="also a phase with valid GetStatus sent the same way (what any flood costs)",
+    )
     p.add_argument("--domains", type=int, default=1000, help="domains in the broker")
     p.add_argument("--only", default="", help="send only the kinds whose name contains this")
     p.add_argument("--abuser", metavar="ADDR", help=argparse.SUPPRESS)
@@ -165,14 +176,26 @@ def _kinds(channel: grpc.aio.Channel, victim: str) -> dict[str, Callable[[], Awa
     }
 
 
-async def abuse(addr: str, victim: str, duration: float, concurrency: int, only: str) -> int:
-    """Send every kind of bad request back to back; print the tally as JSON at the end."""
+async def abuse(args: argparse.Namespace) -> int:
+    """Send bad requests back to back until the time is up; print the tally as JSON.
+
+    ``cycle``: ``--in-flight`` workers, each going round all kinds (a client sending
+    one bad request after another). ``per-kind``: that many workers for each kind,
+    so slow kinds (2 MB sends) do not pace the cheap ones. ``--control`` sends a
+    valid GetStatus instead, with the same number in flight: the same load made of
+    good requests, to tell what the bad ones cost from what any flood costs.
+    """
     tally: Counter[str] = Counter()
     sizes: Counter[str] = Counter()
     options = [("grpc.max_send_message_length", 64 * 1024 * 1024)]
-    async with grpc.aio.insecure_channel(addr, options=options) as channel:
-        kinds = [(k, c) for k, c in _kinds(channel, victim).items() if only in k]
-        stop_at = time.monotonic() + duration
+    async with grpc.aio.insecure_channel(args.abuser, options=options) as channel:
+        kinds = [(k, c) for k, c in _kinds(channel, args.victim).items() if args.only in k]
+        workers = args.in_flight * (len(kinds) if args.mode == "per-kind" else 1)
+        if args.control:
+            valid = broker_pb2.GetStatusRequest(domain=args.victim).SerializeToString()
+            get = channel.unary_unary(SERVICE + "GetStatus")
+            kinds = [("GetStatus valid (control)", lambda: get(valid, timeout=30))]
+        stop_at = time.monotonic() + args.duration
         calls = 0
         print("ready", flush=True)
 
@@ -181,7 +204,7 @@ async def abuse(addr: str, victim: str, duration: float, concurrency: int, only:
             i = offset
             while time.monotonic() < stop_at and calls < MAX_CALLS:
                 name, call = kinds[i % len(kinds)]
-                i += 1
+                i += 1 if args.mode == "cycle" else 0
                 calls += 1
                 try:
                     await call()
@@ -191,7 +214,7 @@ async def abuse(addr: str, victim: str, duration: float, concurrency: int, only:
                     tally[f"{name}: {code}"] += 1
                     sizes[name] = max(sizes[name], len((error.details() or "").encode()))
 
-        await asyncio.gather(*(worker(n) for n in range(concurrency)))
+        await asyncio.gather(*(worker(n) for n in range(workers)))
     print(json.dumps({"tally": tally, "largest_message": sizes}), flush=True)
     return 0
 
@@ -245,13 +268,13 @@ async def paced_getstatus(
     return result
 
 
-def _report(label: str, result: LoadResult) -> None:
+def _report(label: str, result: LoadResult, extra: str = "") -> None:
     lat = sorted(result.latencies)
     errors = ", ".join(f"{k}={v}" for k, v in sorted(result.errors.items())) or "none"
     print(
         f"   {label}: p50 {percentile(lat, 50) * 1000:6.2f} ms  p99 "
         f"{percentile(lat, 99) * 1000:6.2f} ms  max {lat[-1] * 1000 if lat else 0:6.1f} ms  "
-        f"({len(lat)} ok, errors: {errors})"
+        f"({len(lat)} ok, errors: {errors}) {extra}"
     )
 
 
@@ -271,17 +294,19 @@ async def _abused_round(
     args: argparse.Namespace,
     tally: Counter[str],
     largest: list[int],
+    *,
+    control: bool = False,
 ) -> LoadResult:
-    """One phase of paced GetStatus with an abuser process running beside it."""
+    """One phase of paced GetStatus with an abuser (or control) process running beside it."""
     argv = [PYTHON, str(Path(__file__).resolve()), "--abuser", addr, "--victim", names[0]]
-    argv += ["--duration", str(args.duration + args.warmup + 2), "--abusers", str(args.abusers)]
-    abuser = subprocess.Popen(
-        [*argv, "--only", args.only], stdout=subprocess.PIPE, cwd=ROOT, text=True
-    )
+    argv += ["--duration", str(args.duration + args.warmup + 2), "--mode", args.mode]
+    argv += ["--in-flight", str(args.in_flight), "--only", args.only]
+    argv += ["--control"] if control else []
+    abuser = subprocess.Popen(argv, stdout=subprocess.PIPE, cwd=ROOT, text=True)
     try:
         assert abuser.stdout is not None
         ready = await asyncio.to_thread(abuser.stdout.readline)
-        if ready.strip() != "ready":
+        if not ready.startswith("ready"):
             raise RuntimeError(f"abuser did not start: {ready!r}")
         result = await paced_getstatus(stub, names, args)
         out, _ = await asyncio.to_thread(abuser.communicate, timeout=60)
@@ -298,61 +323,82 @@ async def _abused_round(
 async def measure(args: argparse.Namespace) -> int:
     print(machine_info())
     print(f"before: {uptime()}")
+    in_flight = args.in_flight * (12 if args.mode == "per-kind" else 1)
     print(
         f"settings: {args.domains} domains; GetStatus paced at {args.rate:g}/s (at most "
-        f"{args.concurrency} in flight); {args.rounds} rounds of {args.duration:g} s alone then "
-        f"{args.duration:g} s under abuse (+{args.warmup:g} s warm-up each), then alone once "
-        f"more; abuser: a separate process, {args.abusers} bad requests in flight, back to back"
+        f"{args.concurrency} in flight); {args.rounds} rounds of {args.duration:g} s alone, "
+        f"under abuse{', under a valid flood' if args.control else ''} "
+        f"(+{args.warmup:g} s warm-up each), then alone once more; abuser: a separate "
+        f"process, mode {args.mode}, {in_flight} bad requests in flight, back to back"
     )
-    alone: list[LoadResult] = []
-    abused: list[LoadResult] = []
+    phases: dict[str, list[LoadResult]] = {"alone": [], "under abuse": [], "valid flood": []}
     tally: Counter[str] = Counter()
+    control_tally: Counter[str] = Counter()
     largest: list[int] = []
     async with broker() as (addr, proc):
         with section(f"adding {args.domains} domains"):
             names = await add_domains(addr, args.domains, 32)
         async with grpc.aio.insecure_channel(addr) as channel:
             stub = broker_pb2_grpc.CertificateBrokerServiceStub(channel)
+
+            async def phase(label: str) -> None:
+                cpu0 = cpu_seconds(proc.pid)
+                if label == "alone":
+                    result = await paced_getstatus(stub, names, args)
+                else:
+                    into = tally if label == "under abuse" else control_tally
+                    control = label == "valid flood"
+                    result = await _abused_round(
+                        stub, addr, names, args, into, largest, control=control
+                    )
+                busy = (cpu_seconds(proc.pid) - cpu0) / (result.seconds + args.warmup)
+                phases[label].append(result)
+                _report(f"{label:<11}", result, f"broker CPU {busy * 100:3.0f} %")
+
             for number in range(1, args.rounds + 1):
                 with section(f"round {number}"):
-                    alone.append(await paced_getstatus(stub, names, args))
-                    _report("alone      ", alone[-1])
-                    cpu0 = cpu_seconds(proc.pid)
-                    abused.append(await _abused_round(stub, addr, names, args, tally, largest))
-                    busy = cpu_seconds(proc.pid) - cpu0
-                    _report("under abuse", abused[-1])
-                    print(f"   broker CPU while abused: {busy / abused[-1].seconds * 100:.0f} %")
+                    await phase("alone")
+                    await phase("under abuse")
+                    if args.control:
+                        await phase("valid flood")
             with section("alone once more"):
-                alone.append(await paced_getstatus(stub, names, args))
-                _report("alone      ", alone[-1])
+                await phase("alone")
     print("abuser calls by kind and the status they got (all rounds):")
-    for key, count in sorted(tally.items()):
+    for key, count in sorted((tally + control_tally).items()):
         print(f"   {key:<52} {count:7d}")
-    abused_seconds = sum(r.seconds for r in abused) + args.rounds * args.warmup
+    seconds = sum(r.seconds + args.warmup for r in phases["under abuse"])
     print(
-        f"abuser: {sum(tally.values()) / abused_seconds:.0f} bad requests/s on average; largest "
+        f"abuser: {sum(tally.values()) / seconds:.0f} bad requests/s on average; largest "
         f"error message it received: {max(largest, default=0)} bytes"
     )
-    without, under = _merge(alone), _merge(abused)
+    if args.control:
+        seconds = sum(r.seconds + args.warmup for r in phases["valid flood"])
+        print(f"control: {sum(control_tally.values()) / seconds:.0f} valid GetStatus/s on average")
+    merged = {label: _merge(results) for label, results in phases.items() if results}
     print("all rounds:")
-    _report("alone      ", without)
-    _report("under abuse", under)
-    p99_without = percentile(sorted(without.latencies), 99)
-    p99_abused = percentile(sorted(under.latencies), 99)
-    ratio = p99_abused / p99_without if p99_without else float("inf")
+    for label, result in merged.items():
+        _report(f"{label:<11}", result)
+    p99 = {label: percentile(sorted(r.latencies), 99) for label, r in merged.items()}
+    ratio = p99["under abuse"] / p99["alone"] if p99["alone"] else float("inf")
     verdict = "meets" if ratio <= TARGET else "MISSES"
     print(
-        f"result: GetStatus p99 {p99_abused * 1000:.2f} ms under abuse vs "
-        f"{p99_without * 1000:.2f} ms without = {ratio:.2f}x ({verdict} the {TARGET:g}x target)"
+        f"result: GetStatus p99 {p99['under abuse'] * 1000:.2f} ms under abuse vs "
+        f"{p99['alone'] * 1000:.2f} ms without = {ratio:.2f}x ({verdict} the {TARGET:g}x target)"
     )
+    if "valid flood" in p99:
+        print(
+            f"        and {p99['valid flood'] * 1000:.2f} ms under a flood of valid GetStatus "
+            "with as many requests in flight"
+        )
     print(f"after: {uptime()}")
-    return 0 if not (without.errors or under.errors) else 1
+    errors = [r.errors for r in merged.values() if r.errors]
+    return 0 if not errors else 1
 
 
 def main() -> int:
     args = parse_args()
     if args.abuser:
-        return asyncio.run(abuse(args.abuser, args.victim, args.duration, args.abusers, args.only))
+        return asyncio.run(abuse(args))
     return asyncio.run(measure(args))
 
 
