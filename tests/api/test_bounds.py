@@ -16,6 +16,7 @@ import grpc
 import pytest
 
 from certbroker.api import servicer
+from certbroker.app import MAX_APP_LENGTH
 from certbroker.bounds import MAX_RECEIVE_MESSAGE_BYTES
 from certbroker.clock import FakeClock
 from certbroker.v1 import broker_pb2, broker_pb2_grpc
@@ -118,7 +119,7 @@ async def test_a_long_app_filter_entry_is_refused(env: Env) -> None:
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert details(error) == (
         "FILTER_TOO_LARGE",
-        [("apps[1]", "is 200 characters; the limit is 128")],
+        [("apps[1]", f"is 200 characters; the limit is {MAX_APP_LENGTH}")],
     )
 
 
@@ -216,7 +217,10 @@ async def test_upload_fields_over_64_kib_are_refused_by_the_broker_or_by_grpc(en
 async def test_list_domains_refuses_long_app_and_page_token(env: Env) -> None:
     error = await _refused(env.stub.ListDomains(broker_pb2.ListDomainsRequest(app="a" * 10_000)))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert details(error) == ("APP_INVALID", [("app", "is 10000 characters; the limit is 128")])
+    assert details(error) == (
+        "APP_INVALID",
+        [("app", f"is 10000 characters; the limit is {MAX_APP_LENGTH}")],
+    )
     error = await _refused(
         env.stub.ListDomains(broker_pb2.ListDomainsRequest(page_token="A" * 100_000))
     )
