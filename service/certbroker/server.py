@@ -321,7 +321,7 @@ def _health_server(settings: Settings, servicer: Any) -> tuple[grpc.aio.Server |
         return None, None
     host, port = settings.health_listen
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0), *bounds.server_options()])
     health_pb2_grpc.add_HealthServicer_to_server(servicer, health_server)
     try:
         return health_server, health_server.add_insecure_port(address)

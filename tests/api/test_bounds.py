@@ -16,9 +16,9 @@ import grpc
 import pytest
 
 from certbroker.api import servicer
-from certbroker.app import MAX_APP_LENGTH
 from certbroker.bounds import MAX_RECEIVE_MESSAGE_BYTES
 from certbroker.clock import FakeClock
+from certbroker.tenancy import MAX_APP_LENGTH
 from certbroker.v1 import broker_pb2, broker_pb2_grpc
 from tests.broker import BrokerHandle, broker_settings, started_broker
 from tests.pki import NOW, TestPKI
