@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from certbroker import names
 from certbroker.errors import InvalidArgument
 from certbroker.names import normalise_domain, registered_domain
 
@@ -74,9 +75,15 @@ def test_a_label_of_63_characters_is_accepted_and_64_refused() -> None:
 
 
 def test_an_idna_label_over_63_after_punycode_is_refused() -> None:
-    error = _refused("ü" * 70 + ".de")
+    error = _refused("ü" * 60 + ".de")  # 60 characters, but its A-label is longer than 63
     assert "is not valid IDNA" in _descriptions(error)
     assert "too long" in _descriptions(error)
+
+
+def test_a_unicode_label_over_63_characters_is_refused_before_idna() -> None:
+    error = _refused("ü" * 70 + ".de")
+    assert "is 70 characters, over 63" in _descriptions(error)
+    assert "IDNA" not in _descriptions(error)
 
 
 @pytest.mark.parametrize("raw", ["a..example.com", ".example.com", "example.com.."])
@@ -204,3 +211,33 @@ def test_registered_domain(name: str, registered: str) -> None:
 def test_names_under_one_registered_domain_share_the_quota_key() -> None:
     names = ["www.example.com", "app.example.com", "example.com"]
     assert {registered_domain(normalise_domain(n)) for n in names} == {"example.com"}
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "-a." * 700_000,  # ~2 MB of bad labels: once 1.4 M violations and seconds of work
+        "é-é." * 50_000,
+        "a" * 254,
+        " " * 10 + "a" * 250 + ".com" + " " * 10,
+    ],
+)
+def test_an_overlong_name_is_refused_by_length_before_any_idna_work(
+    raw: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_idna(*_: object, **__: object) -> None:
+        raise AssertionError("IDNA work on a name that is too long")
+
+    monkeypatch.setattr(names.idna, "encode", no_idna)
+    monkeypatch.setattr(names.idna, "decode", no_idna)
+    monkeypatch.setattr(names, "_is_ip", no_idna)
+    error = _refused(raw)
+    assert error.reason == "DOMAIN_INVALID"
+    [violation] = error.violations
+    assert violation.description == f"is {len(raw.strip())} characters, over 253"
+
+
+def test_a_253_character_name_with_blanks_and_a_trailing_dot_is_accepted() -> None:
+    name = ".".join(["a" * 63] * 3 + ["b" * 57, "com"])  # 253 characters
+    assert len(name) == 253
+    assert normalise_domain(f"  {name}.  ") == name

@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 from certbroker import lifecycle, outbox, tenancy
+from certbroker.bounds import MAX_PAGE_TOKEN_LENGTH, check_length
 from certbroker.clock import Clock
 from certbroker.delegation import LabelKey
 from certbroker.errors import InvalidArgument, NotFound, ResourceExhausted
@@ -59,7 +60,7 @@ class Page:
 _TOKEN_PREFIX = "after:"  # noqa: S105 (a page token, not a secret)
 
 
-def _page_token(after: str) -> str:
+def encode_page_token(after: str) -> str:
     """Opaque to callers; the prefix lets us tell our tokens from anything else."""
     return base64.urlsafe_b64encode(f"{_TOKEN_PREFIX}{after}".encode()).decode().rstrip("=")
 
@@ -67,6 +68,7 @@ def _page_token(after: str) -> str:
 def _after_name(token: str) -> str:
     if not token:
         return ""
+    check_length(token, "page_token", MAX_PAGE_TOKEN_LENGTH, reason="PAGE_TOKEN_INVALID")
     try:
         padded = token + "=" * (-len(token) % 4)
         text = base64.b64decode(padded, altchars=b"-_", validate=True).decode()
@@ -264,12 +266,13 @@ class Broker:
             raise InvalidArgument.one(
                 "page_size", "must not be negative", reason="PAGE_SIZE_INVALID"
             )
+        check_length(app, "app", tenancy.MAX_APP_LENGTH, reason="APP_INVALID")
         size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         after = _after_name(page_token)
         domains = await self._store.list_domains(app.strip() or None, after, size + 1)
         more = len(domains) > size
         domains = domains[:size]
-        token = _page_token(domains[-1].name) if more and domains else ""
+        token = encode_page_token(domains[-1].name) if more and domains else ""
         return Page(domains=domains, next_page_token=token)
 
     async def snapshot_page(self, after: str, limit: int) -> list[Domain]:

@@ -31,11 +31,18 @@ class BrokerError(Exception):
             self.reason = reason
 
 
+#: The message of an ``InvalidArgument`` names this many violations at most; the
+#: full list travels as details (bounded again by the mapper in ``api.errors``).
+MESSAGE_VIOLATIONS = 10
+
+
 class InvalidArgument(BrokerError):
     reason = "INVALID_ARGUMENT"
 
     def __init__(self, violations: list[FieldViolation], *, reason: str | None = None) -> None:
-        message = "; ".join(f"{v.field}: {v.description}" for v in violations)
+        message = "; ".join(f"{v.field}: {v.description}" for v in violations[:MESSAGE_VIOLATIONS])
+        if len(violations) > MESSAGE_VIOLATIONS:
+            message += f"; and {len(violations) - MESSAGE_VIOLATIONS:,} more"
         super().__init__(message, reason=reason)
         self.violations = violations
 

@@ -26,11 +26,12 @@ from grpc_reflection.v1alpha import reflection
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter
 
-from certbroker import names
+from certbroker import bounds, names
 from certbroker.acme.dns01 import Dns01Updater, TsigKey
 from certbroker.acme.http01 import Http01Responder, ResponderLimits
 from certbroker.acme.issuer import AcmeIssuer
 from certbroker.api.auth import Authorizer
+from certbroker.api.malformed import MalformedRequests
 from certbroker.api.servicer import BrokerServicer
 from certbroker.app import Broker
 from certbroker.clock import Clock, SystemClock
@@ -228,7 +229,8 @@ async def run(
     )
     provider = tracer_provider(settings.traces_exporter, span_exporter)
     server = grpc.aio.server(
-        interceptors=[server_interceptor(provider)] if provider else [],
+        # Garbage that does not parse is refused INVALID_ARGUMENT, not logged as a traceback.
+        interceptors=[MalformedRequests(), *([server_interceptor(provider)] if provider else [])],
         options=[
             # gRPC cancels stream opens beyond these (defaults 1,000 / 3,000): a broker
             # restart makes every router reconnect at once.
@@ -241,6 +243,7 @@ async def run(
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.max_pings_without_data", 0),
+            *bounds.server_options(),  # larger requests: RESOURCE_EXHAUSTED from gRPC itself
         ],
     )
     servicer = BrokerServicer(
@@ -339,7 +342,7 @@ def _health_server(settings: Settings, servicer: Any) -> tuple[grpc.aio.Server |
         return None, None
     host, port = settings.health_listen
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0), *bounds.server_options()])
     health_pb2_grpc.add_HealthServicer_to_server(servicer, health_server)
     try:
         return health_server, health_server.add_insecure_port(address)

@@ -183,6 +183,21 @@ def test_two_leaves(validator: CustomCertificateValidator, pki: TestPKI, leaf: I
     )
 
 
+def test_many_leaves_are_listed_up_to_three_with_their_first_sans(
+    validator: CustomCertificateValidator, pki: TestPKI, leaf: Issued
+) -> None:
+    others = [
+        pki.leaf(*(f"h{n}-{i}.example.net" for i in range(50)), key=cached_key("p256", 20 + n))
+        for n in range(4)
+    ]
+    error = refused(validator, pem_bundle([leaf, *others, pki.int2, pki.int1]), leaf.key_pem())
+    check(error, Reason.CERT_MULTIPLE_LEAVES, "certificate", "5 server certificates")
+    description = error.violations[0].description
+    assert "h0-4.example.net and 45 more" in description
+    assert "h2-0.example.net" not in description  # only the first three leaves are named
+    assert description.count(" and 2 more. Upload one server certificate") == 1
+
+
 def test_only_intermediates(
     validator: CustomCertificateValidator, pki: TestPKI, leaf: Issued
 ) -> None:
@@ -373,6 +388,21 @@ def test_no_san(validator: CustomCertificateValidator, pki: TestPKI) -> None:
     leaf = pki.leaf(DOMAIN, with_san=False)
     error = refused(validator, pki.bundle(leaf), leaf.key_pem())
     check(error, Reason.CERT_NAME_MISMATCH, "certificate", "Common Name")
+
+
+def test_name_mismatch_names_five_sans_and_counts_the_rest(
+    validator: CustomCertificateValidator, pki: TestPKI
+) -> None:
+    sans = [f"host{i:04}.example.net" for i in range(1200)]
+    leaf = pki.leaf(*sans)
+    error = refused(validator, pki.bundle(leaf), leaf.key_pem())
+    check(
+        error,
+        Reason.CERT_NAME_MISMATCH,
+        "certificate",
+        f"it covers {', '.join(sans[:5])} and 1,195 more. Upload a certificate that names",
+    )
+    assert sans[5] not in error.violations[0].description
 
 
 @pytest.mark.parametrize(

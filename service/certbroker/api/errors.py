@@ -3,6 +3,15 @@
 Servicer methods never build errors by hand; an interceptor-style wrapper
 catches ``BrokerError`` and anything unexpected (logged, answered INTERNAL
 without internals), so no traceback or key material reaches a caller.
+
+Every status is also bounded here. gRPC sends it in trailers: ``grpc-message``
+(percent-encoded, so a non-ASCII byte takes three) and ``grpc-status-details-bin``
+(base64 of the message again plus the details). Clients refuse trailers over
+8 KiB by default and report ``RESOURCE_EXHAUSTED`` instead of our error, so the
+budgets below keep the worst case near 5.5 KiB: the message at most
+``MAX_MESSAGE_BYTES``, at most ``MAX_VIOLATIONS`` field violations totalling
+``MAX_VIOLATION_BYTES``, each field and description clipped, and a last
+violation saying how many were left out.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ from grpc_status import rpc_status
 from certbroker.errors import (
     BrokerError,
     FailedPrecondition,
+    FieldViolation,
     InvalidArgument,
     NotFound,
     OutOfRange,
@@ -28,6 +38,11 @@ from certbroker.errors import (
 
 log = logging.getLogger(__name__)
 DOMAIN = "certbroker.v1"
+MAX_MESSAGE_BYTES = 512
+MAX_VIOLATIONS = 10
+MAX_FIELD_BYTES = 128
+MAX_DESCRIPTION_BYTES = 512
+MAX_VIOLATION_BYTES = 2048
 _CODES: tuple[tuple[type[BrokerError], int], ...] = (
     (InvalidArgument, code_pb2.INVALID_ARGUMENT),
     (NotFound, code_pb2.NOT_FOUND),
@@ -46,6 +61,36 @@ def _pack(message: object) -> any_pb2.Any:
     return packed
 
 
+def clip(text: str, limit: int) -> str:
+    """``text`` if its UTF-8 fits ``limit`` bytes, else its start and how much was cut."""
+    data = text.encode()
+    if len(data) <= limit:
+        return text
+    kept = data[: max(limit - 40, 0)].decode(errors="ignore")
+    return f"{kept}... ({len(text) - len(kept):,} more characters)"
+
+
+def bounded_violations(violations: list[FieldViolation]) -> list[FieldViolation]:
+    """The violations a reply can carry, then one saying how many more there were."""
+    shown: list[FieldViolation] = []
+    used = 0
+    for violation in violations:
+        if len(shown) == MAX_VIOLATIONS:
+            break
+        field = clip(violation.field, MAX_FIELD_BYTES)
+        description = clip(violation.description, MAX_DESCRIPTION_BYTES)
+        size = len(field.encode()) + len(description.encode())
+        if shown and used + size > MAX_VIOLATION_BYTES:
+            break
+        shown.append(FieldViolation(field, description))
+        used += size
+    left = len(violations) - len(shown)
+    if left:
+        first_left = clip(violations[len(shown)].field, MAX_FIELD_BYTES)
+        shown.append(FieldViolation(first_left, f"... and {left:,} more not listed"))
+    return shown
+
+
 def to_status(error: BrokerError) -> grpc.Status:
     code = next((c for cls, c in _CODES if isinstance(error, cls)), code_pb2.INTERNAL)
     details = [_pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN))]
@@ -57,7 +102,7 @@ def to_status(error: BrokerError) -> grpc.Status:
                         error_details_pb2.BadRequest.FieldViolation(
                             field=v.field, description=v.description
                         )
-                        for v in error.violations
+                        for v in bounded_violations(error.violations)
                     ]
                 )
             )
@@ -68,7 +113,9 @@ def to_status(error: BrokerError) -> grpc.Status:
         delay.FromTimedelta(retry_after)
         details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
     return rpc_status.to_status(
-        status_pb2.Status(code=code, message=error.message, details=details)
+        status_pb2.Status(
+            code=code, message=clip(error.message, MAX_MESSAGE_BYTES), details=details
+        )
     )
 
 

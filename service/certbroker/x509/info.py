@@ -42,11 +42,11 @@ def dns_sans(cert: x509.Certificate) -> tuple[str, ...]:
         extension = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
     except x509.ExtensionNotFound:
         return ()
-    names: list[str] = []
-    for name in extension.value.get_values_for_type(x509.DNSName):
-        lowered = name.lower().rstrip(".")
-        if lowered not in names:
-            names.append(lowered)
+    # A dict keeps the order and drops repeats in linear time: a 64 KiB upload can
+    # hold ~20,000 names, and a list membership test made that quadratic.
+    names = dict.fromkeys(
+        name.lower().rstrip(".") for name in extension.value.get_values_for_type(x509.DNSName)
+    )
     return tuple(names)
 
 

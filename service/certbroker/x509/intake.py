@@ -28,12 +28,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs7
 
+from certbroker.bounds import MAX_UPLOAD_FIELD_BYTES
 from certbroker.errors import InvalidArgument
 
 #: Largest accepted certificate or key input. A leaf with a few intermediates is
 #: 5 to 10 KiB of PEM; 64 KiB leaves room for long chains without letting a request
 #: make the parsers chew on megabytes.
-MAX_INPUT_BYTES: Final = 64 * 1024
+#: (The number lives in ``certbroker.bounds`` beside the gRPC message limit it must fit.)
+MAX_INPUT_BYTES: Final = MAX_UPLOAD_FIELD_BYTES
 
 #: RSA keys beyond this cost seconds per handshake and are refused, not parsed at length.
 MAX_RSA_BITS: Final = 8192

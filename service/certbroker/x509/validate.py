@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKey
 from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
+from certbroker.bounds import listed
 from certbroker.model import CertificateInfo
 from certbroker.x509.info import dns_sans, info_for_leaf
 from certbroker.x509.intake import (
@@ -201,8 +202,10 @@ class CustomCertificateValidator:
         if len(leaves) == 1:
             return leaves[0]
         if len(leaves) > 1:
-            described = "; ".join(
-                f"{f.label} ({', '.join(dns_sans(f.cert)) or 'no DNS names'})" for f in leaves
+            described = listed(
+                [f"{f.label} ({listed(dns_sans(f.cert)) or 'no DNS names'})" for f in leaves],
+                limit=3,
+                separator="; ",
             )
             raise refuse(
                 CERT_FIELD,
@@ -255,7 +258,7 @@ class CustomCertificateValidator:
             raise refuse(
                 CERT_FIELD,
                 Reason.CERT_NAME_MISMATCH,
-                f"{leaf.label} does not cover {domain}; it covers {', '.join(sans)}. "
+                f"{leaf.label} does not cover {domain}; it covers {listed(sans)}. "
                 + (
                     "A *.name wildcard covers exactly one extra label, not the bare name. "
                     if any(san.startswith("*.") for san in sans)
