@@ -81,15 +81,16 @@ def test_table_shows_why_a_domain_is_stuck() -> None:
         serving_source=domain_pb2.CERTIFICATE_SOURCE_LETS_ENCRYPT,
         lets_encrypt_certificate=cert("01", 80, "CN=R11"),
     )
-    lines = render.domains_table([stuck_domain(), ok]).splitlines()
+    lines = render.domains_table([stuck_domain(), ok], now=T0).splitlines()
     assert lines[0].split() == [
         "DOMAIN", "APP", "LET'S", "ENCRYPT", "SERVING", "EXPIRES", "ATTEMPT", "NEXT", "TRY",
         "LAST", "ERROR",
     ]  # fmt: skip
     assert "Pending DNS" in lines[1]
     assert "custom" in lines[1]
-    assert "2026-07-11 (40d)" in lines[1]
-    assert "2026-06-01 12:04:00Z" in lines[1]
+    assert "in 40 days" in lines[1]  # EXPIRES, relative to now
+    assert "in 4 min" in lines[1]  # NEXT TRY
+    assert "in 80 days" in lines[2]
     assert lines[1].rstrip().endswith("DNS_NOT_POINTING")
     assert "In use" in lines[2]
     assert "Let's Encrypt" in lines[2]
@@ -104,7 +105,7 @@ def test_empty_table() -> None:
 
 
 def test_status_block_has_dns_retry_and_both_certificates() -> None:
-    text = render.status_block(stuck_domain())
+    text = render.status_block(stuck_domain(), now=T0 + timedelta(minutes=1))
     assert "Let's Encrypt:   Pending DNS (waiting for the domain's DNS" in text
     assert "does NOT point to us" in text
     assert "answered:     A 192.0.2.1" in text
@@ -113,7 +114,11 @@ def test_status_block_has_dns_retry_and_both_certificates() -> None:
     assert "DNS_NOT_POINTING: www.example.com has A 192.0.2.1" in text
     assert "Let's Encrypt certificate: none" in text
     assert "Custom certificate:  (serving)" in text
-    assert "(40 days left)" in text
+    # Absolute and relative, both: "when exactly" and "how soon".
+    assert "Valid until:  2026-07-11 12:00:00Z (expires in 39 days)" in text
+    assert "next try:     2026-06-01 12:04:00Z (in 3 min)" in text
+    assert "Created:         2026-05-31 12:00:00Z (24 h ago)" in text
+    assert "DNS:             does NOT point to us (checked 60 s ago)" in text
     assert "Revision:        42" in text
 
 
@@ -166,18 +171,76 @@ def test_error_lines() -> None:
     assert render.error_lines(err) == [
         "error: NOT_FOUND (DOMAIN_NOT_FOUND): domain www.example.com is not known"
     ]
+
+
+def test_error_said_once_violations_only_when_they_add_something() -> None:
+    # The broker's message joins its violations: printing them again said everything twice.
     bad = BrokerError(
         grpc.StatusCode.INVALID_ARGUMENT,
-        "domain: empty label",
+        "domain: empty label; app: too long",
         reason="INVALID_DOMAIN",
-        violations=[FieldViolation("domain", "empty label")],
-        retry_after=timedelta(seconds=90),
+        violations=[FieldViolation("domain", "empty label"), FieldViolation("app", "too long")],
     )
     assert render.error_lines(bad) == [
-        "error: INVALID_ARGUMENT (INVALID_DOMAIN): domain: empty label",
-        "  domain: empty label",
-        "  retry after 90s",
+        "error: INVALID_ARGUMENT (INVALID_DOMAIN): domain: empty label; app: too long"
     ]
+    terse = BrokerError(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "bad request",
+        reason="INVALID_ARGUMENT",  # only repeats the code: left out
+        violations=[FieldViolation("domain", "empty\nlabel")],
+    )
+    assert render.error_lines(terse) == [
+        "error: INVALID_ARGUMENT: bad request",
+        "  domain: empty label",
+    ]
+
+
+def test_retry_info_says_when_to_try_again_rounded_up() -> None:
+    err = BrokerError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "retried on request recently",
+        reason="RETRY_TOO_SOON",
+        retry_after=timedelta(seconds=541),
+    )
+    assert render.error_lines(err) == [
+        "error: RESOURCE_EXHAUSTED (RETRY_TOO_SOON): retried on request recently",
+        "  try again in 10 min",
+    ]
+
+
+def test_relative_times() -> None:
+    assert render.relative(T0 + timedelta(minutes=3, seconds=59), T0) == "in 3 min"
+    assert render.relative(T0 - timedelta(hours=2, minutes=10), T0) == "2 h ago"
+    assert render.relative(T0 + timedelta(days=59, hours=23), T0) == "in 59 days"
+    assert render.relative(T0 + timedelta(seconds=42), T0) == "in 42 s"
+    assert render.relative(T0 + timedelta(milliseconds=400), T0) == "now"
+    assert render.relative(T0 - timedelta(seconds=100), T0) == "1 min ago"
+    assert render.relative(T0 + timedelta(hours=47), T0) == "in 47 h"
+    assert render.relative(T0 + timedelta(hours=48), T0) == "in 2 days"
+
+
+def test_durations_round_down_except_waits() -> None:
+    assert render.duration(timedelta(seconds=541)) == "9 min"
+    assert render.duration(timedelta(seconds=541), round_up=True) == "10 min"
+    assert render.duration(timedelta(seconds=0.2), round_up=True) == "1 s"
+    assert render.duration(timedelta(days=-3, hours=-5)) == "3 days"
+
+
+def test_table_expired_certificate_and_due_retry() -> None:
+    d = domain_pb2.Domain(
+        domain="old.example.com",
+        app="shop",
+        lets_encrypt_state=domain_pb2.LETS_ENCRYPT_STATE_CREATING,
+        serving_source=domain_pb2.CERTIFICATE_SOURCE_CUSTOM,
+        custom_certificate=cert("02", -3, "CN=Some CA"),
+        retry=domain_pb2.RetryState(
+            attempt=1, next_attempt_time=ts(T0 - timedelta(seconds=5)), last_error_reason="X"
+        ),
+    )
+    row = render.domains_table([d], now=T0).splitlines()[1]
+    assert "expired 3 days ago" in row
+    assert " now " in row  # a next try already past is due, not "5 s ago"
 
 
 def test_unreachable_broker_names_the_address_on_one_line() -> None:
@@ -199,7 +262,7 @@ def test_routers_table_shows_lag_and_stale_routers() -> None:
             last_seen_time=ts(T0 - timedelta(minutes=1)), live=False,
         ),
     ]  # fmt: skip
-    lines = render.routers_table(routers).splitlines()
+    lines = render.routers_table(routers, now=T0 + timedelta(seconds=5)).splitlines()
     assert lines[0].split() == [
         "ROUTER",
         "IDENTITY",
@@ -216,8 +279,9 @@ def test_routers_table_shows_lag_and_stale_routers() -> None:
         "42",
         "0",
         "9",
-        "2026-06-01",
-        "12:00:00Z",
+        "5",
+        "s",
+        "ago",
         "live",
     ]
     assert lines[2].split() == [
@@ -226,8 +290,9 @@ def test_routers_table_shows_lag_and_stale_routers() -> None:
         "40",
         "2",
         "9",
-        "2026-06-01",
-        "11:59:00Z",
+        "65",
+        "s",
+        "ago",
         "stale",
     ]
     assert render.routers_table([]) == "no routers reporting"

@@ -1,28 +1,39 @@
 """``certbroker``: the seed's domain commands, talking to a broker over gRPC.
 
 The verbs follow the seed's CLI (``domains-add --no-letsencrypt``,
-``domains-ssl --cert --key``) so the documentation's examples work as
-written. Exit codes: 0 ok, 1 the broker said no (or could not be reached),
-2 bad usage or an unreadable local file, 130 interrupted (143 on SIGTERM). Errors are one line
-on stderr (plus one per field violation), never a traceback: a person reads
-them, and scripts read the exit code.
+``domains-ssl --cert --key``) and the platform's syntax: global options such
+as ``--app``, ``--addr``, ``--json`` and ``--tls-*`` go before or after the
+verb (``scalingo --app my-app domains-add ...`` works as written), so the
+documentation's examples work as written.
+
+Exit codes: 0 ok, 1 the broker said no (or could not be reached; for
+``--wait``: the domain stopped without a certificate serving), 2 bad usage or
+an unreadable local file, 124 ``--wait`` ran out of time, 130 interrupted (143
+on SIGTERM). Errors are one line on stderr (a violation or a hint only when it
+adds something), never a traceback: a person reads them, and scripts read the
+exit code.
 """
 
 from __future__ import annotations
+
+# First, before anything imports grpc: keeps the C core's log lines off the terminal.
+import certbroker_client._quiet_grpc  # noqa: F401  isort: skip
 
 import argparse
 import asyncio
 import contextlib
 import importlib
+import importlib.metadata
 import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TextIO, cast
 
-from certbroker.v1 import broker_pb2
-from certbroker_client import render
+from certbroker.v1 import broker_pb2, domain_pb2
+from certbroker_client import render, wait
 from certbroker_client.client import DEFAULT_ADDR, BrokerClient, BrokerError, TlsFiles
 from certbroker_client.router_cli import add_router_parser, run_router
 from certbroker_client.sync.cli import add_sync_parser, run_sync
@@ -31,27 +42,55 @@ __all__ = ["main"]
 
 EXIT_OK = 0
 EXIT_RPC = 1
+EXIT_STOPPED = 1  # --wait: ACTION_REQUIRED, removed, or nothing will serve
 EXIT_USAGE = 2
+EXIT_TIMEOUT = 124  # --wait ran out of time (the convention of timeout(1))
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
 
+CALL_TIMEOUT_S = 30.0
+
+# Verbs whose --app is a filter that may be repeated; every other verb acts for one app.
+_MANY_APPS = frozenset({"watch", "router", "sync"})
+# Verbs that need --app (the broker's IssueCertificate requires the calling tenant).
+_NEEDS_APP = frozenset({"domains-add"})
 
 _OWNER_HELP = (
     "the app that owns the domain (required by the broker's api role; "
     "only an admin may leave it out)"
 )
+_KEY_ALGORITHMS = {
+    "ecdsa-p256": domain_pb2.KEY_ALGORITHM_ECDSA_P256,
+    "rsa-2048": domain_pb2.KEY_ALGORITHM_RSA_2048,
+}
+_CHALLENGES = {
+    "http-01": domain_pb2.CHALLENGE_TYPE_HTTP_01,
+    "dns-01": domain_pb2.CHALLENGE_TYPE_DNS_01,
+}
 
 
 class UsageError(Exception):
     """Bad input caught before any RPC (exit 2)."""
 
 
-def _common_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
-    """Connection and output options, accepted before or after the verb.
+def _version() -> str:
+    try:
+        return importlib.metadata.version("certbroker")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _global_options(
+    parser: argparse.ArgumentParser, *, suppress: bool, app_help: str | None = None
+) -> None:
+    """Connection, output and tenant options, accepted before or after the verb.
 
     Given on the sub-command they default to SUPPRESS so they never overwrite
-    a value given before the verb (argparse copies sub-parser defaults over
-    the main namespace otherwise).
+    a value given before the verb (argparse copies a sub-parser's defaults
+    over the main namespace otherwise). ``--app`` is collected in two places
+    (``global_app`` before the verb, ``app`` after it) and merged by
+    ``_merge_apps``, because its meaning differs per verb: one owner, or a
+    repeatable filter.
     """
 
     def default(value: object) -> object:
@@ -63,7 +102,9 @@ def _common_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
         help=f"broker host:port (env CERTBROKER_ADDR, default {DEFAULT_ADDR})",
     )
     parser.add_argument(
-        "--tls-ca", default=default(None), help="CA file (env CERTBROKER_CLIENT_CA)"
+        "--tls-ca",
+        default=default(None),
+        help="CA that issued the broker's certificate (env CERTBROKER_CLIENT_CA)",
     )
     parser.add_argument(
         "--tls-cert", default=default(None), help="client certificate (env CERTBROKER_CLIENT_CERT)"
@@ -75,10 +116,37 @@ def _common_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
         "--tls-server-name", default=default(None), help="name to verify in the broker certificate"
     )
     parser.add_argument(
-        "--timeout", type=float, default=default(30.0), help="seconds per call (default 30)"
+        "--timeout",
+        type=float,
+        default=default(None),
+        metavar="SECONDS",
+        help=f"seconds per call (default {CALL_TIMEOUT_S:g}); with --wait, for the whole wait "
+        f"(default {int(wait.DEFAULT_TIMEOUT.total_seconds())})",
     )
     parser.add_argument(
         "--json", action="store_true", default=default(False), help="print the proto's JSON"
+    )
+    if suppress:
+        parser.add_argument(
+            "--app", action="append", default=argparse.SUPPRESS, help=app_help or _OWNER_HELP
+        )
+    else:
+        parser.add_argument(
+            "--app",
+            action="append",
+            dest="global_app",
+            default=[],
+            help="the app the command acts for, before or after the verb "
+            "(like the platform's `scalingo --app NAME`)",
+        )
+
+
+def _wait_options(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--wait",
+        action="store_true",
+        help=f"follow the domain until {what}, printing each change "
+        "(exit 0 when a certificate serves, 1 when it needs action, 124 on --timeout)",
     )
 
 
@@ -88,12 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="certbroker",
         description="Manage the TLS certificates of custom domains through a certbroker.",
     )
-    _common_options(parser, suppress=False)
+    parser.add_argument("--version", action="version", version=f"certbroker {_version()}")
+    _global_options(parser, suppress=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+    def command(name: str, help_text: str, app_help: str | None = None) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
-        _common_options(p, suppress=True)
+        _global_options(p, suppress=True, app_help=app_help)
         return p
 
     sub.add_parser(
@@ -101,9 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the broker (configured by CERTBROKER_* environment variables)",
     )
 
-    p = command("domains-add", "add a domain to an app (Let's Encrypt unless --no-letsencrypt)")
+    p = command(
+        "domains-add",
+        "add a domain to an app (Let's Encrypt unless --no-letsencrypt)",
+        app_help="the app the domain belongs to (required)",
+    )
     p.add_argument("domain", metavar="DOMAIN")
-    p.add_argument("--app", required=True)
     p.add_argument(
         "--no-letsencrypt",
         action="store_true",
@@ -111,10 +183,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--cert", type=Path, help="custom certificate (PEM bundle or DER)")
     p.add_argument("--key", type=Path, help="private key of the custom certificate")
+    p.add_argument(
+        "--key-algorithm",
+        choices=sorted(_KEY_ALGORITHMS),
+        help="key of the Let's Encrypt certificate (default ecdsa-p256)",
+    )
+    p.add_argument(
+        "--challenge",
+        choices=sorted(_CHALLENGES),
+        help="how Let's Encrypt validates the domain (default http-01; dns-01 for wildcards, "
+        "through a one-time CNAME the status then shows)",
+    )
+    p.add_argument(
+        "--include-apex",
+        action="store_true",
+        help="for a wildcard (*.example.com): put example.com in the same certificate",
+    )
+    _wait_options(p, "a certificate serves")
 
     p = command("domains-ssl", "install (--cert/--key) or remove (--disable) a custom certificate")
     p.add_argument("domain", metavar="DOMAIN")
-    p.add_argument("--app", help=_OWNER_HELP)
     p.add_argument("--cert", type=Path, help="certificate (PEM bundle or DER)")
     p.add_argument("--key", type=Path, help="private key")
     p.add_argument(
@@ -123,19 +211,34 @@ def build_parser() -> argparse.ArgumentParser:
         help="remove the custom certificate; Let's Encrypt serves again",
     )
 
+    p = command(
+        "domains-renew",
+        "ask for the next Let's Encrypt attempt now (a failing or due domain); "
+        "rationed by the broker like every forced retry",
+    )
+    p.add_argument("domain", metavar="DOMAIN")
+    _wait_options(p, "the renewed certificate serves")
+
     p = command("domains-remove", "forget a domain and its certificates")
     p.add_argument("domain", metavar="DOMAIN")
-    p.add_argument("--app", help=_OWNER_HELP)
 
-    p = command("domains", "list domains")
-    p.add_argument("--app", help="only this app's domains")
+    command("domains", "list domains", app_help="only this app's domains")
 
-    p = command("status", "show everything about one domain")
+    p = command(
+        "status",
+        "show everything about one domain",
+        app_help="the app the domain must belong to (an error otherwise)",
+    )
     p.add_argument("domain", metavar="DOMAIN")
+    _wait_options(p, "a certificate serves")
 
     command("routers", "list the routers reporting what they serve, and how far behind they are")
 
-    p = command("watch", "print changes live, one line each (Ctrl-C stops)")
+    p = command(
+        "watch",
+        "print changes live, one line each (Ctrl-C stops)",
+        app_help="only this app (repeatable)",
+    )
     p.add_argument(
         "--since",
         type=int,
@@ -143,7 +246,6 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="REV",
         help="changes after this revision (default 0: a snapshot first)",
     )
-    p.add_argument("--app", action="append", default=[], help="only this app (repeatable)")
     p.add_argument(
         "--domain",
         action="append",
@@ -155,6 +257,30 @@ def build_parser() -> argparse.ArgumentParser:
     add_router_parser(sub)
     add_sync_parser(sub)
     return parser
+
+
+def _merge_apps(args: argparse.Namespace) -> None:
+    """One ``args.app`` from ``--app`` before the verb and after it.
+
+    Filters (``watch``, ``router``, ``sync``) get the list of every ``--app``;
+    other verbs act for one app, so two different names are a usage error
+    rather than a silent choice of one.
+    """
+    given: list[str] = list(getattr(args, "global_app", []))
+    own = getattr(args, "app", None)
+    if isinstance(own, list):
+        given.extend(own)
+    elif isinstance(own, str):
+        given.append(own)
+    if args.command in _MANY_APPS:
+        args.app = given
+        return
+    distinct = list(dict.fromkeys(given))
+    if len(distinct) > 1:
+        raise UsageError(f"--app given for several apps ({', '.join(distinct)}): give one")
+    args.app = distinct[0] if distinct else None
+    if args.command in _NEEDS_APP and args.app is None:
+        raise UsageError(f"{args.command} needs --app NAME (before or after the verb)")
 
 
 def _read_file(path: Path, what: str) -> bytes:
@@ -196,6 +322,27 @@ def _tls_from(args: argparse.Namespace) -> TlsFiles | None:
     return TlsFiles(ca=ca, cert=cert, key=key, server_name=args.tls_server_name)
 
 
+def _waiting(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "wait", False))
+
+
+def _call_timeout(args: argparse.Namespace) -> float:
+    """Each RPC's deadline: --timeout, except that a long --wait keeps calls at 30 s."""
+    timeout: float | None = args.timeout
+    if timeout is None:
+        return CALL_TIMEOUT_S
+    return min(timeout, CALL_TIMEOUT_S) if _waiting(args) else timeout
+
+
+def _wait_timeout(args: argparse.Namespace) -> timedelta:
+    timeout: float | None = args.timeout
+    return wait.DEFAULT_TIMEOUT if timeout is None else timedelta(seconds=timeout)
+
+
+def _clock() -> datetime:
+    return datetime.now(UTC)
+
+
 class _Output:
     """Where results and errors go; injected so tests can capture both."""
 
@@ -204,7 +351,7 @@ class _Output:
         self.err = err
 
     def print(self, text: str) -> None:
-        # Flushed per line: `watch` is read live through pipes.
+        # Flushed per line: `watch` and `--wait` are read live through pipes.
         print(text, file=self.out, flush=True)
 
     def error(self, lines: Sequence[str]) -> None:
@@ -212,10 +359,52 @@ class _Output:
             print(line, file=self.err, flush=True)
 
 
+def _show(domain: domain_pb2.Domain, args: argparse.Namespace, io: _Output) -> None:
+    io.print(render.to_json(domain) if args.json else render.status_block(domain, now=_clock()))
+
+
+async def _follow(
+    client: BrokerClient,
+    domain: domain_pb2.Domain,
+    args: argparse.Namespace,
+    io: _Output,
+    *,
+    renewing: bool = False,
+) -> int:
+    """``--wait``: progress on stdout (stderr with --json, whose stdout is the final JSON)."""
+
+    def emit(line: str) -> None:
+        if args.json:
+            io.error([line])
+        else:
+            io.print(line)
+
+    outcome, last = await wait.follow(
+        client,
+        domain,
+        patience=_wait_timeout(args),
+        emit=emit,
+        clock=_clock,
+        renewing=renewing,
+    )
+    if args.json:
+        io.print(render.to_json(last))
+    return {
+        wait.Outcome.SETTLED: EXIT_OK,
+        wait.Outcome.STOPPED: EXIT_STOPPED,
+        wait.Outcome.TIMED_OUT: EXIT_TIMEOUT,
+    }[outcome]
+
+
 async def _domains_add(client: BrokerClient, args: argparse.Namespace, io: _Output) -> int:
     custom = _cert_and_key(args)
     domain = await client.issue_certificate(
-        args.domain, args.app, disable_letsencrypt=args.no_letsencrypt
+        args.domain,
+        args.app,
+        disable_letsencrypt=args.no_letsencrypt,
+        key_algorithm=_KEY_ALGORITHMS.get(args.key_algorithm, domain_pb2.KEY_ALGORITHM_UNSPECIFIED),
+        challenge_type=_CHALLENGES.get(args.challenge, domain_pb2.CHALLENGE_TYPE_UNSPECIFIED),
+        include_apex=args.include_apex,
     )
     if custom is not None:
         try:
@@ -224,7 +413,9 @@ async def _domains_add(client: BrokerClient, args: argparse.Namespace, io: _Outp
             io.error(render.error_lines(err))
             io.error([f"note: {domain.domain} was added; its custom certificate was not installed"])
             return EXIT_RPC
-    io.print(render.to_json(domain) if args.json else render.status_block(domain))
+    if args.wait:
+        return await _follow(client, domain, args, io)
+    _show(domain, args, io)
     return EXIT_OK
 
 
@@ -238,7 +429,51 @@ async def _domains_ssl(client: BrokerClient, args: argparse.Namespace, io: _Outp
         if custom is None:
             raise UsageError("give --cert and --key, or --disable")
         domain = await client.upload_custom(args.domain, *custom, app=args.app or "")
-    io.print(render.to_json(domain) if args.json else render.status_block(domain))
+    _show(domain, args, io)
+    return EXIT_OK
+
+
+def _needs_issuance(domain: domain_pb2.Domain, now: datetime) -> bool:
+    """The broker's own rule, from what GetStatus shows: no certificate yet, or renewal due."""
+    if not domain.HasField("lets_encrypt_certificate"):
+        return True
+    due = render.when(domain.renewal_time)
+    expiry = render.when(domain.lets_encrypt_certificate.not_after)
+    return (due is not None and due <= now) or (expiry is not None and expiry <= now)
+
+
+async def _domains_renew(client: BrokerClient, args: argparse.Namespace, io: _Output) -> int:
+    """IssueCertificate on a known domain: the broker's quota-safe "retry now".
+
+    GetStatus first, so a typo never adds a new domain and a domain with
+    nothing to renew is said to be so instead of silently left as it was.
+    """
+    current = await client.get_status(args.domain)
+    name = current.domain
+    now = _clock()
+    if current.disable_letsencrypt:
+        io.error([f"error: {name} has Let's Encrypt disabled (--no-letsencrypt): nothing to renew"])
+        return EXIT_RPC
+    if not _needs_issuance(current, now):
+        due = render.when(current.renewal_time)
+        expiry = render.when(current.lets_encrypt_certificate.not_after)
+        io.error(
+            [
+                f"error: {name} is not due: its Let's Encrypt certificate expires "
+                + (f"in {render.duration(expiry - now)}" if expiry else "later")
+                + " and is renewed automatically "
+                + (render.relative(due, now) if due else "before then")
+                + "; the broker does not renew a certificate early"
+            ]
+        )
+        return EXIT_RPC
+    domain = await client.issue_certificate(name, args.app or current.app)
+    if args.wait:
+        return await _follow(client, domain, args, io, renewing=True)
+    if args.json:
+        io.print(render.to_json(domain))
+    else:
+        io.print(f"{name}: the next Let's Encrypt attempt runs now")
     return EXIT_OK
 
 
@@ -256,13 +491,18 @@ async def _domains(client: BrokerClient, args: argparse.Namespace, io: _Output) 
     if args.json:
         io.print(render.to_json(broker_pb2.ListDomainsResponse(domains=domains)))
     else:
-        io.print(render.domains_table(domains))
+        io.print(render.domains_table(domains, now=_clock()))
     return EXIT_OK
 
 
 async def _status(client: BrokerClient, args: argparse.Namespace, io: _Output) -> int:
     domain = await client.get_status(args.domain)
-    io.print(render.to_json(domain) if args.json else render.status_block(domain))
+    if args.app and domain.app != args.app:
+        io.error([f"error: {domain.domain} belongs to app {domain.app!r}, not {args.app!r}"])
+        return EXIT_RPC
+    if args.wait:
+        return await _follow(client, domain, args, io)
+    _show(domain, args, io)
     return EXIT_OK
 
 
@@ -271,7 +511,7 @@ async def _routers(client: BrokerClient, args: argparse.Namespace, io: _Output) 
     if args.json:
         io.print(render.to_json(broker_pb2.ListRoutersResponse(routers=routers)))
     else:
-        io.print(render.routers_table(routers))
+        io.print(render.routers_table(routers, now=_clock()))
     return EXIT_OK
 
 
@@ -279,17 +519,21 @@ async def _watch(client: BrokerClient, args: argparse.Namespace, io: _Output) ->
     if args.since < 0:
         raise UsageError("--since must be 0 or more")
     seen = 0
-    async for event in client.watch(args.since, apps=args.app, domains=args.domains):
-        io.print(render.to_json(event, one_line=True) if args.json else render.watch_line(event))
-        seen += 1
-        if args.count and seen >= args.count:
-            break
+    events = client.watch(args.since, apps=args.app, domains=args.domains, retry_unreached=False)
+    async with contextlib.aclosing(events):
+        async for event in events:
+            line = render.to_json(event, one_line=True) if args.json else render.watch_line(event)
+            io.print(line)
+            seen += 1
+            if args.count and seen >= args.count:
+                break
     return EXIT_OK
 
 
 _HANDLERS: dict[str, Callable[[BrokerClient, argparse.Namespace, _Output], Awaitable[int]]] = {
     "domains-add": _domains_add,
     "domains-ssl": _domains_ssl,
+    "domains-renew": _domains_renew,
     "domains-remove": _domains_remove,
     "domains": _domains,
     "status": _status,
@@ -298,15 +542,14 @@ _HANDLERS: dict[str, Callable[[BrokerClient, argparse.Namespace, _Output], Await
 }
 
 
-async def _run(args: argparse.Namespace, io: _Output, addr: str) -> int:
+async def _run(args: argparse.Namespace, io: _Output, addr: str, tls: TlsFiles | None) -> int:
     # SIGTERM (e.g. `kill PID` on a running `watch`) cancels the command like
     # Ctrl-C does, so the channel closes cleanly and no traceback is printed.
     task = asyncio.current_task()
     if task is not None:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-    tls = _tls_from(args)
-    async with BrokerClient.connect(addr, tls=tls, timeout=args.timeout) as client:
+    async with BrokerClient.connect(addr, tls=tls, timeout=_call_timeout(args)) as client:
         return await _HANDLERS[args.command](client, args, io)
 
 
@@ -332,8 +575,15 @@ def main(
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse already printed usage and the error
+    except SystemExit as exc:  # argparse already printed usage and the error (or --version)
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    try:
+        _merge_apps(args)
+        if args.timeout is not None and args.timeout <= 0:
+            raise UsageError("--timeout must be more than 0")
+    except UsageError as exc:
+        io.error([f"error: {exc}"])
+        return EXIT_USAGE
     if args.command == "router":
         return run_router(args)
     if args.command == "sync":
@@ -345,13 +595,15 @@ def main(
             io.error([f"error: {exc}"])
             return EXIT_USAGE
     addr: str = args.addr or os.environ.get("CERTBROKER_ADDR") or DEFAULT_ADDR
+    tls: TlsFiles | None = None
     try:
-        return asyncio.run(_run(args, io, addr))
+        tls = _tls_from(args)
+        return asyncio.run(_run(args, io, addr, tls))
     except UsageError as exc:
         io.error([f"error: {exc}"])
         return EXIT_USAGE
     except BrokerError as exc:
-        io.error(render.error_lines(exc, addr=addr))
+        io.error(render.error_lines(exc, addr=addr, tls=tls))
         return EXIT_RPC
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -318,14 +318,22 @@ class BrokerClient:
         disable_letsencrypt: bool = False,
         key_algorithm: domain_pb2.KeyAlgorithm = domain_pb2.KEY_ALGORITHM_UNSPECIFIED,
         challenge_type: domain_pb2.ChallengeType = domain_pb2.CHALLENGE_TYPE_UNSPECIFIED,
+        include_apex: bool = False,
     ) -> domain_pb2.Domain:
-        """Register ``domain`` for ``app``; idempotent, and "retry now" for a known one."""
+        """Register ``domain`` for ``app``; idempotent, and "retry now" for a known one.
+
+        "Retry now" is rationed by the broker: a domain backing off after a
+        failure may be forced once per interval, sooner calls raise
+        ``RESOURCE_EXHAUSTED`` (reason ``RETRY_TOO_SOON``) with ``retry_after``.
+        ``include_apex`` puts a wildcard's apex in the same certificate.
+        """
         request = broker_pb2.IssueCertificateRequest(
             domain=domain,
             app=app,
             disable_letsencrypt=disable_letsencrypt,
             key_algorithm=key_algorithm,
             challenge_type=challenge_type,
+            include_apex=include_apex,
         )
         response: broker_pb2.IssueCertificateResponse = await self._unary(
             "IssueCertificate", request
@@ -417,7 +425,8 @@ class BrokerClient:
         domains: Iterable[str] = (),
         max_backoff: float = 3.0,
         idle_timeout: float | None = None,
-    ) -> AsyncIterator[WatchEvent]:
+        retry_unreached: bool = True,
+    ) -> AsyncGenerator[WatchEvent, None]:
         """Follow every change after ``after_revision`` (0: snapshot first), forever.
 
         The stream is resumed from ``last_revision`` whenever it breaks
@@ -443,11 +452,18 @@ class BrokerClient:
         a stream that received nothing for that long as dead and reconnects:
         a broker host that vanished without closing TCP is noticed this way.
         Other errors raise ``BrokerError``.
+
+        ``retry_unreached=False`` raises ``UNAVAILABLE`` when the very first
+        stream fails before anything arrived, as a unary call would: a person
+        running ``certbroker watch`` against a wrong address or with the wrong
+        TLS settings wants the error, not a silent retry loop. Once the broker
+        answered, breaks are resumed as usual.
         """
         self._last_revision = after_revision
         backoff = _Backoff(cap=max_backoff)
         request_apps = list(apps)
         request_domains = list(domains)
+        reached = retry_unreached
         while True:
             snapshotting = self._last_revision == 0
             if snapshotting:
@@ -472,6 +488,7 @@ class BrokerClient:
                             break  # silent for too long: reconnect
                     if response is _EOF:
                         break  # the broker closed the stream cleanly: resume
+                    reached = True
                     backoff.reset()
                     kind = response.WhichOneof("kind")
                     if kind == "heartbeat":
@@ -495,7 +512,7 @@ class BrokerClient:
                     self._last_revision = 0
                     self._resnapshots += 1
                     continue  # start over at once: waiting would not help
-                if error.code not in _RESUMABLE:
+                if error.code not in _RESUMABLE or not reached:
                     raise error from None
                 if error.retry_after is not None:
                     delay_at_least = error.retry_after.total_seconds()

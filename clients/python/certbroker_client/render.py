@@ -1,26 +1,34 @@
 """Text and JSON renderings of broker messages for people and scripts.
 
-Pure functions from proto messages to strings: no I/O, no clock (the broker
-sends ``days_left`` itself), so the CLI's output is tested with plain values.
-The words are the seed's dashboard words, so a person reading the CLI sees
-the same statuses the documentation explains.
+Pure functions from proto messages to strings: no I/O, and the current time
+is a parameter (``now``, the caller's clock when left out), so the CLI's output
+is tested with plain values. Tables say times relative to ``now`` ("next try
+in 3 min", "expires in 59 days", "2 h ago"): a person scanning a table wants
+"how soon", not a timestamp to subtract in their head. ``status`` shows both;
+``--json`` keeps the proto's absolute times for scripts. The words are the
+seed's dashboard words, so a person reading the CLI sees the same statuses the
+documentation explains.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
-from datetime import UTC
+from datetime import UTC, datetime, timedelta
 
 from google.protobuf import json_format, timestamp_pb2
 from google.protobuf.message import Message
 
 from certbroker.v1 import broker_pb2, domain_pb2
-from certbroker_client.client import BrokerError
+from certbroker_client.client import BrokerError, TlsFiles
+from certbroker_client.hints import connection_hint
 
 __all__ = [
     "domains_table",
+    "duration",
     "error_lines",
     "lets_encrypt_label",
+    "relative",
     "routers_table",
     "source_label",
     "status_block",
@@ -95,29 +103,82 @@ def source_label(source: int) -> str:
     return _SOURCE_LABELS.get(source, f"unknown ({source})")
 
 
-def format_time(ts: timestamp_pb2.Timestamp) -> str:
-    """UTC to the second, or "-" when unset (the zero Timestamp is never a real time)."""
+def _now(now: datetime | None) -> datetime:
+    return now if now is not None else datetime.now(UTC)
+
+
+def when(ts: timestamp_pb2.Timestamp) -> datetime | None:
+    """The time a Timestamp holds, or None when unset (the zero Timestamp is never a real time)."""
     if ts.seconds == 0 and ts.nanos == 0:
-        return "-"
-    return ts.ToDatetime(tzinfo=UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+        return None
+    return ts.ToDatetime(tzinfo=UTC)
 
 
-def _expiry(domain: domain_pb2.Domain) -> str:
-    """Expiry of the certificate that serves now, with days left."""
+def format_time(ts: timestamp_pb2.Timestamp) -> str:
+    """UTC to the second, or "-" when unset."""
+    at = when(ts)
+    return "-" if at is None else at.strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def duration(span: timedelta, *, round_up: bool = False) -> str:
+    """A length of time in the unit that keeps it readable: "42 s", "3 min", "2 h", "59 days".
+
+    Rounded down ("expires in 59 days" on day 59.9 matches the broker's
+    ``days_left``), or up with ``round_up`` for waits ("try again in 10 min"
+    must never send someone back a minute early).
+    """
+    seconds = abs(span.total_seconds())
+    units = ((172_800, 86_400, "days"), (5_400, 3_600, "h"), (90, 60, "min"), (0, 1, "s"))
+    for threshold, size, name in units:
+        if seconds >= threshold:
+            count = math.ceil(seconds / size) if round_up else math.floor(seconds / size)
+            return f"{max(count, 1) if round_up else count} {name}"
+    raise AssertionError("unreachable: the last unit has threshold 0")
+
+
+def relative(at: datetime, now: datetime) -> str:
+    """``at`` seen from ``now``: "in 3 min", "2 h ago", or "now" within a second."""
+    span = at - now
+    if abs(span) < timedelta(seconds=1):
+        return "now"
+    return f"in {duration(span)}" if span > timedelta(0) else f"{duration(span)} ago"
+
+
+def _relative_ts(ts: timestamp_pb2.Timestamp, now: datetime) -> str:
+    at = when(ts)
+    return "-" if at is None else relative(at, now)
+
+
+def _with_relative(ts: timestamp_pb2.Timestamp, now: datetime) -> str:
+    """Absolute and relative: "2026-06-01 12:04:00Z (in 4 min)"."""
+    at = when(ts)
+    return "-" if at is None else f"{format_time(ts)} ({relative(at, now)})"
+
+
+def _expiry(domain: domain_pb2.Domain, now: datetime) -> str:
+    """Expiry of the certificate that serves now, relative to ``now``."""
     if domain.serving_source == domain_pb2.CERTIFICATE_SOURCE_CUSTOM:
         cert = domain.custom_certificate
     elif domain.serving_source == domain_pb2.CERTIFICATE_SOURCE_LETS_ENCRYPT:
         cert = domain.lets_encrypt_certificate
     else:
         return "-"
-    return _cert_expiry(cert)
+    return _cert_expiry(cert, now)
 
 
-def _cert_expiry(cert: domain_pb2.CertificateInfo) -> str:
-    when = format_time(cert.not_after)
-    if when == "-":
+def _cert_expiry(cert: domain_pb2.CertificateInfo, now: datetime) -> str:
+    at = when(cert.not_after)
+    if at is None:
         return "-"
-    return f"{when[:10]} ({cert.days_left}d)"
+    return f"expired {duration(at - now)} ago" if at <= now else f"in {duration(at - now)}"
+
+
+def _next_try(ts: timestamp_pb2.Timestamp, now: datetime) -> str:
+    """When the broker tries again; a time already past means it is due ("now")."""
+    at = when(ts)
+    if at is None:
+        return "-"
+    return "now" if at <= now else relative(at, now)
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -143,21 +204,23 @@ _TABLE_HEADER = (
 )
 
 
-def domains_table(domains: Iterable[domain_pb2.Domain]) -> str:
+def domains_table(domains: Iterable[domain_pb2.Domain], *, now: datetime | None = None) -> str:
     """One row per domain: what a person scans for ("which ones are stuck, and why")."""
+    at = _now(now)
     rows: list[list[str]] = []
     for d in domains:
         retry = d.retry
         failing = retry.attempt > 0
+        waiting = failing or bool(retry.last_error_reason)  # e.g. DNS not pointing yet
         rows.append(
             [
                 d.domain,
                 d.app,
                 lets_encrypt_label(d.lets_encrypt_state),
                 source_label(d.serving_source),
-                _expiry(d),
+                _expiry(d, at),
                 str(retry.attempt) if failing else "-",
-                format_time(retry.next_attempt_time) if failing else "-",
+                _next_try(retry.next_attempt_time, at) if waiting else "-",
                 retry.last_error_reason or "-",
             ]
         )
@@ -166,20 +229,21 @@ def domains_table(domains: Iterable[domain_pb2.Domain]) -> str:
     return _table(_TABLE_HEADER, rows)
 
 
-def _certificate_lines(title: str, cert: domain_pb2.CertificateInfo, serving: bool) -> list[str]:
+def _certificate_lines(
+    title: str, cert: domain_pb2.CertificateInfo, serving: bool, now: datetime
+) -> list[str]:
     if not cert.sha256_fingerprint and not cert.serial:
         return [f"{title}: none"]
     lines = [f"{title}:" + ("  (serving)" if serving else "")]
     expiry = format_time(cert.not_after)
     if expiry != "-":
-        left = cert.days_left
-        expiry += f" (expired {-left} days ago)" if left < 0 else f" ({left} days left)"
+        expiry += f" (expires {_cert_expiry(cert, now)})"
     facts = [
         ("Names", ", ".join(cert.sans) or "-"),
         ("Subject", cert.subject or "-"),
         ("Issuer", cert.issuer or "-"),
         ("Serial", cert.serial or "-"),
-        ("Valid from", format_time(cert.not_before)),
+        ("Valid from", _with_relative(cert.not_before, now)),
         ("Valid until", expiry),
         ("Key", cert.key_algorithm or "-"),
         ("SHA-256", cert.sha256_fingerprint or "-"),
@@ -188,8 +252,9 @@ def _certificate_lines(title: str, cert: domain_pb2.CertificateInfo, serving: bo
     return lines
 
 
-def status_block(d: domain_pb2.Domain) -> str:
+def status_block(d: domain_pb2.Domain, *, now: datetime | None = None) -> str:
     """Everything a person needs to see why a domain is where it is, without logs."""
+    at = _now(now)
     state = lets_encrypt_label(d.lets_encrypt_state)
     explanation = _LE_EXPLANATIONS.get(d.lets_encrypt_state)
     facts: list[tuple[str, str]] = [
@@ -201,10 +266,10 @@ def status_block(d: domain_pb2.Domain) -> str:
         ("Challenge", _CHALLENGE_LABELS.get(d.challenge_type, str(d.challenge_type))),
         ("Revision", str(d.revision)),
         ("Routers", _routers_line(d)),
-        ("Created", format_time(d.create_time)),
-        ("Updated", format_time(d.update_time)),
-        ("Next check", format_time(d.next_check_time)),
-        ("Renewal due", format_time(d.renewal_time)),
+        ("Created", _with_relative(d.create_time, at)),
+        ("Updated", _with_relative(d.update_time, at)),
+        ("Next check", _with_relative(d.next_check_time, at)),
+        ("Renewal due", _with_relative(d.renewal_time, at)),
     ]
     lines = [f"{name + ':':<17}{value}" for name, value in facts]
 
@@ -214,7 +279,7 @@ def status_block(d: domain_pb2.Domain) -> str:
     dns = d.dns
     if dns.answered or dns.expected or dns.check_time.seconds:
         verdict = "points to the platform" if dns.points_to_platform else "does NOT point to us"
-        lines.append(f"{'DNS:':<17}{verdict} (checked {format_time(dns.check_time)})")
+        lines.append(f"{'DNS:':<17}{verdict} (checked {_relative_ts(dns.check_time, at)})")
         lines.append(f"  {'answered:':<14}{', '.join(dns.answered) or '(nothing)'}")
         lines.append(f"  {'expected:':<14}{', '.join(dns.expected) or '-'}")
     else:
@@ -223,13 +288,13 @@ def status_block(d: domain_pb2.Domain) -> str:
     retry = d.retry
     if retry.attempt > 0 or retry.last_error_reason:
         lines.append(f"{'Retry:':<17}attempt {retry.attempt}")
-        lines.append(f"  {'next try:':<14}{format_time(retry.next_attempt_time)}")
+        lines.append(f"  {'next try:':<14}{_with_relative(retry.next_attempt_time, at)}")
         if retry.last_error_reason or retry.last_error_message:
             lines.append(
                 f"  {'last error:':<14}{retry.last_error_reason or '-'}"
                 + (f": {retry.last_error_message}" if retry.last_error_message else "")
             )
-            lines.append(f"  {'at:':<14}{format_time(retry.last_error_time)}")
+            lines.append(f"  {'at:':<14}{_with_relative(retry.last_error_time, at)}")
     else:
         lines.append(f"{'Retry:':<17}no failures")
 
@@ -241,6 +306,7 @@ def status_block(d: domain_pb2.Domain) -> str:
             "Let's Encrypt certificate",
             d.lets_encrypt_certificate,
             d.serving_source == domain_pb2.CERTIFICATE_SOURCE_LETS_ENCRYPT,
+            at,
         )
     )
     lines.extend(
@@ -248,6 +314,7 @@ def status_block(d: domain_pb2.Domain) -> str:
             "Custom certificate",
             d.custom_certificate,
             d.serving_source == domain_pb2.CERTIFICATE_SOURCE_CUSTOM,
+            at,
         )
     )
     return "\n".join(lines)
@@ -262,8 +329,11 @@ def _routers_line(d: domain_pb2.Domain) -> str:
 _ROUTERS_HEADER = ("ROUTER", "IDENTITY", "APPLIED", "LAG", "DOMAINS", "LAST SEEN", "STATE")
 
 
-def routers_table(routers: Iterable[broker_pb2.RouterStatus]) -> str:
+def routers_table(
+    routers: Iterable[broker_pb2.RouterStatus], *, now: datetime | None = None
+) -> str:
     """One row per router: which one is behind ("LAG"), or silent ("stale")."""
+    at = _now(now)
     rows = [
         [
             r.router_id,
@@ -271,7 +341,7 @@ def routers_table(routers: Iterable[broker_pb2.RouterStatus]) -> str:
             str(r.applied_revision),
             str(r.lag),
             str(r.domain_count),
-            format_time(r.last_seen_time),
+            _relative_ts(r.last_seen_time, at),
             "live" if r.live else "stale",
         ]
         for r in routers
@@ -314,18 +384,33 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def error_lines(err: BrokerError, *, addr: str | None = None) -> list[str]:
-    """``error: CODE (REASON): message`` then one line per field violation.
+def error_lines(
+    err: BrokerError, *, addr: str | None = None, tls: TlsFiles | None = None
+) -> list[str]:
+    """``error: CODE (REASON): message``, said once, then only what adds to it.
 
-    For UNAVAILABLE without a broker-given reason the broker was never
-    reached, so the line names the address that was tried.
+    The broker's INVALID_ARGUMENT message already joins its field violations
+    (``field: description; ...``), so a violation gets its own line only when
+    the message does not say it. The reason is left out when it only repeats
+    the code. A RetryInfo becomes "try again in N min"; a connection that
+    failed before reaching the broker gets a one-line hint naming the flag or
+    variable to fix (``hints.connection_hint``), with ``tls`` the settings used.
     """
-    head = err.code_name + (f" ({err.reason})" if err.reason else "")
+    code = err.code_name
+    head = code + (f" ({err.reason})" if err.reason and err.reason != code else "")
     message = _one_line(err.message)
-    if err.code_name == "UNAVAILABLE" and not err.reason and addr:
+    unreached = err.code_name == "UNAVAILABLE" and not err.reason
+    if unreached and addr:
         message = f"cannot reach the broker at {addr}" + (f": {message}" if message else "")
     lines = [f"error: {head}: {message}" if message else f"error: {head}"]
-    lines.extend(f"  {v.field}: {_one_line(v.description)}" for v in err.violations)
+    for v in err.violations:
+        said = f"{v.field}: {_one_line(v.description)}"
+        if said not in message:
+            lines.append(f"  {said}")
     if err.retry_after is not None:
-        lines.append(f"  retry after {err.retry_after.total_seconds():g}s")
+        lines.append(f"  try again in {duration(err.retry_after, round_up=True)}")
+    if unreached:
+        hint = connection_hint(err.message, tls)
+        if hint:
+            lines.append(f"  hint: {hint}")
     return lines
