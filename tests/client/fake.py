@@ -101,6 +101,7 @@ class FakeBroker(broker_pb2_grpc.CertificateBrokerServiceServicer):
     watch_requests: list[broker_pb2.WatchStatusRequest] = field(default_factory=list)
     domains: dict[str, domain_pb2.Domain] = field(default_factory=dict)
     unary_error: status_pb2.Status | None = None
+    issue_error: status_pb2.Status | None = None  # IssueCertificate only (e.g. RETRY_TOO_SOON)
 
     async def WatchStatus(
         self, request: broker_pb2.WatchStatusRequest, context: grpc.aio.ServicerContext
@@ -127,6 +128,16 @@ class FakeBroker(broker_pb2_grpc.CertificateBrokerServiceServicer):
                 ),
             )
         return broker_pb2.GetStatusResponse(domain=self.domains[request.domain])
+
+    async def IssueCertificate(
+        self, request: broker_pb2.IssueCertificateRequest, context: grpc.aio.ServicerContext
+    ) -> broker_pb2.IssueCertificateResponse:
+        if self.issue_error is not None:
+            await abort(context, self.issue_error)
+        known = self.domains.setdefault(
+            request.domain, domain(request.domain, len(self.domains) + 1, app=request.app)
+        )
+        return broker_pb2.IssueCertificateResponse(domain=known)
 
     async def ListDomains(
         self, request: broker_pb2.ListDomainsRequest, context: grpc.aio.ServicerContext

@@ -38,7 +38,7 @@ from certbroker_client.client import DEFAULT_ADDR, BrokerClient, BrokerError, Tl
 from certbroker_client.router_cli import add_router_parser, run_router
 from certbroker_client.sync.cli import add_sync_parser, run_sync
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main", "parse"]
 
 EXIT_OK = 0
 EXIT_RPC = 1
@@ -281,6 +281,19 @@ def _merge_apps(args: argparse.Namespace) -> None:
     args.app = distinct[0] if distinct else None
     if args.command in _NEEDS_APP and args.app is None:
         raise UsageError(f"{args.command} needs --app NAME (before or after the verb)")
+
+
+def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line as one namespace, whichever side of the verb each option was on.
+
+    Raises ``SystemExit`` (argparse already printed why) or ``UsageError``.
+    """
+    args = build_parser().parse_args(argv)
+    _merge_apps(args)
+    timeout: float | None = getattr(args, "timeout", None)
+    if timeout is not None and timeout <= 0:
+        raise UsageError("--timeout must be more than 0")
+    return args
 
 
 def _read_file(path: Path, what: str) -> bytes:
@@ -572,15 +585,10 @@ def main(
 ) -> int:
     """Parse ``argv``, run one command, return the exit code."""
     io = _Output(out or sys.stdout, err or sys.stderr)
-    parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = parse(argv)
     except SystemExit as exc:  # argparse already printed usage and the error (or --version)
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
-    try:
-        _merge_apps(args)
-        if args.timeout is not None and args.timeout <= 0:
-            raise UsageError("--timeout must be more than 0")
     except UsageError as exc:
         io.error([f"error: {exc}"])
         return EXIT_USAGE

@@ -68,6 +68,6 @@ def connection_hint(details: str, tls: TlsFiles | None) -> str | None:
         return (
             "the broker refused the client certificate: it must be issued by the CA in the "
             "broker's CERTBROKER_TLS_CLIENT_CA, for client authentication, and not expired "
-            f"({_FLAGS_IDENTITY})"
+            f"; check {_FLAGS_IDENTITY}"
         )
     return None
