@@ -161,7 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def command(name: str, help_text: str, app_help: str | None = None) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        # "resolve": a verb that declares its own --app (or another global option)
+        # replaces the shared one instead of failing at start-up; _merge_apps
+        # still merges it with an --app given before the verb.
+        p = sub.add_parser(name, help=help_text, description=help_text, conflict_handler="resolve")
         _global_options(p, suppress=True, app_help=app_help)
         return p
 
