@@ -30,6 +30,7 @@ GLOBALS = ["--addr", "10.0.0.1:7", "--json", "--tls-ca", "ca.pem", "--timeout", 
         ["domains-remove", "x.example.com"],
         ["domains"],
         ["status", "x.example.com"],
+        ["routers"],
     ],
 )
 def test_global_options_before_or_after_the_verb_mean_the_same(verb: list[str]) -> None:
