@@ -11,9 +11,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
-from certbroker import lifecycle
 from tests.broker import started_broker
 from tests.client.clirun import assert_clean_error, run_async
 from tests.integration.lab import Lab, unique_domain
@@ -42,8 +39,6 @@ async def test_add_wait_reaches_in_use_then_renew_says_not_due(lab: Lab, tmp_pat
 async def test_renew_of_a_failing_domain_then_refused_with_the_wait(
     lab: Lab, tmp_path: Path
 ) -> None:
-    if not hasattr(lifecycle, "forced_retry_wait"):
-        pytest.skip("the broker does not ration forced retries yet (issue 10, item 4)")
     name = unique_domain()
     parent = name.split(".", 1)[1]
     lab.dns.add_caa(parent, [("issue", "other-ca.example")])
