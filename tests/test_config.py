@@ -8,15 +8,19 @@ from pathlib import Path
 import pytest
 
 from certbroker.config import LETS_ENCRYPT_PRODUCTION, ConfigError, Settings, parse_hostport
+from tests.tls import MtlsFiles
 
 
 @pytest.fixture
 def files(tmp_path: Path) -> dict[str, str]:
     out = {}
-    for name in ("cert.pem", "key.pem", "ca.pem", "acme-ca.pem", "trust.pem"):
+    for name in ("acme-ca.pem", "trust.pem"):
         path = tmp_path / name
         path.write_text("x")
         out[name] = str(path)
+    mtls = MtlsFiles(tmp_path / "tls")  # the TLS files are parsed at config time
+    server = mtls.issue("broker", server=True)
+    out.update({"cert.pem": str(server.cert), "key.pem": str(server.key), "ca.pem": str(mtls.ca)})
     return out
 
 

@@ -8,17 +8,19 @@ from pathlib import Path
 import pytest
 
 from certbroker.config import ConfigError, Settings, is_loopback
+from tests.tls import MtlsFiles
 
 
 @pytest.fixture
 def tls(tmp_path: Path) -> dict[str, str]:
-    """The three TLS variables pointing at files that exist (config checks presence only)."""
-    env = {}
-    for name in ("CERTBROKER_TLS_CERT", "CERTBROKER_TLS_KEY", "CERTBROKER_TLS_CLIENT_CA"):
-        path = tmp_path / name.lower()
-        path.write_text("x")
-        env[name] = str(path)
-    return env
+    """The three TLS variables pointing at a valid identity (config parses them)."""
+    mtls = MtlsFiles(tmp_path)
+    server = mtls.issue("broker", server=True)
+    return {
+        "CERTBROKER_TLS_CERT": str(server.cert),
+        "CERTBROKER_TLS_KEY": str(server.key),
+        "CERTBROKER_TLS_CLIENT_CA": str(mtls.ca),
+    }
 
 
 @pytest.mark.parametrize(

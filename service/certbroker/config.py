@@ -6,14 +6,63 @@ typo in a deployment fails loudly instead of running with a silent default.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
+from urllib.parse import urlsplit
 
 LETS_ENCRYPT_PRODUCTION = "https://acme-v02.api.letsencrypt.org/directory"
+LETS_ENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
+#: Every CERTBROKER_* variable anything here reads (broker, CLI, health check); the rest
+#: are typos, warned about at start (tests/test_config_ops.py keeps this list complete).
+_KNOWN = (
+    "ACME_CA_BUNDLE",
+    "ACME_DIRECTORY",
+    "ACME_EMAIL",
+    "ACME_WORKERS",
+    "ADDR",
+    "ALLOW_PLAINTEXT",
+    "CAA_IDENTITY",
+    "CLIENT_CA",
+    "CLIENT_CERT",
+    "CLIENT_KEY",
+    "COMPACTION_INTERVAL",
+    "DB",
+    "DNS01_SERVER",
+    "DNS01_TSIG_KEY",
+    "DNS01_ZONE",
+    "DNS_CHECK_INTERVAL",
+    "DNS_SERVERS",
+    "EVENT_RETENTION",
+    "HEALTH_LISTEN",
+    "HEARTBEAT_INTERVAL",
+    "HTTP01_HEADER_TIMEOUT",
+    "HTTP01_IDLE_TIMEOUT",
+    "HTTP01_LISTEN",
+    "HTTP01_MAX_CONNECTIONS",
+    "HTTP01_MAX_CONNECTIONS_PER_PEER",
+    "KEK_FILE",
+    "LISTEN",
+    "LOG_LEVEL",
+    "MAX_CONCURRENT_ORDERS",
+    "MAX_PENDING_REQUESTS",
+    "PLATFORM_TARGETS",
+    "QUOTA_PER_NAME_SET",
+    "QUOTA_PER_REGISTERED_DOMAIN",
+    "ROLES",
+    "TLS_CERT",
+    "TLS_CLIENT_CA",
+    "TLS_KEY",
+    "TRACES_EXPORTER",
+    "TRUST_BUNDLE",
+    "WATCH_BUFFER",
+    "WATCH_SEND_TIMEOUT",
+)
+KNOWN_VARIABLES = frozenset(f"CERTBROKER_{name}" for name in _KNOWN)
 ROLES = ("router", "api", "admin")
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)?$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
@@ -55,6 +104,42 @@ def _dns01(get: Callable[[str], str | None]) -> dict[str, object]:
         "dns01_server": parse_hostport("CERTBROKER_DNS01_SERVER", server, 53),
         "dns01_tsig_key": path,
     }
+
+
+def unknown_variables(env: Mapping[str, str]) -> list[str]:
+    """One warning per ``CERTBROKER_*`` name nothing reads, with the closest known name.
+
+    A typo (``CERTBROKER_LISTNE``) would otherwise leave the default in force
+    silently. A warning, not a refusal: newer deployments may set variables an
+    older broker does not know.
+    """
+    warnings = []
+    for name in sorted(env):
+        if not name.startswith("CERTBROKER_") or name in KNOWN_VARIABLES:
+            continue
+        # Compared without the shared prefix, which would make every name look close.
+        close = difflib.get_close_matches(name.removeprefix("CERTBROKER_"), _KNOWN, n=1)
+        hint = f"; did you mean CERTBROKER_{close[0]}?" if close else ""
+        warnings.append(f"unknown variable {name} is ignored{hint}")
+    return warnings
+
+
+def _acme_directory(raw: str) -> str:
+    """An https URL (ACME requires HTTPS, RFC 8555 section 6.1), or ``off``: no CA."""
+    text = raw.strip()
+    if text == "off":
+        return ""
+    try:
+        url = urlsplit(text)
+        url.port  # noqa: B018 (raises ValueError on a bad port)
+    except ValueError:
+        url = urlsplit("")
+    if url.scheme != "https" or not url.hostname:
+        raise ConfigError(
+            f"CERTBROKER_ACME_DIRECTORY={raw!r}: expected an https:// URL such as "
+            f"{LETS_ENCRYPT_STAGING} (staging), or off"
+        )
+    return text
 
 
 def _duration(name: str, raw: str) -> timedelta:
@@ -210,7 +295,7 @@ class Settings:
             parse_hostport("CERTBROKER_LISTEN", raw)
             values["listen"] = raw.strip()
         if (raw := get("CERTBROKER_ACME_DIRECTORY")) is not None:
-            values["acme_directory"] = "" if raw.strip() == "off" else raw.strip()
+            values["acme_directory"] = _acme_directory(raw)
         for attr, name in (
             ("db", "CERTBROKER_DB"),
             ("acme_ca_bundle", "CERTBROKER_ACME_CA_BUNDLE"),
@@ -299,5 +384,12 @@ class Settings:
                 "CERTBROKER_TLS_CERT, CERTBROKER_TLS_KEY and CERTBROKER_TLS_CLIENT_CA "
                 "must be set together (mTLS with required client certificates)"
             )
+        if settings.tls_cert and settings.tls_key and settings.tls_client_ca:
+            from certbroker.x509.files import PemFileError, check_server_tls
+
+            try:
+                check_server_tls(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+            except PemFileError as error:
+                raise ConfigError(str(error)) from None
         _transport(settings)
         return settings

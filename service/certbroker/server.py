@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import os
 import signal
+import sqlite3
 import sys
+import threading
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,26 +39,30 @@ from certbroker.api.malformed import MalformedRequests
 from certbroker.api.servicer import BrokerServicer
 from certbroker.app import Broker
 from certbroker.clock import Clock, SystemClock
-from certbroker.config import ConfigError, Settings
+from certbroker.config import ConfigError, Settings, unknown_variables
 from certbroker.dns import DnsChecker, PlatformTargets
 from certbroker.events import EventHub
 from certbroker.housekeeping import ChallengeEvents, Compactor
 from certbroker.rlimits import raise_open_files_limit
 from certbroker.routers import RouterRegistry
 from certbroker.scheduler import Policy, Scheduler
+from certbroker.startup import StartupError, bind, describe
 from certbroker.store.acme_account import StoredAccount
 from certbroker.store.delegation_secret import load_label_key
+from certbroker.store.lock import DatabaseBusy, DatabaseLock
 from certbroker.store.sqlite import SqliteStore
 from certbroker.telemetry import server_interceptor, tracer_provider
 from certbroker.v1 import broker_pb2
+from certbroker.x509.files import PemFileError, check_server_tls
 from certbroker.x509.sealing import KekError, KeySealer
-from certbroker.x509.validate import CustomCertificateValidator
+from certbroker.x509.validate import CustomCertificateValidator, TrustStoreError
 
 log = logging.getLogger("certbroker")
 SERVICE_NAME = broker_pb2.DESCRIPTOR.services_by_name["CertificateBrokerService"].full_name
 _CANARY_KEY = "kek_canary"
 _CANARY_AAD = "certbroker:kek-canary"
 _CANARY_TEXT = b"certbroker key-encryption key canary"
+_ROTATION_KEY = "kek_rotation"  # see ops/rotate.py
 GRACE_SECONDS = 5.0
 
 
@@ -66,10 +74,6 @@ class _Closing:
 
     async def stop(self) -> None:
         await self._issuer.close()
-
-
-class StartupError(Exception):
-    """The broker cannot start; the message says what to fix."""
 
 
 @dataclass
@@ -90,6 +94,7 @@ class Running:
     tracing: TracerProvider | None = None
     health_server: grpc.aio.Server | None = None  # plaintext, grpc.health.v1 only
     health_port: int | None = None
+    db_lock: DatabaseLock | None = None
 
     async def stop(self, grace: float = GRACE_SECONDS) -> None:
         self.servicer.stopping = True
@@ -103,6 +108,8 @@ class Running:
             await extra.stop()
         await self.hub.stop()
         await self.store.close()
+        if self.db_lock is not None:
+            self.db_lock.release()
         if self.tracing is not None:
             self.tracing.shutdown()  # flushes the spans still queued
 
@@ -113,6 +120,13 @@ async def _open_sealer(settings: Settings, store: SqliteStore) -> KeySealer:
     A store that already holds sealed data never gets a fresh KEK: that would
     make every stored key unreadable, so a missing or wrong KEK stops the start.
     """
+    rotation = await store.get_meta(_ROTATION_KEY)
+    if rotation is not None:
+        raise StartupError(
+            f"CERTBROKER_KEK_FILE={settings.kek_file}: a key-encryption key rotation is "
+            f"unfinished ({rotation.decode(errors='replace')}); finish it first: "
+            "certbroker rotate-kek --kek OLD_FILE --new-kek NEW_FILE"
+        )
     canary = await store.get_meta(_CANARY_KEY)
     if canary is None and not await asyncio.to_thread(os.path.exists, settings.kek_file):
         # a new folder for secrets: only the broker's user may list or add files in it
@@ -130,15 +144,21 @@ async def _open_sealer(settings: Settings, store: SqliteStore) -> KeySealer:
         try:
             sealer.open(canary, _CANARY_AAD)
         except KekError:
+            sealed_by = KeySealer.blob_key_id(canary) or "unknown"
             raise StartupError(
                 f"CERTBROKER_KEK_FILE={settings.kek_file}: this is not the key-encryption key "
-                "the database was sealed with; restore the original key file"
+                f"the database was sealed with (this one's id is {sealer.key_id}, the "
+                f"database's {sealed_by}); restore the original key file"
             ) from None
     return sealer
 
 
 def _server_credentials(settings: Settings) -> grpc.ServerCredentials:
     assert settings.tls_cert and settings.tls_key and settings.tls_client_ca
+    try:  # gRPC would only say "Failed to bind" about a bad file
+        check_server_tls(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+    except PemFileError as error:
+        raise StartupError(str(error)) from None
     return grpc.ssl_server_credentials(
         [(Path(settings.tls_key).read_bytes(), Path(settings.tls_cert).read_bytes())],
         root_certificates=Path(settings.tls_client_ca).read_bytes(),
@@ -153,27 +173,54 @@ async def run(
     *,
     open_store: Callable[[str], Awaitable[SqliteStore]] = SqliteStore.open,
 ) -> Running:
-    clock = clock or SystemClock()
+    """Start the broker; a failure undoes what was started (no thread, port or lock is left)."""
+    started = contextlib.AsyncExitStack()
+    try:
+        running = await _start(
+            settings, clock or SystemClock(), span_exporter, started, open_store
+        )
+    except BaseException:
+        await started.aclose()
+        raise
+    started.pop_all()
+    return running
+
+
+async def _start(
+    settings: Settings,
+    clock: Clock,
+    span_exporter: SpanExporter | None,
+    started: contextlib.AsyncExitStack,
+    open_store: Callable[[str], Awaitable[SqliteStore]],
+) -> Running:
     open_files = raise_open_files_limit()
     await asyncio.to_thread(names.preload)
-    store = await open_store(settings.db)
+    # Files first: nothing is created or bound when one of them is wrong.
     try:
-        sealer = await _open_sealer(settings, store)
-        labels = await load_label_key(store, sealer)
         validator = CustomCertificateValidator.from_file(settings.trust_bundle)
-    except BaseException:
-        await store.close()
-        raise
+    except TrustStoreError as error:
+        raise StartupError(f"CERTBROKER_TRUST_BUNDLE={settings.trust_bundle}: {error}") from None
+    credentials = _server_credentials(settings) if settings.tls_enabled else None
+    db_lock, store = await _open_store(settings, open_store)
+    if db_lock is not None:
+        started.callback(db_lock.release)
+    started.push_async_callback(store.close)
+    sealer = await _open_sealer(settings, store)
+    try:
+        labels = await load_label_key(store, sealer)
+    except KekError as error:
+        raise StartupError(f"CERTBROKER_KEK_FILE={settings.kek_file}: {error}") from None
     hub = EventHub(store)
     await hub.start()
+    started.push_async_callback(hub.stop)
     extras: list[Any] = []
     challenge_events = ChallengeEvents(store, clock)
     responder = Http01Responder(
         on_change=challenge_events.on_change, limits=_responder_limits(settings, open_files)
     )
     if settings.http01_listen is not None:
-        host, http01_port = settings.http01_listen
-        await responder.start(host, http01_port)
+        await _start_responder(responder, *settings.http01_listen)
+        started.push_async_callback(responder.stop)
         extras.append(responder)
     dns01: Dns01Updater | None = None
     if settings.dns01_zone and settings.dns01_server and settings.dns01_tsig_key:
@@ -199,6 +246,7 @@ async def run(
             dns01=dns01,
             max_workers=settings.acme_workers,
         )
+        started.push_async_callback(issuer.close)
         extras.append(_Closing(issuer))
     scheduler = Scheduler(
         store,
@@ -228,10 +276,13 @@ async def run(
         forced_retry_interval=settings.forced_retry_interval,
     )
     provider = tracer_provider(settings.traces_exporter, span_exporter)
+    if provider is not None:
+        started.callback(provider.shutdown)
     server = grpc.aio.server(
         # Garbage that does not parse is refused INVALID_ARGUMENT, not logged as a traceback.
         interceptors=[MalformedRequests(), *([server_interceptor(provider)] if provider else [])],
         options=[
+            ("grpc.so_reuseport", 0),  # a port in use is an error, never silently shared
             # gRPC cancels stream opens beyond these (defaults 1,000 / 3,000): a broker
             # restart makes every router reconnect at once.
             ("grpc.server.max_pending_requests", settings.max_pending_requests),
@@ -265,13 +316,9 @@ async def run(
     reflection.enable_server_reflection(
         [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
-    if settings.tls_enabled:
-        port = server.add_secure_port(settings.listen, _server_credentials(settings))
-    else:
-        port = server.add_insecure_port(settings.listen)
     running = Running(
         settings,
-        port,
+        0,  # the port, known once bound (below)
         store,
         hub,
         broker,
@@ -282,34 +329,41 @@ async def run(
         servicer,
         extras,
         provider,
+        db_lock=db_lock,
     )
-    try:
-        running.health_server, running.health_port = _health_server(settings, health_servicer)
-        await server.start()
-        if running.health_server is not None:
-            await running.health_server.start()
-        await scheduler.start()
-        compactor = Compactor(
-            store,
-            clock,
-            settings.event_retention,
-            settings.compaction_interval,
-            settings.key_retention,
-        )
-        await compactor.start()
-        extras.extend([compactor, challenge_events])
-        await store_health(scheduler.store_healthy)
-    except BaseException:
-        await running.stop(0)
-        raise
-    log.info(
-        "certbroker listening on %s (port %d, %s)",
-        settings.listen,
-        port,
-        "mTLS" if settings.tls_enabled else "plaintext",
-    )
+    started.pop_all()  # from here running.stop() undoes everything, in its order
+    started.push_async_callback(running.stop, 0)
+    if credentials is not None:
+        add_port = functools.partial(server.add_secure_port, settings.listen, credentials)
+    else:
+        add_port = functools.partial(server.add_insecure_port, settings.listen)
+    running.port = bind("CERTBROKER_LISTEN", settings.listen, add_port)
+    running.health_server, running.health_port = _health_server(settings, health_servicer)
+    await server.start()
     if running.health_server is not None:
-        log.info("health checks (plaintext, grpc.health.v1 only) on port %d", running.health_port)
+        await running.health_server.start()
+    await scheduler.start()
+    compactor = Compactor(
+        store,
+        clock,
+        settings.event_retention,
+        settings.compaction_interval,
+        settings.key_retention,
+    )
+    await compactor.start()
+    extras.extend([compactor, challenge_events])
+    await store_health(scheduler.store_healthy)
+    http01_port = responder.port if settings.http01_listen is not None else None
+    log.info(
+        "%s",
+        describe(
+            settings,
+            port=running.port,
+            health_port=running.health_port,
+            http01_port=http01_port,
+            kek_id=sealer.key_id,
+        ),
+    )
     return running
 
 
@@ -344,31 +398,75 @@ def _health_server(settings: Settings, servicer: Any) -> tuple[grpc.aio.Server |
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0), *bounds.server_options()])
     health_pb2_grpc.add_HealthServicer_to_server(servicer, health_server)
+    add_port = functools.partial(health_server.add_insecure_port, address)
+    return health_server, bind("CERTBROKER_HEALTH_LISTEN", address, add_port)
+
+
+async def _open_store(
+    settings: Settings, open_store: Callable[[str], Awaitable[SqliteStore]]
+) -> tuple[DatabaseLock | None, SqliteStore]:
+    """Lock the database (one broker per database), then open it; errors name CERTBROKER_DB."""
+    where = f"CERTBROKER_DB={settings.db}"
+    if os.path.isdir(settings.db):
+        raise StartupError(f"{where}: is a directory; give the database file's path")
     try:
-        return health_server, health_server.add_insecure_port(address)
-    except RuntimeError:
+        lock = DatabaseLock.acquire(settings.db, "certbroker serve")
+    except DatabaseBusy as error:
+        raise StartupError(f"{where}: {error}; one broker per database") from None
+    except FileExistsError as error:  # from makedirs: a file where a folder should be
+        raise StartupError(f"{where}: {error.filename} is not a directory") from None
+    except OSError as error:
+        raise StartupError(f"{where}: cannot create {_os_reason(error)}") from None
+    try:
+        return lock, await open_store(settings.db)
+    except (OSError, sqlite3.Error) as error:
+        if lock is not None:
+            lock.release()
+        reason = _os_reason(error) if isinstance(error, OSError) else str(error)
+        raise StartupError(f"{where}: cannot open the database: {reason}") from None
+
+
+async def _start_responder(responder: Http01Responder, host: str, port: int) -> None:
+    try:
+        await responder.start(host, port)
+    except OSError as error:
+        cause = os.strerror(error.errno).lower() if error.errno else str(error)
         raise StartupError(
-            f"CERTBROKER_HEALTH_LISTEN={address}: cannot listen there (address in use?); "
+            f"CERTBROKER_HTTP01_LISTEN={host}:{port}: cannot listen: {cause}; "
             "choose another address or set it to off"
         ) from None
 
 
+def _os_reason(error: OSError) -> str:
+    """``/proc/nope: No such file or directory`` rather than ``[Errno 2] ...``."""
+    where = f"{error.filename}: " if error.filename else ""
+    return f"{where}{error.strerror or error}"
+
+
 async def _serve(settings: Settings) -> None:
-    running = await run(settings)
-    # Everything loaded so far lives as long as the process: keep it out of the cyclic
-    # collector, whose full passes over it showed as pauses in watch fan-out.
-    gc.collect()
-    gc.freeze()
+    # Installed first: a SIGTERM during the start stops the broker cleanly right after it.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    try:
+        running = await run(settings)
+    except (StartupError, asyncio.CancelledError):
+        raise
+    except Exception as error:  # unforeseen: still one line (the traceback at DEBUG)
+        log.debug("start failed", exc_info=True)
+        raise StartupError(f"{type(error).__name__}: {' '.join(str(error).split())}") from None
+    # Everything loaded so far lives as long as the process: keep it out of the cyclic
+    # collector, whose full passes over it showed as pauses in watch fan-out.
+    gc.collect()
+    gc.freeze()
     await stop.wait()
     log.info("stopping")
     await running.stop()
 
 
 def main() -> int:
+    before = set(threading.enumerate())
     try:
         settings = Settings.from_env()
     except ConfigError as error:
@@ -379,15 +477,32 @@ def main() -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    for warning in unknown_variables(os.environ):
+        log.warning("%s", warning)
     try:
         asyncio.run(_serve(settings))
     except StartupError as error:
-        print(f"certbroker: cannot start: {error}", file=sys.stderr)
-        return 1
-    except OSError as error:
-        print(f"certbroker: cannot start: {error}", file=sys.stderr)
+        print(f"certbroker: cannot start: {error}", file=sys.stderr, flush=True)
+        _exit_if_threads_linger(1, before)
         return 1
     return 0
+
+
+def _exit_if_threads_linger(code: int, before: set[threading.Thread]) -> None:
+    """A failed start must end the process: a hung one looks healthy to systemd or Docker.
+
+    ``run()`` undoes what it started, so this is a safety net for a thread the
+    start left behind (the interpreter would wait for it forever at exit). Only
+    threads started since ``main()`` began count, and each gets a moment to end.
+    """
+    deadline = time.monotonic() + 2.0
+    lingering = [t for t in threading.enumerate() if t not in before and not t.daemon]
+    for thread in lingering:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    if names := [t.name for t in lingering if t.is_alive()]:
+        log.debug("threads still running after a failed start: %s", ", ".join(names))
+        logging.shutdown()
+        os._exit(code)
 
 
 if __name__ == "__main__":

@@ -21,8 +21,9 @@ def sealer() -> KeySealer:
 
 def test_round_trip(sealer: KeySealer) -> None:
     blob = sealer.seal(KEY_PEM, "www.example.com")
-    assert blob[0] == 1
-    assert len(blob) == 1 + 12 + len(KEY_PEM) + 16
+    assert blob[0] == 2
+    assert blob[1:5].hex() == sealer.key_id  # the blob names its KEK
+    assert len(blob) == 1 + 4 + 12 + len(KEY_PEM) + 16
     assert KEY_PEM not in blob
     assert sealer.open(blob, "www.example.com") == KEY_PEM
 
@@ -40,7 +41,7 @@ def test_bound_to_name(sealer: KeySealer) -> None:
 def test_wrong_kek(sealer: KeySealer) -> None:
     blob = sealer.seal(KEY_PEM, "www.example.com")
     other = KeySealer(bytes(32))
-    with pytest.raises(KekError, match="wrong key-encryption key or data bound to another name"):
+    with pytest.raises(KekError, match=f"wrong key-encryption key: .*KEK id {sealer.key_id}"):
         other.open(blob, "www.example.com")
 
 
@@ -48,9 +49,11 @@ def test_wrong_kek(sealer: KeySealer) -> None:
     ("mangle", "message"),
     [
         (lambda b: b[:20], "too short"),
-        (lambda b: b"\x02" + b[1:], "unknown format version 2"),
+        (lambda b: b"\x03" + b[1:], "unknown format version 3"),
+        (lambda b: b"", "empty"),
         (lambda b: b[:-1] + bytes([b[-1] ^ 1]), "wrong key-encryption key"),
-        (lambda b: b[:5] + bytes([b[5] ^ 1]) + b[6:], "wrong key-encryption key"),
+        (lambda b: b[:2] + bytes([b[2] ^ 1]) + b[3:], "wrong key-encryption key"),  # key id
+        (lambda b: b[:5] + bytes([b[5] ^ 1]) + b[6:], "wrong key-encryption key"),  # nonce
     ],
 )
 def test_damaged_blob(sealer: KeySealer, mangle: object, message: str) -> None:
@@ -116,7 +119,7 @@ def test_generate_in_missing_directory(tmp_path: Path) -> None:
         (b"not base64 at all!\n", "not one line of base64"),
         (base64.b64encode(bytes(16)) + b"\n", "decodes to 16 bytes"),
         (base64.b64encode(bytes(33)) + b"\n", "decodes to 33 bytes"),
-        (b"\xff\xfe\x00", "cannot read"),
+        (b"\xff\xfe\x00", "holds binary data, not base64 text"),
     ],
 )
 def test_bad_kek_file(tmp_path: Path, content: bytes, message: str) -> None:
@@ -165,3 +168,41 @@ def test_kek_path_is_a_directory(tmp_path: Path) -> None:
 
 def test_kek_error_is_a_value_error() -> None:
     assert issubclass(KekError, ValueError)
+
+
+def _legacy_blob(kek: bytes, plaintext: bytes, aad: str) -> bytes:
+    """A version 1 blob, as brokers sealed before key ids (the documented format)."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    nonce = os.urandom(12)
+    return b"\x01" + nonce + AESGCM(kek).encrypt(nonce, plaintext, b"\x01|" + aad.encode())
+
+
+def test_legacy_blobs_stay_readable() -> None:
+    kek = bytes(range(32))
+    blob = _legacy_blob(kek, KEY_PEM, "www.example.com")
+    assert KeySealer.blob_key_id(blob) is None
+    assert KeySealer(kek).open(blob, "www.example.com") == KEY_PEM
+    with pytest.raises(KekError, match="wrong key-encryption key"):
+        KeySealer(bytes(32)).open(blob, "www.example.com")
+    # in a keyring, the old KEK still opens it even though the new one seals
+    ring = KeySealer(bytes(32)).also_opening(KeySealer(kek))
+    assert ring.open(blob, "www.example.com") == KEY_PEM
+    with pytest.raises(KekError, match="wrong key-encryption key"):
+        ring.open(blob, "api.example.com")
+
+
+def test_keyring_seals_with_the_new_kek_and_opens_both(sealer: KeySealer) -> None:
+    new = KeySealer(bytes(32))
+    old_blob = sealer.seal(KEY_PEM, "a")
+    ring = new.also_opening(sealer)
+    assert ring.key_id == new.key_id
+    assert ring.key_ids == (new.key_id, sealer.key_id)
+    assert ring.open(old_blob, "a") == KEY_PEM
+    new_blob = ring.seal(KEY_PEM, "a")
+    assert KeySealer.blob_key_id(new_blob) == new.key_id
+    assert KeySealer.blob_key_id(old_blob) == sealer.key_id
+    assert new.open(new_blob, "a") == KEY_PEM
+    with pytest.raises(KekError, match=f"KEK id {new.key_id}, which is not loaded"):
+        sealer.open(new_blob, "a")
+    assert repr(ring) == f"KeySealer(key_id={new.key_id!r})"  # never the key

@@ -7,8 +7,8 @@ import json
 from certbroker.app import Sealer
 from certbroker.store.base import Store
 
-_META_KEY = "acme_account"
-_AAD = "certbroker:acme-account"
+META_PREFIX = "acme_account"  # meta key: f"{META_PREFIX}:{directory_url}"
+KEY_AAD = "certbroker:acme-account"  # the account key is sealed bound to this
 
 
 class StoredAccount:
@@ -17,18 +17,18 @@ class StoredAccount:
     def __init__(self, store: Store, sealer: Sealer, directory_url: str) -> None:
         self._store = store
         self._sealer = sealer
-        self._key = f"{_META_KEY}:{directory_url}"
+        self._key = f"{META_PREFIX}:{directory_url}"
 
     async def load(self) -> tuple[bytes, str] | None:
         raw = await self._store.get_meta(self._key)
         if raw is None:
             return None
         data = json.loads(raw)
-        key_pem = self._sealer.open(bytes.fromhex(data["key_sealed"]), _AAD)
+        key_pem = self._sealer.open(bytes.fromhex(data["key_sealed"]), KEY_AAD)
         return key_pem, str(data["url"])
 
     async def save(self, key_pem: bytes, url: str) -> None:
-        sealed = self._sealer.seal(key_pem, _AAD)
+        sealed = self._sealer.seal(key_pem, KEY_AAD)
         value = json.dumps({"key_sealed": sealed.hex(), "url": url}).encode()
         async with self._store.transaction() as tx:
             await tx.set_meta(self._key, value)

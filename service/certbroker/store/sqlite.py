@@ -165,10 +165,14 @@ async def _connect(path: str, isolation_level: str | None = None) -> aiosqlite.C
     wait = BUSY_TIMEOUT.total_seconds()
     conn = await aiosqlite.connect(path, isolation_level=isolation_level, timeout=wait)
     conn.row_factory = aiosqlite.Row
-    await conn.execute("PRAGMA journal_mode=WAL")
-    await conn.execute("PRAGMA synchronous=NORMAL")
-    await conn.execute("PRAGMA foreign_keys=ON")
-    await conn.execute(f"PRAGMA busy_timeout={int(wait * 1000)}")
+    try:  # e.g. "file is not a database": close, or its thread keeps the process alive
+        await conn.execute("PRAGMA journal_mode=WAL")
+        await conn.execute("PRAGMA synchronous=NORMAL")
+        await conn.execute("PRAGMA foreign_keys=ON")
+        await conn.execute(f"PRAGMA busy_timeout={int(wait * 1000)}")
+    except BaseException:
+        await conn.close()
+        raise
     return conn
 
 

@@ -5,12 +5,18 @@ TLS key. Each key is sealed with a fresh random nonce; the associated data binds
 the blob to the name it belongs to, so a blob copied onto another domain's row
 fails to open instead of serving the wrong key.
 
-Blob format (version 1)::
+Blob formats::
 
-    0x01 | nonce (12 bytes) | ciphertext + 16-byte tag
+    version 2: 0x02 | key id (4 bytes) | nonce (12 bytes) | ciphertext + 16-byte tag
+    version 1: 0x01 | nonce (12 bytes) | ciphertext + 16-byte tag   (legacy, read only)
 
-The version byte is also authenticated (it is part of the associated data), so
-a future format cannot be confused with this one.
+The header (version byte, and the key id in version 2) is authenticated as part
+of the associated data, so a future format cannot be confused with these. The key
+id names the KEK that sealed the blob, so a sealer holding several KEKs (a
+keyring, during a KEK rotation: the new one seals, old and new open) knows which
+one to use, and a rotation can tell what is left to re-seal without opening it.
+Version 1 blobs (written before key ids) carry no id: every key in the ring is
+tried, which is how the old KEK keeps opening them.
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ KEK_BYTES: Final = 32
 NONCE_BYTES: Final = 12
 TAG_BYTES: Final = 16
 VERSION_1: Final = 1
+VERSION_2: Final = 2
+KEY_ID_BYTES: Final = 4
 #: Sealed at start-up and stored once, so a restart with another KEK fails loudly
 #: before any real key is needed.
 CANARY_AAD: Final = "certbroker:kek-canary"
@@ -44,24 +52,50 @@ class KekError(ValueError):
 
 
 class KeySealer:
-    """Seals and opens private keys with one KEK. Holds the key; never prints it."""
+    """Seals with one KEK and opens with a keyring. Holds the keys; never prints them.
 
-    __slots__ = ("_aead", "_key_id")
+    ``KeySealer(kek)`` seals and opens with ``kek`` alone; :meth:`also_opening`
+    adds older KEKs that open what they sealed (a KEK rotation in progress).
+    """
+
+    __slots__ = ("_keys",)
 
     def __init__(self, kek: bytes) -> None:
         if len(kek) != KEK_BYTES:
             raise KekError(f"the key-encryption key must be {KEK_BYTES} bytes, got {len(kek)}")
-        self._aead = AESGCM(kek)
         # A one-way, domain-separated value: safe to log and store, useless to an attacker.
-        self._key_id = hmac.new(kek, _KEY_ID_LABEL, hashlib.sha256).hexdigest()[:8]
+        key_id = hmac.new(kek, _KEY_ID_LABEL, hashlib.sha256).digest()[:KEY_ID_BYTES]
+        # (key id, cipher); the first one seals, all of them open.
+        self._keys: tuple[tuple[bytes, AESGCM], ...] = ((key_id, AESGCM(kek)),)
 
     def __repr__(self) -> str:
-        return f"KeySealer(key_id={self._key_id!r})"
+        return f"KeySealer(key_id={self.key_id!r})"
 
     @property
     def key_id(self) -> str:
-        """Short public fingerprint of the KEK (8 hex digits), to tell KEKs apart in logs."""
-        return self._key_id
+        """Short public fingerprint of the sealing KEK (8 hex digits), to tell KEKs apart."""
+        return self._keys[0][0].hex()
+
+    @property
+    def key_ids(self) -> tuple[str, ...]:
+        """Every KEK this sealer opens with, the sealing one first."""
+        return tuple(key_id.hex() for key_id, _ in self._keys)
+
+    def also_opening(self, *others: KeySealer) -> KeySealer:
+        """A keyring: seals with this KEK, opens with this one and ``others``' too."""
+        ring = KeySealer.__new__(KeySealer)
+        keys = list(self._keys)
+        for other in others:
+            keys.extend(k for k in other._keys if k[0] not in {known for known, _ in keys})
+        ring._keys = tuple(keys)
+        return ring
+
+    @staticmethod
+    def blob_key_id(blob: bytes) -> str | None:
+        """The id of the KEK that sealed ``blob``; None for a legacy (version 1) blob."""
+        if len(blob) > KEY_ID_BYTES and blob[0] == VERSION_2:
+            return blob[1 : 1 + KEY_ID_BYTES].hex()
+        return None
 
     @classmethod
     def load(cls, path: str) -> KeySealer:
@@ -83,10 +117,18 @@ class KeySealer:
         except FileNotFoundError:
             raise KekError(
                 f"key-encryption key file {path} does not exist; create one with "
-                "KeySealer.generate_file (or `head -c 32 /dev/urandom | base64 > FILE`)"
+                "`certbroker generate-kek FILE` (or `openssl rand -base64 32 > FILE`)"
             ) from None
-        except (OSError, UnicodeDecodeError) as error:
-            raise KekError(f"cannot read key-encryption key file {path}: {error}") from None
+        except UnicodeDecodeError:
+            raise KekError(
+                f"key-encryption key file {path} holds binary data, not base64 text; "
+                "write the 32 random bytes base64-encoded (`base64 < RAW > FILE`) or create "
+                "one with `certbroker generate-kek FILE`"
+            ) from None
+        except OSError as error:
+            raise KekError(
+                f"cannot read key-encryption key file {path}: {error.strerror or error}"
+            ) from None
         stripped = text.strip()
         if not stripped:
             raise KekError(f"key-encryption key file {path} is empty")
@@ -125,25 +167,44 @@ class KeySealer:
             os.close(fd)
 
     def seal(self, plaintext: bytes, aad: str) -> bytes:
-        """Encrypt ``plaintext`` bound to ``aad`` (e.g. the domain name)."""
+        """Encrypt ``plaintext`` bound to ``aad`` (e.g. the domain name) under the sealing KEK."""
+        key_id, aead = self._keys[0]
         nonce = secrets.token_bytes(NONCE_BYTES)
-        version = bytes([VERSION_1])
-        return version + nonce + self._aead.encrypt(nonce, plaintext, _aad(version, aad))
+        header = bytes([VERSION_2]) + key_id
+        return header + nonce + aead.encrypt(nonce, plaintext, _aad(header, aad))
 
     def open(self, blob: bytes, aad: str) -> bytes:
         """Decrypt a blob from :meth:`seal`; raises ``KekError`` if it does not authenticate."""
-        if len(blob) < 1 + NONCE_BYTES + TAG_BYTES:
-            raise KekError(f"sealed blob is {len(blob)} bytes, too short to be a sealed key")
-        if blob[0] != VERSION_1:
+        if not blob:
+            raise KekError("sealed blob is empty")
+        if blob[0] == VERSION_2:
+            header_len = 1 + KEY_ID_BYTES
+            key_id = blob[1:header_len]
+            candidates = [aead for known, aead in self._keys if known == key_id]
+            if not candidates and len(blob) >= header_len + NONCE_BYTES + TAG_BYTES:
+                raise KekError(
+                    f"wrong key-encryption key: this was sealed with KEK id {key_id.hex()}, "
+                    f"which is not loaded (loaded: {', '.join(self.key_ids)})"
+                )
+        elif blob[0] == VERSION_1:
+            header_len = 1
+            candidates = [aead for _, aead in self._keys]  # no id: any key may have sealed it
+        else:
             raise KekError(f"sealed blob has unknown format version {blob[0]}")
-        nonce = blob[1 : 1 + NONCE_BYTES]
-        try:
-            return self._aead.decrypt(nonce, blob[1 + NONCE_BYTES :], _aad(blob[:1], aad))
-        except InvalidTag:
-            raise KekError(
-                "wrong key-encryption key or data bound to another name "
-                f"(this KEK's id is {self._key_id})"
-            ) from None
+        if len(blob) < header_len + NONCE_BYTES + TAG_BYTES:
+            raise KekError(f"sealed blob is {len(blob)} bytes, too short to be a sealed key")
+        header = blob[:header_len]
+        nonce = blob[header_len : header_len + NONCE_BYTES]
+        body = blob[header_len + NONCE_BYTES :]
+        for aead in candidates:
+            try:
+                return aead.decrypt(nonce, body, _aad(header, aad))
+            except InvalidTag:
+                continue
+        raise KekError(
+            "wrong key-encryption key or data bound to another name "
+            f"(this KEK's id is {self.key_id})"
+        )
 
     def seal_canary(self) -> bytes:
         """A blob the server stores once and re-opens at every start (see :meth:`check_canary`)."""
@@ -155,12 +216,12 @@ class KeySealer:
             opened = self.open(blob, CANARY_AAD)
         except KekError:
             raise KekError(
-                f"the configured key-encryption key (id {self._key_id}) is not the one the "
+                f"the configured key-encryption key (id {self.key_id}) is not the one the "
                 "store was sealed with; start with the original KEK file"
             ) from None
         if not hmac.compare_digest(opened, _CANARY_PLAINTEXT):
             raise KekError("the stored KEK canary is not a canary")
 
 
-def _aad(version: bytes, aad: str) -> bytes:
-    return version + b"|" + aad.encode("utf-8")
+def _aad(header: bytes, aad: str) -> bytes:
+    return header + b"|" + aad.encode("utf-8")

@@ -1,0 +1,118 @@
+"""How the broker starts: say what it runs, or fail fast in one line.
+
+Why: under systemd or Docker a process that hangs after a failed start looks
+healthy, and a traceback or a gRPC C-core log line hides the one thing the
+operator must change. Every start failure becomes ``StartupError`` whose message
+begins with the variable to fix (``CERTBROKER_LISTEN=...: ...``); a started
+broker logs one line with its effective configuration (never a secret).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+
+from certbroker.config import LETS_ENCRYPT_PRODUCTION, LETS_ENCRYPT_STAGING, Settings
+
+_KNOWN_DIRECTORIES = {
+    LETS_ENCRYPT_PRODUCTION: "Let's Encrypt production",
+    LETS_ENCRYPT_STAGING: "Let's Encrypt staging",
+}
+# What gRPC's C core logs when a port cannot be added, e.g.
+# "... (Error in bind for address '[::ffff:127.0.0.1]:50051': Address already in use)"
+_BIND_CAUSE = re.compile(r"Error in bind for address '[^']*': ([^)\n]+)")
+
+
+class StartupError(Exception):
+    """The broker cannot start; the message says what to fix."""
+
+
+@contextlib.contextmanager
+def _captured_fd2() -> Iterator[Callable[[], str]]:
+    """Send file descriptor 2 to a temporary file for the duration (C code writes there)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+
+        def text() -> str:
+            sink.seek(0)
+            return sink.read().decode(errors="replace")
+
+        try:
+            yield text
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def bind(variable: str, address: str, add_port: Callable[[], int]) -> int:
+    """Run a gRPC ``add_*_port``; a failure is a ``StartupError`` naming ``variable``.
+
+    gRPC raises only "Failed to bind to address" and logs the cause (address in
+    use, permission denied) as a C-core line on stderr. That line is captured and
+    its cause put in our one-line message; on success anything captured is
+    written back to stderr unchanged.
+    """
+    with _captured_fd2() as captured:
+        try:
+            port = add_port()
+        except RuntimeError:
+            port = -1
+        logged = captured()
+    if port > 0:
+        if logged:
+            sys.stderr.write(logged)
+        return port
+    match = _BIND_CAUSE.search(logged)
+    cause = match.group(1).strip().lower() if match else "gRPC could not listen there"
+    raise StartupError(
+        f"{variable}={address}: cannot listen: {cause}; choose another address or stop what "
+        "holds it"
+    )
+
+
+def describe(
+    settings: Settings,
+    *,
+    port: int,
+    health_port: int | None,
+    http01_port: int | None,
+    kek_id: str,
+) -> str:
+    """The effective configuration in one line (addresses with the ports actually bound)."""
+    s = settings
+    if s.tls_enabled:
+        tls = f"mTLS, {len(s.roles)} client roles" if s.roles else "mTLS"
+    else:
+        tls = "plaintext"
+    acme = "off (custom certificates only)"
+    if s.acme_directory:
+        name = _KNOWN_DIRECTORIES.get(s.acme_directory)
+        acme = f"{s.acme_directory} ({name})" if name else s.acme_directory
+    health = "off" if s.health_listen is None else f"{s.health_listen[0]}:{health_port}"
+    http01 = "off" if s.http01_listen is None else f"{s.http01_listen[0]}:{http01_port}"
+    dns01 = "off"
+    if s.dns01_zone and s.dns01_server:
+        dns01 = f"zone {s.dns01_zone} via {s.dns01_server[0]}:{s.dns01_server[1]}"
+    parts = [
+        f"gRPC {_host(s.listen)}:{port} ({tls})",
+        f"health {health}",
+        f"HTTP-01 {http01}",
+        f"ACME {acme}",
+        f"platform targets {', '.join(s.platform_targets) or 'none'}",
+        f"DNS-01 {dns01}",
+        f"DB {s.db}",
+        f"KEK id {kek_id}",
+        f"trust roots {s.trust_bundle or 'system'}",
+    ]
+    return "certbroker started: " + "; ".join(parts)
+
+
+def _host(listen: str) -> str:
+    host, _, _ = listen.rpartition(":")
+    return host
