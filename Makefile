@@ -11,9 +11,15 @@ DEBIAN_TEST_PACKAGES := pebble bind9 bind9-utils openssl nodejs npm haproxy ngin
 
 .PHONY: run test deps system-deps python-deps buf-deps check lint typecheck proto-check unit clean
 
-## The broker on its embedded SQLite default, listening on 127.0.0.1:50051.
+## The broker on its embedded SQLite default, listening on 127.0.0.1:50051, against
+## Let's Encrypt's STAGING directory unless CERTBROKER_ACME_DIRECTORY is set.
+LETS_ENCRYPT_STAGING := https://acme-staging-v02.api.letsencrypt.org/directory
 run: python-deps
-	$(VENV)/bin/certbroker serve
+	@if [ -z "$$CERTBROKER_ACME_DIRECTORY" ]; then \
+	  echo "make run: using Let's Encrypt STAGING ($(LETS_ENCRYPT_STAGING));" \
+	    "set CERTBROKER_ACME_DIRECTORY to use another CA"; fi
+	CERTBROKER_ACME_DIRECTORY="$${CERTBROKER_ACME_DIRECTORY:-$(LETS_ENCRYPT_STAGING)}" \
+	  $(VENV)/bin/certbroker serve
 
 ## Everything the tests need, then every check and the whole suite.
 test: deps check unit

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 LETS_ENCRYPT_PRODUCTION = "https://acme-v02.api.letsencrypt.org/directory"
 LETS_ENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
 #: Every CERTBROKER_* variable anything here reads (broker, CLI, health check); the rest
-#: are typos, warned about at start (tests/test_config_ops.py keeps this list complete).
+#: are typos, warned about at start (tests/test_config_startup.py keeps this list complete).
 _KNOWN = (
     "ACME_CA_BUNDLE",
     "ACME_DIRECTORY",
@@ -109,7 +109,7 @@ def _dns01(get: Callable[[str], str | None]) -> dict[str, object]:
 def unknown_variables(env: Mapping[str, str]) -> list[str]:
     """One warning per ``CERTBROKER_*`` name nothing reads, with the closest known name.
 
-    A typo (``CERTBROKER_LISTNE``) would otherwise leave the default in force
+    A typo (LISTNE for LISTEN) would otherwise leave the default in force
     silently. A warning, not a refusal: newer deployments may set variables an
     older broker does not know.
     """

@@ -46,8 +46,9 @@ def certificates(path: str) -> list[x509.Certificate]:
 
 def private_key(path: str) -> PrivateKeyTypes:
     """The unencrypted PEM private key in ``path``."""
+    data = _read(path)
     try:
-        return serialization.load_pem_private_key(_read(path), password=None)
+        return serialization.load_pem_private_key(data, password=None)
     except TypeError:
         raise PemFileError("the key is encrypted; give an unencrypted key") from None
     except ValueError:
