@@ -275,3 +275,31 @@ def test_a_good_start_says_what_runs_and_warns_about_typos(tmp_path: Path) -> No
     assert f"DB {tmp_path / 'db.sqlite3'}" in line
     assert re.search(r"KEK id [0-9a-f]{8}", line), line
     assert kek.read_text().strip() not in text  # never the secret itself
+
+
+def test_the_effective_configuration_line_for_tls_dns01_and_no_ca() -> None:
+    from certbroker.config import Settings
+    from certbroker.startup import describe
+
+    settings = Settings(
+        listen="[::1]:7000",
+        tls_cert="/tls/cert.pem",
+        tls_key="/tls/key.pem",
+        tls_client_ca="/tls/ca.pem",
+        roles={"router-1": "router", "api-1": "api"},
+        health_listen=("::1", 0),
+        http01_listen=None,
+        acme_directory="",
+        dns01_zone="acme.example.net",
+        dns01_server=("192.0.2.53", 53),
+        dns01_tsig_key="/secrets/tsig.key",
+        trust_bundle="/etc/roots.pem",
+    )
+    line = describe(settings, port=7000, health_port=7001, http01_port=None, kek_id="0badcafe")
+    assert line == (
+        "certbroker started: gRPC [::1]:7000 (mTLS, 2 client roles); health [::1]:7001; "
+        "HTTP-01 off; ACME off (custom certificates only); platform targets none; "
+        "DNS-01 zone acme.example.net via 192.0.2.53:53; DB ./var/certbroker.sqlite3; "
+        "KEK id 0badcafe; trust roots /etc/roots.pem"
+    )
+    assert "tsig" not in line and "key.pem" not in line  # file names of secrets stay out

@@ -94,11 +94,11 @@ def describe(
     if s.acme_directory:
         name = _KNOWN_DIRECTORIES.get(s.acme_directory)
         acme = f"{s.acme_directory} ({name})" if name else s.acme_directory
-    health = "off" if s.health_listen is None else f"{s.health_listen[0]}:{health_port}"
-    http01 = "off" if s.http01_listen is None else f"{s.http01_listen[0]}:{http01_port}"
+    health = "off" if s.health_listen is None else _address(s.health_listen[0], health_port)
+    http01 = "off" if s.http01_listen is None else _address(s.http01_listen[0], http01_port)
     dns01 = "off"
     if s.dns01_zone and s.dns01_server:
-        dns01 = f"zone {s.dns01_zone} via {s.dns01_server[0]}:{s.dns01_server[1]}"
+        dns01 = f"zone {s.dns01_zone} via {_address(*s.dns01_server)}"
     parts = [
         f"gRPC {_host(s.listen)}:{port} ({tls})",
         f"health {health}",
@@ -116,3 +116,7 @@ def describe(
 def _host(listen: str) -> str:
     host, _, _ = listen.rpartition(":")
     return host
+
+
+def _address(host: str, port: int | None) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
