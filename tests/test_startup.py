@@ -224,6 +224,7 @@ def test_database_in_use_by_another_broker(tmp_path: Path, import_seconds: float
 def test_kek_file_with_raw_bytes(tmp_path: Path, import_seconds: float) -> None:
     kek = tmp_path / "kek"
     kek.write_bytes(bytes([0x92, 0xFF, 0x00, 0x10]) * 8)  # 32 raw bytes, not base64
+    kek.chmod(0o600)
     failure = _failed_start(_env(tmp_path), tmp_path, import_seconds)
     _assert_one_line(failure, "CERTBROKER_KEK_FILE", "binary data, not base64")
 
@@ -238,6 +239,7 @@ def test_a_good_start_says_what_runs_and_warns_about_typos(tmp_path: Path) -> No
     health = free_port()
     kek = tmp_path / "kek"
     kek.write_text(base64.b64encode(os.urandom(32)).decode() + "\n")
+    kek.chmod(0o600)
     env = _env(
         tmp_path,
         CERTBROKER_LISTNE="127.0.0.1:1",  # a typo: warned about, never fatal

@@ -20,7 +20,7 @@ from certbroker.clock import FakeClock
 from certbroker.config import Settings
 from certbroker.ops import OpsError
 from certbroker.ops.commands import rotate_kek_command
-from certbroker.ops.rotate import SEALED_COLUMNS, rotate_kek
+from certbroker.ops.rotate import PLAIN_META, SEALED_COLUMNS, SEALED_META, rotate_kek
 from certbroker.server import StartupError, run
 from certbroker.store.sqlite import SqliteStore
 from certbroker.x509.sealing import KeySealer
@@ -58,6 +58,8 @@ def _blobs(db: str) -> dict[tuple[str, str], tuple[bytes, str]]:
             found[("account", key)] = (sealed, "certbroker:acme-account")
         canary = conn.execute("SELECT value FROM meta WHERE key = 'kek_canary'").fetchone()
         found[("canary", "")] = (bytes(canary[0]), "certbroker:kek-canary")
+        label = conn.execute("SELECT value FROM meta WHERE key = 'dns01_label_secret'").fetchone()
+        found[("label secret", "")] = (bytes(label[0]), "certbroker:dns01-label-secret")
     return found
 
 
@@ -99,8 +101,8 @@ async def _populated(tmp_path: Path) -> tuple[Settings, KeySealer, Blobs]:
             legacy = _legacy_seal(kek, old.open(bytes(blob), domain), domain)
             conn.execute("UPDATE certificates SET key_sealed = ? WHERE id = ?", (legacy, cert_id))
     plain = _open_all(settings.db, old)
-    assert len(plain) == CERTS + ORDERS + 2
-    assert _key_ids(settings.db) == {old.key_id: CERTS - 2 + ORDERS + 2, None: 2}
+    assert len(plain) == CERTS + ORDERS + 3  # + account, canary, label secret
+    assert _key_ids(settings.db) == {old.key_id: CERTS - 2 + ORDERS + 3, None: 2}
     return settings, old, plain
 
 
@@ -190,8 +192,13 @@ async def test_refused_while_the_broker_serves(tmp_path: Path) -> None:
         pass
 
 
-async def test_every_sealed_column_is_rotated(tmp_path: Path) -> None:
-    """A new ``*sealed*`` column in the schema must be added to ops/rotate.py."""
+async def test_every_sealed_column_and_meta_row_is_rotated(tmp_path: Path) -> None:
+    """A new ``*sealed*`` column or meta row must be added to ops/rotate.py."""
+    settings, _, _ = await _populated(tmp_path)
+    with sqlite3.connect(settings.db) as conn:
+        meta = {row[0] for row in conn.execute("SELECT key FROM meta")}
+    known = {"kek_canary", *(key for key, _, _ in SEALED_META), *PLAIN_META}
+    assert {key for key in meta if not key.startswith("acme_account:")} <= known
     store = await SqliteStore.open(str(tmp_path / "db.sqlite3"))
     await store.close()
     with sqlite3.connect(tmp_path / "db.sqlite3") as conn:
@@ -209,6 +216,7 @@ async def test_every_sealed_column_is_rotated(tmp_path: Path) -> None:
 
 def test_bad_new_kek_file_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "raw").write_bytes(bytes(range(200, 232)))
+    (tmp_path / "raw").chmod(0o600)
     (tmp_path / "db").write_bytes(b"")
     KeySealer.generate_file(str(tmp_path / "kek"))
     with pytest.raises(OpsError, match=r"^--new-kek: .*binary data, not base64"):

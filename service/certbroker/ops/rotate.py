@@ -14,7 +14,8 @@ the new KEK, and a rerun with the same two files skips what is done and
 finishes. Order of events:
 
 1. write the marker ``kek_rotation = {"from": old id, "to": new id}``;
-2. re-seal certificate keys, order keys, ACME account keys (batches);
+2. re-seal certificate keys, order keys, ACME account keys, the DNS-01 label
+   secret (batches);
 3. in one last transaction: re-seal the KEK canary and delete the marker.
 
 The canary names the database's KEK. It changes last, so until the rotation is
@@ -37,6 +38,8 @@ from dataclasses import dataclass, field
 from certbroker.ops import OpsError
 from certbroker.store.acme_account import KEY_AAD as ACCOUNT_AAD
 from certbroker.store.acme_account import META_PREFIX as ACCOUNT_PREFIX
+from certbroker.store.delegation_secret import LABEL_AAD as LABEL_SECRET_AAD
+from certbroker.store.delegation_secret import META_KEY as LABEL_SECRET_META
 from certbroker.store.lock import DatabaseBusy, DatabaseLock
 from certbroker.x509.sealing import CANARY_AAD, KekError, KeySealer
 
@@ -60,6 +63,11 @@ SEALED_COLUMNS = (
     _SealedColumn("certificate keys", "certificates", "id", "domain"),
     _SealedColumn("order keys", "orders", "domain", "domain"),
 )
+#: meta rows whose value is one sealed blob: (key, what it is bound to, what to call it);
+#: the KEK canary is handled apart (it changes last).
+SEALED_META = ((LABEL_SECRET_META, LABEL_SECRET_AAD, "DNS-01 label secrets"),)
+#: meta rows that hold nothing sealed (tests/ops/test_rotate.py checks the list is whole).
+PLAIN_META = ("compacted_through", ROTATION_META)
 
 
 @dataclass
@@ -139,6 +147,7 @@ class _Rotation:
         for column in SEALED_COLUMNS:
             self._column(column)
         self._accounts()
+        self._meta_blobs()
         with self._transaction():
             if canary is not None:
                 fresh = self._meta(CANARY_META)
@@ -185,6 +194,16 @@ class _Rotation:
                 if fresh is not None:
                     data["key_sealed"] = fresh.hex()
                     self._set_meta(key, json.dumps(data).encode())
+        self._committed()
+
+    def _meta_blobs(self) -> None:
+        with self._transaction():
+            for key, aad, what in SEALED_META:
+                blob = self._meta(key)
+                if blob is not None:
+                    fresh = self._maybe_reseal(blob, aad, key, what)
+                    if fresh is not None:
+                        self._set_meta(key, fresh)
         self._committed()
 
     def _maybe_reseal(self, blob: bytes, aad: str, where: str, what: str) -> bytes | None:

@@ -16,7 +16,7 @@ from certbroker.delegation import SECRET_BYTES, LabelKey
 from certbroker.store.base import Store
 
 META_KEY: Final = "dns01_label_secret"
-_AAD: Final = "certbroker:dns01-label-secret"
+LABEL_AAD: Final = "certbroker:dns01-label-secret"  # the secret is sealed bound to this
 
 
 async def load_label_key(store: Store, sealer: Sealer) -> LabelKey:
@@ -28,7 +28,7 @@ async def load_label_key(store: Store, sealer: Sealer) -> LabelKey:
     """
     sealed = await store.get_meta(META_KEY)
     if sealed is None:
-        fresh = sealer.seal(secrets.token_bytes(SECRET_BYTES), _AAD)
+        fresh = sealer.seal(secrets.token_bytes(SECRET_BYTES), LABEL_AAD)
         async with store.transaction() as tx:
             sealed = await tx.ensure_meta(META_KEY, fresh)
-    return LabelKey(sealer.open(sealed, _AAD))
+    return LabelKey(sealer.open(sealed, LABEL_AAD))
