@@ -176,9 +176,7 @@ async def run(
     """Start the broker; a failure undoes what was started (no thread, port or lock is left)."""
     started = contextlib.AsyncExitStack()
     try:
-        running = await _start(
-            settings, clock or SystemClock(), span_exporter, started, open_store
-        )
+        running = await _start(settings, clock or SystemClock(), span_exporter, started, open_store)
     except BaseException:
         await started.aclose()
         raise
