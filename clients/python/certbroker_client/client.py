@@ -366,6 +366,17 @@ class BrokerClient:
         response: broker_pb2.GetStatusResponse = await self._unary("GetStatus", request)
         return response.domain
 
+    async def check_domain(self, domain: str, *, app: str = "") -> broker_pb2.CheckDomainResponse:
+        """Run every pre-flight check of ``domain`` now (read-only; works before it is added).
+
+        ``app`` is who owns, or would own, the domain (optional). The broker runs
+        one check per domain every 10 s: sooner is RESOURCE_EXHAUSTED with
+        ``retry_after`` set. Needs a role that may manage domains.
+        """
+        request = broker_pb2.CheckDomainRequest(domain=domain, app=app)
+        response: broker_pb2.CheckDomainResponse = await self._unary("CheckDomain", request)
+        return response
+
     async def remove_domain(self, domain: str, *, app: str = "") -> int:
         """Forget ``domain``; returns the revision of the removal event (``app``: as above)."""
         request = broker_pb2.RemoveDomainRequest(domain=domain, app=app)
