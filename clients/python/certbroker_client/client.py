@@ -245,9 +245,12 @@ class BrokerClient:
         # gRPC's own reconnect backoff grows to 120 s by default: a watcher
         # whose broker was down for a few minutes would then wait up to two
         # more minutes after it came back. Cap it like watch()'s backoff.
+        # Not grpc.min_reconnect_backoff_ms: despite its name it is the deadline
+        # of one connection attempt (TCP, TLS and the HTTP/2 preface), 20 s by
+        # default; at 200 ms every call failed UNAVAILABLE against a broker that
+        # answered a little late (a loaded host, a TLS handshake across regions).
         opts: list[tuple[str, Any]] = [
             ("grpc.initial_reconnect_backoff_ms", 200),
-            ("grpc.min_reconnect_backoff_ms", 200),
             ("grpc.max_reconnect_backoff_ms", 3000),
             # Pings on a quiet watch notice a dead broker in ~30 s, even behind a NAT
             # that drops idle flows (the broker permits one per 10 s).
