@@ -123,7 +123,8 @@ async def test_working_domain_is_all_ok_reads_only_and_is_rate_limited(
     assert "answered: A 127.0.0.1" in checks["dns"].detail
     # Through the router's port (the broker's responder listens elsewhere), answered right.
     probe = checks["http01_probe"].detail
-    assert f"via 127.0.0.1:{doctor_lab.router.http_port}: 200" in probe, probe
+    port = doctor_lab.router.http_port
+    assert f"from 127.0.0.1:{port}: 200 with the expected key authorization" in probe, probe
     assert "1 of 50" in checks["quota"].detail  # the issuance just made counts
     assert report.next_action == "renew the Let's Encrypt certificate"
     assert report.next_action_time == status.next_check_time
@@ -159,7 +160,9 @@ async def test_bad_a_record_fails_with_answered_and_expected(
     assert dns.detail == "answered: A 127.0.0.2\nexpected: A 127.0.0.1"
     assert f"{name}. A 127.0.0.1" in dns.fix
     assert checks["http01_probe"].verdict == FAIL  # the CA would reach 127.0.0.2 too
-    assert "127.0.0.2" in checks["http01_probe"].detail
+    probe = checks["http01_probe"]
+    assert "from 127.0.0.2:" in probe.detail
+    assert probe.fix.startswith("fix the dns check first")
     assert checks["caa"].verdict == OK
     assert checks["schedule"].verdict == SKIPPED
 

@@ -60,16 +60,15 @@ class Fetch:
     error: str = ""
 
     def describe(self) -> str:
-        """One line for a report: ``http://... via 192.0.2.1:80: 404 Not Found``."""
-        where = f"{self.url} via {self.address}"
+        """One line for a report: ``192.0.2.1:80: 404 'not found'`` (the URL is said once)."""
         if self.error:
-            return f"{where}: {self.error}"
+            return f"{self.address}: {self.error}"
         if self.ok:
-            return f"{where}: 200, the expected key authorization"
+            return f"{self.address}: 200 with the expected key authorization"
         if self.location:
-            return f"{where}: {self.status} redirect to {self.location}"
-        shown = f" {self.body!r}" if self.body else " (empty body)"
-        return f"{where}: {self.status}{shown}"
+            return f"{self.address}: {self.status} redirect to {self.location}"
+        shown = f" {self.body!r}" if self.body else " and an empty body"
+        return f"{self.address}: {self.status}{shown}"
 
 
 def _url(name: str, port: int, token: str) -> str:

@@ -10,7 +10,7 @@ one side effect, the HTTP-01 probe's token, is withdrawn by the probe itself.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Protocol
 
@@ -316,7 +316,7 @@ async def http01_probe(probe: Probe | None, subject: Subject) -> Check:
             f"{subject.name} has no A or AAAA record: nothing to probe",
             fix=f"point {subject.name} at the platform (see the dns check)",
         )
-    lines = [fetch.describe() for fetch in fetches]
+    lines = [f"GET {fetches[0].url}", *(f"from {fetch.describe()}" for fetch in fetches)]
     if len(addresses) > MAX_ADDRESSES:
         lines.append(f"only the first {MAX_ADDRESSES} of {len(addresses)} addresses were probed")
     detail = "\n".join(lines)
@@ -325,7 +325,7 @@ async def http01_probe(probe: Probe | None, subject: Subject) -> Check:
         return Check(
             name,
             Verdict.OK,
-            f"the broker's answer for a test token came back through {where} "
+            f"a test token published by the broker came back through {where} "
             f"({len(fetches)} address{'es' if len(fetches) > 1 else ''})",
             detail,
         )
@@ -342,11 +342,25 @@ async def http01_probe(probe: Probe | None, subject: Subject) -> Check:
     return Check(
         name,
         Verdict.FAIL,
-        f"the broker's answer did not come back through {where}: {bad[0].describe()}",
+        f"a test token published by the broker did not come back through {where} "
+        f"(from {bad[0].describe()})",
         detail,
         f"make the router for {subject.name} forward {PREFIX} on port 80 to the broker's "
         "HTTP-01 responder (CERTBROKER_HTTP01_LISTEN)",
     )
+
+
+def probe_after_dns(found: Sequence[Check]) -> list[Check]:
+    """A probe that failed while the DNS check failed: the DNS is the thing to fix first.
+
+    The probe follows the same records, so its own fix (the router) would send
+    the reader to the wrong place.
+    """
+    verdicts = {check.name: check.verdict for check in found}
+    if verdicts.get("dns") is not Verdict.FAIL or verdicts.get("http01_probe") is not Verdict.FAIL:
+        return list(found)
+    fix = "fix the dns check first: the probe went where the name's records point"
+    return [replace(c, fix=fix) if c.name == "http01_probe" else c for c in found]
 
 
 # --------------------------------------------------------------------------- quota

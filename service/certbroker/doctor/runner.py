@@ -117,6 +117,7 @@ class Doctor:
                 ),
             ),
         )
+        ran = checks.probe_after_dns(found)
         configuration = checks.configuration(
             subject, policy.acme_directory, self._targets, self._dns01
         )
@@ -126,7 +127,7 @@ class Doctor:
             domain=name,
             app=owner,
             known=record is not None,
-            checks=(found[0], configuration, *found[1:], scheduled),
+            checks=(ran[0], configuration, *ran[1:], scheduled),
             next_action=what,
             next_action_at=when,
             checked_at=now,
