@@ -20,12 +20,13 @@ def _issuance(domain: Domain, order: PendingOrder | None) -> str:
     retry = domain.retry
     if order is not None and order.order_url:
         return "resume the order already placed at the CA"
-    if domain.le_state is LetsEncryptState.PENDING_DNS:
-        return "check the DNS again, then order a certificate if it points at the platform"
-    if domain.le_state is LetsEncryptState.ACTION_REQUIRED:
-        return "look for the DNS-01 delegation again, then order a certificate"
     if retry.last_error_reason.startswith("QUOTA_"):
         return "order a certificate once the CA's weekly quota frees a slot"
+    if domain.le_state is LetsEncryptState.PENDING_DNS:
+        again = " again" if retry.last_error_reason else ""
+        return f"check the DNS{again}, then order a certificate if it points at the platform"
+    if domain.le_state is LetsEncryptState.ACTION_REQUIRED:
+        return "look for the DNS-01 delegation again, then order a certificate"
     if retry.attempt > 0:
         return f"try the order again (attempt {retry.attempt + 1}, after backoff)"
     if domain.le_cert is not None:
