@@ -397,7 +397,13 @@ def _doctor(
             interval=settings.doctor_interval,
         ),
         probe=Http01Probe(
-            responder, dns.addresses, port=settings.doctor_http_port, timeout=min(5.0, timeout)
+            responder,
+            dns.addresses,
+            port=settings.doctor_http_port,
+            timeout=min(5.0, timeout),
+            # Public addresses, and the platform's own (private in many set-ups): never a
+            # request into the broker's network on a customer's say-so.
+            reachable=lambda ip: ip.is_global or (targets is not None and ip in targets.addresses),
         ),
         dns01=dns01,
         labels=labels,

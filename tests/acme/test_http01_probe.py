@@ -19,6 +19,13 @@ from certbroker.acme.http01_probe import (
 from tests.infra.ports import free_port
 
 LOOPBACK = (ipaddress.ip_address("127.0.0.1"),)
+
+
+def anywhere(ip: IPAddress) -> bool:
+    """The tests' servers listen on loopback, which the default policy refuses."""
+    return True
+
+
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
@@ -69,7 +76,9 @@ async def test_the_real_responder_answers_and_the_token_is_withdrawn() -> None:
     responder = Http01Responder(on_change=lambda t, k: changes.append((t, k)))
     port = await responder.start("127.0.0.1", 0)
     try:
-        probe = Http01Probe(responder, resolve_to(*LOOPBACK), port=port, timeout=5)
+        probe = Http01Probe(
+            responder, resolve_to(*LOOPBACK), port=port, timeout=5, reachable=anywhere
+        )
         addresses, fetches = await probe.probe("www.example.test")
     finally:
         await responder.stop()
@@ -100,7 +109,9 @@ async def test_wrong_answers_are_reported_as_they_came() -> None:
     ]
     for raw, expected in cases:
         async with stub_server(answering(raw)) as port:
-            probe = Http01Probe(responder, resolve_to(*LOOPBACK), port=port, timeout=5)
+            probe = Http01Probe(
+                responder, resolve_to(*LOOPBACK), port=port, timeout=5, reachable=anywhere
+            )
             _, [fetch] = await probe.probe("www.example.test")
         assert not fetch.ok
         assert expected in fetch.describe(), (expected, fetch)
@@ -114,15 +125,19 @@ async def test_silence_refusal_and_no_address() -> None:
         await asyncio.sleep(30)
 
     async with stub_server(silent) as port:
-        probe = Http01Probe(responder, resolve_to(*LOOPBACK), port=port, timeout=0.3)
+        probe = Http01Probe(
+            responder, resolve_to(*LOOPBACK), port=port, timeout=0.3, reachable=anywhere
+        )
         _, [fetch] = await probe.probe("www.example.test")
     assert fetch.error == "no answer within 0.3 s"
 
-    refused = Http01Probe(responder, resolve_to(*LOOPBACK), port=free_port(), timeout=5)
+    refused = Http01Probe(
+        responder, resolve_to(*LOOPBACK), port=free_port(), timeout=5, reachable=anywhere
+    )
     _, [fetch] = await refused.probe("www.example.test")
     assert fetch.error == "connection refused (nothing listens there)"
 
-    nowhere = Http01Probe(responder, resolve_to(), port=80, timeout=5)
+    nowhere = Http01Probe(responder, resolve_to(), port=80, timeout=5, reachable=anywhere)
     assert await nowhere.probe("www.example.test") == ((), [])
     assert len(responder) == 0
 
@@ -134,11 +149,33 @@ async def test_cancelled_probe_withdraws_its_token() -> None:
         await asyncio.sleep(30)
 
     async with stub_server(silent) as port:
-        probe = Http01Probe(responder, resolve_to(*LOOPBACK), port=port, timeout=30)
+        probe = Http01Probe(
+            responder, resolve_to(*LOOPBACK), port=port, timeout=30, reachable=anywhere
+        )
         task = asyncio.create_task(probe.probe("www.example.test"))
         while len(responder) == 0:
             await asyncio.sleep(0.01)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+    assert len(responder) == 0
+
+
+async def test_addresses_the_ca_cannot_reach_are_not_fetched() -> None:
+    connections = 0
+
+    async def count(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        writer.close()
+
+    responder = Http01Responder()
+    async with stub_server(count) as port:
+        for address in ("127.0.0.1", "10.0.0.5", "169.254.169.254", "::1"):
+            probe = Http01Probe(
+                responder, resolve_to(ipaddress.ip_address(address)), port=port, timeout=5
+            )
+            _, [fetch] = await probe.probe("www.example.test")
+            assert fetch.error.startswith("not probed: not a public address"), fetch
+    assert connections == 0
     assert len(responder) == 0

@@ -13,7 +13,11 @@ the body with the key authorization, and withdraws the token.
 Bounded on purpose (it connects wherever the customer's DNS points): a
 deadline per fetch, at most ``MAX_ADDRESSES`` addresses, a cap on the bytes
 read, no redirects followed (a redirect is reported, since Let's Encrypt would
-follow it and the probe cannot vouch for where it leads). A tiny HTTP/1.1
+follow it and the probe cannot vouch for where it leads), and only addresses
+``reachable`` allows: by default public ones (``is_global``), plus the
+platform's own targets in the broker. A name pointing at 10.0.0.5 or
+169.254.169.254 is reported, not fetched: the CA could not reach it either,
+and the broker must not become a way to send requests into its own network. A tiny HTTP/1.1
 client over asyncio streams rather than a library: one GET with
 ``Connection: close`` is all it needs, and every byte read is under its cap.
 """
@@ -139,11 +143,13 @@ class Http01Probe:
         *,
         port: int = 80,
         timeout: float = 5.0,
+        reachable: Callable[[IPAddress], bool] = lambda ip: ip.is_global,
     ) -> None:
         self._publisher = publisher
         self._resolve = resolve
         self.port = port
         self._timeout = timeout
+        self._reachable = reachable
 
     async def probe(self, name: str) -> tuple[tuple[IPAddress, ...], list[Fetch]]:
         """The addresses ``name`` resolved to, and what each of the first few answered.
@@ -175,6 +181,11 @@ class Http01Probe:
         def failed(error: str) -> Fetch:
             return Fetch(url, address, False, error=error)
 
+        if not self._reachable(ip):
+            return failed(
+                "not probed: not a public address (Let's Encrypt cannot reach it) "
+                "nor a platform target"
+            )
         writer: asyncio.StreamWriter | None = None
         try:
             async with asyncio.timeout(self._timeout):
