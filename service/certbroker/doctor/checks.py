@@ -5,6 +5,7 @@ and CAA through ``DnsChecker``, the DNS-01 delegation and update rights, the
 quota counted from the store), so "the doctor says OK" means "the scheduler's
 pre-flight would pass". Nothing here writes: the store is only read, and the
 one side effect, the HTTP-01 probe's token, is withdrawn by the probe itself.
+Each returns a ``Check`` named as in ``CheckDomainResponse``'s documentation.
 """
 
 from __future__ import annotations
@@ -130,6 +131,9 @@ async def ownership(store: DoctorStore, subject: Subject) -> Check:
             f"{name} is not added to the broker yet; the checks ran as if it were",
             detail="give the app (--app) to check whether it may add the name",
         )
+    # The rows found by name; a wildcard's rows *below* its base need a search the
+    # store offers only inside a write transaction, which a read-only run never opens:
+    # IssueCertificate checks those when the name is added.
     names, _ = tenancy.neighbours(tenancy.Claim(name))
     rows = [row for row in [await store.get_domain(n) for n in names] if row is not None]
     try:

@@ -7,9 +7,13 @@ what the scheduler asks before it orders (``certbroker.doctor.checks``), plus
 what only a real request can show (the HTTP-01 self-probe), and explains
 each result in plain words with the record to create.
 
-Read-only by construction: it reads the store, never writes it, and never
-contacts the CA. It works for a name not added yet (the checks run as for
-the domain that adding it would create).
+Read-only by construction: it reads the store, never writes a domain, an
+order or a certificate, and never contacts the CA. The one row a run can add
+is the probe token's challenge event, and only while a router watches with
+``include_challenges`` (so routers that answer challenges themselves are
+probed too; ``ChallengeEvents`` writes nothing when none listens). It works
+for a name not added yet (the checks run as for the domain that adding it
+would create).
 
 Bounded: at most one run per domain per interval and a few at once
 (``DoctorLimit``), and every check under one deadline: a check still running
