@@ -37,6 +37,9 @@ _KNOWN = (
     "DNS01_ZONE",
     "DNS_CHECK_INTERVAL",
     "DNS_SERVERS",
+    "DOCTOR_HTTP_PORT",
+    "DOCTOR_INTERVAL",
+    "DOCTOR_TIMEOUT",
     "EVENT_RETENTION",
     "FORCED_RETRY_INTERVAL",
     "HEALTH_LISTEN",
@@ -279,6 +282,11 @@ class Settings:
     # Routers report what they serve this often; silent for 3 intervals they stop counting.
     router_report_interval: timedelta = timedelta(seconds=10)
     max_routers: int = 10_000
+    # `certbroker doctor` (CheckDomain): the port its HTTP-01 self-probe connects to (the
+    # routers' port 80 in production), its deadline, and one run per domain per interval.
+    doctor_http_port: int = 80
+    doctor_timeout: timedelta = timedelta(seconds=10)
+    doctor_interval: timedelta = timedelta(seconds=10)
 
     @property
     def tls_enabled(self) -> bool:
@@ -350,6 +358,8 @@ class Settings:
             ("http01_header_timeout", "CERTBROKER_HTTP01_HEADER_TIMEOUT"),
             ("http01_idle_timeout", "CERTBROKER_HTTP01_IDLE_TIMEOUT"),
             ("router_report_interval", "CERTBROKER_ROUTER_REPORT_INTERVAL"),
+            ("doctor_timeout", "CERTBROKER_DOCTOR_TIMEOUT"),
+            ("doctor_interval", "CERTBROKER_DOCTOR_INTERVAL"),
         ):
             if (raw := get(name)) is not None:
                 values[attr] = _duration(name, raw)
@@ -366,6 +376,11 @@ class Settings:
         ):
             if (raw := get(name)) is not None:
                 values[attr] = _int(name, raw, minimum)
+        if (raw := get("CERTBROKER_DOCTOR_HTTP_PORT")) is not None:
+            port = _int("CERTBROKER_DOCTOR_HTTP_PORT", raw, 1)
+            if port > 65535:
+                raise ConfigError(f"CERTBROKER_DOCTOR_HTTP_PORT={raw!r}: port out of range")
+            values["doctor_http_port"] = port
         if (raw := get("CERTBROKER_ROLES")) is not None:
             values["roles"] = _roles("CERTBROKER_ROLES", raw)
         if (raw := get("CERTBROKER_TRACES_EXPORTER")) is not None:

@@ -127,20 +127,23 @@ def record(domain: str, label: str, zone: str) -> str:
     return f"{challenge_name(domain)}. CNAME {target(label, zone)}."
 
 
+def finding(domain: str, zone: str, found: str | None) -> str:
+    """What is wrong with ``_acme-challenge.<base>``, given its CNAME target ``found``."""
+    if found is None:
+        return f"{challenge_name(domain)} has no CNAME record"
+    if found.endswith("." + zone.strip().rstrip(".").lower()):
+        # Another label in our zone: a record made for an earlier owner of this name.
+        return f"{challenge_name(domain)} is a CNAME to {found}., not to this domain's record"
+    return f"{challenge_name(domain)} is a CNAME to {found}., not to the broker's zone"
+
+
 def instruction(domain: str, label: str, zone: str, found: str | None) -> str:
     """What the customer must do, for ``retry.last_error_message``.
 
     ``found`` is the current CNAME target of ``_acme-challenge.<base>`` (None: no CNAME).
     """
     what = "validate" if not domain.startswith("*.") else "issue the wildcard certificate for"
-    if found is None:
-        lead = f"{challenge_name(domain)} has no CNAME record"
-    elif found.endswith("." + zone.strip().rstrip(".").lower()):
-        # Another label in our zone: a record made for an earlier owner of this name.
-        lead = f"{challenge_name(domain)} is a CNAME to {found}., not to this domain's record"
-    else:
-        lead = f"{challenge_name(domain)} is a CNAME to {found}., not to the broker's zone"
     return (
-        f"{lead}. To let the broker {what} {domain} with DNS-01, create this record once "
-        f"(it also covers every renewal): {record(domain, label, zone)}"
+        f"{finding(domain, zone, found)}. To let the broker {what} {domain} with DNS-01, "
+        f"create this record once (it also covers every renewal): {record(domain, label, zone)}"
     )

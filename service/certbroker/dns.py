@@ -207,7 +207,8 @@ class CaaResult:
 
     ``at`` is the name (in the tree climb) whose CAA set decided, ``""`` when
     no CAA record exists anywhere; ``record`` the decisive record(s) as zone
-    text, ``""`` when none.
+    text, ``""`` when none; ``fix`` the record that would allow the CA, as zone
+    text, when the set forbids it (``""`` otherwise).
     """
 
     allowed: bool
@@ -215,6 +216,7 @@ class CaaResult:
     at: str
     reason: CaaReason
     message: str
+    fix: str = ""
 
 
 def to_observation(result: DnsResult, now: datetime) -> DnsObservation:
@@ -467,6 +469,24 @@ class DnsChecker:
         )
         return _judge_pointing(name, qname, targets, a, aaaa, self._timeout)
 
+    async def addresses(self, name: str) -> tuple[IPAddress, ...]:
+        """The A and AAAA addresses ``name`` resolves to (CNAMEs followed), IPv6 first.
+
+        For connecting to the name as a client would (the doctor's HTTP-01
+        probe), through the same servers as every other check. A missing name
+        or record is ``()``; a DNS failure raises ``DnsLookupError``.
+        """
+        qname = to_dns_name(name)
+        deadline = self._deadline()
+        found = await asyncio.gather(
+            self._lookup(qname, dns.rdatatype.AAAA, deadline),
+            self._lookup(qname, dns.rdatatype.A, deadline),
+        )
+        addresses: list[IPAddress] = []
+        for lookup in found:
+            addresses.extend(_address_records(self._raise_on_failure(name, lookup)))
+        return tuple(addresses)
+
     # ----------------------------------------------------------------- CAA
 
     async def caa_allows(self, name: str, ca_identity: str, *, wildcard: bool) -> CaaResult:
@@ -592,13 +612,12 @@ def _caa_result(
     if decision.allowed:
         message = f"CAA at {at} allows {ca_identity} to issue for {name} ({decision.why})"
         return CaaResult(True, record, at, CaaReason.OK, message)
+    fix = f'{at}. CAA 0 {"issuewild" if wildcard else "issue"} "{ca_identity}"'
     message = (
         f"CAA at {at} forbids {ca_identity} from issuing for {name}: {record} "
-        f"({decision.why}); "
-        f'add {at}. CAA 0 {"issuewild" if wildcard else "issue"} "{ca_identity}" '
-        "or remove the record"
+        f"({decision.why}); add {fix} or remove the record"
     )
-    return CaaResult(False, record, at, CaaReason.FORBIDS, message)
+    return CaaResult(False, record, at, CaaReason.FORBIDS, message, fix)
 
 
 def _address_records(found: _Lookup) -> list[IPAddress]:

@@ -26,21 +26,24 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter
 
 from certbroker import bounds, names
 from certbroker.acme.dns01 import Dns01Updater, TsigKey
 from certbroker.acme.http01 import Http01Responder, ResponderLimits
+from certbroker.acme.http01_probe import Http01Probe
 from certbroker.acme.issuer import AcmeIssuer
+from certbroker.api import reflection
 from certbroker.api.auth import Authorizer
 from certbroker.api.malformed import MalformedRequests
 from certbroker.api.servicer import BrokerServicer
 from certbroker.app import Broker
 from certbroker.clock import Clock, SystemClock
 from certbroker.config import ConfigError, Settings, unknown_variables
+from certbroker.delegation import LabelKey
 from certbroker.dns import DnsChecker, PlatformTargets
+from certbroker.doctor import Doctor, DoctorPolicy
 from certbroker.events import EventHub
 from certbroker.housekeeping import ChallengeEvents, Compactor
 from certbroker.rlimits import raise_open_files_limit
@@ -246,13 +249,17 @@ async def _start(
         )
         started.push_async_callback(issuer.close)
         extras.append(_Closing(issuer))
+    dns = DnsChecker(list(settings.dns_servers) if settings.dns_servers else None)
+    targets = (
+        PlatformTargets.parse(settings.platform_targets) if settings.platform_targets else None
+    )
     scheduler = Scheduler(
         store,
         clock,
         sealer,
         issuer,
-        DnsChecker(list(settings.dns_servers) if settings.dns_servers else None),
-        PlatformTargets.parse(settings.platform_targets) if settings.platform_targets else None,
+        dns,
+        targets,
         Policy(
             dns_check_interval=settings.dns_check_interval,
             caa_identity=settings.caa_identity,
@@ -306,14 +313,13 @@ async def _start(
         tracer=provider.get_tracer("certbroker") if provider else None,
         challenges=challenge_events,
         routers=RouterRegistry(clock, settings.router_report_interval, settings.max_routers),
+        doctor=_doctor(settings, store, clock, dns, targets, responder, dns01, labels),
     )
     from certbroker.v1 import broker_pb2_grpc
 
     broker_pb2_grpc.add_CertificateBrokerServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
-    )
+    reflection.enable(server, [SERVICE_NAME, health.SERVICE_NAME])
     running = Running(
         settings,
         0,  # the port, known once bound (below)
@@ -363,6 +369,45 @@ async def _start(
         ),
     )
     return running
+
+
+def _doctor(
+    settings: Settings,
+    store: SqliteStore,
+    clock: Clock,
+    dns: DnsChecker,
+    targets: PlatformTargets | None,
+    responder: Http01Responder,
+    dns01: Dns01Updater | None,
+    labels: LabelKey,
+) -> Doctor:
+    """CheckDomain's doctor: the scheduler's DNS, targets and DNS-01 access, read-only."""
+    timeout = settings.doctor_timeout.total_seconds()
+    return Doctor(
+        store,
+        clock,
+        dns,
+        targets,
+        DoctorPolicy(
+            acme_directory=settings.acme_directory,
+            caa_identity=settings.caa_identity,
+            quota_per_registered_domain=settings.quota_per_registered_domain,
+            quota_per_name_set=settings.quota_per_name_set,
+            timeout=settings.doctor_timeout,
+            interval=settings.doctor_interval,
+        ),
+        probe=Http01Probe(
+            responder,
+            dns.addresses,
+            port=settings.doctor_http_port,
+            timeout=min(5.0, timeout),
+            # Public addresses, and the platform's own (private in many set-ups): never a
+            # request into the broker's network on a customer's say-so.
+            reachable=lambda ip: ip.is_global or (targets is not None and ip in targets.addresses),
+        ),
+        dns01=dns01,
+        labels=labels,
+    )
 
 
 def _responder_limits(settings: Settings, open_files: int) -> ResponderLimits:

@@ -7,11 +7,11 @@ verb (``scalingo --app my-app domains-add ...`` works as written), so the
 documentation's examples work as written.
 
 Exit codes: 0 ok, 1 the broker said no (or could not be reached; for
-``--wait``: the domain stopped without a certificate serving), 2 bad usage or
-an unreadable local file, 124 ``--wait`` ran out of time, 130 interrupted (143
-on SIGTERM). Errors are one line on stderr (a violation or a hint only when it
-adds something), never a traceback: a person reads them, and scripts read the
-exit code.
+``--wait``: the domain stopped without a certificate serving; for ``doctor``:
+issuance would not succeed now), 2 bad usage or an unreadable local file, 124
+``--wait`` ran out of time, 130 interrupted (143 on SIGTERM). Errors are one
+line on stderr (a violation or a hint only when it adds something), never a
+traceback: a person reads them, and scripts read the exit code.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ __all__ = ["build_parser", "main", "parse"]
 EXIT_OK = 0
 EXIT_RPC = 1
 EXIT_STOPPED = 1  # --wait: ACTION_REQUIRED, removed, or nothing will serve
+EXIT_NOT_READY = 1  # `doctor`: a check failed, issuance would not succeed now
 EXIT_USAGE = 2
 EXIT_TIMEOUT = 124  # --wait ran out of time (the convention of timeout(1))
 EXIT_INTERRUPTED = 130
@@ -237,6 +238,14 @@ def build_parser() -> argparse.ArgumentParser:
     _wait_options(p, "a certificate serves")
 
     command("routers", "list the routers reporting what they serve, and how far behind they are")
+
+    p = command(
+        "doctor",
+        "run every pre-flight check of a domain now and explain it "
+        "(exit 0 when issuance would succeed now, 1 otherwise)",
+        app_help="the app that owns, or would own, the domain",
+    )
+    p.add_argument("domain", metavar="DOMAIN")
 
     p = command(
         "watch",
@@ -533,6 +542,12 @@ async def _routers(client: BrokerClient, args: argparse.Namespace, io: _Output) 
     return EXIT_OK
 
 
+async def _doctor(client: BrokerClient, args: argparse.Namespace, io: _Output) -> int:
+    report = await client.check_domain(args.domain, app=args.app or "")
+    io.print(render.to_json(report) if args.json else render.doctor_report(report))
+    return EXIT_OK if report.would_issue_now else EXIT_NOT_READY
+
+
 async def _watch(client: BrokerClient, args: argparse.Namespace, io: _Output) -> int:
     if args.since < 0:
         raise UsageError("--since must be 0 or more")
@@ -556,6 +571,7 @@ _HANDLERS: dict[str, Callable[[BrokerClient, argparse.Namespace, _Output], Await
     "domains": _domains,
     "status": _status,
     "routers": _routers,
+    "doctor": _doctor,
     "watch": _watch,
 }
 

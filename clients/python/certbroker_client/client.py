@@ -245,9 +245,12 @@ class BrokerClient:
         # gRPC's own reconnect backoff grows to 120 s by default: a watcher
         # whose broker was down for a few minutes would then wait up to two
         # more minutes after it came back. Cap it like watch()'s backoff.
+        # Not grpc.min_reconnect_backoff_ms: despite its name it is the deadline
+        # of one connection attempt (TCP, TLS and the HTTP/2 preface), 20 s by
+        # default; at 200 ms every call failed UNAVAILABLE against a broker that
+        # answered a little late (a loaded host, a TLS handshake across regions).
         opts: list[tuple[str, Any]] = [
             ("grpc.initial_reconnect_backoff_ms", 200),
-            ("grpc.min_reconnect_backoff_ms", 200),
             ("grpc.max_reconnect_backoff_ms", 3000),
             # Pings on a quiet watch notice a dead broker in ~30 s, even behind a NAT
             # that drops idle flows (the broker permits one per 10 s).
@@ -365,6 +368,17 @@ class BrokerClient:
         request = broker_pb2.GetStatusRequest(domain=domain)
         response: broker_pb2.GetStatusResponse = await self._unary("GetStatus", request)
         return response.domain
+
+    async def check_domain(self, domain: str, *, app: str = "") -> broker_pb2.CheckDomainResponse:
+        """Run every pre-flight check of ``domain`` now (read-only; works before it is added).
+
+        ``app`` is who owns, or would own, the domain (optional). The broker runs
+        one check per domain every 10 s: sooner is RESOURCE_EXHAUSTED with
+        ``retry_after`` set. Needs a role that may manage domains.
+        """
+        request = broker_pb2.CheckDomainRequest(domain=domain, app=app)
+        response: broker_pb2.CheckDomainResponse = await self._unary("CheckDomain", request)
+        return response
 
     async def remove_domain(self, domain: str, *, app: str = "") -> int:
         """Forget ``domain``; returns the revision of the removal event (``app``: as above)."""

@@ -24,6 +24,7 @@ from certbroker_client.client import BrokerError, TlsFiles
 from certbroker_client.hints import connection_hint
 
 __all__ = [
+    "doctor_report",
     "domains_table",
     "duration",
     "error_lines",
@@ -349,6 +350,45 @@ def routers_table(
     if not rows:
         return "no routers reporting"
     return _table(_ROUTERS_HEADER, rows)
+
+
+_VERDICT_LABELS: dict[int, str] = {
+    broker_pb2.CHECK_VERDICT_OK: "OK",
+    broker_pb2.CHECK_VERDICT_WARN: "WARN",
+    broker_pb2.CHECK_VERDICT_FAIL: "FAIL",
+    broker_pb2.CHECK_VERDICT_SKIPPED: "skip",
+}
+
+
+def doctor_report(report: broker_pb2.CheckDomainResponse) -> str:
+    """``certbroker doctor``: one block per check (verdict, sentence, facts, fix), then the
+    next scheduled action and the overall answer, in the spirit of ``fly certs check``."""
+    owner = f" (app {report.app})" if report.app else ""
+    added = "" if report.known else ", not added yet"
+    lines = [f"Checks for {report.domain}{owner}{added}, at {format_time(report.check_time)}", ""]
+    width = max((len(c.name) for c in report.checks), default=0)
+    indent = " " * (6 + width + 2)
+    for check in report.checks:
+        label = _VERDICT_LABELS.get(check.verdict, "?")
+        lines.append(f"{label:<5} {check.name:<{width}}  {_one_line(check.summary)}")
+        if check.verdict == broker_pb2.CHECK_VERDICT_SKIPPED:
+            continue
+        lines.extend(f"{indent}{line}" for line in check.detail.splitlines() if line.strip())
+        fix = check.fix.splitlines()
+        if fix:
+            lines.append(f"{indent}fix: {fix[0]}")
+            lines.extend(f"{indent}  {line}" for line in fix[1:] if line.strip())
+    lines.append("")
+    when = ""
+    if report.HasField("next_action_time"):
+        when = f" ({format_time(report.next_action_time)})"
+    lines.append(f"Next: {report.next_action}{when}")
+    failed = [c.name for c in report.checks if c.verdict == broker_pb2.CHECK_VERDICT_FAIL]
+    if report.would_issue_now:
+        lines.append("Issuance would succeed now: every pre-flight check passes.")
+    else:
+        lines.append(f"Issuance would NOT succeed now: fix {', '.join(failed)} (see above).")
+    return "\n".join(lines)
 
 
 def watch_line(event: broker_pb2.WatchEvent) -> str:

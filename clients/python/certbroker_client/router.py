@@ -660,7 +660,8 @@ class RouterWatcher:
         """
         options: list[tuple[str, Any]] = [
             ("grpc.initial_reconnect_backoff_ms", 200),
-            ("grpc.min_reconnect_backoff_ms", 200),
+            # Not grpc.min_reconnect_backoff_ms: that is one connection attempt's
+            # deadline (see BrokerClient.connect); 200 ms fails slow TLS handshakes.
             ("grpc.max_reconnect_backoff_ms", 3000),
             ("grpc.keepalive_time_ms", 20000),
             ("grpc.keepalive_timeout_ms", 10000),

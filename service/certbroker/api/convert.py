@@ -10,6 +10,7 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from certbroker import lifecycle
+from certbroker.doctor import Report, Verdict
 from certbroker.model import (
     CertificateInfo,
     ChallengeType,
@@ -177,4 +178,35 @@ def routers(
         )
         _ts(item.first_seen_time, report.first_seen)
         _ts(item.last_seen_time, report.last_seen)
+    return message
+
+
+_VERDICT = {
+    Verdict.OK: broker_pb2.CHECK_VERDICT_OK,
+    Verdict.WARN: broker_pb2.CHECK_VERDICT_WARN,
+    Verdict.FAIL: broker_pb2.CHECK_VERDICT_FAIL,
+    Verdict.SKIPPED: broker_pb2.CHECK_VERDICT_SKIPPED,
+}
+
+
+def doctor_report(report: Report) -> broker_pb2.CheckDomainResponse:
+    message = broker_pb2.CheckDomainResponse(
+        domain=report.domain,
+        checks=[
+            broker_pb2.DomainCheck(
+                name=c.name,
+                verdict=_VERDICT[c.verdict],
+                summary=c.summary,
+                detail=c.detail,
+                fix=c.fix,
+            )
+            for c in report.checks
+        ],
+        would_issue_now=report.would_issue_now,
+        known=report.known,
+        app=report.app,
+        next_action=report.next_action,
+    )
+    _ts(message.next_action_time, report.next_action_at)
+    _ts(message.check_time, report.checked_at)
     return message

@@ -24,6 +24,7 @@ from certbroker.api.errors import internal, to_status
 from certbroker.app import Broker, encode_page_token
 from certbroker.bounds import MAX_PAGE_BYTES, check_watch_filters
 from certbroker.clock import Clock
+from certbroker.doctor import Doctor
 from certbroker.errors import (
     BrokerError,
     FieldViolation,
@@ -98,7 +99,9 @@ class BrokerServicer(broker_pb2_grpc.CertificateBrokerServiceServicer):
         tracer: trace.Tracer | None = None,
         challenges: ChallengeEvents | None = None,
         routers: RouterRegistry | None = None,
+        doctor: Doctor | None = None,
     ) -> None:
+        self._doctor = doctor
         self._challenges = challenges
         self.watchers = 0  # open WatchStatus streams (a gauge for metrics and tests)
         self._routers = routers if routers is not None else RouterRegistry(clock)
@@ -212,6 +215,15 @@ class BrokerServicer(broker_pb2_grpc.CertificateBrokerServiceServicer):
     ) -> broker_pb2.ListRoutersResponse:
         self._auth.require(context, Permission.READ)
         return convert.routers(self._routers.routers(), self._hub.revision, self._routers.interval)
+
+    @_unary
+    async def CheckDomain(
+        self, request: broker_pb2.CheckDomainRequest, context: grpc.aio.ServicerContext
+    ) -> broker_pb2.CheckDomainResponse:
+        self._auth.require(context, Permission.MANAGE)  # it sends DNS and HTTP requests
+        if self._doctor is None:
+            raise Unavailable("the doctor is not set up on this broker", reason="NOT_CONFIGURED")
+        return convert.doctor_report(await self._doctor.check(request.domain, request.app))
 
     @_stream
     async def WatchStatus(

@@ -515,6 +515,29 @@ class SqliteStore:
             row = await cur.fetchone()
         return bytes(row[0]) if row is not None else None
 
+    async def registered_domain_usage(self, registered_domain: str, since: datetime) -> QuotaUsage:
+        """Read-only, on the reader (the doctor's quota check); the scheduler counts in its
+        transaction instead, where the count and the reservation cannot be torn apart."""
+        return await _usage(self._reader, "registered_domain", registered_domain, since)
+
+    async def name_set_usage(self, names: tuple[str, ...], since: datetime) -> QuotaUsage:
+        return await _usage(self._reader, "names_key", names_key(names), since)
+
+
+async def _usage(
+    conn: aiosqlite.Connection, column: str, value: str, since: datetime
+) -> QuotaUsage:
+    order_column = "names_key" if column == "names_key" else "registered_domain"
+    async with conn.execute(
+        f"SELECT COUNT(*), MIN(at) FROM ("  # noqa: S608
+        f" SELECT issued_at AS at FROM issuances WHERE {column} = ? AND issued_at > ?"
+        f" UNION ALL SELECT started_at AS at FROM orders WHERE {order_column} = ?)",
+        (value, to_micros(since), value),
+    ) as cur:
+        row = await cur.fetchone()
+    assert row is not None
+    return QuotaUsage(count=int(row[0]), oldest=from_micros(row[1]))
+
 
 async def _migrate(conn: aiosqlite.Connection) -> None:
     """Apply the numbered ``migrations/*.sql`` not applied yet, each in its own transaction.
@@ -724,23 +747,11 @@ class _SqliteTransaction:
             (domain, registered_domain, names_key(names), serial, to_micros(at)),
         )
 
-    async def _usage(self, column: str, value: str, since: datetime) -> QuotaUsage:
-        order_column = "names_key" if column == "names_key" else "registered_domain"
-        async with self._conn.execute(
-            f"SELECT COUNT(*), MIN(at) FROM ("  # noqa: S608
-            f" SELECT issued_at AS at FROM issuances WHERE {column} = ? AND issued_at > ?"
-            f" UNION ALL SELECT started_at AS at FROM orders WHERE {order_column} = ?)",
-            (value, to_micros(since), value),
-        ) as cur:
-            row = await cur.fetchone()
-        assert row is not None
-        return QuotaUsage(count=int(row[0]), oldest=from_micros(row[1]))
-
     async def registered_domain_usage(self, registered_domain: str, since: datetime) -> QuotaUsage:
-        return await self._usage("registered_domain", registered_domain, since)
+        return await _usage(self._conn, "registered_domain", registered_domain, since)
 
     async def name_set_usage(self, names: tuple[str, ...], since: datetime) -> QuotaUsage:
-        return await self._usage("names_key", names_key(names), since)
+        return await _usage(self._conn, "names_key", names_key(names), since)
 
     async def get_order(self, domain: str) -> PendingOrder | None:
         return await _get_order(self._conn, domain)

@@ -21,6 +21,14 @@ class EventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EVENT_TYPE_DOMAIN_REMOVED: _ClassVar[EventType]
     EVENT_TYPE_CHALLENGE_ADDED: _ClassVar[EventType]
     EVENT_TYPE_CHALLENGE_REMOVED: _ClassVar[EventType]
+
+class CheckVerdict(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CHECK_VERDICT_UNSPECIFIED: _ClassVar[CheckVerdict]
+    CHECK_VERDICT_OK: _ClassVar[CheckVerdict]
+    CHECK_VERDICT_WARN: _ClassVar[CheckVerdict]
+    CHECK_VERDICT_FAIL: _ClassVar[CheckVerdict]
+    CHECK_VERDICT_SKIPPED: _ClassVar[CheckVerdict]
 EVENT_TYPE_UNSPECIFIED: EventType
 EVENT_TYPE_SNAPSHOT: EventType
 EVENT_TYPE_SNAPSHOT_COMPLETE: EventType
@@ -28,6 +36,11 @@ EVENT_TYPE_DOMAIN_UPDATED: EventType
 EVENT_TYPE_DOMAIN_REMOVED: EventType
 EVENT_TYPE_CHALLENGE_ADDED: EventType
 EVENT_TYPE_CHALLENGE_REMOVED: EventType
+CHECK_VERDICT_UNSPECIFIED: CheckVerdict
+CHECK_VERDICT_OK: CheckVerdict
+CHECK_VERDICT_WARN: CheckVerdict
+CHECK_VERDICT_FAIL: CheckVerdict
+CHECK_VERDICT_SKIPPED: CheckVerdict
 
 class IssueCertificateRequest(_message.Message):
     __slots__ = ("domain", "app", "disable_letsencrypt", "key_algorithm", "challenge_type", "include_apex")
@@ -238,3 +251,45 @@ class ListRoutersResponse(_message.Message):
     current_revision: int
     report_interval: _duration_pb2.Duration
     def __init__(self, routers: _Optional[_Iterable[_Union[RouterStatus, _Mapping]]] = ..., current_revision: _Optional[int] = ..., report_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class CheckDomainRequest(_message.Message):
+    __slots__ = ("domain", "app")
+    DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    APP_FIELD_NUMBER: _ClassVar[int]
+    domain: str
+    app: str
+    def __init__(self, domain: _Optional[str] = ..., app: _Optional[str] = ...) -> None: ...
+
+class DomainCheck(_message.Message):
+    __slots__ = ("name", "verdict", "summary", "detail", "fix")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERDICT_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    FIX_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    verdict: CheckVerdict
+    summary: str
+    detail: str
+    fix: str
+    def __init__(self, name: _Optional[str] = ..., verdict: _Optional[_Union[CheckVerdict, str]] = ..., summary: _Optional[str] = ..., detail: _Optional[str] = ..., fix: _Optional[str] = ...) -> None: ...
+
+class CheckDomainResponse(_message.Message):
+    __slots__ = ("domain", "checks", "would_issue_now", "known", "app", "next_action", "next_action_time", "check_time")
+    DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    CHECKS_FIELD_NUMBER: _ClassVar[int]
+    WOULD_ISSUE_NOW_FIELD_NUMBER: _ClassVar[int]
+    KNOWN_FIELD_NUMBER: _ClassVar[int]
+    APP_FIELD_NUMBER: _ClassVar[int]
+    NEXT_ACTION_FIELD_NUMBER: _ClassVar[int]
+    NEXT_ACTION_TIME_FIELD_NUMBER: _ClassVar[int]
+    CHECK_TIME_FIELD_NUMBER: _ClassVar[int]
+    domain: str
+    checks: _containers.RepeatedCompositeFieldContainer[DomainCheck]
+    would_issue_now: bool
+    known: bool
+    app: str
+    next_action: str
+    next_action_time: _timestamp_pb2.Timestamp
+    check_time: _timestamp_pb2.Timestamp
+    def __init__(self, domain: _Optional[str] = ..., checks: _Optional[_Iterable[_Union[DomainCheck, _Mapping]]] = ..., would_issue_now: _Optional[bool] = ..., known: _Optional[bool] = ..., app: _Optional[str] = ..., next_action: _Optional[str] = ..., next_action_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., check_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...

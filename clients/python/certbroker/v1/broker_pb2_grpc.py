@@ -80,6 +80,11 @@ class CertificateBrokerServiceStub:
                 request_serializer=certbroker_dot_v1_dot_broker__pb2.ListRoutersRequest.SerializeToString,
                 response_deserializer=certbroker_dot_v1_dot_broker__pb2.ListRoutersResponse.FromString,
                 _registered_method=True)
+        self.CheckDomain = channel.unary_unary(
+                '/certbroker.v1.CertificateBrokerService/CheckDomain',
+                request_serializer=certbroker_dot_v1_dot_broker__pb2.CheckDomainRequest.SerializeToString,
+                response_deserializer=certbroker_dot_v1_dot_broker__pb2.CheckDomainResponse.FromString,
+                _registered_method=True)
 
 
 class CertificateBrokerServiceServicer:
@@ -149,6 +154,17 @@ class CertificateBrokerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CheckDomain(self, request, context):
+        """Runs every pre-flight check for a domain now (DNS, CAA, DNS-01 delegation, an HTTP-01
+        self-probe through the routers, quota) and explains each in plain words. Read-only: no
+        order is placed and the domain is not changed; it also works for a domain not yet added.
+        It sends DNS queries and HTTP requests, so it is bounded: one run per domain every
+        10 s (RESOURCE_EXHAUSTED with RetryInfo otherwise) and a deadline per run.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CertificateBrokerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -196,6 +212,11 @@ def add_CertificateBrokerServiceServicer_to_server(servicer, server):
                     servicer.ListRouters,
                     request_deserializer=certbroker_dot_v1_dot_broker__pb2.ListRoutersRequest.FromString,
                     response_serializer=certbroker_dot_v1_dot_broker__pb2.ListRoutersResponse.SerializeToString,
+            ),
+            'CheckDomain': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckDomain,
+                    request_deserializer=certbroker_dot_v1_dot_broker__pb2.CheckDomainRequest.FromString,
+                    response_serializer=certbroker_dot_v1_dot_broker__pb2.CheckDomainResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -442,6 +463,33 @@ class CertificateBrokerService:
             '/certbroker.v1.CertificateBrokerService/ListRouters',
             certbroker_dot_v1_dot_broker__pb2.ListRoutersRequest.SerializeToString,
             certbroker_dot_v1_dot_broker__pb2.ListRoutersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckDomain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/certbroker.v1.CertificateBrokerService/CheckDomain',
+            certbroker_dot_v1_dot_broker__pb2.CheckDomainRequest.SerializeToString,
+            certbroker_dot_v1_dot_broker__pb2.CheckDomainResponse.FromString,
             options,
             channel_credentials,
             insecure,
