@@ -38,8 +38,11 @@ class EventHub:
         self.closing = False
 
     async def start(self) -> None:
-        self._head = self._wanted = await self._store.current_revision()
+        # Listen first: a commit announced while the head is read is not lost (with
+        # several brokers on one database, another's commit may land at any moment).
         self._store.on_commit(self.notify)
+        self._head = await self._store.current_revision()
+        self._wanted = max(self._wanted, self._head)
         self._task = asyncio.create_task(self._fetch_loop(), name="event-hub")
 
     def close_streams(self) -> None:

@@ -1,63 +1,23 @@
-"""The SQLite store on real files: migrations, the outbox, the cache, replays, quotas."""
+"""What only the SQLite store does: its schema on file, WAL mode, the query plans.
+
+The behaviour both backends share is in test_contract.py.
+"""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
 
 import pytest
 
-from certbroker.model import CertificateInfo, Domain, EventType, LetsEncryptState, Source
-from certbroker.store.base import NewCertificate, PendingOrder
+from certbroker.model import Domain
 from certbroker.store.sqlite import SqliteStore
+from tests.store.records import make_domain, raw
 
 T0 = datetime(2026, 3, 1, 8, 0, 0, 123456, tzinfo=UTC)
 DAY = timedelta(days=1)
-
-
-class Boom(Exception):
-    pass
-
-
-def make_domain(name: str, app: str = "app-a", **changes: object) -> Domain:
-    base = Domain(
-        name=name,
-        app=app,
-        letsencrypt_enabled=True,
-        le_state=LetsEncryptState.PENDING_DNS,
-        serving=Source.NONE,
-        created_at=T0,
-        updated_at=T0,
-    )
-    return replace(base, **changes)  # type: ignore[arg-type]
-
-
-def make_cert(name: str, serial: str = "01", not_before: datetime = T0) -> CertificateInfo:
-    return CertificateInfo(
-        id=0,
-        sans=(name,),
-        subject=f"CN={name}",
-        issuer="CN=Test CA",
-        serial=serial,
-        not_before=not_before,
-        not_after=not_before + timedelta(days=90),
-        sha256_fingerprint=serial * 32,
-        chain_pem=f"-----BEGIN CERTIFICATE-----\n{serial}\n-----END CERTIFICATE-----\n",
-        key_algorithm="ECDSA_P256",
-    )
-
-
-def raw(path: Path, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
-    """Read the file with a separate, plain connection: what is really on disk."""
-    conn = sqlite3.connect(path)
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
 
 
 @pytest.fixture
@@ -77,9 +37,6 @@ async def store(db_path: Path) -> AsyncIterator[SqliteStore]:
 async def put(store: SqliteStore, domain: Domain) -> Domain:
     async with store.transaction() as tx:
         return await tx.put_domain(domain)
-
-
-# --- migrations ---------------------------------------------------------------------------
 
 
 async def test_migrations_are_applied_once(db_path: Path) -> None:
@@ -102,151 +59,11 @@ async def test_the_file_is_in_wal_mode(store: SqliteStore, db_path: Path) -> Non
     assert raw(db_path, "PRAGMA journal_mode") == [("wal",)]
 
 
-# --- the outbox ---------------------------------------------------------------------------
-
-
-async def test_put_domain_writes_the_row_and_its_event_together(
-    store: SqliteStore, db_path: Path
-) -> None:
-    assert await store.current_revision() == 0
-    stored = await put(store, make_domain("a.example.com"))
-    assert stored.revision == 1
-    assert raw(db_path, "SELECT name, revision FROM domains") == [("a.example.com", 1)]
-    assert raw(db_path, "SELECT revision, type, domain FROM events") == [
-        (1, "DOMAIN_UPDATED", "a.example.com")
-    ]
-    assert await store.current_revision() == 1
-    assert await store.get_domain("a.example.com") == stored
-
-
-async def test_the_revision_grows_by_one_with_each_write(store: SqliteStore) -> None:
-    revisions = []
-    for i in range(5):
-        stored = await put(store, make_domain(f"d{i % 2}.example.com"))
-        revisions.append(stored.revision)
-    assert revisions == [1, 2, 3, 4, 5]
-    async with store.transaction() as tx:
-        a = await tx.put_domain(make_domain("x.example.com"))
-        b = await tx.put_domain(make_domain("y.example.com"))
-    assert (a.revision, b.revision) == (6, 7)
-    assert await store.current_revision() == 7
-
-
-async def test_a_transaction_sees_its_own_writes(store: SqliteStore) -> None:
-    async with store.transaction() as tx:
-        stored = await tx.put_domain(make_domain("a.example.com"))
-        assert await tx.get_domain("a.example.com") == stored
-        assert await store.get_domain("a.example.com") is None  # not committed yet
-    assert await store.get_domain("a.example.com") == stored
-
-
-async def test_rollback_leaves_neither_row_nor_event(store: SqliteStore, db_path: Path) -> None:
-    with pytest.raises(Boom):
-        async with store.transaction() as tx:
-            await tx.put_domain(make_domain("a.example.com"))
-            raise Boom
-    assert await store.get_domain("a.example.com") is None
-    assert raw(db_path, "SELECT COUNT(*) FROM domains") == [(0,)]
-    assert raw(db_path, "SELECT COUNT(*) FROM events") == [(0,)]
-    assert await store.current_revision() == 0
-    assert await store.events_after(0, 10) == []
-    # the failed write left no gap in the revisions
-    assert (await put(store, make_domain("b.example.com"))).revision == 1
-
-
-async def test_rollback_of_an_update_keeps_the_committed_row_in_the_cache(
-    store: SqliteStore,
-) -> None:
-    committed = await put(store, make_domain("a.example.com"))
-    assert await store.get_domain("a.example.com") == committed  # now cached
-    with pytest.raises(Boom):
-        async with store.transaction() as tx:
-            await tx.put_domain(replace(committed, le_state=LetsEncryptState.CREATING))
-            raise Boom
-    assert await store.get_domain("a.example.com") == committed
-    (listed,) = await store.list_domains(None, "", 10)
-    assert listed == committed
-
-
-async def test_revision_and_rows_survive_close_and_reopen(db_path: Path) -> None:
-    first = await SqliteStore.open(str(db_path))
-    async with first.transaction() as tx:
-        info = await tx.add_certificate(
-            NewCertificate("a.example.com", Source.LETS_ENCRYPT, make_cert("a.example.com"), b"k")
-        )
-    written = await put(first, make_domain("a.example.com", le_cert=info))
-    await put(first, make_domain("b.example.com"))
-    await first.close()
-
-    second = await SqliteStore.open(str(db_path))
-    try:
-        assert await second.current_revision() == 2
-        assert await second.get_domain("a.example.com") == written  # cold cache: from disk
-        assert (await put(second, make_domain("c.example.com"))).revision == 3
-    finally:
-        await second.close()
-
-
-# --- queries ------------------------------------------------------------------------------
-
-
-async def test_list_domains_pages_by_name_and_filters_by_app(store: SqliteStore) -> None:
-    for name, app in [
-        ("c.example.com", "a"),
-        ("a.example.com", "a"),
-        ("b.example.com", "b"),
-        ("d.example.com", "a"),
-        ("e.example.com", "b"),
-    ]:
-        await put(store, make_domain(name, app=app))
-    page1 = await store.list_domains(None, "", 2)
-    page2 = await store.list_domains(None, page1[-1].name, 2)
-    page3 = await store.list_domains(None, page2[-1].name, 2)
-    assert [d.name for d in page1 + page2 + page3] == [
-        "a.example.com",
-        "b.example.com",
-        "c.example.com",
-        "d.example.com",
-        "e.example.com",
-    ]
-    assert len(page3) == 1
-    assert [d.name for d in await store.list_domains("a", "", 10)] == [
-        "a.example.com",
-        "c.example.com",
-        "d.example.com",
-    ]
-    assert [d.name for d in await store.list_domains("a", "a.example.com", 1)] == ["c.example.com"]
-    assert await store.list_domains("nobody", "", 10) == []
-
-
-async def test_due_domains_returns_only_due_rows_in_next_run_order(store: SqliteStore) -> None:
-    now = T0 + DAY
-    for name, when in [
-        ("late.example.com", now + timedelta(seconds=1)),
-        ("second.example.com", now - timedelta(minutes=1)),
-        ("idle.example.com", None),
-        ("first.example.com", now - DAY),
-        ("exact.example.com", now),
-    ]:
-        await put(store, make_domain(name, next_run_at=when))
-    due = await store.due_domains(now, 10)
-    assert [d.name for d in due] == ["first.example.com", "second.example.com", "exact.example.com"]
-    assert [d.name for d in await store.due_domains(now, 2)] == [
-        "first.example.com",
-        "second.example.com",
-    ]
-    assert await store.next_due_time() == now - DAY
-
-
-async def test_due_names_skip_domains_being_worked(store: SqliteStore, db_path: Path) -> None:
+async def test_due_names_uses_the_partial_index(store: SqliteStore, db_path: Path) -> None:
     now = T0 + DAY
     for i in range(4):
         await put(store, make_domain(f"d{i}.example.com", next_run_at=now - i * DAY))
-    await put(store, make_domain("later.example.com", next_run_at=now + DAY))
     busy = {"d3.example.com", "d1.example.com"}
-    assert await store.due_names(now, 10, exclude=busy) == ["d2.example.com", "d0.example.com"]
-    assert await store.due_names(now, 1) == ["d3.example.com"]
-    assert await store.next_due_time(exclude=busy) == now - 2 * DAY
     statements: list[str] = []
     await store._reader.set_trace_callback(statements.append)
     try:
@@ -256,12 +73,6 @@ async def test_due_names_skip_domains_being_worked(store: SqliteStore, db_path: 
     (query,) = [s for s in statements if "FROM domains" in s]
     plan = " ".join(str(row[-1]) for row in raw(db_path, f"EXPLAIN QUERY PLAN {query}"))
     assert "USING INDEX domains_due" in plan  # idle domains cost nothing
-
-
-async def test_next_due_time_is_none_when_nothing_is_scheduled(store: SqliteStore) -> None:
-    assert await store.next_due_time() is None
-    await put(store, make_domain("idle.example.com", next_run_at=None))
-    assert await store.next_due_time() is None
 
 
 async def test_due_domains_uses_the_partial_index(store: SqliteStore, db_path: Path) -> None:
@@ -279,245 +90,3 @@ async def test_due_domains_uses_the_partial_index(store: SqliteStore, db_path: P
     assert "SEARCH domains USING INDEX domains_due (next_run_at<?)" in plan
     assert "SCAN" not in plan
     assert "TEMP B-TREE" not in plan
-
-
-# --- events -------------------------------------------------------------------------------
-
-
-async def test_events_after_replays_the_domain_as_of_each_revision(store: SqliteStore) -> None:
-    v1 = await put(store, make_domain("a.example.com"))
-    v2 = await put(store, replace(v1, le_state=LetsEncryptState.CREATING, updated_at=T0 + DAY))
-    async with store.transaction() as tx:
-        info = await tx.add_certificate(
-            NewCertificate("a.example.com", Source.LETS_ENCRYPT, make_cert("a.example.com"), b"k")
-        )
-        v3 = await tx.put_domain(
-            replace(
-                v2,
-                le_cert=info,
-                le_state=LetsEncryptState.IN_USE,
-                serving=Source.LETS_ENCRYPT,
-                updated_at=T0 + 2 * DAY,
-            )
-        )
-    events = await store.events_after(0, 100)
-    assert [e.revision for e in events] == [1, 2, 3]
-    assert [e.type for e in events] == [EventType.DOMAIN_UPDATED] * 3
-    assert [e.domain for e in events] == [v1, v2, v3]
-    assert [e.at for e in events] == [T0, T0 + DAY, T0 + 2 * DAY]
-    assert all(e.domain_name == "a.example.com" for e in events)
-    assert [e.revision for e in await store.events_after(1, 1)] == [2]
-    assert await store.events_after(3, 100) == []
-
-
-async def test_challenge_events_carry_the_token(store: SqliteStore) -> None:
-    async with store.transaction() as tx:
-        revision = await tx.add_challenge_event(
-            "a.example.com", EventType.CHALLENGE_ADDED, "tok", "tok.thumb", T0
-        )
-    (event,) = await store.events_after(0, 10)
-    assert event.revision == revision == 1
-    assert event.type is EventType.CHALLENGE_ADDED
-    assert (event.challenge_token, event.challenge_key_authorization) == ("tok", "tok.thumb")
-    assert event.domain is None
-
-
-async def test_compact_events_drops_old_events_and_keeps_the_newest(
-    store: SqliteStore, db_path: Path
-) -> None:
-    d = await put(store, make_domain("a.example.com"))
-    for i in range(1, 5):
-        d = await put(store, replace(d, updated_at=T0 + i * DAY))  # revisions 2..5
-    assert await store.compacted_through() == 0
-    deleted = await store.compact_events(T0 + 2 * DAY + timedelta(seconds=1))
-    assert deleted == 3
-    assert await store.compacted_through() == 3
-    assert [e.revision for e in await store.events_after(0, 10)] == [4, 5]
-    assert await store.current_revision() == 5
-
-    # everything old: the newest event still stays, so the revision never goes back
-    assert await store.compact_events(T0 + 100 * DAY) == 1
-    assert await store.compacted_through() == 4
-    assert [e.revision for e in await store.events_after(0, 10)] == [5]
-    assert await store.compact_events(T0 + 100 * DAY) == 0
-    assert await store.compacted_through() == 4
-    assert (await put(store, replace(d, updated_at=T0 + 101 * DAY))).revision == 6
-
-
-async def test_compaction_point_and_revision_survive_reopen(db_path: Path) -> None:
-    first = await SqliteStore.open(str(db_path))
-    d = await put(first, make_domain("a.example.com"))
-    await put(first, replace(d, updated_at=T0 + DAY))
-    await first.compact_events(T0 + 10 * DAY)
-    await first.close()
-    second = await SqliteStore.open(str(db_path))
-    try:
-        assert await second.compacted_through() == 1
-        assert await second.current_revision() == 2
-    finally:
-        await second.close()
-
-
-# --- certificates and deletion ------------------------------------------------------------
-
-
-async def test_add_certificate_and_load_key_round_trip(store: SqliteStore) -> None:
-    cert = make_cert("a.example.com", serial="0a")
-    async with store.transaction() as tx:
-        info = await tx.add_certificate(
-            NewCertificate("a.example.com", Source.CUSTOM, cert, b"\x00sealed\xff")
-        )
-    assert info.id > 0
-    assert info == replace(cert, id=info.id, received_at=cert.not_before)  # stored as received
-    assert await store.load_key(info.id) == b"\x00sealed\xff"
-    assert await store.load_key(info.id + 100) is None
-
-
-async def test_delete_domain_removes_certificates_and_writes_a_removed_event(
-    store: SqliteStore, db_path: Path
-) -> None:
-    async with store.transaction() as tx:
-        le = await tx.add_certificate(
-            NewCertificate("a.example.com", Source.LETS_ENCRYPT, make_cert("a.example.com"), b"1")
-        )
-        custom = await tx.add_certificate(
-            NewCertificate("a.example.com", Source.CUSTOM, make_cert("a.example.com", "02"), b"2")
-        )
-        stored = await tx.put_domain(make_domain("a.example.com", le_cert=le, custom_cert=custom))
-        await tx.put_order(
-            PendingOrder("a.example.com", "example.com", ("a.example.com",), b"k", T0)
-        )
-    other = await put(store, make_domain("b.example.com"))
-    assert await store.get_domain("a.example.com") == stored
-
-    async with store.transaction() as tx:
-        revision = await tx.delete_domain(stored)
-    assert revision == 3
-    assert await store.get_domain("a.example.com") is None
-    assert await store.load_key(le.id) is None
-    assert await store.load_key(custom.id) is None
-    assert await store.get_order("a.example.com") is None
-    assert raw(db_path, "SELECT COUNT(*) FROM certificates") == [(0,)]
-    assert await store.get_domain("b.example.com") == other
-    last = (await store.events_after(2, 10))[-1]
-    assert (last.revision, last.type, last.domain_name) == (
-        3,
-        EventType.DOMAIN_REMOVED,
-        "a.example.com",
-    )
-
-
-# --- quotas, orders, meta -----------------------------------------------------------------
-
-
-async def test_quota_usage_counts_issuances_in_the_window_plus_orders_in_flight(
-    store: SqliteStore,
-) -> None:
-    now = T0 + 30 * DAY
-    since = now - timedelta(days=7)
-    inside = since + timedelta(microseconds=1)
-    async with store.transaction() as tx:
-        await tx.record_issuance(
-            "old.example.com", "example.com", ("old.example.com",), "1", since - DAY
-        )
-        await tx.record_issuance("a.example.com", "example.com", ("a.example.com",), "2", inside)
-        await tx.record_issuance(
-            "b.example.com", "example.com", ("b.example.com", "www.b.example.com"), "3", now - DAY
-        )
-        await tx.record_issuance("a.other.org", "other.org", ("a.other.org",), "4", now - DAY)
-        await tx.put_order(
-            PendingOrder(
-                "c.example.com", "example.com", ("c.example.com",), b"k", now - timedelta(hours=1)
-            )
-        )
-        usage = await tx.registered_domain_usage("example.com", since)
-        assert (usage.count, usage.oldest) == (3, inside)
-        names = await tx.name_set_usage(("www.b.example.com", "b.example.com"), since)
-        assert (names.count, names.oldest) == (1, now - DAY)
-        in_flight = await tx.name_set_usage(("c.example.com",), since)
-        assert (in_flight.count, in_flight.oldest) == (1, now - timedelta(hours=1))
-        empty = await tx.registered_domain_usage("nothing.net", since)
-        assert (empty.count, empty.oldest) == (0, None)
-        await tx.delete_order("c.example.com")
-        after = await tx.registered_domain_usage("example.com", since)
-        assert after.count == 2
-
-
-async def test_an_issuance_leaves_the_window_exactly_seven_days_later(store: SqliteStore) -> None:
-    """Consistent with quota.check, whose next free slot is oldest + 7 days."""
-    issued = T0
-    async with store.transaction() as tx:
-        await tx.record_issuance("a.example.com", "example.com", ("a.example.com",), "1", issued)
-        # the window is (since, now]: since = now - 7 days
-        a_microsecond_early = await tx.registered_domain_usage(
-            "example.com", issued - timedelta(microseconds=1)
-        )
-        at_the_slot = await tx.registered_domain_usage("example.com", issued)
-    assert a_microsecond_early.count == 1
-    assert at_the_slot.count == 0
-
-
-async def test_orders_round_trip(store: SqliteStore) -> None:
-    order = PendingOrder(
-        "a.example.com",
-        "example.com",
-        ("a.example.com", "www.a.example.com"),
-        b"sealed",
-        T0,
-        "https://ca/order/1",
-    )
-    async with store.transaction() as tx:
-        await tx.put_order(order)
-        assert await tx.get_order("a.example.com") == order
-    assert await store.get_order("a.example.com") == order
-    async with store.transaction() as tx:
-        await tx.delete_order("a.example.com")
-    assert await store.get_order("a.example.com") is None
-
-
-async def test_meta_round_trip(store: SqliteStore) -> None:
-    assert await store.get_meta("k") is None
-    async with store.transaction() as tx:
-        await tx.set_meta("k", b"one")
-    async with store.transaction() as tx:
-        await tx.set_meta("k", b"two")
-    assert await store.get_meta("k") == b"two"
-
-
-# --- commit listeners ---------------------------------------------------------------------
-
-
-async def test_on_commit_is_called_with_the_newest_revision_after_commit_only(
-    store: SqliteStore,
-) -> None:
-    seen: list[int] = []
-    store.on_commit(seen.append)
-    async with store.transaction() as tx:
-        await tx.put_domain(make_domain("a.example.com"))
-        await tx.put_domain(make_domain("b.example.com"))
-        assert seen == []  # not before the commit
-    assert seen == [2]
-
-    with pytest.raises(Boom):
-        async with store.transaction() as tx:
-            await tx.put_domain(make_domain("c.example.com"))
-            raise Boom
-    assert seen == [2]  # a rollback announces nothing
-
-    async with store.transaction() as tx:
-        await tx.set_meta("k", b"v")  # no event written
-    assert seen == [2]
-
-    await put(store, make_domain("c.example.com"))
-    assert seen == [2, 3]
-
-
-async def test_on_commit_listener_sees_committed_data(store: SqliteStore, db_path: Path) -> None:
-    on_disk: list[list[tuple[object, ...]]] = []
-    store.on_commit(
-        lambda revision: on_disk.append(
-            raw(db_path, "SELECT revision FROM events WHERE revision = ?", (revision,))
-        )
-    )
-    await put(store, make_domain("a.example.com"))
-    assert on_disk == [[(1,)]]

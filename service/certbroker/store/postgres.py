@@ -1,0 +1,951 @@
+"""The store on PostgreSQL, for several brokers sharing one database.
+
+Same contract and row shape as ``certbroker.store.sqlite`` (one codec reads both),
+over ``asyncpg``. Chosen over psycopg 3: it is asyncio-native (no thread hop per
+query, which counts on a busy event loop), its connection pool and LISTEN/NOTIFY
+are built in, and it speaks the binary protocol, so BYTEA and BIGINT come back
+as ``bytes``/``int`` without parsing; psycopg 3's async mode would also do, with
+a separate pool package.
+
+**Revisions in commit order.** An event's id is the global revision watchers
+resume from, so no reader may see N+1 before N is committed. A sequence cannot
+promise that (two transactions take N and N+1, the second commits first). Here
+every write transaction begins by locking the one row of ``revision_counter``
+(``SELECT ... FOR UPDATE``) and keeps the lock until it commits; each event takes
+``value + 1`` from that row in the statement that inserts it. The next writer can
+read the counter only after the previous one committed (or rolled back, undoing
+its increments), so revisions are assigned in commit order and without gaps, and
+``current_revision`` is simply the committed counter. A counter row rather than a
+transaction-scoped advisory lock plus a sequence: the lock would order commits
+just as well, but the sequence would leave holes on rollback and a reader could
+not tell a hole from a revision still committing. Taking the lock when the
+transaction *begins*, not at its first event, also makes each transaction's
+reads current for its writes (an API call and another broker's scheduler never
+interleave on one domain), which is what SQLite's single writer gives: write
+transactions run one at a time across all brokers. They are short (no network
+call to a CA or DNS runs inside one), so that is not the bottleneck of issuance.
+
+**Commits of other brokers.** Each commit that wrote events sends
+``NOTIFY certbroker_events, '<newest revision>'`` (delivered at commit, in commit
+order). A dedicated connection LISTENs; on a notification the store reads the
+names of the new events, drops those rows from its cache, then tells its
+listeners (the ``EventHub``), exactly as for its own commits. The log table stays
+the source of truth: a notification only says "look"; a poll of the counter every
+``poll_interval`` catches anything missed. While the listening connection is
+down the domain cache is off (a change that writes no event, such as a
+compaction, would otherwise go unseen), and it reconnects at the next poll.
+
+**Caches.** Certificate rows never change once written, so their decoded infos
+are cached by id as in SQLite. Domain rows are cached from this broker's commits
+and from reads, and dropped when another broker's event names them; a read only
+fills the cache if nothing was dropped while it ran. A transaction never trusts
+the cache: it reads rows under the counter lock, so they are current.
+
+**Room for leases** (several brokers working due domains): a claim/lease table
+or columns outside ``codec.DOMAIN_COLUMNS`` can be written by short transactions
+that take row locks (``FOR UPDATE SKIP LOCKED``) without the counter lock; the
+domain upsert here writes only ``DOMAIN_COLUMNS`` and would leave them alone.
+
+Deleted certificate rows (and their sealed keys) stay in the table's pages as dead
+tuples until (auto)vacuum reclaims them; SQLite's ``secure_delete`` has no
+PostgreSQL equivalent, and the keys are sealed under the KEK either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from datetime import datetime
+from importlib import resources
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+
+import asyncpg
+
+from certbroker.errors import Unavailable
+from certbroker.model import CertificateInfo, Domain, Event, EventType
+from certbroker.store.base import NewCertificate, PendingOrder, QuotaUsage, names_key
+from certbroker.store.codec import (
+    DOMAIN_COLUMNS,
+    certificate_from_row,
+    domain_from_row,
+    domain_to_row,
+    from_micros,
+    must_time,
+    to_micros,
+)
+
+log = logging.getLogger(__name__)
+
+EVENTS_CHANNEL = "certbroker_events"  # payload: the newest revision a commit wrote
+STORE_CHANNEL = "certbroker_store"  # payload: "compacted <revision>"
+POLL_INTERVAL = 2.0  # seconds between safety-net polls of the counter
+POOL_SIZE = 10
+# Session settings of every connection: a broker that hangs inside a transaction
+# (stopped, partitioned) must not hold the counter lock, and so every other
+# broker's writes, for longer than this; a dead peer is noticed by keepalives.
+SERVER_SETTINGS = {
+    "idle_in_transaction_session_timeout": "60s",
+    "lock_timeout": "30s",
+    "tcp_keepalives_idle": "30",
+    "tcp_keepalives_interval": "10",
+    "tcp_keepalives_count": "3",
+    "application_name": "certbroker",
+}
+_MIGRATION_LOCK = 0x63657274  # pg_advisory_lock key: one migrator at a time ("cert")
+_CACHE_LIMIT = 200_000
+_CERTIFICATE_CACHE_LIMIT = 2 * _CACHE_LIMIT
+_CHALLENGE_EVENTS = frozenset({EventType.CHALLENGE_ADDED.value, EventType.CHALLENGE_REMOVED.value})
+_DOMAIN_SELECT = f"SELECT {', '.join(DOMAIN_COLUMNS)} FROM domains"  # noqa: S608
+_CERT_SELECT = (
+    "SELECT id, chain_pem, sans_json, subject, issuer, serial, not_before, not_after, "
+    "fingerprint, key_algorithm, created_at FROM certificates"
+)
+# One round trip: open the transaction and take the writers' lock.
+_BEGIN = "BEGIN; SELECT value FROM revision_counter WHERE id = 1 FOR UPDATE"
+_NEXT_REVISION = "UPDATE revision_counter SET value = value + 1 WHERE id = 1 RETURNING value"
+_EVENT_COLUMNS = "revision, type, domain, payload, challenge_token, challenge_keyauth, at"
+
+
+def _put_domain_sql() -> str:
+    """Counter, event and row in one statement: writes are serialised, round trips count."""
+    columns = ", ".join(DOMAIN_COLUMNS)
+    numbers = iter(range(5, 5 + len(DOMAIN_COLUMNS)))
+    values = ", ".join(
+        "(SELECT revision FROM event)" if column == "revision" else f"${next(numbers)}"
+        for column in DOMAIN_COLUMNS
+    )
+    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in DOMAIN_COLUMNS if c != "name")
+    return (
+        f"WITH counter AS ({_NEXT_REVISION}), event AS ("  # noqa: S608 (column names only)
+        f" INSERT INTO events ({_EVENT_COLUMNS})"
+        " SELECT value, $1::text, $2::text, $3::text, '', '', $4::bigint FROM counter"
+        " RETURNING revision)"
+        f" INSERT INTO domains ({columns}) VALUES ({values})"
+        f" ON CONFLICT (name) DO UPDATE SET {updates} RETURNING revision"
+    )
+
+
+_PUT_DOMAIN = _put_domain_sql()
+_APPEND_EVENT = (
+    f"WITH counter AS ({_NEXT_REVISION}) INSERT INTO events ({_EVENT_COLUMNS})"  # noqa: S608
+    " SELECT value, $1::text, $2::text, $3::text, $4::text, $5::text, $6::bigint FROM counter"
+    " RETURNING revision"
+)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+if TYPE_CHECKING:  # asyncpg's classes are generic in its stubs only
+    Conn = asyncpg.pool.PoolConnectionProxy[asyncpg.Record]
+    Reader = asyncpg.Pool[asyncpg.Record] | Conn
+
+# Errors that mean "the database cannot answer now", not "this is a bug".
+_TRANSIENT: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+    asyncpg.exceptions.LockNotAvailableError,
+    asyncpg.exceptions.TransactionRollbackError,
+    asyncpg.exceptions.IdleInTransactionSessionTimeoutError,
+    TimeoutError,
+)
+
+
+class StoreUnavailableError(Unavailable):
+    reason = "STORE_UNAVAILABLE"
+
+
+def _unavailable(error: BaseException) -> StoreUnavailableError:
+    return StoreUnavailableError(
+        f"the broker's database cannot answer now ({type(error).__name__}); try again shortly"
+    )
+
+
+def _translated(fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
+    """Run ``fn``, raising ``Unavailable`` in place of a lost connection or a lock timeout."""
+
+    @functools.wraps(fn)
+    async def call(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await fn(*args, **kwargs)
+        except _TRANSIENT as error:
+            raise _unavailable(error) from error
+
+    return call
+
+
+def _migrations() -> list[tuple[int, str]]:
+    folder = resources.files("certbroker.store") / "migrations" / "postgres"
+    found = []
+    for entry in folder.iterdir():
+        if entry.name.endswith(".sql"):
+            found.append((int(entry.name.split("_", 1)[0]), entry.read_text()))
+    return sorted(found)
+
+
+async def migrate(conn: Conn | asyncpg.Connection[asyncpg.Record]) -> list[int]:
+    """Apply the numbered ``migrations/postgres/*.sql`` not applied yet; returns those applied.
+
+    Under a session advisory lock, so brokers starting together migrate once;
+    each file in its own transaction (PostgreSQL's DDL is transactional).
+    """
+    await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+    try:
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations "
+            "(version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+        )
+        applied = {row[0] for row in await conn.fetch("SELECT version FROM schema_migrations")}
+        done = []
+        for version, sql in _migrations():
+            if version in applied:
+                continue
+            log.info("applying PostgreSQL migration %03d", version)
+            async with conn.transaction():
+                await conn.execute(sql)
+                await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
+            done.append(version)
+        return done
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
+
+
+async def _keep_session(conn: asyncpg.Connection[asyncpg.Record]) -> None:
+    """Pool reset: nothing to undo (no session state is ever changed), so no round trip.
+
+    asyncpg still rolls back a transaction left open before calling this.
+    """
+
+
+class PostgresStore:
+    def __init__(
+        self,
+        dsn: str,
+        pool: asyncpg.Pool[asyncpg.Record],
+        revision: int,
+        compacted: int,
+        *,
+        poll_interval: float = POLL_INTERVAL,
+        certificate_cache: int = _CERTIFICATE_CACHE_LIMIT,
+    ) -> None:
+        self._dsn = dsn
+        self._pool = pool
+        self._poll_interval = poll_interval
+        self._write_lock = asyncio.Lock()  # one writer per broker waits on the database lock
+        self._listeners: list[Callable[[int], None]] = []
+        self._domains: dict[str, Domain] = {}
+        self._certificates: OrderedDict[int, CertificateInfo] = OrderedDict()
+        self._certificate_cache = certificate_cache
+        self._compacted = compacted
+        self._swept = False  # compact_certificates has looked for unmarked retired rows
+        # Other brokers' commits: the newest revision heard of, and the newest whose
+        # domains this cache has caught up with (dropped the rows they changed).
+        self._heard = revision
+        self._seen = revision
+        self._announced = revision  # the newest revision told to the commit listeners
+        self._generation = 0  # bumped whenever cached rows are dropped
+        self._listener: asyncpg.Connection[asyncpg.Record] | None = None
+        self._kick = asyncio.Event()
+        self._sync_task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @classmethod
+    async def open(
+        cls,
+        dsn: str,
+        *,
+        pool_size: int = POOL_SIZE,
+        poll_interval: float = POLL_INTERVAL,
+        certificate_cache: int = _CERTIFICATE_CACHE_LIMIT,
+    ) -> PostgresStore:
+        """Connect, apply pending migrations, start listening; return the store."""
+        pool = await asyncpg.create_pool(
+            dsn,
+            min_size=1,
+            max_size=pool_size,
+            reset=_keep_session,
+            server_settings=SERVER_SETTINGS,
+        )
+        try:
+            async with pool.acquire() as conn:
+                await migrate(conn)
+                revision = int(await conn.fetchval("SELECT value FROM revision_counter"))
+                raw = await conn.fetchval("SELECT value FROM meta WHERE key = 'compacted_through'")
+            store = cls(
+                dsn,
+                pool,
+                revision,
+                int(bytes(raw).decode()) if raw else 0,
+                poll_interval=poll_interval,
+                certificate_cache=certificate_cache,
+            )
+            await store._listen()
+        except BaseException:
+            await pool.close()
+            raise
+        store._sync_task = asyncio.create_task(store._sync_loop(), name="postgres-store-sync")
+        return store
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._sync_task is not None:
+            self._sync_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sync_task
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(listener.close(), 5)
+        try:
+            await asyncio.wait_for(self._pool.close(), 10)
+        except TimeoutError:
+            self._pool.terminate()
+
+    def on_commit(self, listener: Callable[[int], None]) -> None:
+        self._listeners.append(listener)
+
+    def _announce(self, revision: int) -> None:
+        for listener in self._listeners:
+            listener(revision)
+
+    # -- writes ------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[_PostgresTransaction]:
+        async with self._write_lock:
+            try:
+                async with self._pool.acquire() as conn:
+                    await conn.execute(_BEGIN)
+                    tx = _PostgresTransaction(self, conn)
+                    try:
+                        yield tx
+                        if tx.last_revision:  # delivered at commit, in commit order
+                            await conn.execute(
+                                f"NOTIFY {EVENTS_CHANNEL}, '{int(tx.last_revision)}'; COMMIT"
+                            )
+                        else:
+                            await conn.execute("COMMIT")
+                    except BaseException:
+                        if not conn.is_closed():
+                            try:
+                                await conn.execute("ROLLBACK")
+                            except Exception:  # a broken connection: the pool replaces it
+                                conn.terminate()
+                        raise
+            except _TRANSIENT as error:
+                raise _unavailable(error) from error
+            self._committed(tx)
+        if tx.last_revision:
+            self._announced = max(self._announced, tx.last_revision)
+            self._announce(tx.last_revision)
+
+    def _committed(self, tx: _PostgresTransaction) -> None:
+        """Under the write lock, after COMMIT: the rows written are the newest there are."""
+        self._generation += 1
+        for cert_id in tx.removed_certificates:
+            self._certificates.pop(cert_id, None)
+        for name in tx.removed:
+            self._domains.pop(name, None)
+        if self._listener is not None:  # otherwise the cache is off, see _sync_loop
+            if len(self._domains) > _CACHE_LIMIT:
+                self._domains.clear()
+            self._domains.update(tx.written)
+        if tx.first_revision and tx.first_revision == self._seen + 1:
+            self._seen = self._heard = max(self._heard, tx.last_revision)
+        elif tx.last_revision:
+            # another broker committed since this cache last caught up: catch up
+            self._heard = max(self._heard, tx.last_revision)
+            self._kick.set()
+
+    # -- other brokers' commits --------------------------------------------------------
+
+    async def _listen(self) -> None:
+        conn = await asyncpg.connect(self._dsn, server_settings=SERVER_SETTINGS)
+        try:
+            await conn.add_listener(EVENTS_CHANNEL, self._on_events)
+            await conn.add_listener(STORE_CHANNEL, self._on_store)
+        except BaseException:
+            await conn.close()
+            raise
+        conn.add_termination_listener(self._on_listener_lost)
+        self._listener = conn
+
+    def _on_events(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
+        try:
+            revision = int(str(payload))
+        except ValueError:
+            return
+        if revision > self._heard:
+            self._heard = revision
+            self._kick.set()
+
+    def _on_store(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
+        what, _, value = str(payload).partition(" ")
+        if what == "compacted" and value.isdigit():
+            self._compacted = max(self._compacted, int(value))
+
+    def _on_listener_lost(self, _conn: object) -> None:
+        if self._closed:
+            return
+        log.warning("lost the PostgreSQL LISTEN connection; reconnecting (cache off until then)")
+        self._listener = None
+        self._drop_all()
+        self._kick.set()
+
+    def _drop_all(self) -> None:
+        self._domains.clear()
+        self._generation += 1
+
+    async def _sync_loop(self) -> None:
+        """Catch up on other brokers' commits: on a notification, else every poll interval."""
+        while True:
+            polled = False
+            try:
+                async with asyncio.timeout(self._poll_interval):
+                    await self._kick.wait()
+            except TimeoutError:
+                polled = True
+            self._kick.clear()
+            try:
+                if polled or self._listener is None:
+                    await self._poll()
+                if self._heard > self._seen:
+                    await self._catch_up()
+            except Exception as error:  # the next round tries again
+                log.warning("catching up with the database failed: %s", error)
+                self._kick.clear()
+                await asyncio.sleep(min(self._poll_interval, 1.0))
+
+    async def _poll(self) -> None:
+        if self._listener is None or self._listener.is_closed():
+            self._listener = None
+            await self._listen()
+            self._drop_all()  # anything may have changed unseen meanwhile
+            log.info("listening for PostgreSQL notifications again")
+        row = await self._pool.fetchrow(
+            "SELECT value, (SELECT value FROM meta WHERE key = 'compacted_through') "
+            "FROM revision_counter"
+        )
+        assert row is not None
+        self._heard = max(self._heard, int(row[0]))
+        if row[1]:
+            self._compacted = max(self._compacted, int(bytes(row[1]).decode()))
+
+    async def _catch_up(self) -> None:
+        """Drop the cached rows that events after ``_seen`` changed, then tell the listeners."""
+        while self._seen < self._heard:
+            rows = await self._pool.fetch(
+                "SELECT revision, type, domain FROM events WHERE revision > $1 "
+                "ORDER BY revision LIMIT 1000",
+                self._seen,
+            )
+            if not rows:
+                break
+            if rows[0]["revision"] != self._seen + 1:
+                self._drop_all()  # compacted before we read them: we cannot know what changed
+            dropped = False
+            for row in rows:
+                if row["type"] in _CHALLENGE_EVENTS:
+                    continue
+                cached = self._domains.get(row["domain"])
+                if cached is not None and cached.revision < row["revision"]:
+                    del self._domains[row["domain"]]
+                    dropped = True
+            if dropped:
+                self._generation += 1
+            self._seen = max(self._seen, int(rows[-1]["revision"]))
+        self._heard = max(self._heard, self._seen)
+        if self._seen > self._announced:
+            self._announced = self._seen
+            self._announce(self._seen)
+
+    # -- certificates and the cache ----------------------------------------------------
+
+    async def certificate(
+        self, cert_id: int | None, conn: Reader | None = None
+    ) -> CertificateInfo | None:
+        if cert_id is None:
+            return None
+        cached = self._certificates.get(cert_id)
+        if cached is not None:
+            self._certificates.move_to_end(cert_id)
+            return cached
+        row = await (conn or self._pool).fetchrow(f"{_CERT_SELECT} WHERE id = $1", cert_id)
+        if row is None:
+            return None
+        info = certificate_from_row(row)
+        self.remember_certificate(info)
+        return info
+
+    def remember_certificate(self, info: CertificateInfo) -> None:
+        """Cache ``info``, dropping the least recently used beyond the bound."""
+        self._certificates[info.id] = info
+        self._certificates.move_to_end(info.id)
+        while len(self._certificates) > self._certificate_cache:
+            self._certificates.popitem(last=False)
+
+    def cached_certificate_ids(self) -> list[int]:
+        """Certificates whose info is held in memory, least recently used first."""
+        return list(self._certificates)
+
+    async def decode_domain(self, row: Any, conn: Reader | None = None) -> Domain:
+        found = {}
+        for column in ("le_cert_id", "custom_cert_id"):
+            if row[column] is not None:
+                found[row[column]] = await self.certificate(row[column], conn)
+        return domain_from_row(row, found.get)
+
+    def cached_domain(self, name: str) -> Domain | None:
+        return self._domains.get(name)
+
+    # -- reads -------------------------------------------------------------------------
+
+    @_translated
+    async def get_domain(self, name: str) -> Domain | None:
+        cached = self._domains.get(name)
+        if cached is not None:
+            return cached
+        generation = self._generation
+        row = await self._pool.fetchrow(f"{_DOMAIN_SELECT} WHERE name = $1", name)
+        if row is None:
+            return None
+        domain = await self.decode_domain(row)
+        # Only if nothing was dropped or written meanwhile: the row may be older than that.
+        if (
+            generation == self._generation
+            and self._listener is not None
+            and len(self._domains) < _CACHE_LIMIT
+        ):
+            self._domains.setdefault(name, domain)
+        return domain
+
+    @_translated
+    async def list_domains(self, app: str | None, after: str, limit: int) -> list[Domain]:
+        if app:
+            rows = await self._pool.fetch(
+                f"{_DOMAIN_SELECT} WHERE app = $1 AND name > $2 ORDER BY name LIMIT $3",
+                app,
+                after,
+                limit,
+            )
+        else:
+            rows = await self._pool.fetch(
+                f"{_DOMAIN_SELECT} WHERE name > $1 ORDER BY name LIMIT $2", after, limit
+            )
+        return [await self.decode_domain(row) for row in rows]
+
+    @_translated
+    async def due_domains(self, now: datetime, limit: int) -> list[Domain]:
+        rows = await self._pool.fetch(
+            f"{_DOMAIN_SELECT} WHERE next_run_at <= $1 ORDER BY next_run_at LIMIT $2",
+            to_micros(now),
+            limit,
+        )
+        return [await self.decode_domain(row) for row in rows]
+
+    @_translated
+    async def due_names(
+        self, now: datetime, limit: int, exclude: Collection[str] = ()
+    ) -> list[str]:
+        rows = await self._pool.fetch(
+            "SELECT name FROM domains WHERE next_run_at <= $1 AND name <> ALL($2::text[]) "
+            "ORDER BY next_run_at LIMIT $3",
+            to_micros(now),
+            list(exclude),
+            limit,
+        )
+        return [row[0] for row in rows]
+
+    @_translated
+    async def next_due_time(self, exclude: Collection[str] = ()) -> datetime | None:
+        value = await self._pool.fetchval(
+            "SELECT MIN(next_run_at) FROM domains WHERE name <> ALL($1::text[])", list(exclude)
+        )
+        return from_micros(value)
+
+    @_translated
+    async def events_after(self, revision: int, limit: int) -> list[Event]:
+        rows = await self._pool.fetch(
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE revision > $1 "  # noqa: S608
+            "ORDER BY revision LIMIT $2",
+            revision,
+            limit,
+        )
+        if rows and rows[0]["revision"] != revision + 1 and revision >= self._compacted:
+            # Revisions have no gaps: a missing one was compacted, maybe by another broker
+            # a moment ago. Say nothing rather than skip it; the hub then re-checks
+            # ``compacted_through`` and tells the watcher to re-snapshot.
+            await self._refresh_compacted()
+            if revision < self._compacted:
+                return []
+        events = []
+        for row in rows:
+            domain = None
+            if row["payload"]:
+                payload = json.loads(row["payload"])
+                if row["type"] == EventType.DOMAIN_UPDATED.value:
+                    payload["revision"] = row["revision"]  # see put_domain
+                domain = await self.decode_domain(payload)
+            events.append(
+                Event(
+                    revision=row["revision"],
+                    type=EventType(row["type"]),
+                    domain_name=row["domain"],
+                    domain=domain,
+                    at=must_time(row["at"]),
+                    challenge_token=row["challenge_token"],
+                    challenge_key_authorization=row["challenge_keyauth"],
+                )
+            )
+        return events
+
+    async def _refresh_compacted(self) -> None:
+        raw = await self._pool.fetchval("SELECT value FROM meta WHERE key = 'compacted_through'")
+        if raw:
+            self._compacted = max(self._compacted, int(bytes(raw).decode()))
+
+    @_translated
+    async def current_revision(self) -> int:
+        return int(await self._pool.fetchval("SELECT value FROM revision_counter WHERE id = 1"))
+
+    async def compacted_through(self) -> int:
+        """Kept current by this broker's compactions, other brokers' notifications and polls."""
+        return self._compacted
+
+    @_translated
+    async def compact_events(self, before: datetime) -> int:
+        """Drop events older than ``before``; the newest stays so revisions keep growing."""
+        async with self._locked() as conn:
+            through = await conn.fetchval(
+                "SELECT MAX(revision) FROM events WHERE at < $1 AND revision < "
+                "(SELECT MAX(revision) FROM events)",
+                to_micros(before),
+            )
+            if through is None:
+                return 0
+            status = await conn.execute("DELETE FROM events WHERE revision <= $1", through)
+            await conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('compacted_through', $1) "
+                "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                str(through).encode(),
+            )
+            await conn.execute(f"NOTIFY {STORE_CHANNEL}, 'compacted {int(through)}'")
+        self._compacted = max(self._compacted, int(through))
+        return int(status.split()[-1])
+
+    @asynccontextmanager
+    async def _locked(self) -> AsyncIterator[Conn]:
+        """A write transaction outside ``transaction()`` (housekeeping), under the same lock."""
+        async with self._write_lock, self._pool.acquire() as conn:
+            await conn.execute(_BEGIN)
+            try:
+                yield conn
+            except BaseException:
+                if not conn.is_closed():
+                    with contextlib.suppress(Exception):
+                        await conn.execute("ROLLBACK")
+                raise
+            await conn.execute("COMMIT")
+
+    @_translated
+    async def compact_certificates(self, before: datetime, now: datetime) -> int:
+        """Delete certificates, with their sealed keys, retired before ``before``.
+
+        The same rules as SQLite's (``SqliteStore.compact_certificates``): retired,
+        past the retention, and every event from before the retirement compacted.
+        """
+        async with self._locked() as conn:
+            if not self._swept:  # once per start: every certificate row is visited
+                await _mark_unnamed(conn, now)
+            raw = await conn.fetchval("SELECT value FROM meta WHERE key = 'compacted_through'")
+            compacted = int(bytes(raw).decode()) if raw else 0
+            rows = await conn.fetch(
+                "DELETE FROM certificates WHERE retired_at < $1 AND retired_revision <= $2 "
+                "RETURNING id",
+                to_micros(before),
+                compacted + 1,
+            )
+        self._swept = True
+        for row in rows:
+            self._certificates.pop(int(row[0]), None)
+        return len(rows)
+
+    @_translated
+    async def load_key(self, certificate_id: int) -> bytes | None:
+        value = await self._pool.fetchval(
+            "SELECT key_sealed FROM certificates WHERE id = $1", certificate_id
+        )
+        return bytes(value) if value is not None else None
+
+    @_translated
+    async def get_order(self, domain: str) -> PendingOrder | None:
+        return await _get_order(self._pool, domain)
+
+    @_translated
+    async def get_meta(self, key: str) -> bytes | None:
+        value = await self._pool.fetchval("SELECT value FROM meta WHERE key = $1", key)
+        return bytes(value) if value is not None else None
+
+
+async def _mark_unnamed(conn: Conn, now: datetime) -> None:
+    """Retire, as of ``now``, rows no domain names that carry no mark (an older version's)."""
+    newest = await conn.fetchval("SELECT COALESCE(MAX(revision), 0) FROM events")
+    await conn.execute(
+        "UPDATE certificates SET retired_at = $1, retired_revision = $2 "
+        "WHERE retired_at IS NULL AND NOT EXISTS (SELECT 1 FROM domains d "
+        "WHERE d.name = certificates.domain "
+        "AND certificates.id IN (d.le_cert_id, d.custom_cert_id))",
+        to_micros(now),
+        newest,
+    )
+
+
+async def _get_order(conn: Reader, domain: str) -> PendingOrder | None:
+    row = await conn.fetchrow(
+        "SELECT domain, registered_domain, names_json, key_sealed, order_url, started_at "
+        "FROM orders WHERE domain = $1",
+        domain,
+    )
+    if row is None:
+        return None
+    return PendingOrder(
+        domain=row["domain"],
+        registered_domain=row["registered_domain"],
+        names=tuple(json.loads(row["names_json"])),
+        key_sealed=bytes(row["key_sealed"]),
+        order_url=row["order_url"],
+        started_at=must_time(row["started_at"]),
+    )
+
+
+async def _usage(conn: Reader, column: str, value: str, since: datetime) -> QuotaUsage:
+    order_column = "names_key" if column == "names_key" else "registered_domain"
+    row = await conn.fetchrow(
+        f"SELECT COUNT(*), MIN(at) FROM ("  # noqa: S608 (column names only)
+        f" SELECT issued_at AS at FROM issuances WHERE {column} = $1 AND issued_at > $2"
+        f" UNION ALL SELECT started_at AS at FROM orders WHERE {order_column} = $1) AS used",
+        value,
+        to_micros(since),
+    )
+    assert row is not None
+    return QuotaUsage(count=int(row[0]), oldest=from_micros(row[1]))
+
+
+class _PostgresTransaction:
+    """One write transaction, holding the counter lock from its first statement to COMMIT."""
+
+    def __init__(self, store: PostgresStore, conn: Conn) -> None:
+        self._store = store
+        self._conn = conn
+        self.written: dict[str, Domain] = {}
+        self.read: dict[str, Domain | None] = {}
+        self.removed: set[str] = set()
+        self.removed_certificates: set[int] = set()
+        self.first_revision = 0
+        self.last_revision = 0
+
+    def _wrote(self, revision: int) -> int:
+        self.first_revision = self.first_revision or revision
+        self.last_revision = revision
+        return revision
+
+    async def get_domain(self, name: str) -> Domain | None:
+        if name in self.written:
+            return self.written[name]
+        if name in self.removed:
+            return None
+        # Read, not taken from the cache: another broker may have written it since.
+        row = await self._conn.fetchrow(f"{_DOMAIN_SELECT} WHERE name = $1", name)
+        found = None if row is None else await self._store.decode_domain(row, self._conn)
+        self.read[name] = found
+        return found
+
+    async def put_domain(
+        self, domain: Domain, event: EventType = EventType.DOMAIN_UPDATED
+    ) -> Domain:
+        # The payload leaves the revision out: it is the event's own id, filled in when read.
+        payload = json.dumps(domain_to_row(replace(domain, revision=0)))
+        row = domain_to_row(domain)
+        revision = await self._conn.fetchval(
+            _PUT_DOMAIN,
+            event.value,
+            domain.name,
+            payload,
+            to_micros(domain.updated_at),
+            *(row[c] for c in DOMAIN_COLUMNS if c != "revision"),
+        )
+        stored = replace(domain, revision=self._wrote(int(revision)))
+        await self._retire_replaced(stored)
+        self.written[domain.name] = stored
+        self.removed.discard(domain.name)
+        return stored
+
+    async def _retire_replaced(self, domain: Domain) -> None:
+        """Mark the certificates this write stops naming: their keys' retention starts now.
+
+        Skipped when the previous row was read in this transaction (so it is current)
+        and named no other certificate: an ordinary write costs no extra statement.
+        """
+        kept = [c.id for c in (domain.le_cert, domain.custom_cert) if c is not None]
+        name = domain.name
+        known = name in self.written or name in self.read or name in self.removed
+        previous = self.written.get(name) or (None if name in self.removed else self.read.get(name))
+        if known and (
+            previous is None
+            or all(c.id in kept for c in (previous.le_cert, previous.custom_cert) if c is not None)
+        ):
+            return
+        await self._conn.execute(
+            "UPDATE certificates SET retired_at = $1, retired_revision = $2 "
+            "WHERE domain = $3 AND retired_at IS NULL AND id <> ALL($4::bigint[])",
+            to_micros(domain.updated_at),
+            domain.revision,
+            name,
+            kept,
+        )
+
+    async def _append_event(
+        self,
+        event: EventType,
+        name: str,
+        payload: str | None,
+        at: datetime,
+        token: str = "",
+        key_authorization: str = "",
+    ) -> int:
+        revision = await self._conn.fetchval(
+            _APPEND_EVENT, event.value, name, payload, token, key_authorization, to_micros(at)
+        )
+        return self._wrote(int(revision))
+
+    async def delete_domain(self, domain: Domain) -> int:
+        revision = await self._append_event(
+            EventType.DOMAIN_REMOVED,
+            domain.name,
+            json.dumps(domain_to_row(domain)),
+            domain.updated_at,
+        )
+        await self._conn.execute("DELETE FROM domains WHERE name = $1", domain.name)
+        await self._conn.execute("DELETE FROM orders WHERE domain = $1", domain.name)
+        gone = await self._conn.fetch(
+            "DELETE FROM certificates WHERE domain = $1 RETURNING id", domain.name
+        )
+        self.removed_certificates.update(int(row[0]) for row in gone)
+        self.written.pop(domain.name, None)
+        self.removed.add(domain.name)
+        return revision
+
+    async def add_certificate(self, certificate: NewCertificate) -> CertificateInfo:
+        info = certificate.info
+        cert_id = await self._conn.fetchval(
+            "INSERT INTO certificates (domain, source, chain_pem, key_sealed, sans_json, subject, "
+            "issuer, serial, not_before, not_after, fingerprint, key_algorithm, created_at) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id",
+            certificate.domain,
+            certificate.source.value,
+            info.chain_pem,
+            certificate.key_sealed,
+            json.dumps(list(info.sans)),
+            info.subject,
+            info.issuer,
+            info.serial,
+            to_micros(info.not_before),
+            to_micros(info.not_after),
+            info.sha256_fingerprint,
+            info.key_algorithm,
+            to_micros(info.received_at or info.not_before),
+        )
+        # what a reload gives back: created_at is the receipt time (notBefore if unknown)
+        stored = replace(info, id=int(cert_id), received_at=info.received_at or info.not_before)
+        self._store.remember_certificate(stored)
+        return stored
+
+    async def record_issuance(
+        self,
+        domain: str,
+        registered_domain: str,
+        names: tuple[str, ...],
+        serial: str,
+        at: datetime,
+    ) -> None:
+        await self._conn.execute(
+            "INSERT INTO issuances (domain, registered_domain, names_key, serial, issued_at) "
+            "VALUES ($1, $2, $3, $4, $5)",
+            domain,
+            registered_domain,
+            names_key(names),
+            serial,
+            to_micros(at),
+        )
+
+    async def registered_domain_usage(self, registered_domain: str, since: datetime) -> QuotaUsage:
+        return await _usage(self._conn, "registered_domain", registered_domain, since)
+
+    async def name_set_usage(self, names: tuple[str, ...], since: datetime) -> QuotaUsage:
+        return await _usage(self._conn, "names_key", names_key(names), since)
+
+    async def get_order(self, domain: str) -> PendingOrder | None:
+        return await _get_order(self._conn, domain)
+
+    async def put_order(self, order: PendingOrder) -> None:
+        await self._conn.execute(
+            "INSERT INTO orders (domain, registered_domain, names_key, names_json, key_sealed, "
+            "order_url, started_at) VALUES ($1, $2, $3, $4, $5, $6, $7) "
+            "ON CONFLICT (domain) DO UPDATE SET registered_domain = EXCLUDED.registered_domain, "
+            "names_key = EXCLUDED.names_key, names_json = EXCLUDED.names_json, "
+            "key_sealed = EXCLUDED.key_sealed, order_url = EXCLUDED.order_url, "
+            "started_at = EXCLUDED.started_at",
+            order.domain,
+            order.registered_domain,
+            names_key(order.names),
+            json.dumps(list(order.names)),
+            order.key_sealed,
+            order.order_url,
+            to_micros(order.started_at),
+        )
+
+    async def delete_order(self, domain: str) -> None:
+        await self._conn.execute("DELETE FROM orders WHERE domain = $1", domain)
+
+    async def add_challenge_event(
+        self, domain: str, event: EventType, token: str, key_authorization: str, at: datetime
+    ) -> int:
+        return await self._append_event(event, domain, None, at, token, key_authorization)
+
+    async def domains_under(self, base: str, other_than_app: str) -> list[Domain]:
+        # A scan (no index finds names by suffix); only adding a wildcard asks.
+        suffix = f".{base}"
+        rows = await self._conn.fetch(
+            f"{_DOMAIN_SELECT} WHERE app <> $1 AND right(name, $2) = $3",
+            other_than_app,
+            len(suffix),
+            suffix,
+        )
+        return [await self._store.decode_domain(row, self._conn) for row in rows]
+
+    async def ensure_meta(self, key: str, value: bytes) -> bytes:
+        await self._conn.execute(
+            "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+            key,
+            value,
+        )
+        stored = await self._conn.fetchval("SELECT value FROM meta WHERE key = $1", key)
+        assert stored is not None
+        return bytes(stored)
+
+    async def set_meta(self, key: str, value: bytes) -> None:
+        await self._conn.execute(
+            "INSERT INTO meta (key, value) VALUES ($1, $2) "
+            "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+            key,
+            value,
+        )
