@@ -216,6 +216,17 @@ def _transport(s: Settings) -> None:
         )
 
 
+def _db(name: str, raw: str) -> str:
+    """A file path, ``sqlite:PATH`` or ``postgresql://…`` (``certbroker.store.factory``)."""
+    from certbroker.store.factory import parse, redact
+
+    try:
+        parse(raw)
+    except ValueError as error:
+        raise ConfigError(f"{name}={redact(raw.strip())!r}: {error}") from None
+    return raw.strip()
+
+
 def _list(raw: str) -> list[str]:
     return [item for item in re.split(r"[,\s]+", raw.strip()) if item]
 
@@ -308,8 +319,9 @@ class Settings:
             values["listen"] = raw.strip()
         if (raw := get("CERTBROKER_ACME_DIRECTORY")) is not None:
             values["acme_directory"] = _acme_directory(raw)
+        if (raw := get("CERTBROKER_DB")) is not None:
+            values["db"] = _db("CERTBROKER_DB", raw)
         for attr, name in (
-            ("db", "CERTBROKER_DB"),
             ("acme_ca_bundle", "CERTBROKER_ACME_CA_BUNDLE"),
             ("acme_email", "CERTBROKER_ACME_EMAIL"),
             ("trust_bundle", "CERTBROKER_TRUST_BUNDLE"),

@@ -50,10 +50,11 @@ from certbroker.rlimits import raise_open_files_limit
 from certbroker.routers import RouterRegistry
 from certbroker.scheduler import Policy, Scheduler
 from certbroker.startup import StartupError, bind, describe
+from certbroker.store import factory
 from certbroker.store.acme_account import StoredAccount
+from certbroker.store.base import Store
 from certbroker.store.delegation_secret import load_label_key
 from certbroker.store.lock import DatabaseBusy, DatabaseLock
-from certbroker.store.sqlite import SqliteStore
 from certbroker.telemetry import server_interceptor, tracer_provider
 from certbroker.v1 import broker_pb2
 from certbroker.x509.files import PemFileError, check_server_tls
@@ -85,7 +86,7 @@ class Running:
 
     settings: Settings
     port: int
-    store: SqliteStore
+    store: Store
     hub: EventHub
     broker: Broker
     server: grpc.aio.Server
@@ -117,7 +118,7 @@ class Running:
             self.tracing.shutdown()  # flushes the spans still queued
 
 
-async def _open_sealer(settings: Settings, store: SqliteStore) -> KeySealer:
+async def _open_sealer(settings: Settings, store: Store) -> KeySealer:
     """Load the KEK; on a brand-new store with no KEK file, create one.
 
     A store that already holds sealed data never gets a fresh KEK: that would
@@ -141,18 +142,19 @@ async def _open_sealer(settings: Settings, store: SqliteStore) -> KeySealer:
     except KekError as error:
         raise StartupError(f"CERTBROKER_KEK_FILE: {error}") from None
     if canary is None:
+        # ensure, not set: brokers starting together on a new shared database keep the
+        # first one's canary, and one started with another KEK is refused just below
         async with store.transaction() as tx:
-            await tx.set_meta(_CANARY_KEY, sealer.seal(_CANARY_TEXT, _CANARY_AAD))
-    else:
-        try:
-            sealer.open(canary, _CANARY_AAD)
-        except KekError:
-            sealed_by = KeySealer.blob_key_id(canary) or "unknown"
-            raise StartupError(
-                f"CERTBROKER_KEK_FILE={settings.kek_file}: this is not the key-encryption key "
-                f"the database was sealed with (this one's id is {sealer.key_id}, the "
-                f"database's {sealed_by}); restore the original key file"
-            ) from None
+            canary = await tx.ensure_meta(_CANARY_KEY, sealer.seal(_CANARY_TEXT, _CANARY_AAD))
+    try:
+        sealer.open(canary, _CANARY_AAD)
+    except KekError:
+        sealed_by = KeySealer.blob_key_id(canary) or "unknown"
+        raise StartupError(
+            f"CERTBROKER_KEK_FILE={settings.kek_file}: this is not the key-encryption key "
+            f"the database was sealed with (this one's id is {sealer.key_id}, the "
+            f"database's {sealed_by}); restore the original key file"
+        ) from None
     return sealer
 
 
@@ -174,7 +176,7 @@ async def run(
     clock: Clock | None = None,
     span_exporter: SpanExporter | None = None,
     *,
-    open_store: Callable[[str], Awaitable[SqliteStore]] = SqliteStore.open,
+    open_store: Callable[[str], Awaitable[Store]] = factory.open_store,
 ) -> Running:
     """Start the broker; a failure undoes what was started (no thread, port or lock is left)."""
     started = contextlib.AsyncExitStack()
@@ -192,7 +194,7 @@ async def _start(
     clock: Clock,
     span_exporter: SpanExporter | None,
     started: contextlib.AsyncExitStack,
-    open_store: Callable[[str], Awaitable[SqliteStore]],
+    open_store: Callable[[str], Awaitable[Store]],
 ) -> Running:
     open_files = raise_open_files_limit()
     await asyncio.to_thread(names.preload)
@@ -446,14 +448,25 @@ def _health_server(settings: Settings, servicer: Any) -> tuple[grpc.aio.Server |
 
 
 async def _open_store(
-    settings: Settings, open_store: Callable[[str], Awaitable[SqliteStore]]
-) -> tuple[DatabaseLock | None, SqliteStore]:
-    """Lock the database (one broker per database), then open it; errors name CERTBROKER_DB."""
+    settings: Settings, open_store: Callable[[str], Awaitable[Store]]
+) -> tuple[DatabaseLock | None, Store]:
+    """Lock the database (one broker per SQLite file), then open it; errors name CERTBROKER_DB.
+
+    PostgreSQL takes no lock file: several brokers may share the database (the store
+    serialises their writes), and its errors already name the variable, password hidden.
+    """
+    location = factory.parse(settings.db)
+    if location.backend == "postgresql":
+        try:
+            return None, await open_store(settings.db)
+        except factory.StoreOpenError as error:
+            raise StartupError(str(error)) from None
+    path = location.target
     where = f"CERTBROKER_DB={settings.db}"
-    if os.path.isdir(settings.db):
+    if os.path.isdir(path):
         raise StartupError(f"{where}: is a directory; give the database file's path")
     try:
-        lock = DatabaseLock.acquire(settings.db, "certbroker serve")
+        lock = DatabaseLock.acquire(path, "certbroker serve")
     except DatabaseBusy as error:
         raise StartupError(f"{where}: {error}; one broker per database") from None
     except FileExistsError as error:  # from makedirs: a file where a folder should be
@@ -461,7 +474,7 @@ async def _open_store(
     except OSError as error:
         raise StartupError(f"{where}: cannot create {_os_reason(error)}") from None
     try:
-        return lock, await open_store(settings.db)
+        return lock, await open_store(path)
     except (OSError, sqlite3.Error) as error:
         if lock is not None:
             lock.release()

@@ -87,6 +87,7 @@ EVENTS_CHANNEL = "certbroker_events"  # payload: the newest revision a commit wr
 STORE_CHANNEL = "certbroker_store"  # payload: "compacted <revision>"
 POLL_INTERVAL = 2.0  # seconds between safety-net polls of the counter
 POOL_SIZE = 10
+CONNECT_TIMEOUT = 10.0  # seconds; a database that does not answer fails the start
 # Session settings of every connection: a broker that hangs inside a transaction
 # (stopped, partitioned) must not hold the counter lock, and so every other
 # broker's writes, for longer than this; a dead peer is noticed by keepalives.
@@ -270,6 +271,7 @@ class PostgresStore:
         """Connect, apply pending migrations, start listening; return the store."""
         pool = await asyncpg.create_pool(
             dsn,
+            timeout=CONNECT_TIMEOUT,
             min_size=1,
             max_size=pool_size,
             reset=_keep_session,
@@ -369,7 +371,9 @@ class PostgresStore:
     # -- other brokers' commits --------------------------------------------------------
 
     async def _listen(self) -> None:
-        conn = await asyncpg.connect(self._dsn, server_settings=SERVER_SETTINGS)
+        conn = await asyncpg.connect(
+            self._dsn, timeout=CONNECT_TIMEOUT, server_settings=SERVER_SETTINGS
+        )
         try:
             await conn.add_listener(EVENTS_CHANNEL, self._on_events)
             await conn.add_listener(STORE_CHANNEL, self._on_store)
