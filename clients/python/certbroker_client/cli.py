@@ -35,6 +35,7 @@ from typing import TextIO, cast
 from certbroker.v1 import broker_pb2, domain_pb2
 from certbroker_client import render, wait
 from certbroker_client.client import DEFAULT_ADDR, BrokerClient, BrokerError, TlsFiles
+from certbroker_client.migrate_cli import add_migrate_parser, run_migrate
 from certbroker_client.ops_cli import OPS_COMMANDS, add_ops_parsers, run_ops
 from certbroker_client.router_cli import add_router_parser, run_router
 from certbroker_client.sync.cli import add_sync_parser, run_sync
@@ -270,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_router_parser(sub)
     add_sync_parser(sub)
     add_ops_parsers(sub)
+    add_migrate_parser(sub)
     return parser
 
 
@@ -619,6 +621,8 @@ def main(
         return run_sync(args)
     if args.command in OPS_COMMANDS:
         return run_ops(args, io.out, io.err)
+    if args.command == "migrate-db":
+        return run_migrate(args, io.out, io.err)
     if args.command == "serve":
         try:
             return _serve()

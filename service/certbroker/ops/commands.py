@@ -15,13 +15,24 @@ from certbroker.config import Settings
 from certbroker.ops import OpsError
 from certbroker.ops.backup import backup
 from certbroker.ops.rotate import DEFAULT_BATCH, rotate_kek
+from certbroker.store.factory import parse, redact
 from certbroker.x509.sealing import KekError, KeySealer
 
 
 def database_path(flag: str | None, env: Mapping[str, str] | None = None) -> str:
-    """``--db``, else ``CERTBROKER_DB``, else the broker's default."""
+    """``--db``, else ``CERTBROKER_DB``, else the broker's default: a SQLite file's path."""
     source = os.environ if env is None else env
-    return flag or source.get("CERTBROKER_DB", "").strip() or Settings().db
+    raw = flag or source.get("CERTBROKER_DB", "").strip() or Settings().db
+    try:
+        location = parse(raw)
+    except ValueError as error:
+        raise OpsError(f"--db {redact(raw)}: {error}") from None
+    if location.backend == "postgresql":
+        raise OpsError(
+            f"--db {location.describe()} is PostgreSQL: these verbs work on a SQLite file; "
+            "back PostgreSQL up with pg_dump (the KEK file separately)"
+        )
+    return location.target
 
 
 def kek_path(flag: str | None, env: Mapping[str, str] | None = None) -> str:
