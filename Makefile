@@ -7,7 +7,7 @@ TOOLS := .tools
 UV := $(TOOLS)/bin/uv
 VENV := .venv
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-DEBIAN_TEST_PACKAGES := pebble bind9 bind9-utils openssl nodejs npm haproxy nginx-light chromium libnss3-tools
+DEBIAN_TEST_PACKAGES := pebble bind9 bind9-utils openssl nodejs npm haproxy nginx-light chromium libnss3-tools postgresql-15
 
 .PHONY: run test deps system-deps python-deps buf-deps check lint typecheck proto-check unit clean
 

@@ -133,6 +133,49 @@ async def test_a_later_writer_waits_for_the_earlier_commit(
         await admin.close()
 
 
+async def test_a_transaction_begun_while_another_is_open_reads_after_it_commits(
+    brokers: list[PostgresStore], postgres_dsn: str
+) -> None:
+    """Two brokers add one name for two apps at once: the second sees the first's row.
+
+    The writers' lock is taken when a transaction begins, so the second one's read
+    waits for the first commit; were it taken at the first write, both would read
+    "no such domain" and the second would overwrite the first's claim.
+    """
+    a, b, _ = brokers
+    admin = await asyncpg.connect(postgres_dsn)
+    try:
+        release = asyncio.Event()
+        seen_by_b: list[Domain | None] = []
+
+        async def first() -> None:
+            async with a.transaction() as tx:
+                assert await tx.get_domain("x.example.com") is None
+                await release.wait()
+                await tx.put_domain(make_domain("x.example.com", app="app-a"))
+
+        async def second() -> None:
+            async with b.transaction() as tx:
+                found = await tx.get_domain("x.example.com")
+                seen_by_b.append(found)
+                if found is None:
+                    await tx.put_domain(make_domain("x.example.com", app="app-b"))
+
+        one = asyncio.create_task(first())
+        await eventually(lambda: _waiting_for_lock(admin, count=0, holding=1))
+        two = asyncio.create_task(second())
+        await eventually(lambda: _waiting_for_lock(admin, count=1, holding=1))
+        assert seen_by_b == []  # b has not even read yet
+        release.set()
+        await asyncio.gather(one, two)
+        (found,) = seen_by_b
+        assert found is not None and found.app == "app-a"
+        stored = await b.get_domain("x.example.com")
+        assert stored is not None and stored.app == "app-a"
+    finally:
+        await admin.close()
+
+
 async def _waiting_for_lock(
     admin: asyncpg.Connection[asyncpg.Record], *, count: int, holding: int
 ) -> bool:
