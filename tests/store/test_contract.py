@@ -145,6 +145,31 @@ async def test_revision_and_rows_survive_close_and_reopen(backend: Backend) -> N
         await second.close()
 
 
+async def test_put_schedule_moves_the_schedule_without_an_event(
+    store: AnyStore, backend: Backend
+) -> None:
+    first = await put(store, make_domain("s.example.com"))
+    later = T1 + timedelta(minutes=1)
+    moved = replace(
+        first,
+        next_run_at=later,
+        retry=replace(first.retry, next_attempt_at=later, forced_at=T1),
+    )
+    async with store.transaction() as tx:
+        written = await tx.put_schedule(moved)
+    assert written.revision == first.revision
+    assert await store.current_revision() == first.revision
+    assert await backend.rows("SELECT COUNT(*) FROM events") == [(1,)]
+    assert await store.get_domain("s.example.com") == moved
+    assert await store.due_names(T0, 10) == []
+    assert await store.due_names(later, 10) == ["s.example.com"]
+    reopened = await backend.open()  # from the database, not the cache
+    try:
+        assert await reopened.get_domain("s.example.com") == moved
+    finally:
+        await reopened.close()
+
+
 # --- queries ------------------------------------------------------------------------------
 
 

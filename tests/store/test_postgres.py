@@ -294,6 +294,24 @@ async def test_another_brokers_write_replaces_the_cached_row(
     await eventually(gone)
 
 
+async def test_a_schedule_moved_by_another_broker_replaces_the_cached_row(
+    brokers: list[PostgresStore],
+) -> None:
+    """put_schedule writes no event; a notification of its own drops the other copies."""
+    a, b, _ = brokers
+    v1 = await put(a, make_domain("a.example.com", next_run_at=T0))
+    assert await b.get_domain("a.example.com") == v1  # cached on b
+    moved = replace(v1, next_run_at=T0 + DAY)
+    async with a.transaction() as tx:
+        await tx.put_schedule(moved)
+
+    async def fresh() -> bool:
+        return await b.get_domain("a.example.com") == moved
+
+    await eventually(fresh)  # the poll is 60 s away: this came by notification
+    assert a.cached_domain("a.example.com") == moved  # a's own notification left a's copy
+
+
 async def test_a_transaction_reads_the_row_another_broker_just_wrote(
     brokers: list[PostgresStore],
 ) -> None:

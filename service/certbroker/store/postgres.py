@@ -58,21 +58,23 @@ import contextlib
 import functools
 import json
 import logging
+import secrets
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from importlib import resources
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import asyncpg
 
-from certbroker.errors import Unavailable
+from certbroker.errors import StoreUnavailable
 from certbroker.model import CertificateInfo, Domain, Event, EventType
 from certbroker.store.base import NewCertificate, PendingOrder, QuotaUsage, names_key
 from certbroker.store.codec import (
     DOMAIN_COLUMNS,
+    SCHEDULE_COLUMNS,
     certificate_from_row,
     domain_from_row,
     domain_to_row,
@@ -140,6 +142,14 @@ _APPEND_EVENT = (
     " RETURNING revision"
 )
 
+_PUT_SCHEDULE = (
+    "WITH moved AS (UPDATE domains SET "  # noqa: S608 (column names only)
+    + ", ".join(f"{c} = ${i}" for i, c in enumerate(SCHEDULE_COLUMNS, 1))
+    + f" WHERE name = ${len(SCHEDULE_COLUMNS) + 1} RETURNING name)"
+    + f" SELECT pg_notify(${len(SCHEDULE_COLUMNS) + 2}, ${len(SCHEDULE_COLUMNS) + 3})"
+    + " FROM moved"
+)
+
 P = ParamSpec("P")
 T = TypeVar("T")
 if TYPE_CHECKING:  # asyncpg's classes are generic in its stubs only
@@ -147,39 +157,54 @@ if TYPE_CHECKING:  # asyncpg's classes are generic in its stubs only
     Reader = asyncpg.Pool[asyncpg.Record] | Conn
 
 # Errors that mean "the database cannot answer now", not "this is a bug".
-_TRANSIENT: tuple[type[BaseException], ...] = (
+_LOST: tuple[type[BaseException], ...] = (
     OSError,
+    TimeoutError,
     asyncpg.exceptions.ConnectionDoesNotExistError,
     asyncpg.exceptions.PostgresConnectionError,
     asyncpg.exceptions.CannotConnectNowError,
-    asyncpg.exceptions.OperatorInterventionError,
-    asyncpg.exceptions.InsufficientResourcesError,
-    asyncpg.exceptions.LockNotAvailableError,
-    asyncpg.exceptions.TransactionRollbackError,
+    asyncpg.exceptions.OperatorInterventionError,  # admin shutdown, crash recovery
     asyncpg.exceptions.IdleInTransactionSessionTimeoutError,
-    TimeoutError,
+    asyncpg.exceptions.TooManyConnectionsError,
 )
+_BUSY: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.LockNotAvailableError,  # lock_timeout: another broker holds the lock
+    asyncpg.exceptions.TransactionRollbackError,  # serialization failure, deadlock
+)
+_FULL: tuple[type[BaseException], ...] = (asyncpg.exceptions.InsufficientResourcesError,)
+_TRANSIENT = _LOST + _BUSY + _FULL
 
 
-class StoreUnavailableError(Unavailable):
-    reason = "STORE_UNAVAILABLE"
-
-
-def _unavailable(error: BaseException) -> StoreUnavailableError:
-    return StoreUnavailableError(
-        f"the broker's database cannot answer now ({type(error).__name__}); try again shortly"
+def translate(error: BaseException) -> StoreUnavailable:
+    """A transient driver error as ``StoreUnavailable`` (UNAVAILABLE + RetryInfo for callers)."""
+    if isinstance(error, _BUSY):
+        return StoreUnavailable(
+            "the database is busy with another broker's write; try again shortly",
+            reason="STORE_BUSY",
+            retry_after=timedelta(seconds=1),
+        )
+    if isinstance(error, _FULL):
+        return StoreUnavailable(
+            "the broker's database is out of space or resources; try again once freed",
+            reason="STORE_FULL",
+            retry_after=timedelta(seconds=5),
+        )
+    return StoreUnavailable(
+        f"the broker's database cannot be reached ({type(error).__name__}); try again shortly",
+        reason="STORE_UNAVAILABLE",
+        retry_after=timedelta(seconds=2),
     )
 
 
 def _translated(fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
-    """Run ``fn``, raising ``Unavailable`` in place of a lost connection or a lock timeout."""
+    """Run ``fn``, raising ``StoreUnavailable`` in place of a lost connection or a lock timeout."""
 
     @functools.wraps(fn)
     async def call(*args: P.args, **kwargs: P.kwargs) -> T:
         try:
             return await fn(*args, **kwargs)
         except _TRANSIENT as error:
-            raise _unavailable(error) from error
+            raise translate(error) from error
 
     return call
 
@@ -258,6 +283,7 @@ class PostgresStore:
         self._kick = asyncio.Event()
         self._sync_task: asyncio.Task[None] | None = None
         self._closed = False
+        self.token = secrets.token_hex(8)  # tells this store's notifications from others'
 
     @classmethod
     async def open(
@@ -342,9 +368,11 @@ class PostgresStore:
                                 await conn.execute("ROLLBACK")
                             except Exception:  # a broken connection: the pool replaces it
                                 conn.terminate()
+                        for cert_id in tx.added_certificates:
+                            self._certificates.pop(cert_id, None)  # never committed
                         raise
             except _TRANSIENT as error:
-                raise _unavailable(error) from error
+                raise translate(error) from error
             self._committed(tx)
         if tx.last_revision:
             self._announced = max(self._announced, tx.last_revision)
@@ -396,6 +424,11 @@ class PostgresStore:
         what, _, value = str(payload).partition(" ")
         if what == "compacted" and value.isdigit():
             self._compacted = max(self._compacted, int(value))
+        elif what == "schedule":
+            # another broker moved a row's scheduling columns (no event): forget our copy
+            token, _, name = value.partition(" ")
+            if token != self.token and self._domains.pop(name, None) is not None:
+                self._generation += 1
 
     def _on_listener_lost(self, _conn: object) -> None:
         if self._closed:
@@ -754,6 +787,7 @@ class _PostgresTransaction:
         self.read: dict[str, Domain | None] = {}
         self.removed: set[str] = set()
         self.removed_certificates: set[int] = set()
+        self.added_certificates: set[int] = set()
         self.first_revision = 0
         self.last_revision = 0
 
@@ -792,6 +826,22 @@ class _PostgresTransaction:
         self.written[domain.name] = stored
         self.removed.discard(domain.name)
         return stored
+
+    async def put_schedule(self, domain: Domain) -> Domain:
+        # Only the columns a re-check moves (see lifecycle.worth_an_event); the row keeps
+        # its revision, since no event was added. Other brokers drop their cached copy
+        # when this commits (the notification is delivered at commit).
+        row = domain_to_row(domain)
+        await self._conn.execute(
+            _PUT_SCHEDULE,
+            *(row[c] for c in SCHEDULE_COLUMNS),
+            domain.name,
+            STORE_CHANNEL,
+            f"schedule {self._store.token} {domain.name}",
+        )
+        self.written[domain.name] = domain
+        self.removed.discard(domain.name)
+        return domain
 
     async def _retire_replaced(self, domain: Domain) -> None:
         """Mark the certificates this write stops naming: their keys' retention starts now.
@@ -871,6 +921,7 @@ class _PostgresTransaction:
         # what a reload gives back: created_at is the receipt time (notBefore if unknown)
         stored = replace(info, id=int(cert_id), received_at=info.received_at or info.not_before)
         self._store.remember_certificate(stored)
+        self.added_certificates.add(stored.id)
         return stored
 
     async def record_issuance(
