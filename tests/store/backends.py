@@ -31,6 +31,10 @@ class Backend(Protocol):
         """What a separate, plain connection reads: the committed truth."""
         ...
 
+    async def execute(self, sql: str, *params: object) -> None:
+        """Change the database behind the store's back (as an older version would have)."""
+        ...
+
 
 class SqliteBackend:
     name = "sqlite"
@@ -45,6 +49,14 @@ class SqliteBackend:
         conn = sqlite3.connect(self.path)
         try:
             return [tuple(r) for r in conn.execute(sql, params).fetchall()]
+        finally:
+            conn.close()
+
+    async def execute(self, sql: str, *params: object) -> None:
+        conn = sqlite3.connect(self.path)
+        try:
+            with conn:
+                conn.execute(sql, params)
         finally:
             conn.close()
 
@@ -70,5 +82,12 @@ class PostgresBackend:
         conn = await asyncpg.connect(self.dsn)
         try:
             return [tuple(r) for r in await conn.fetch(numbered(sql), *params)]
+        finally:
+            await conn.close()
+
+    async def execute(self, sql: str, *params: object) -> None:
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            await conn.execute(numbered(sql), *params)
         finally:
             await conn.close()
