@@ -390,7 +390,9 @@ class PostgresStore:
                 self._domains.clear()
             self._domains.update(tx.written)
         if tx.first_revision and tx.first_revision == self._seen + 1:
-            self._seen = self._heard = max(self._heard, tx.last_revision)
+            # nothing of another broker's in between; what was heard after ours stays to do
+            self._seen = tx.last_revision
+            self._heard = max(self._heard, self._seen)
         elif tx.last_revision:
             # another broker committed since this cache last caught up: catch up
             self._heard = max(self._heard, tx.last_revision)
@@ -444,6 +446,7 @@ class PostgresStore:
 
     async def _sync_loop(self) -> None:
         """Catch up on other brokers' commits: on a notification, else every poll interval."""
+        failures = 0
         while True:
             polled = False
             try:
@@ -458,9 +461,17 @@ class PostgresStore:
                 if self._heard > self._seen:
                     await self._catch_up()
             except Exception as error:  # the next round tries again
-                log.warning("catching up with the database failed: %s", error)
+                failures += 1
+                if failures == 1 or failures % 30 == 0:  # once, then about every 30 s
+                    log.warning(
+                        "catching up with the database failed (%d in a row): %s", failures, error
+                    )
                 self._kick.clear()
                 await asyncio.sleep(min(self._poll_interval, 1.0))
+            else:
+                if failures:
+                    log.info("caught up with the database again after %d failures", failures)
+                failures = 0
 
     async def _poll(self) -> None:
         if self._listener is None or self._listener.is_closed():
