@@ -374,8 +374,10 @@ class PostgresStore:
             except _TRANSIENT as error:
                 raise translate(error) from error
             self._committed(tx)
-        if tx.last_revision:
-            self._announced = max(self._announced, tx.last_revision)
+        # Once per revision: the notification of this very commit may have reached the
+        # catch-up (and been announced from there) before this line runs.
+        if tx.last_revision > self._announced:
+            self._announced = tx.last_revision
             self._announce(tx.last_revision)
 
     def _committed(self, tx: _PostgresTransaction) -> None:
