@@ -24,13 +24,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from certbroker.v1 import broker_pb2, domain_pb2
+from certbroker import server
+from certbroker.v1 import broker_pb2, broker_pb2_grpc, domain_pb2
 from tests.broker import BrokerHandle, broker_settings, started_broker
-from tests.integration.lab import Lab, in_use, unique_domain, wait_status
+from tests.infra.ports import free_port
+from tests.integration.lab import BrokerProcess, Lab, in_use, unique_domain, wait_status
 from tests.pki import Issued, TestPKI
 
 PKI = TestPKI("Postgres")
@@ -262,3 +265,48 @@ async def _state(broker: BrokerHandle) -> list[domain_pb2.Domain]:
     """Every domain as the API shows it, in name order."""
     reply = await broker.stub.ListDomains(broker_pb2.ListDomainsRequest(page_size=1000))
     return sorted(reply.domains, key=lambda d: d.domain)
+
+
+async def test_certbroker_serve_runs_on_postgresql_as_a_process(
+    lab: Lab, tmp_path: Path, postgres_dsn: str
+) -> None:
+    port = free_port()
+    process = BrokerProcess(lab.settings(tmp_path, db=postgres_dsn), port, tmp_path / "broker.log")
+    await asyncio.to_thread(process.start)
+    try:
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        stub = broker_pb2_grpc.CertificateBrokerServiceStub(channel)
+        name = unique_domain("proc")
+        added = await stub.IssueCertificate(
+            broker_pb2.IssueCertificateRequest(domain=name, app="shop", disable_letsencrypt=True)
+        )
+        got = await stub.GetStatus(broker_pb2.GetStatusRequest(domain=name))
+        assert got.domain == added.domain
+        await channel.close()
+    finally:
+        code = await asyncio.to_thread(process.terminate)
+    assert code == 0, process.log_path.read_text()
+    assert "s3cret" not in process.log_path.read_text()
+
+
+def test_an_unreachable_database_stops_serve_with_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name, value in {
+        "CERTBROKER_LISTEN": "127.0.0.1:0",
+        "CERTBROKER_DB": f"postgresql://cb:s3cret@127.0.0.1:{free_port()}/certbroker",
+        "CERTBROKER_KEK_FILE": str(tmp_path / "kek"),
+        "CERTBROKER_ACME_DIRECTORY": "off",
+        "CERTBROKER_HTTP01_LISTEN": "off",
+        "CERTBROKER_HEALTH_LISTEN": "off",
+    }.items():
+        monkeypatch.setenv(name, value)
+    assert server.main() == 1
+    err = capsys.readouterr().err
+    assert err.startswith(
+        "certbroker: cannot start: CERTBROKER_DB=postgresql://cb:***@127.0.0.1:"
+    ), err
+    assert "cannot open the PostgreSQL database" in err
+    assert "s3cret" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "kek").exists()  # nothing was created for a broker that never ran

@@ -82,6 +82,7 @@ from certbroker.store.codec import (
     must_time,
     to_micros,
 )
+from certbroker.store.factory import redact
 
 log = logging.getLogger(__name__)
 
@@ -321,6 +322,7 @@ class PostgresStore:
             await pool.close()
             raise
         store._sync_task = asyncio.create_task(store._sync_loop(), name="postgres-store-sync")
+        log.info("PostgreSQL store %s at revision %d", redact(dsn), revision)
         return store
 
     async def close(self) -> None:
