@@ -17,6 +17,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 
 from certbroker.config import LETS_ENCRYPT_PRODUCTION, LETS_ENCRYPT_STAGING, Settings
+from certbroker.store.factory import redact
 
 _KNOWN_DIRECTORIES = {
     LETS_ENCRYPT_PRODUCTION: "Let's Encrypt production",
@@ -106,7 +107,7 @@ def describe(
         f"ACME {acme}",
         f"platform targets {', '.join(s.platform_targets) or 'none'}",
         f"DNS-01 {dns01}",
-        f"DB {s.db}",
+        f"DB {redact(s.db)}",  # a PostgreSQL URL may carry a password
         f"KEK id {kek_id}",
         f"trust roots {s.trust_bundle or 'system'}",
     ]

@@ -87,3 +87,22 @@ async def test_an_unreachable_database_is_one_line_without_the_password() -> Non
 async def test_a_missing_database_is_reported(postgres_dsn: str) -> None:
     with pytest.raises(StoreOpenError, match='database "nope_'):
         await open_store(postgres_dsn.rsplit("/", 1)[0] + "/nope_x")
+
+
+def test_the_started_line_hides_the_password() -> None:
+    from certbroker.startup import describe
+
+    settings = Settings(db="postgresql://cb:s3cret@db.internal:5432/cb")
+    line = describe(settings, port=1, health_port=None, http01_port=None, kek_id="k")
+    assert "DB postgresql://cb:***@db.internal:5432/cb;" in line
+    assert "s3cret" not in line
+
+
+def test_the_sqlite_file_verbs_refuse_a_postgresql_database() -> None:
+    """backup and rotate-kek work on a SQLite file; a PostgreSQL URL is not one."""
+    from certbroker.ops import OpsError
+    from certbroker.ops.commands import database_path
+
+    with pytest.raises(OpsError, match=r"postgresql://cb:\*\*\*@db/cb is PostgreSQL: .*pg_dump"):
+        database_path(None, {"CERTBROKER_DB": "postgresql://cb:s3cret@db/cb"})
+    assert database_path("sqlite:/data/x.db") == "/data/x.db"
