@@ -375,7 +375,7 @@ async def _start(
 
 def _doctor(
     settings: Settings,
-    store: SqliteStore,
+    store: Store,
     clock: Clock,
     dns: DnsChecker,
     targets: PlatformTargets | None,

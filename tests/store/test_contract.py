@@ -434,6 +434,27 @@ async def test_quota_usage_counts_issuances_in_the_window_plus_orders_in_flight(
         assert after.count == 2
 
 
+async def test_quota_usage_is_readable_outside_a_transaction(store: AnyStore) -> None:
+    """The doctor's read-only count: the same numbers the scheduler's transaction sees."""
+    now = T0 + 30 * DAY
+    since = now - timedelta(days=7)
+    async with store.transaction() as tx:
+        await tx.record_issuance("a.example.com", "example.com", ("a.example.com",), "1", now)
+        await tx.put_order(
+            PendingOrder("b.example.com", "example.com", ("b.example.com",), b"k", now)
+        )
+        in_tx = (
+            await tx.registered_domain_usage("example.com", since),
+            await tx.name_set_usage(("a.example.com",), since),
+        )
+    outside = (
+        await store.registered_domain_usage("example.com", since),
+        await store.name_set_usage(("a.example.com",), since),
+    )
+    assert outside == in_tx
+    assert [u.count for u in outside] == [2, 1]
+
+
 async def test_an_issuance_leaves_the_window_exactly_seven_days_later(store: AnyStore) -> None:
     """Consistent with quota.check, whose next free slot is oldest + 7 days."""
     issued = T0

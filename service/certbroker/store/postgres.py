@@ -743,6 +743,16 @@ class PostgresStore:
         return await _get_order(self._pool, domain)
 
     @_translated
+    async def registered_domain_usage(self, registered_domain: str, since: datetime) -> QuotaUsage:
+        """Read-only (the doctor's quota check); the scheduler counts in its transaction,
+        where the count and the reservation cannot be torn apart."""
+        return await _usage(self._pool, "registered_domain", registered_domain, since)
+
+    @_translated
+    async def name_set_usage(self, names: tuple[str, ...], since: datetime) -> QuotaUsage:
+        return await _usage(self._pool, "names_key", names_key(names), since)
+
+    @_translated
     async def get_meta(self, key: str) -> bytes | None:
         value = await self._pool.fetchval("SELECT value FROM meta WHERE key = $1", key)
         return bytes(value) if value is not None else None
