@@ -125,7 +125,8 @@ class BrokerProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        deadline = time.monotonic() + 15
+        # Generous: a start is ~1-3 s, but on 2 cores shared with other suites it took >15 s.
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"broker exited: {self.log_path.read_text()}")
