@@ -50,10 +50,10 @@ async def test_account_registered_again_when_ca_forgot_it(
     pebble: Pebble, acme_responder: Http01Responder
 ) -> None:
     """A stored key the CA does not know (e.g. Pebble restarted) registers anew."""
-    from certbroker.acme.issuer import _new_account_key
+    from certbroker.acme.account import new_account_key
 
     store = MemoryAccountStore()
-    key = _new_account_key()
+    key = new_account_key()
     store.value = (key, "https://127.0.0.1:1/my-account/gone")
     iss = make_issuer(pebble, store, acme_responder)
     try:

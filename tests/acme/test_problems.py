@@ -10,7 +10,7 @@ import requests
 from acme import errors as acme_errors
 from acme import messages
 
-from certbroker.acme.issuer import _authz_problem
+from certbroker.acme.orders import authz_problem as _authz_problem
 from certbroker.acme.problems import (
     PROBLEM_TABLE,
     AcmeProblem,

@@ -1,209 +1,62 @@
-"""The ACME issuer: one account, orders driven to a certificate, HTTP-01 answered locally.
+"""The ACME issuer: one account, orders driven to certificates, renewal information.
 
-DNS-01 (every wildcard authorization, and every authorization of an order
-asked with ``dns01=True``) is answered through a ``Dns01Responder``: the TXT
-value is written in the broker's own zone, at the order's ``dns01_label``
-(the domain's delegation label, bound to its owner: where that owner's
-customer pointed the one-time CNAME), and is served before the challenge is
-answered; it is removed when the order ends, success or failure. ``_select_challenge`` is the
-one place that picks the type.
+It composes the module's seams and implements ``certbroker.ports.Issuer``:
 
-Why not ``ClientV2.poll_and_finalize``: it blocks a thread for the whole
-order and polls once a second (about 2 s per certificate against a fast CA).
-Here each order is a small state machine driven from the event loop; every
-blocking library call runs in the issuer's *own* thread pool (never the
-default one, so ACME work cannot starve or be starved by other ``to_thread``
-users), and polls come every ``poll_interval`` seconds or when the server's
-``Retry-After`` says.
+- ``transport``: the issuer's own thread pool, a client per thread, and the
+  typed step-retry policy (transient failures only);
+- ``account``: the account found again after a restart, or registered;
+- ``orders``: the order state machine (status switch, challenges, resume);
+- ``ari``: RFC 9773 renewal information and ``replaces``.
 
-The order loop is one switch over the observed order status, in the style of
-cert-manager's order controller::
-
-    pending     answer every pending authorization, poll them   (transient)
-    ready       finalize with the CSR                            (transient)
-    processing  wait, poll the order                             (transient)
-    valid       download the chain                               (final)
-    invalid     raise the classified problem                     (final)
-
-Transient failures inside one step (badNonce, connection reset/refused,
-timeouts, 5xx) are retried a few times with short waits; every other failure
-surfaces as ``AcmeProblem`` (see ``problems``) for the scheduler's backoff.
-
-Each worker thread gets its own ``ClientNetwork`` (own requests session and
-nonce pool), created lazily: requests sessions are not documented as
-thread-safe, and per-thread nonce pools avoid handing one nonce to two threads.
+``AcmeSteps`` is the one place that speaks acme's client API for an order's
+requests (``orders.OrderSteps``), each run through the transport.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import contextlib
-import datetime as dt
-import functools
 import logging
-import threading
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, Final, Protocol, TypeVar, cast
+from datetime import timedelta
 
 import requests
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from josepy import jwa, jwk
-from tenacity import (
-    Retrying,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_exponential,
-    wait_random,
-)
+from josepy import jwk
 
 from acme import challenges, client, messages
-from acme import errors as acme_errors
-from certbroker.acme.keys import make_csr
-from certbroker.acme.problems import (
-    AcmeProblem,
-    HttpStatusError,
-    classify,
-    from_acme_error,
-    is_transient,
-    parse_retry_after,
+from certbroker.acme import ari
+from certbroker.acme.account import (
+    Account,
+    AccountOpener,
+    AccountStore,
+    MemoryAccountStore,
+    new_account_key,
 )
+from certbroker.acme.keys import make_csr
+from certbroker.acme.orders import (
+    ORDER_INVALID,
+    ChallengeResponder,
+    Challenges,
+    Dns01Responder,
+    IssuedCertificate,
+    OrderMachine,
+    Placed,
+)
+from certbroker.acme.problems import AcmeProblem, HttpStatusError, parse_retry_after
+from certbroker.acme.transport import StepRetry, Transport
 
-T = TypeVar("T")
 log = logging.getLogger(__name__)
 
-USER_AGENT: Final = "certbroker-acme"
-ORDER_INVALID: Final = "ACME_ORDER_INVALID"
-#: A ``Retry-After`` longer than this on a *poll* is capped: the order deadline
-#: bounds the whole wait anyway, and a stuck poll should surface as a timeout.
-_MAX_POLL_WAIT: Final = 10.0
-
-
-@dataclass(frozen=True)
-class _Challenges:
-    """How an order answers: DNS-01 for every authorization (``always``) or only
-    wildcards, and the delegation label whose record receives DNS-01 values."""
-
-    always: bool
-    label: str
-
-
-@dataclass(frozen=True)
-class IssuedCertificate:
-    """A downloaded certificate: the PEM chain (leaf first) and the order it came from."""
-
-    chain_pem: str
-    order_url: str
-
-
-class AccountStore(Protocol):
-    """Where the ACME account lives between restarts.
-
-    The broker's implementation seals the key at rest; ``MemoryAccountStore``
-    is the plain one for tests and benchmarks.
-    """
-
-    async def load(self) -> tuple[bytes, str] | None:
-        """The account key (PKCS#8 PEM) and account URL, or None before the first start."""
-        ...
-
-    async def save(self, key_pem: bytes, url: str) -> None: ...
-
-
-class ChallengeResponder(Protocol):
-    """Publishes HTTP-01 answers (``Http01Responder`` or a router fan-out)."""
-
-    def add(self, token: str, key_authorization: str) -> None: ...
-
-    def remove(self, token: str) -> None: ...
-
-
-class Dns01Responder(Protocol):
-    """Publishes DNS-01 answers (``certbroker.acme.dns01.Dns01Updater``).
-
-    ``label`` is the domain's delegation label (``certbroker.delegation``; a
-    wildcard and its apex share it); ``value`` the TXT value. ``publish``
-    returns only once the record is served; both raise ``AcmeProblem`` on failure.
-    """
-
-    async def publish(self, label: str, value: str) -> None: ...
-
-    async def unpublish(self, label: str, value: str) -> None: ...
-
-
-class MemoryAccountStore:
-    """An ``AccountStore`` in memory: survives a new ``AcmeIssuer``, not a new process."""
-
-    def __init__(self) -> None:
-        self.value: tuple[bytes, str] | None = None
-        self.saves = 0
-
-    async def load(self) -> tuple[bytes, str] | None:
-        return self.value
-
-    async def save(self, key_pem: bytes, url: str) -> None:
-        self.value = (key_pem, url)
-        self.saves += 1
-
-
-class _Network(client.ClientNetwork):
-    """``ClientNetwork`` that keeps what classification needs from error responses.
-
-    acme raises ``messages.Error`` without the HTTP response, so the status and
-    ``Retry-After`` (needed for rateLimited) would be lost; and a non-JSON error
-    page becomes a generic ``ClientError``. We attach the former and raise
-    ``HttpStatusError`` for the latter.
-    """
-
-    @classmethod
-    def _check_response(
-        cls, response: requests.Response, content_type: str | None = None
-    ) -> requests.Response:
-        if not response.ok and response.status_code != 409:
-            try:
-                response.json()
-            except ValueError:
-                raise HttpStatusError(
-                    response.status_code, response.headers.get("Retry-After")
-                ) from None
-        try:
-            checked: requests.Response = super()._check_response(
-                response, content_type=content_type
-            )
-        except messages.Error as error:
-            error.http_status = response.status_code
-            error.retry_after_header = response.headers.get("Retry-After")
-            raise
-        return checked
-
-
-def _jwk_and_alg(key_pem: bytes) -> tuple[jwk.JWK, jwa.JWASignature]:
-    """The account key as a JWK plus the JWS algorithm it signs with.
-
-    ClientNetwork defaults to RS256, which an EC key cannot sign: ES256 must be
-    passed explicitly.
-    """
-    key = serialization.load_pem_private_key(key_pem, password=None)
-    if isinstance(key, ec.EllipticCurvePrivateKey):
-        algs = {"secp256r1": jwa.ES256, "secp384r1": jwa.ES384, "secp521r1": jwa.ES512}
-        if key.curve.name not in algs:
-            raise ValueError(f"unsupported account key curve {key.curve.name}")
-        return jwk.JWKEC(key=key), algs[key.curve.name]
-    if isinstance(key, rsa.RSAPrivateKey):
-        return jwk.JWKRSA(key=key), jwa.RS256
-    raise ValueError(f"unsupported account key type {type(key).__name__}")
-
-
-def _new_account_key() -> bytes:
-    key = ec.generate_private_key(ec.SECP256R1())
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
+__all__ = [
+    "ORDER_INVALID",
+    "AccountStore",
+    "AcmeIssuer",
+    "AcmeSteps",
+    "ChallengeResponder",
+    "Dns01Responder",
+    "IssuedCertificate",
+    "MemoryAccountStore",
+    "new_account_key",
+]
 
 
 def _retry_after_seconds(response: requests.Response) -> float | None:
@@ -211,16 +64,22 @@ def _retry_after_seconds(response: requests.Response) -> float | None:
     return None if delta is None else delta.total_seconds()
 
 
-# -- blocking steps (run in the issuer's pool, one client per thread) ------------
+# -- blocking steps (run in the transport's pool, one client per thread) -------------
 
 
-def _new_order(
-    acme: client.ClientV2, csr_pem: bytes
-) -> tuple[str, messages.Order, dict[str, messages.Authorization]]:
-    """Create the order; acme also fetches its authorizations, which we keep (saves requests)."""
-    orderr = acme.new_order(csr_pem)
-    authzs = {str(a.uri): a.body for a in orderr.authorizations}
-    return str(orderr.uri), orderr.body, authzs
+def _new_order(acme: client.ClientV2, names: list[str], csr_pem: bytes, replaces: str) -> Placed:
+    """POST newOrder (with ``replaces`` when renewing under ARI), then fetch its authorizations.
+
+    acme's ``ClientV2.new_order`` cannot send ``replaces``; this is its body
+    with ``ari.new_order_body``.
+    """
+    identifiers = [messages.Identifier(typ=messages.IDENTIFIER_FQDN, value=n) for n in names]
+    response = acme._post(acme.directory["newOrder"], ari.new_order_body(identifiers, replaces))
+    body = messages.Order.from_json(response.json())
+    authzs: dict[str, messages.Authorization] = {}
+    for url in body.authorizations:
+        authzs[url] = messages.Authorization.from_json(acme._post_as_get(url).json())
+    return Placed(url=str(response.headers.get("Location")), order=body, authorizations=authzs)
 
 
 def _fetch_order(acme: client.ClientV2, url: str) -> tuple[messages.Order | None, float | None]:
@@ -273,6 +132,35 @@ def _download(acme: client.ClientV2, cert_url: str) -> str:
     return text if text.endswith("\n") else text + "\n"
 
 
+class AcmeSteps:
+    """``orders.OrderSteps`` over a transport: each request retried, failures classified."""
+
+    def __init__(self, transport: Transport) -> None:
+        self._transport = transport
+
+    async def new_order(self, names: list[str], csr_pem: bytes, replaces: str) -> Placed:
+        return await self._transport.with_client(_new_order, names, csr_pem, replaces)
+
+    async def fetch_order(self, url: str) -> tuple[messages.Order | None, float | None]:
+        return await self._transport.with_client(_fetch_order, url)
+
+    async def fetch_authz(self, url: str) -> tuple[messages.Authorization, float | None]:
+        return await self._transport.with_client(_fetch_authz, url)
+
+    async def answer(
+        self, challb: messages.ChallengeBody, response: challenges.ChallengeResponse
+    ) -> None:
+        await self._transport.with_client(_answer, challb, response)
+
+    async def finalize(
+        self, url: str, order: messages.Order, csr_pem: bytes
+    ) -> messages.Order | None:
+        return await self._transport.with_client(_finalize, url, order, csr_pem)
+
+    async def download(self, cert_url: str) -> str:
+        return await self._transport.with_client(_download, cert_url)
+
+
 class AcmeIssuer:
     """Issues certificates from one ACME account. ``start()`` before use, ``close()`` after.
 
@@ -296,29 +184,24 @@ class AcmeIssuer:
         http_timeout: int = 15,
         step_attempts: int = 4,
     ) -> None:
-        self._directory_url = directory_url
-        # requests takes a CA bundle path where acme's annotation says bool.
-        self._verify = cast(bool, ca_bundle if ca_bundle else True)
-        self._email = email
-        self._store = account_store
-        self._responder = responder
-        self._dns01 = dns01
-        self._poll_interval = poll_interval
-        self._order_timeout = order_timeout
-        self._http_timeout = http_timeout
-        self._step_attempts = step_attempts
-        self._pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=max_workers, thread_name_prefix="acme"
+        self._transport = Transport(
+            ca_bundle=ca_bundle,
+            http_timeout=http_timeout,
+            max_workers=max_workers,
+            retry=StepRetry(attempts=step_attempts),
         )
-        self._local = threading.local()
-        self._nets: list[client.ClientNetwork] = []
-        self._nets_lock = threading.Lock()
-        self._inflight: set[asyncio.Future[Any]] = set()
-        self._directory: messages.Directory | None = None
-        self._jwk: jwk.JWK | None = None
-        self._alg: jwa.JWASignature | None = None
-        self._account: messages.RegistrationResource | None = None
-        self._closed = False
+        self._opener = AccountOpener(self._transport, directory_url, account_store, email)
+        self._account: Account | None = None
+        self._renewal_info_url = ""
+        self._orders = OrderMachine(
+            AcmeSteps(self._transport),
+            self._account_key,
+            responder,
+            dns01,
+            poll_interval=poll_interval,
+            order_timeout=order_timeout,
+            csr=self._csr,
+        )
         self._start_lock = asyncio.Lock()
 
     # -- account ----------------------------------------------------------------
@@ -327,88 +210,32 @@ class AcmeIssuer:
     def account_url(self) -> str:
         if self._account is None:
             raise RuntimeError("AcmeIssuer.start() has not run")
-        return str(self._account.uri)
+        return self._account.url
 
     async def start(self) -> None:
-        """Load or create the account. Idempotent per instance.
-
-        After a restart the stored key finds its account again with
-        ``onlyReturnExisting`` (the URL comes back in ``ConflictError.location``);
-        if the CA no longer knows it (a test CA restarted), the same key
-        registers anew and the new URL is saved.
-        """
+        """Load or create the account. Idempotent; raises ``AcmeProblem``."""
         async with self._start_lock:  # concurrent first orders must share one account
             if self._account is None:
-                await self._start_locked()
+                account = await self._opener.open()
+                self._transport.use(account.directory, account.identity)
+                try:
+                    self._renewal_info_url = str(account.directory["renewalInfo"]).rstrip("/")
+                except KeyError:  # acme's Directory has no ``in``
+                    self._renewal_info_url = ""
+                self._account = account
 
-    async def _start_locked(self) -> None:
-        self._directory = await self._offload(self._get_directory)
-        stored = await self._store.load()
-        if stored is None:
-            key_pem = await self._submit(_new_account_key)
-            url: str | None = None
-        else:
-            key_pem, stored_url = stored
-            self._jwk, self._alg = _jwk_and_alg(key_pem)
-            url = await self._offload(self._find_account)
-            if url is not None and url != stored_url:
-                await self._store.save(key_pem, url)
-        if url is None:
-            self._jwk, self._alg = _jwk_and_alg(key_pem)
-            url = await self._offload(self._register)
-            await self._store.save(key_pem, url)
-        self._account = messages.RegistrationResource(uri=url, body=messages.Registration())
+    def _account_key(self) -> jwk.JWK:
+        return self._require_started().identity.key
 
-    def _get_directory(self) -> messages.Directory:
-        net = _Network(verify_ssl=self._verify, user_agent=USER_AGENT, timeout=self._http_timeout)
-        try:
-            directory: messages.Directory = client.ClientV2.get_directory(self._directory_url, net)
-            return directory
-        finally:
-            net.session.close()
+    def _require_started(self) -> Account:
+        if self._account is None:
+            raise RuntimeError("AcmeIssuer.start() has not run")
+        if self._transport.closed:
+            raise RuntimeError("AcmeIssuer is closed")
+        return self._account
 
-    def _account_client(self) -> client.ClientV2:
-        """A client without account (``kid``): only for newAccount requests."""
-        net = _Network(
-            key=self._jwk,
-            alg=self._alg,
-            verify_ssl=self._verify,
-            user_agent=USER_AGENT,
-            timeout=self._http_timeout,
-        )
-        assert self._directory is not None
-        return client.ClientV2(self._directory, net)
-
-    def _find_account(self) -> str | None:
-        acme = self._account_client()
-        try:
-            regr = acme.new_account(messages.NewRegistration(only_return_existing=True))
-        except acme_errors.ConflictError as found:
-            return str(found.location)
-        except messages.Error as error:
-            if error.code == "accountDoesNotExist":
-                return None
-            raise
-        finally:
-            acme.net.session.close()
-        return str(regr.uri)
-
-    def _register(self) -> str:
-        acme = self._account_client()
-        try:
-            if self._email:
-                reg = messages.NewRegistration.from_data(
-                    email=self._email, terms_of_service_agreed=True
-                )
-            else:
-                reg = messages.NewRegistration(terms_of_service_agreed=True)
-            try:
-                regr = acme.new_account(reg)
-            except acme_errors.ConflictError as found:  # a retried request already made it
-                return str(found.location)
-            return str(regr.uri)
-        finally:
-            acme.net.session.close()
+    async def _csr(self, key_pem: bytes, names: list[str]) -> bytes:
+        return await self._transport.submit(make_csr, key_pem, names)
 
     # -- orders -----------------------------------------------------------------
 
@@ -419,24 +246,28 @@ class AcmeIssuer:
         *,
         dns01: bool = False,
         dns01_label: str = "",
+        replaces: str = "",
+        resume_url: str = "",
         on_order_created: Callable[[str], Awaitable[None]] | None = None,
     ) -> IssuedCertificate:
-        """Order, validate, finalize and download a certificate for ``names`` (A-labels).
+        """A certificate for ``names`` (A-labels) with ``key_pem``.
 
-        ``on_order_created`` receives the order URL before any challenge is
-        answered, so the caller can persist it and ``resume()`` after a crash
-        instead of ordering (and possibly issuing) twice. ``dns01`` answers
-        every authorization with DNS-01 (wildcard authorizations always are),
-        writing the values at ``dns01_label``'s record; without a label a
-        DNS-01 authorization fails (DNS01_LABEL_MISSING) rather than guess one.
+        ``resume_url``: an order this broker created before a crash, continued if
+        the CA can still complete it, else a new order is placed. ``replaces``:
+        the ARI id of the certificate this one renews (sent only when the CA
+        offers ARI). ``on_order_created`` receives a new order's URL before any
+        challenge is answered, so the caller can persist it. ``dns01`` answers
+        every authorization with DNS-01 (wildcards always are) at
+        ``dns01_label``'s record.
         """
         self._require_started()
-        csr_pem = await self._submit(make_csr, key_pem, names)
-        order_url, order, authzs = await self._run(_new_order, csr_pem)
-        if on_order_created is not None:
-            await on_order_created(order_url)
-        return await self._drive(
-            order_url, order, csr_pem, key_pem, _Challenges(dns01, dns01_label), authzs
+        return await self._orders.resume_or_place(
+            resume_url,
+            names,
+            key_pem,
+            Challenges(dns01, dns01_label),
+            replaces=replaces if self.offers_ari else "",
+            on_order_created=on_order_created,
         )
 
     async def resume(
@@ -448,306 +279,45 @@ class AcmeIssuer:
         dns01: bool = False,
         dns01_label: str = "",
     ) -> IssuedCertificate:
-        """Continue an order created before a crash.
+        """Continue an order created before a crash; ``OrderGone`` (ACME_ORDER_INVALID,
+        retryable) when the CA can no longer complete it."""
+        self._require_started()
+        return await self._orders.resume(order_url, names, key_pem, Challenges(dns01, dns01_label))
 
-        valid → download (no new issuance); ready → finalize; pending → answer
-        the challenges (published again: the old process's responder is gone);
-        invalid, expired, unknown, or for other names → ``AcmeProblem`` with
-        reason ACME_ORDER_INVALID, retryable, so the caller starts a new order.
+    # -- renewal information (RFC 9773) -----------------------------------------
+
+    @property
+    def offers_ari(self) -> bool:
+        """The CA's directory lists ``renewalInfo`` (known once started)."""
+        return self._account is not None and bool(self._renewal_info_url)
+
+    async def renewal_info(self, chain_pem: str) -> ari.RenewalWindow | None:
+        """The CA's suggested renewal window for the chain's leaf; None without ARI.
+
+        Raises ``AcmeProblem`` when the CA cannot answer (retryable) or answers
+        nonsense (ACME_PROTOCOL). An unsigned GET: idempotent, safe to cancel.
         """
         self._require_started()
-        order, _ = await self._run(_fetch_order, order_url)
-        if order is None:
-            raise AcmeProblem(ORDER_INVALID, "order no longer exists", retryable=True)
-        ordered = {str(i.value).lower() for i in order.identifiers}
-        if ordered != {n.lower() for n in names}:
-            raise AcmeProblem(ORDER_INVALID, "order is for other names", retryable=True)
-        if order.status == messages.STATUS_INVALID or self._expired(order):
-            why = f" ({order.error.typ})" if order.error is not None else ""
-            raise AcmeProblem(ORDER_INVALID, f"order is {order.status.name}{why}", retryable=True)
-        csr_pem = await self._submit(make_csr, key_pem, names)
-        return await self._drive(
-            order_url, order, csr_pem, key_pem, _Challenges(dns01, dns01_label)
-        )
-
-    @staticmethod
-    def _expired(order: messages.Order) -> bool:
-        expires: dt.datetime | None = order.expires
-        if expires is None or order.status == messages.STATUS_VALID:
-            return False
-        if expires.tzinfo is None:
-            expires = expires.replace(tzinfo=dt.UTC)
-        # A wall-clock field from the server can only be compared to the wall clock.
-        return expires <= dt.datetime.now(dt.UTC)
-
-    async def _drive(
-        self,
-        order_url: str,
-        order: messages.Order,
-        csr_pem: bytes,
-        key_pem: bytes,
-        dns01: _Challenges,
-        known_authzs: dict[str, messages.Authorization] | None = None,
-    ) -> IssuedCertificate:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._order_timeout
-        published: list[str] = []
-        published_dns: list[tuple[str, str]] = []
-        retry_after: float | None = None
+        if not self.offers_ari:
+            return None
         try:
-            while True:
-                if loop.time() > deadline:
-                    raise AcmeProblem("ACME_TIMEOUT", "order did not complete", retryable=True)
-                status = order.status
-                if status == messages.STATUS_VALID and order.certificate:
-                    chain = await self._run(_download, order.certificate)
-                    _check_key_matches(chain, key_pem)
-                    return IssuedCertificate(chain_pem=chain, order_url=order_url)
-                if status == messages.STATUS_INVALID:
-                    raise await self._order_failure(order)
-                if status == messages.STATUS_PENDING:
-                    known = known_authzs or {}
-                    await asyncio.gather(
-                        *(
-                            self._authorize(
-                                url, published, published_dns, deadline, dns01, known.get(url)
-                            )
-                            for url in order.authorizations
-                        )
-                    )
-                    known_authzs = None
-                    # Every authorization is valid, so the order is ready: finalize
-                    # without fetching it first (orderNotReady just means poll).
-                    updated = await self._run(_finalize, order_url, order, csr_pem)
-                    if updated is not None:
-                        order = updated
-                        continue
-                elif status == messages.STATUS_READY:
-                    updated = await self._run(_finalize, order_url, order, csr_pem)
-                    if updated is not None:
-                        order = updated
-                        continue
-                else:  # processing (or valid without certificate yet)
-                    await self._wait(retry_after, deadline)
-                fetched, retry_after = await self._run(_fetch_order, order_url)
-                if fetched is None:
-                    raise AcmeProblem(ORDER_INVALID, "order disappeared", retryable=True)
-                order = fetched
+            url = f"{self._renewal_info_url}/{ari.cert_id(chain_pem)}"
+        except ari.ARIError as error:
+            raise AcmeProblem("ACME_PROTOCOL", str(error), retryable=False) from None
+        body, retry_after = await self._transport.call(self._get_json, url)
+        try:
+            return ari.parse_renewal_info(body, retry_after)
+        except ari.ARIError as error:
+            raise AcmeProblem("ACME_PROTOCOL", str(error), retryable=True) from None
+
+    def _get_json(self, url: str) -> tuple[object, timedelta | None]:
+        net = self._transport.network()
+        try:
+            response = net.get(url, content_type="application/json")
+            return response.json(), parse_retry_after(response.headers.get("Retry-After"))
         finally:
-            for token in published:
-                self._responder.remove(token)
-            await self._unpublish_dns(published_dns)
-
-    async def _unpublish_dns(self, published: list[tuple[str, str]]) -> None:
-        """Remove the order's DNS-01 values, success or failure; a failure is only logged.
-
-        Shielded so a cancelled order (shutdown) still removes what it wrote.
-        """
-        if not published or self._dns01 is None:
-            return
-        dns01 = self._dns01
-
-        async def remove(label: str, value: str) -> None:
-            try:
-                await dns01.unpublish(label, value)
-            except Exception as error:
-                log.warning("could not remove the DNS-01 value at %s: %s", label, error)
-
-        await asyncio.shield(asyncio.gather(*(remove(i, v) for i, v in published)))
-
-    async def _authorize(
-        self,
-        url: str,
-        published: list[str],
-        published_dns: list[tuple[str, str]],
-        deadline: float,
-        dns01: _Challenges,
-        known: messages.Authorization | None = None,
-    ) -> None:
-        """Bring one authorization to valid, or raise its challenge's problem.
-
-        ``known`` is the body new_order already fetched, so a fresh order
-        costs no extra request here.
-        """
-        retry_after: float | None = None
-        if known is not None:
-            authz = known
-        else:
-            authz, retry_after = await self._run(_fetch_authz, url)
-        answered = False
-        while authz.status == messages.STATUS_PENDING:
-            if not answered:
-                answered = True
-                challb = self._select_challenge(authz, dns01)
-                response, validation = challb.chall.response_and_validation(self._jwk)
-                # Publish even when the challenge is already processing: after a
-                # crash the validator may still be about to connect.
-                if isinstance(challb.chall, challenges.DNS01):
-                    assert self._dns01 is not None  # _select_challenge checked
-                    published_dns.append((dns01.label, str(validation)))
-                    await self._dns01.publish(dns01.label, str(validation))
-                else:
-                    token = str(challb.chall.encode("token"))
-                    self._responder.add(token, str(validation))
-                    published.append(token)
-                if challb.status == messages.STATUS_PENDING:
-                    await self._run(_answer, challb, response)
-            await self._wait(retry_after, deadline)
-            authz, retry_after = await self._run(_fetch_authz, url)
-        if authz.status != messages.STATUS_VALID:
-            raise _authz_problem(authz)
-
-    def _select_challenge(
-        self, authz: messages.Authorization, dns01: _Challenges
-    ) -> messages.ChallengeBody:
-        """The one place that picks a challenge type.
-
-        DNS-01 for wildcard authorizations (the only type the CA offers there)
-        and for every authorization of a ``dns01`` order; HTTP-01 otherwise.
-        """
-        ident = str(authz.identifier.value)
-        wanted: type[challenges.Challenge] = challenges.HTTP01
-        if dns01.always or authz.wildcard:
-            if self._dns01 is None:
-                raise AcmeProblem(
-                    "DNS01_NOT_CONFIGURED",
-                    f"{ident} needs DNS-01 and CERTBROKER_DNS01_ZONE is not set",
-                    retryable=False,
-                    identifier=ident,
-                )
-            if not dns01.label:
-                raise AcmeProblem(
-                    "DNS01_LABEL_MISSING",
-                    f"{ident} needs DNS-01 and the order names no delegation label",
-                    retryable=False,
-                    identifier=ident,
-                )
-            wanted = challenges.DNS01
-        for challb in authz.challenges:
-            if isinstance(challb.chall, wanted):
-                return challb
-        offered = ", ".join(str(c.chall.typ) for c in authz.challenges)
-        raise AcmeProblem(
-            "ACME_NO_SUPPORTED_CHALLENGE",
-            f"no {wanted.typ} challenge for {ident} (offered: {offered})",
-            retryable=False,
-            identifier=ident,
-        )
-
-    async def _order_failure(self, order: messages.Order) -> AcmeProblem:
-        """The most specific problem for an invalid order: an authz's, else the order's."""
-        for url in order.authorizations:
-            authz, _ = await self._run(_fetch_authz, url)
-            if authz.status != messages.STATUS_VALID:
-                problem = _authz_problem(authz)
-                if problem.reason != ORDER_INVALID:
-                    return problem
-        if order.error is not None:
-            return from_acme_error(order.error)
-        return AcmeProblem(ORDER_INVALID, "order is invalid", retryable=True)
-
-    async def _wait(self, retry_after: float | None, deadline: float) -> None:
-        delay = max(self._poll_interval, min(retry_after or 0.0, _MAX_POLL_WAIT))
-        remaining = deadline - asyncio.get_running_loop().time()
-        await asyncio.sleep(max(0.0, min(delay, remaining)))
-
-    # -- plumbing ---------------------------------------------------------------
-
-    def _require_started(self) -> None:
-        if self._account is None:
-            raise RuntimeError("AcmeIssuer.start() has not run")
-        if self._closed:
-            raise RuntimeError("AcmeIssuer is closed")
-
-    def _client(self) -> client.ClientV2:
-        acme: client.ClientV2 | None = getattr(self._local, "client", None)
-        if acme is None:
-            net = _Network(
-                key=self._jwk,
-                account=self._account,
-                alg=self._alg,
-                verify_ssl=self._verify,
-                user_agent=USER_AGENT,
-                timeout=self._http_timeout,
-            )
-            assert self._directory is not None
-            acme = client.ClientV2(self._directory, net)
-            self._local.client = acme
-            with self._nets_lock:
-                self._nets.append(net)
-        return acme
-
-    def _with_retries(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run one step in this worker thread, retrying transient failures briefly."""
-        for attempt in Retrying(
-            stop=stop_after_attempt(self._step_attempts),
-            wait=wait_exponential(multiplier=0.05, max=1.0) + wait_random(0, 0.05),
-            retry=retry_if_exception(is_transient),
-            reraise=True,
-        ):
-            with attempt:
-                return fn(*args)
-        raise AssertionError("unreachable")  # pragma: no cover - reraise=True
-
-    async def _submit(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run a blocking call in the issuer's pool (never the default one); raw errors."""
-        if self._closed:
-            raise RuntimeError("AcmeIssuer is closed")
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._pool, functools.partial(fn, *args))
-        self._inflight.add(future)
-        future.add_done_callback(self._inflight.discard)
-        return await future
-
-    async def _offload(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run an ACME call in the pool with step retries; failures as ``AcmeProblem``."""
-        try:
-            return await self._submit(self._with_retries, fn, *args)
-        except AcmeProblem:
-            raise
-        except Exception as error:
-            raise classify(error) from error
-
-    async def _run(self, step: Callable[..., T], *args: Any) -> T:
-        """Run an ACME step with this thread's account client."""
-        return await self._offload(lambda *a: step(self._client(), *a), *args)
+            net.session.close()
 
     async def close(self) -> None:
         """Stop accepting work, let in-flight requests end, close sessions and the pool."""
-        if self._closed:
-            return
-        self._closed = True
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        if self._inflight:
-            await asyncio.gather(*list(self._inflight), return_exceptions=True)
-        with self._nets_lock:
-            nets, self._nets = self._nets, []
-        for net in nets:
-            with contextlib.suppress(Exception):
-                net.session.close()
-
-
-def _authz_problem(authz: messages.Authorization) -> AcmeProblem:
-    ident = str(authz.identifier.value) if authz.identifier is not None else ""
-    for challb in authz.challenges:
-        if challb.error is not None:
-            problem = from_acme_error(challb.error)
-            if not problem.identifier:
-                problem.identifier = ident
-            return problem
-    return AcmeProblem(
-        ORDER_INVALID,
-        f"authorization for {ident} is {authz.status.name}",
-        retryable=True,
-        identifier=ident,
-    )
-
-
-def _check_key_matches(chain_pem: str, key_pem: bytes) -> None:
-    """Refuse a chain whose leaf is not for our key (a resumed order from another key)."""
-    leaf = x509.load_pem_x509_certificate(chain_pem.encode())
-    key = serialization.load_pem_private_key(key_pem, password=None)
-    if leaf.public_key() != key.public_key():
-        raise AcmeProblem(
-            ORDER_INVALID, "certificate does not match the private key", retryable=True
-        )
+        await self._transport.close()

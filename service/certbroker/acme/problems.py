@@ -38,6 +38,8 @@ invalidContact, invalidEmail,      ACME_INVALID_CONTACT         no
 externalAccountRequired            ACME_EXTERNAL_ACCOUNT        no
 userActionRequired                 ACME_USER_ACTION_REQUIRED    no
 alreadyRevoked, badRevocationRsn.  ACME_REVOCATION              no
+alreadyReplaced (RFC 9773)         ACME_ALREADY_REPLACED        no (ordered again
+                                                                without replaces)
 no supported challenge offered     ACME_NO_SUPPORTED_CHALLENGE  no
 anything else                      ACME_UNKNOWN                 no
 DNS-01 needed, no zone configured  DNS01_NOT_CONFIGURED         no
@@ -53,6 +55,16 @@ point at us yet" or a transient network fault, which the broker's own DNS
 check and backoff are there for; Let's Encrypt's failed-validation limit (5 per
 name per hour) makes the backoff necessary, not a terminal verdict. CAA is
 terminal because the CA will refuse until the record changes.
+
+The lifecycle reads the verdict (``certbroker.lifecycle``): a terminal problem
+after the broker's own checks passed becomes ACTION_REQUIRED with the fix, and
+``unauthorized``/``incorrectResponse`` repeated while DNS points at the
+platform are treated as terminal too (the CA reaches something that is not us).
+
+``rate_limit_scope`` says which of the CA's limits a ``rateLimited`` problem
+names, from the rate-limit documentation link Let's Encrypt puts in the
+problem (a stable anchor per limit, unlike the wording around it); an unknown
+or missing link counts as account-wide, the cautious reading.
 
 ``compound`` problems are classified by their subproblems: if any is terminal
 the whole is terminal (and takes that subproblem's reason), else the first.
@@ -112,6 +124,7 @@ PROBLEM_TABLE: Final[dict[str, _Verdict]] = {
     "userActionRequired": _Verdict("ACME_USER_ACTION_REQUIRED", _TERMINAL),
     "alreadyRevoked": _Verdict("ACME_REVOCATION", _TERMINAL),
     "badRevocationReason": _Verdict("ACME_REVOCATION", _TERMINAL),
+    "alreadyReplaced": _Verdict("ACME_ALREADY_REPLACED", _TERMINAL),
 }
 
 _UNKNOWN = _Verdict("ACME_UNKNOWN", _TERMINAL)
@@ -130,6 +143,7 @@ class AcmeProblem(Exception):
         type_urn: str = "",
         retry_after: timedelta | None = None,
         identifier: str = "",
+        failed_authorizations: int = 0,
     ) -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
@@ -138,6 +152,9 @@ class AcmeProblem(Exception):
         self.type_urn = type_urn
         self.retry_after = retry_after
         self.identifier = identifier
+        # How many authorizations of the failed order the CA marked invalid (the
+        # order state machine fills it in): Let's Encrypt limits those per name.
+        self.failed_authorizations = failed_authorizations
 
     def __repr__(self) -> str:
         return (
@@ -296,6 +313,28 @@ def is_transient(exc: BaseException) -> bool:
     )
 
 
+#: Let's Encrypt's rate-limit documentation anchors -> the limit (``LimitsLedger`` scope).
+RATE_LIMIT_ANCHORS: Final[dict[str, str]] = {
+    "new-orders-per-account": "orders",
+    "new-certificates-per-registered-domain": "registered_domain",
+    "new-certificates-per-exact-set-of-identifiers": "name_set",
+    "new-certificates-per-exact-set-of-hostnames": "name_set",
+    "authorization-failures-per-identifier-per-account": "failed_authorizations",
+    "authorization-failures-per-hostname-per-account": "failed_authorizations",
+    "new-registrations-per-ip-address": "account",
+}
+
+
+def rate_limit_scope(problem: AcmeProblem) -> str:
+    """Which limit a rateLimited problem names: orders, registered_domain, name_set,
+    failed_authorizations, or account (unknown: pause everything, the cautious reading)."""
+    detail = problem.detail.lower()
+    for anchor, scope in RATE_LIMIT_ANCHORS.items():
+        if f"#{anchor}" in detail:
+            return scope
+    return "account"
+
+
 def _describe(exc: BaseException) -> str:
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
@@ -309,4 +348,5 @@ __all__ = [
     "from_acme_error",
     "is_transient",
     "parse_retry_after",
+    "rate_limit_scope",
 ]
