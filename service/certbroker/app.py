@@ -22,7 +22,7 @@ from certbroker import lifecycle, outbox, tenancy
 from certbroker.bounds import MAX_PAGE_TOKEN_LENGTH, check_length
 from certbroker.clock import Clock
 from certbroker.delegation import LabelKey
-from certbroker.errors import InvalidArgument, NotFound, ResourceExhausted
+from certbroker.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from certbroker.model import (
     ChallengeType,
     Domain,
@@ -32,17 +32,12 @@ from certbroker.model import (
     Source,
 )
 from certbroker.names import normalise_domain
+from certbroker.ports import Sealer
 from certbroker.store.base import NewCertificate, Store, Transaction
 from certbroker.x509.validate import ValidatedBundle
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
-
-
-class Sealer(Protocol):
-    def seal(self, plaintext: bytes, aad: str) -> bytes: ...
-
-    def open(self, blob: bytes, aad: str) -> bytes: ...
 
 
 class Validator(Protocol):
@@ -104,6 +99,7 @@ class Broker:
         wake_scheduler: Callable[[], None] = lambda: None,
         *,
         forced_retry_interval: timedelta = lifecycle.FORCED_RETRY_INTERVAL,
+        dns01_configured: bool = True,
     ) -> None:
         self._store = store
         self._clock = clock
@@ -112,6 +108,7 @@ class Broker:
         self._labels = labels
         self._wake = wake_scheduler
         self._forced_retry_interval = forced_retry_interval
+        self._dns01_configured = dns01_configured
 
     async def issue_certificate(
         self,
@@ -147,6 +144,7 @@ class Broker:
                 updated = self._settings_or_retry(
                     existing, now, not disable_letsencrypt, key_algorithm, include_apex
                 )
+                self._check_dns01(updated)
                 result = await outbox.save(tx, existing, updated)
             else:
                 await self._check_family(tx, tenancy.Claim(name, include_apex), app)
@@ -167,11 +165,32 @@ class Broker:
                     challenge=challenge
                     or (ChallengeType.DNS_01 if name.startswith("*.") else ChallengeType.HTTP_01),
                 )
+                self._check_dns01(fresh)
                 if lifecycle.uses_dns01(fresh):
                     fresh = replace(fresh, delegation_label=self._labels.label(app, name))
                 result = await tx.put_domain(lifecycle.settle(fresh, now))
         self._wake()
         return result
+
+    def _check_dns01(self, domain: Domain) -> None:
+        """A domain that needs DNS-01 for Let's Encrypt is refused while DNS-01 is not set up.
+
+        Accepting it would only park it (NOT_CONFIGURED) where nobody calling sees
+        why; a domain that opted out of Let's Encrypt needs no challenge at all.
+        """
+        if (
+            not self._dns01_configured
+            and domain.letsencrypt_enabled
+            and lifecycle.uses_dns01(domain)
+        ):
+            what = "a wildcard" if domain.is_wildcard else "a DNS-01 domain"
+            raise FailedPrecondition(
+                f"{domain.name} is {what} and this broker has no DNS-01 zone "
+                "(CERTBROKER_DNS01_ZONE, _SERVER and _TSIG_KEY are not set): it cannot "
+                "obtain the certificate; ask the operator to configure DNS-01, or add it "
+                "with Let's Encrypt disabled and upload a custom certificate",
+                reason="DNS01_NOT_CONFIGURED",
+            )
 
     def _settings_or_retry(
         self,

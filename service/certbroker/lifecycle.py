@@ -43,16 +43,19 @@ scheduling columns alone (``Transaction.put_schedule``), without an event.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from certbroker.backoff import renewal_time, retry_delay
+from certbroker.dns import CaaReason, CaaResult, DnsResult, to_observation
+from certbroker.fixes import ca_refusal, caa_record
 from certbroker.model import (
     CertificateInfo,
     ChallengeType,
     DnsObservation,
     Domain,
     LetsEncryptState,
+    RenewalPlan,
     RetryState,
     Source,
 )
@@ -62,6 +65,10 @@ EXPIRING_WINDOW = timedelta(days=14)
 FORCED_RETRY_INTERVAL = timedelta(minutes=10)
 #: How often a resting DNS-01 domain's delegation is looked at again.
 DELEGATION_RECHECK = timedelta(days=1)
+#: A setting is missing (``held_until_restart``).
+NOT_CONFIGURED = "NOT_CONFIGURED"
+#: The CA's renewal window could not be fetched: ask again this much later.
+RENEWAL_INFO_RETRY = timedelta(hours=1)
 _RESTING = (LetsEncryptState.IN_USE, LetsEncryptState.NOT_USED, LetsEncryptState.DISABLED)
 
 
@@ -94,20 +101,47 @@ def uses_dns01(domain: Domain) -> bool:
     return domain.challenge is ChallengeType.DNS_01 or domain.is_wildcard
 
 
+def renewal_due(domain: Domain) -> datetime | None:
+    """When the Let's Encrypt certificate is renewed: inside the CA's window (ARI), else
+    at two thirds of its life; None without a certificate."""
+    cert = domain.le_cert
+    if cert is None:
+        return None
+    return domain.renewal.at or cert_renewal_time(cert)
+
+
 def needs_issuance(domain: Domain, now: datetime) -> bool:
-    """A Let's Encrypt order is wanted: none yet, or two thirds of its life are gone."""
+    """A Let's Encrypt order is wanted: none yet, or its renewal time has come."""
     if not domain.letsencrypt_enabled:
         return False
     cert = domain.le_cert
+    if cert is None:
+        return True
     # A certificate not valid *yet* (the CA's clock is well ahead of ours) is not
     # missing: ordering again would burn the quota; settle schedules a run for it.
-    return cert is None or now >= cert_renewal_time(cert) or now >= cert.not_after
+    renew_at = renewal_due(domain)
+    assert renew_at is not None
+    return now >= renew_at or now >= cert.not_after
+
+
+def held_until_restart(domain: Domain) -> bool:
+    """A setting the broker needs is missing: nothing to try until it restarts with it.
+
+    Settings are read once at start, so a timer would only repeat the same
+    verdict; the scheduler re-evaluates these domains at every start
+    (``Restarted``), and IssueCertificate (retry now) does at once.
+    """
+    return domain.retry.last_error_reason == NOT_CONFIGURED and domain.retry.next_attempt_at is None
 
 
 def is_due_for_order(domain: Domain, now: datetime) -> bool:
     """Wanted and not held back by backoff, the 60-second DNS cadence or a quota."""
     next_attempt = domain.retry.next_attempt_at
-    return needs_issuance(domain, now) and (next_attempt is None or next_attempt <= now)
+    return (
+        needs_issuance(domain, now)
+        and not held_until_restart(domain)
+        and (next_attempt is None or next_attempt <= now)
+    )
 
 
 def is_due_for_delegation_check(domain: Domain, now: datetime) -> bool:
@@ -124,9 +158,28 @@ def is_due_for_delegation_check(domain: Domain, now: datetime) -> bool:
 
 def _next_delegation_check(domain: Domain, now: datetime) -> datetime:
     check = now + DELEGATION_RECHECK
-    if domain.le_cert is not None:
-        check = min(check, max(now, cert_renewal_time(domain.le_cert)))
+    renew_at = renewal_due(domain)
+    if renew_at is not None:
+        check = min(check, max(now, renew_at))
     return check
+
+
+def is_due_for_renewal_info(domain: Domain, now: datetime) -> bool:
+    """A valid certificate whose CA window (ARI) is to be fetched again now.
+
+    Never after the certificate expired (RFC 9773 §4.3), nor once its renewal
+    has started.
+    """
+    cert = domain.le_cert
+    check = domain.renewal.next_check
+    return (
+        domain.letsencrypt_enabled
+        and cert is not None
+        and now < cert.not_after
+        and check is not None
+        and check <= now
+        and not needs_issuance(domain, now)
+    )
 
 
 def settle(domain: Domain, now: datetime) -> Domain:
@@ -173,11 +226,16 @@ def next_run(domain: Domain, now: datetime) -> datetime | None:
         times.append(le_cert.not_after)
     if domain.letsencrypt_enabled:
         if needs_issuance(domain, now):
-            times.append(domain.retry.next_attempt_at or now)
+            if not held_until_restart(domain):
+                times.append(domain.retry.next_attempt_at or now)
         elif le_cert is not None:
-            times.append(cert_renewal_time(le_cert))
+            renew_at = renewal_due(domain)
+            assert renew_at is not None
+            times.append(renew_at)
             if uses_dns01(domain) and domain.retry.next_attempt_at is not None:
                 times.append(domain.retry.next_attempt_at)  # the delegation check
+            if domain.renewal.next_check is not None and now < le_cert.not_after:
+                times.append(domain.renewal.next_check)  # the CA's window, again
     return max(min(times), now) if times else None
 
 
@@ -196,6 +254,8 @@ def dns_not_ready(
     """DNS does not target the platform yet: check again in ``interval`` (the seed's 60 s).
 
     It costs the CA nothing, so it is not a failed attempt and does not back off.
+    An instruction from an earlier CAA or CA refusal no longer applies: the
+    name does not reach us at all, which Pending DNS says.
     """
     state = domain.le_state if _has_usable_le(domain, now) else LetsEncryptState.PENDING_DNS
     retry = replace(
@@ -205,7 +265,9 @@ def dns_not_ready(
         last_error_message=message,
         last_error_at=now,
     )
-    return settle(replace(domain, le_state=state, dns=observation, retry=retry), now)
+    return settle(
+        replace(domain, le_state=state, dns=observation, retry=retry, action_required=""), now
+    )
 
 
 def dns_ready(domain: Domain, observation: DnsObservation) -> Domain:
@@ -242,7 +304,11 @@ def failed(
 
 
 def held_back(domain: Domain, reason: str, message: str, until: datetime, now: datetime) -> Domain:
-    """A quota is used up: wait for its next free slot without counting a failure."""
+    """A quota is used up: wait for its next free slot without counting a failure.
+
+    DNS and CAA passed, so the domain is *Creating* (unless a certificate still
+    serves): the reason and the next slot's time say what it waits for.
+    """
     retry = replace(
         domain.retry,
         next_attempt_at=until,
@@ -250,7 +316,8 @@ def held_back(domain: Domain, reason: str, message: str, until: datetime, now: d
         last_error_message=message,
         last_error_at=now,
     )
-    return settle(replace(domain, retry=retry), now)
+    state = domain.le_state if _has_usable_le(domain, now) else LetsEncryptState.CREATING
+    return settle(replace(domain, retry=retry, le_state=state, action_required=""), now)
 
 
 def action_required(
@@ -320,7 +387,9 @@ def issued(domain: Domain, cert: CertificateInfo, now: datetime) -> Domain:
 
     A DNS-01 domain gets its first periodic delegation check scheduled.
     """
-    done = replace(domain, le_cert=cert, retry=RetryState(), action_required="")
+    done = replace(
+        domain, le_cert=cert, retry=RetryState(), action_required="", renewal=RenewalPlan()
+    )
     if uses_dns01(done):
         done = replace(done, retry=RetryState(next_attempt_at=_next_delegation_check(done, now)))
     return settle(done, now)
@@ -416,6 +485,7 @@ def _shown(domain: Domain) -> Domain:
     count and reason; a new answer, state, certificate or instruction too.
     """
     retry = replace(domain.retry, next_attempt_at=None, last_error_at=None, forced_at=None)
+    renewal = replace(domain.renewal, next_check=None)
     dns = domain.dns
     if dns is not None:
         dns = replace(
@@ -424,9 +494,437 @@ def _shown(domain: Domain) -> Domain:
             expected=tuple(sorted(dns.expected)),
             checked_at=None,
         )
-    return replace(domain, retry=retry, dns=dns, next_run_at=None)
+    return replace(domain, retry=retry, dns=dns, renewal=renewal, next_run_at=None)
 
 
 def worth_an_event(before: Domain, after: Domain) -> bool:
     """Does ``after`` show anything ``before`` did not? If not, only scheduling times moved."""
     return replace(_shown(before), updated_at=after.updated_at) != _shown(after)
+
+
+# ---------------------------------------------------------------------------------------
+# The switch: what to observe next (``next_action``) and what an observation means (``apply``)
+
+
+@dataclass(frozen=True)
+class Rules:
+    """The knobs the decisions use (from Settings)."""
+
+    dns_check_interval: timedelta = timedelta(seconds=60)
+    caa_identity: str = "letsencrypt.org"
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What this broker is configured to do; fixed for the life of the process."""
+
+    acme: bool = True  # CERTBROKER_ACME_DIRECTORY
+    http01: bool = True  # CERTBROKER_PLATFORM_TARGETS (to judge where DNS points)
+    dns01: bool = False  # CERTBROKER_DNS01_ZONE, _SERVER and _TSIG_KEY
+
+
+# -- actions: each is one observe function in the scheduler, then one write ------------
+
+
+@dataclass(frozen=True)
+class Rest:
+    """Nothing to observe now (time may still have moved something: ``Ticked``)."""
+
+
+@dataclass(frozen=True)
+class HoldNotConfigured:
+    """The domain needs a setting this broker lacks (``missing`` names it)."""
+
+    missing: str
+
+
+@dataclass(frozen=True)
+class CheckDns:
+    """HTTP-01 before an order: does DNS point at the platform, does CAA allow our CA?"""
+
+
+@dataclass(frozen=True)
+class CheckDelegation:
+    """DNS-01 before an order: the delegation, CAA, and our own update rights."""
+
+
+@dataclass(frozen=True)
+class RecheckDelegation:
+    """A resting DNS-01 domain's periodic look at its delegation."""
+
+
+@dataclass(frozen=True)
+class PlaceOrder:
+    """An order row exists (reserved, maybe at the CA already): take it to a certificate."""
+
+
+@dataclass(frozen=True)
+class FetchRenewalInfo:
+    """Ask the CA for the current certificate's renewal window (ARI)."""
+
+
+Action = (
+    Rest
+    | HoldNotConfigured
+    | CheckDns
+    | CheckDelegation
+    | RecheckDelegation
+    | PlaceOrder
+    | FetchRenewalInfo
+)
+
+
+def missing_setting(domain: Domain, setup: Setup) -> str:
+    """The setting an order for ``domain`` needs and this broker lacks, or ""."""
+    if not setup.acme:
+        return "CERTBROKER_ACME_DIRECTORY"
+    if uses_dns01(domain) and not setup.dns01:
+        return "CERTBROKER_DNS01_ZONE (needed for wildcards and DNS-01)"
+    if not uses_dns01(domain) and not setup.http01:
+        return "CERTBROKER_PLATFORM_TARGETS"
+    return ""
+
+
+def next_action(domain: Domain, now: datetime, setup: Setup, *, order_pending: bool) -> Action:
+    """What the scheduler should observe for ``domain`` now (after ``Ticked``)."""
+    if is_due_for_order(domain, now):
+        missing = missing_setting(domain, setup)
+        if missing:
+            return HoldNotConfigured(missing)
+        if order_pending:
+            return PlaceOrder()  # a crash or a reservation left it: continue, never re-check
+        return CheckDelegation() if uses_dns01(domain) else CheckDns()
+    if is_due_for_delegation_check(domain, now):
+        if not setup.dns01:
+            return HoldNotConfigured("CERTBROKER_DNS01_ZONE (needed to check the delegation)")
+        return RecheckDelegation()
+    if setup.acme and is_due_for_renewal_info(domain, now):
+        return FetchRenewalInfo()
+    return Rest()
+
+
+# -- observations ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ticked:
+    """Time passed (a custom certificate may have expired)."""
+
+
+@dataclass(frozen=True)
+class Restarted:
+    """The broker started: its settings may have changed since a NOT_CONFIGURED hold."""
+
+
+@dataclass(frozen=True)
+class NotConfigured:
+    missing: str
+
+
+@dataclass(frozen=True)
+class DnsChecked:
+    result: DnsResult
+
+
+@dataclass(frozen=True)
+class CaaChecked:
+    result: CaaResult
+
+
+@dataclass(frozen=True)
+class DelegationChecked:
+    """``ok``, or else the record to create (``record``) and why (``reason``, ``message``)."""
+
+    ok: bool
+    reason: str = ""
+    message: str = ""
+    record: str = ""
+
+
+@dataclass(frozen=True)
+class DelegationUnknown:
+    """The DNS could not tell (timeout, SERVFAIL)."""
+
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Dns01AccessFailed:
+    """Our TSIG key may not update the delegation's record: the operator's to fix."""
+
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class ChecksPassed:
+    """Every check before an order passed."""
+
+
+@dataclass(frozen=True)
+class QuotaHeld:
+    """A limit (the ledger's, mirroring the CA's) holds the order until ``until``."""
+
+    reason: str
+    message: str
+    until: datetime
+
+
+@dataclass(frozen=True)
+class OrderStarted:
+    """The order is reserved and persisted; the CA hears of it next."""
+
+
+@dataclass(frozen=True)
+class OrderFailed:
+    """The CA (or the way to it) failed the order; ``retryable`` is ``acme.problems``' verdict."""
+
+    reason: str
+    message: str
+    retryable: bool
+    retry_after: timedelta | None = None
+    rate_limit_scope: str = ""
+    failed_authorizations: int = 0
+
+
+@dataclass(frozen=True)
+class CertificateIssued:
+    """``ari``: the CA publishes renewal windows (fetch this certificate's next)."""
+
+    cert: CertificateInfo
+    ari: bool = False
+
+
+@dataclass(frozen=True)
+class RenewalInfoFetched:
+    """The CA's window; ``pick`` in [0, 1) places our renewal time in it (random, injected)."""
+
+    start: datetime
+    end: datetime
+    retry_after: timedelta
+    pick: float
+
+
+@dataclass(frozen=True)
+class StepCrashed:
+    """The step failed in a way nobody foresaw (a bug): recorded like a failed try."""
+
+    kind: str
+
+
+@dataclass(frozen=True)
+class RenewalInfoUnavailable:
+    """No window: the CA offers no ARI (``offered`` False) or did not answer."""
+
+    offered: bool
+    message: str = ""
+
+
+Observation = (
+    Ticked
+    | Restarted
+    | NotConfigured
+    | DnsChecked
+    | CaaChecked
+    | DelegationChecked
+    | DelegationUnknown
+    | Dns01AccessFailed
+    | ChecksPassed
+    | QuotaHeld
+    | OrderStarted
+    | OrderFailed
+    | CertificateIssued
+    | RenewalInfoFetched
+    | RenewalInfoUnavailable
+    | StepCrashed
+)
+
+#: Validation failures that, repeated while DNS points at us, are not going away by waiting.
+_VALIDATION_REFUSALS = frozenset({"ACME_UNAUTHORIZED", "ACME_INCORRECT_RESPONSE"})
+#: The broker's own DNS-01 updates failing: the operator's key or zone, not the customer.
+_OPERATOR_PREFIX = "DNS01_"
+
+
+def apply(
+    domain: Domain, observation: Observation, now: datetime, rules: Rules = Rules()
+) -> Domain:
+    """The one switch: what ``observation`` means for ``domain`` at ``now``."""
+    interval = rules.dns_check_interval
+    match observation:
+        case Ticked():
+            return tick(domain, now)
+        case Restarted():
+            if not held_until_restart(domain):
+                return domain
+            return settle(replace(domain, retry=replace(domain.retry, next_attempt_at=now)), now)
+        case NotConfigured(missing):
+            return not_configured(domain, missing, now)
+        case DnsChecked(result) if not result.points:
+            observed = to_observation(result, now)
+            return dns_not_ready(domain, observed, result.reason, result.message, now, interval)
+        case DnsChecked(result):
+            state = domain.le_state
+            if state is LetsEncryptState.PENDING_DNS:
+                state = LetsEncryptState.CREATING  # DNS is fine: no longer Pending DNS
+            return settle(replace(domain, dns=to_observation(result, now), le_state=state), now)
+        case CaaChecked(result) if result.allowed:
+            return caa_allowed(domain, now)
+        case CaaChecked(result) if result.reason == CaaReason.FORBIDS:
+            fix = caa_record(result, rules.caa_identity, wildcard=domain.is_wildcard)
+            return action_required(
+                domain, fix, now, interval, reason=result.reason, message=result.message
+            )
+        case CaaChecked(result):  # the lookup failed: Let's Encrypt would refuse too
+            return failed(_creating(domain), result.reason, result.message, now)
+        case DelegationChecked(ok=True) if needs_issuance(domain, now):
+            return delegated(domain, now)
+        case DelegationChecked(ok=True):
+            return delegation_confirmed(domain, now)
+        case DelegationChecked(reason=reason, message=message, record=record):
+            return action_required(domain, record, now, interval, reason=reason, message=message)
+        case DelegationUnknown(reason, message):
+            return delegation_check_failed(domain, reason, message, now, interval)
+        case Dns01AccessFailed(reason, message):
+            return failed(delegated(domain, now), reason, message, now)
+        case ChecksPassed():
+            return checks_passed(domain, now, interval)
+        case QuotaHeld(reason, message, until):
+            return held_back(domain, reason, message, until, now)
+        case OrderStarted():
+            return order_started(domain, now)
+        case OrderFailed() as failure if refused_for_good(domain, failure):
+            return refused(domain, failure, now, rules)
+        case OrderFailed(reason, message, _, retry_after):
+            # The checks had passed and the CA may say yes next time: Creating, with backoff.
+            fresh = replace(domain, action_required="")
+            return failed(fresh, reason, message, now, retry_after, LetsEncryptState.CREATING)
+        case CertificateIssued(cert, ari):
+            done = issued(domain, cert, now)
+            return replace(done, renewal=RenewalPlan(next_check=now if ari else None))
+        case RenewalInfoFetched(start, end, retry_after, pick):
+            return renewal_window(domain, start, end, retry_after, pick, now)
+        case RenewalInfoUnavailable(offered=False):
+            return settle(replace(domain, renewal=RenewalPlan()), now)
+        case RenewalInfoUnavailable():
+            later = replace(domain.renewal, next_check=now + RENEWAL_INFO_RETRY)
+            return settle(replace(domain, renewal=later), now)
+        case StepCrashed(kind):
+            return failed(domain, "INTERNAL", f"internal error ({kind})", now)
+    raise AssertionError(f"unhandled observation {observation!r}")  # pragma: no cover
+
+
+def _creating(domain: Domain) -> Domain:
+    if domain.le_state is LetsEncryptState.PENDING_DNS:
+        return replace(domain, le_state=LetsEncryptState.CREATING)
+    return domain
+
+
+def not_configured(domain: Domain, missing: str, now: datetime) -> Domain:
+    """Held until the broker restarts with ``missing`` set (``held_until_restart``)."""
+    retry = replace(
+        domain.retry,
+        next_attempt_at=None,
+        last_error_reason=NOT_CONFIGURED,
+        last_error_message=(
+            f"{missing} is not set: the broker cannot order certificates; "
+            "set it and restart the broker"
+        ),
+        last_error_at=now,
+    )
+    return settle(replace(domain, retry=retry), now)
+
+
+def caa_allowed(domain: Domain, now: datetime) -> Domain:
+    """CAA allows us: an Action required for CAA is over by itself (the re-check passed)."""
+    if domain.retry.last_error_reason != CaaReason.FORBIDS or not domain.action_required:
+        return _creating(domain)
+    state = domain.le_state
+    if state is LetsEncryptState.ACTION_REQUIRED:
+        state = LetsEncryptState.CREATING
+    return settle(replace(domain, le_state=state, action_required=""), now)
+
+
+def refused_by_ca(domain: Domain) -> bool:
+    """Action required after the CA refused for good (not a local check's finding)."""
+    return bool(domain.action_required) and domain.retry.last_error_reason.startswith("ACME_")
+
+
+def ca_ready_at(domain: Domain) -> datetime | None:
+    """After a CA refusal, the CA hears of the domain again only with the usual backoff."""
+    if not refused_by_ca(domain) or domain.retry.last_error_at is None:
+        return None
+    return domain.retry.last_error_at + retry_delay(domain.retry.attempt)
+
+
+def checks_passed(domain: Domain, now: datetime, interval: timedelta) -> Domain:
+    """The local checks pass. After a CA refusal they run every ``interval`` (the state
+    shows what to fix), but the order waits for the backoff: the CA said no, and only a
+    change we cannot see may have fixed it."""
+    ready = ca_ready_at(domain)
+    if ready is None or ready <= now:
+        return domain
+    later = replace(domain.retry, next_attempt_at=min(now + interval, ready))
+    return settle(replace(domain, retry=later), now)
+
+
+def dns_confirmed(domain: Domain) -> bool:
+    """The name reaches us: DNS-01 domains order only once their delegation is confirmed."""
+    return uses_dns01(domain) or (domain.dns is not None and domain.dns.points_to_platform)
+
+
+def refused_for_good(domain: Domain, failure: OrderFailed) -> bool:
+    """Waiting will not help: a terminal verdict, or a validation refusal repeated while
+    DNS points at the platform. The broker's own DNS-01 updates are the operator's."""
+    if failure.reason.startswith(_OPERATOR_PREFIX):
+        return False
+    if not failure.retryable:
+        return True
+    return (
+        failure.reason in _VALIDATION_REFUSALS
+        and domain.retry.attempt >= 1
+        and domain.retry.last_error_reason == failure.reason
+        and dns_confirmed(domain)
+    )
+
+
+def refused(domain: Domain, failure: OrderFailed, now: datetime, rules: Rules) -> Domain:
+    """ACTION_REQUIRED with the fix; the local checks again every ``dns_check_interval``.
+
+    Counted as a failed attempt, so the next order waits for the usual backoff
+    (``ca_ready_at``) even while the local re-checks pass.
+    """
+    fix = ca_refusal(
+        domain.name,
+        failure.reason,
+        failure.message,
+        rules.caa_identity,
+        dns01=uses_dns01(domain),
+        base=domain.name.removeprefix("*."),
+    )
+    retry = replace(
+        domain.retry,
+        attempt=domain.retry.attempt + 1,
+        next_attempt_at=now + rules.dns_check_interval,
+        last_error_reason=failure.reason,
+        last_error_message=failure.message,
+        last_error_at=now,
+    )
+    state = domain.le_state if _has_usable_le(domain, now) else LetsEncryptState.ACTION_REQUIRED
+    return settle(replace(domain, le_state=state, action_required=fix, retry=retry), now)
+
+
+def renewal_window(
+    domain: Domain,
+    start: datetime,
+    end: datetime,
+    retry_after: timedelta,
+    pick: float,
+    now: datetime,
+) -> Domain:
+    """Renew at a time inside the CA's window; keep the one picked while it stays inside
+    (a re-fetch that finds the same window changes nothing a watcher sees)."""
+    at = domain.renewal.at
+    if at is None or not start <= at <= end:
+        at = start + (end - start) * min(max(pick, 0.0), 1.0)
+    return settle(replace(domain, renewal=RenewalPlan(at=at, next_check=now + retry_after)), now)

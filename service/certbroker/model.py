@@ -85,6 +85,20 @@ class RetryState:
 
 
 @dataclass(frozen=True)
+class RenewalPlan:
+    """When the CA asks us to renew the current Let's Encrypt certificate (ARI, RFC 9773).
+
+    ``at``: a time the broker picked inside the CA's suggested window (None:
+    no window known, renew at two thirds of the lifetime). ``next_check``:
+    when to fetch the window again (the CA's Retry-After); None when the CA
+    offers no renewal information or the certificate is gone.
+    """
+
+    at: datetime | None = None
+    next_check: datetime | None = None
+
+
+@dataclass(frozen=True)
 class DnsObservation:
     answered: tuple[str, ...] = ()
     expected: tuple[str, ...] = ()
@@ -114,6 +128,7 @@ class Domain:
     # Where the customer's ``_acme-challenge`` CNAME must point (``certbroker.delegation``):
     # bound to the owner, set when a DNS-01 domain is added, "" for HTTP-01 ones.
     delegation_label: str = ""
+    renewal: RenewalPlan = field(default_factory=RenewalPlan)
     revision: int = 0
 
     @property

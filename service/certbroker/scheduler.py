@@ -1,39 +1,31 @@
-"""The scheduler: a loop over the store that works every due domain, one step at a time.
+"""The scheduler: claims due domains, runs each one's next action, writes what it found.
 
-It asks the store only for domains whose ``next_run_at`` has come (an indexed
-query: idle domains cost nothing), works each in its own task (never one
-domain twice at once), and writes the outcome through the pure transitions in
-``lifecycle``. Everything it needs after a crash is in the store: backoff
-columns, the order row (written before the CA is contacted, with the order URL
-as soon as the CA gives it), so a restart resumes an interrupted order instead
-of ordering twice.
+It decides nothing about a domain itself. For each due domain ``lifecycle``
+names the next action (``next_action``); the scheduler runs that action's one
+observe function against its ports (``certbroker.ports``: the CA, DNS, our
+DNS-01 zone) and writes the typed observations through ``lifecycle.apply`` in
+one transaction (``outbox.save``: an event only for what watchers are shown).
+The scheduler itself owns only: claiming due work (an indexed query, so idle
+domains cost nothing; never one domain twice at once), concurrency, wake-ups,
+pacing when the store fails, and stopping.
 
-One step, in the order that keeps the CA's quotas safe::
+The actions and their writes::
 
-    custom expiry / expiring flag      (lifecycle.tick)
-    HTTP-01: DNS points at the platform?  no  -> PENDING_DNS, look again in 60 s
-    DNS-01: _acme-challenge delegated?    no  -> ACTION_REQUIRED (the record to
-                                               create), look again in 60 s
-    CAA allows our CA?                 no  -> failed (backoff), no order
-    DNS-01: may our TSIG key update?   no  -> failed (backoff), no order
-    quota left (counted locally)?      no  -> held back until the next slot
-    reserve the slot + persist order   -> CREATING
-    order at the CA (or resume it)     fail -> backoff 1, 2, 4 ... min, max a day
-    store certificate                  -> IN_USE / NOT_USED
+    Rest                -> Ticked (a custom certificate may have expired)
+    HoldNotConfigured   -> NotConfigured (held until a restart: settings are read at start)
+    CheckDns            -> DnsChecked, CaaChecked, ChecksPassed  + the order reserved
+    CheckDelegation     -> DelegationChecked, CaaChecked, ChecksPassed  + the order reserved
+    RecheckDelegation   -> DelegationChecked / DelegationUnknown
+    PlaceOrder          -> CertificateIssued / OrderFailed (order row dropped, ledger told)
+    FetchRenewalInfo    -> RenewalInfoFetched / RenewalInfoUnavailable
 
-DNS-01 domains (wildcards, or ``challenge`` DNS_01) need no pointing at the
-platform to be validated, so they are not held in PENDING_DNS for it (a
-customer can get the certificate before moving traffic); what they need is
-the one-time delegation (``certbroker.delegation``), to the label stored with
-the domain (bound to its owner: a CNAME made for another app, or for an
-earlier owner of the name, is a wrong delegation here). While such a domain
-rests, its delegation is looked at again once a day
-(``lifecycle.is_due_for_delegation_check``), so a removed CNAME shows as
-``action_required`` long before the renewal, while the certificate keeps
-serving.
-
-Writes go through ``outbox.save``: a check that finds what the last one found
-moves only the scheduling columns and writes no event.
+A check write that leaves the domain due for an order (``is_due_for_order``)
+reserves it in the same transaction: the limits ledger counts it or says what
+holds it (``QuotaHeld``), and the order row (name set, sealed key) is written
+before the CA hears anything, with the order URL as soon as the CA gives it.
+A crash therefore resumes the order (``PlaceOrder``) instead of ordering twice.
+The key is generated once, sealed once into the order row, and the same
+sealed blob becomes the certificate's: it is never opened and sealed again.
 
 When the store cannot record a step (disk full, database locked), the step's
 domain is held back in memory with a growing delay, the whole loop pauses and
@@ -49,93 +41,85 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from certbroker import delegation, lifecycle, outbox, quota
+from certbroker import delegation, lifecycle, outbox
+from certbroker.acme import ari
 from certbroker.acme.keys import generate_private_key
-from certbroker.acme.problems import AcmeProblem, classify
-from certbroker.app import Sealer
+from certbroker.acme.problems import AcmeProblem, rate_limit_scope
 from certbroker.clock import Clock
 from certbroker.delegation import LabelKey
-from certbroker.dns import (
-    CaaResult,
-    DnsLookupError,
-    DnsResult,
-    PlatformTargets,
-    to_observation,
-)
+from certbroker.dns import DnsLookupError, PlatformTargets
 from certbroker.errors import StoreUnavailable
-from certbroker.model import Domain, LetsEncryptState, Source
+from certbroker.lifecycle import (
+    CaaChecked,
+    CertificateIssued,
+    CheckDelegation,
+    CheckDns,
+    ChecksPassed,
+    DelegationChecked,
+    DelegationUnknown,
+    Dns01AccessFailed,
+    DnsChecked,
+    FetchRenewalInfo,
+    HoldNotConfigured,
+    NotConfigured,
+    Observation,
+    OrderFailed,
+    OrderStarted,
+    PlaceOrder,
+    QuotaHeld,
+    RecheckDelegation,
+    RenewalInfoFetched,
+    RenewalInfoUnavailable,
+    Rest,
+    Restarted,
+    StepCrashed,
+    Ticked,
+)
+from certbroker.local_quota import Hold, OrderRequest, QuotaLedger
+from certbroker.model import Domain, Source
 from certbroker.names import registered_domain
+from certbroker.ports import Dns01Access, DnsChecks, Issued, Issuer, Sealer
 from certbroker.store.base import NewCertificate, PendingOrder, Store, Transaction
 from certbroker.store_health import Holds, StoreHealth
 from certbroker.x509.info import certificate_info
 
+__all__ = ["Issued", "Ledger", "Policy", "Scheduler"]
+
 log = logging.getLogger(__name__)
-_IDLE_POLL = 1.0
-# What a pre-flight check found, applied to the domain in the write that starts the order.
-Finding = Callable[[Domain, datetime], Domain]
-
-
-def _unchanged(domain: Domain, now: datetime) -> Domain:
-    return domain
-
-
 # real seconds: a safety net only; commits and wake() drive the loop
+_IDLE_POLL = 1.0
+#: A rateLimited answer without Retry-After pauses its bucket this long.
+_RATE_LIMIT_DEFAULT = timedelta(hours=1)
+#: Domains re-evaluated per transaction at start.
+_RESTART_BATCH = 500
 
 
-class Issued(Protocol):
-    @property
-    def chain_pem(self) -> str: ...
+class Ledger(Protocol):
+    """The limits ledger (the CA's limits, counted from the store)."""
 
+    async def reserve(
+        self, tx: Transaction, request: OrderRequest, now: datetime
+    ) -> Hold | None: ...
 
-class Issuer(Protocol):
-    async def start(self) -> None:
-        """Find or create the ACME account; idempotent."""
-        ...
+    async def order_failed(
+        self, tx: Transaction, request: OrderRequest, failed_authorizations: int, now: datetime
+    ) -> None: ...
 
-    async def issue(
+    async def rate_limited(
         self,
-        names: list[str],
-        key_pem: bytes,
-        *,
-        dns01: bool = False,
-        dns01_label: str = "",
-        on_order_created: Callable[[str], Awaitable[None]] | None = None,
-    ) -> Issued: ...
-
-    async def resume(
-        self,
-        order_url: str,
-        names: list[str],
-        key_pem: bytes,
-        *,
-        dns01: bool = False,
-        dns01_label: str = "",
-    ) -> Issued: ...
-
-
-class DnsChecks(Protocol):
-    async def points_to_platform(self, name: str, targets: PlatformTargets) -> DnsResult: ...
-
-    async def caa_allows(self, name: str, ca_identity: str, *, wildcard: bool) -> CaaResult: ...
-
-    async def cname_target(self, name: str) -> str | None: ...
-
-
-class Dns01Access(Protocol):
-    """The broker's side of DNS-01 (``certbroker.acme.dns01.Dns01Updater``)."""
-
-    @property
-    def zone(self) -> str: ...
-
-    async def check_access(self, label: str) -> None:
-        """Raise ``AcmeProblem`` if the key may not update delegation ``label``'s record."""
-        ...
+        tx: Transaction,
+        request: OrderRequest,
+        scope: str,
+        retry_after: datetime,
+        now: datetime,
+    ) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -163,6 +147,8 @@ class Scheduler:
         dns01: Dns01Access | None = None,
         labels: LabelKey | None = None,
         on_store_health: Callable[[bool], Awaitable[None]] | None = None,
+        ledger: Ledger | None = None,
+        pick: Callable[[], float] = random.random,
     ) -> None:
         self._store = store
         self._dns01 = dns01
@@ -173,14 +159,25 @@ class Scheduler:
         self._dns = dns
         self._targets = targets
         self._policy = policy
+        self._rules = lifecycle.Rules(policy.dns_check_interval, policy.caa_identity)
+        self._setup = lifecycle.Setup(
+            acme=issuer is not None, http01=targets is not None, dns01=dns01 is not None
+        )
+        self._ledger: Ledger = ledger or QuotaLedger(
+            policy.quota_per_registered_domain, policy.quota_per_name_set
+        )
+        self._pick = pick  # where in the CA's renewal window (RFC 9773: at random)
         self._wake = asyncio.Event()
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._restarted = False
         self._health = StoreHealth()
         self._holds = Holds()
         self._on_store_health = on_store_health
         self._reported_healthy = True
+
+    # -- the loop -----------------------------------------------------------------------
 
     def wake(self) -> None:
         """Something changed (a new domain, a retry-now): look at the store again."""
@@ -223,6 +220,8 @@ class Scheduler:
             if self._health.suspect and not await self._probe():
                 continue
             try:
+                if not self._restarted:
+                    await self._restart()
                 await self._start_due()
                 next_due = await self._store.next_due_time(exclude=self._skipped())
             except Exception as error:
@@ -244,6 +243,23 @@ class Scheduler:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), _IDLE_POLL)
 
+    async def _restart(self) -> None:
+        """Domains held for a missing setting are looked at again: it may be set now.
+
+        Only when this broker can order at all (a broker without an ACME directory
+        would only find the same thing again).
+        """
+        if self._setup.acme:
+            names = await self._store.names_with_last_error(lifecycle.NOT_CONFIGURED)
+            for first in range(0, len(names), _RESTART_BATCH):
+                now = self._clock.now()
+                async with self._transaction() as tx:
+                    for name in names[first : first + _RESTART_BATCH]:
+                        latest = await tx.get_domain(name)
+                        if latest is not None:
+                            await outbox.save(tx, latest, lifecycle.apply(latest, Restarted(), now))
+        self._restarted = True
+
     async def _start_due(self) -> None:
         free = self._policy.max_concurrent - len(self._inflight)
         if free <= 0:
@@ -264,11 +280,7 @@ class Scheduler:
             except Exception as error:
                 # A bug or an unforeseen failure: recorded like a failed try, so it backs off.
                 log.exception("step for %s failed", name)
-                kind = type(error).__name__
-                await self._record(
-                    name,
-                    lambda d, now: lifecycle.failed(d, "INTERNAL", f"internal error ({kind})", now),
-                )
+                await self._write(name, [StepCrashed(type(error).__name__)])
         except asyncio.CancelledError:
             self._inflight.pop(name, None)
             raise
@@ -310,23 +322,28 @@ class Scheduler:
             yield tx
         self._health.succeeded(self._clock.now())
 
-    async def _record(
+    def _apply(self, domain: Domain, observations: Sequence[Observation], now: datetime) -> Domain:
+        for observation in (Ticked(), *observations):
+            domain = lifecycle.apply(domain, observation, now, self._rules)
+        return domain
+
+    async def _write(
         self,
         name: str,
-        transition: Callable[[Domain, datetime], Domain],
+        observations: Sequence[Observation],
         extra: Callable[[Transaction], Awaitable[None]] | None = None,
     ) -> Domain | None:
-        """Apply ``transition`` to the latest row inside a transaction; write only real changes.
+        """Apply ``observations`` to the latest row in one transaction; write only changes.
 
-        Most ticks change nothing: that is decided on the committed row first, without
-        taking the store's single write lock.
+        Most writes change nothing: that is decided on the committed row first,
+        without taking the store's single write lock.
         """
         now = self._clock.now()
         if extra is None:
             current = await self._store.get_domain(name)
             if current is None:
                 return None
-            if not lifecycle.changed(current, transition(current, now)):
+            if not lifecycle.changed(current, self._apply(current, observations, now)):
                 return current
         async with self._transaction() as tx:
             latest = await tx.get_domain(name)
@@ -334,110 +351,269 @@ class Scheduler:
                 return None
             if extra is not None:
                 await extra(tx)
-            return await outbox.save(tx, latest, transition(latest, now))
+            return await outbox.save(tx, latest, self._apply(latest, observations, now))
+
+    # -- one step: the action lifecycle names, observed, then written ------------------
 
     async def step(self, name: str) -> None:
         """One unit of work for a due domain."""
-        domain = await self._record(name, lifecycle.tick)
+        domain = await self._store.get_domain(name)
         if domain is None:
             return
         now = self._clock.now()
-        if not lifecycle.is_due_for_order(domain, now):
-            if lifecycle.is_due_for_delegation_check(domain, now):
-                await self._recheck_delegation(domain)
-            return
-        dns01 = lifecycle.uses_dns01(domain)
-        missing = ""
-        if self._issuer is None:
-            missing = "CERTBROKER_ACME_DIRECTORY"
-        elif dns01 and self._dns01 is None:
-            missing = "CERTBROKER_DNS01_ZONE (needed for wildcards and DNS-01)"
-        elif not dns01 and self._targets is None:
-            missing = "CERTBROKER_PLATFORM_TARGETS"
-        if missing:
-            await self._record(
-                name,
-                lambda d, now: lifecycle.held_back(
-                    d,
-                    "NOT_CONFIGURED",
-                    f"{missing} is not set: the broker cannot order certificates",
-                    now + timedelta(days=1),
-                    now,
-                ),
-            )
-            return
-        order = await self._store.get_order(name)
-        found: Finding = _unchanged
-        if order is None:
-            checked = await (self._preflight_dns01(domain) if dns01 else self._preflight(domain))
-            if checked is None:
-                return
-            found = checked
+        domain = lifecycle.apply(domain, Ticked(), now, self._rules)
+        due = lifecycle.is_due_for_order(domain, now)
+        order = await self._store.get_order(name) if due else None
+        action = lifecycle.next_action(domain, now, self._setup, order_pending=order is not None)
+        match action:
+            case Rest():
+                await self._write(name, [])
+            case HoldNotConfigured(missing):
+                await self._write(name, [NotConfigured(missing)])
+            case CheckDns():
+                await self._checked(domain, await self._check_dns(domain))
+            case CheckDelegation():
+                await self._checked(domain, await self._check_delegation(domain))
+            case RecheckDelegation():
+                await self._write(name, await self._recheck_delegation(domain))
+            case PlaceOrder():
+                assert order is not None
+                await self._order(domain, order)
+            case FetchRenewalInfo():
+                await self._write(name, [await self._renewal_info(domain)])
+
+    # -- observe functions -------------------------------------------------------------
+
+    async def _check_dns(self, domain: Domain) -> list[Observation]:
+        """HTTP-01: DNS must point at the platform and CAA allow our CA before the CA hears."""
+        assert self._targets is not None
+        pointed = await self._dns.points_to_platform(domain.name, self._targets)
+        if not pointed.points:
+            return [DnsChecked(pointed)]
+        caa = await self._caa(domain)
+        if not caa.result.allowed:
+            return [DnsChecked(pointed), caa]
+        return [DnsChecked(pointed), caa, ChecksPassed()]
+
+    async def _caa(self, domain: Domain) -> CaaChecked:
+        result = await self._dns.caa_allows(
+            domain.name, self._policy.caa_identity, wildcard=domain.is_wildcard
+        )
+        return CaaChecked(result)
+
+    async def _check_delegation(self, domain: Domain) -> list[Observation]:
+        """DNS-01: delegation, CAA and our own update rights, before the CA hears."""
+        assert self._dns01 is not None
+        delegated = await self._delegation(domain)
+        if not isinstance(delegated, DelegationChecked) or not delegated.ok:
+            return [delegated]
+        caa = await self._caa(domain)
+        if not caa.result.allowed:
+            return [delegated, caa]
+        try:
+            await self._dns01.check_access(self._label(domain))
+        except AcmeProblem as problem:
+            log.warning("DNS-01 updates for %s fail: %s", domain.name, problem)
+            return [delegated, caa, Dns01AccessFailed(problem.reason, problem.detail)]
+        return [delegated, caa, ChecksPassed()]
+
+    async def _recheck_delegation(self, domain: Domain) -> list[Observation]:
+        """A resting DNS-01 domain: is the delegation still there for the next renewal?"""
+        found = await self._delegation(domain)
+        if isinstance(found, DelegationChecked) and not found.ok:
+            log.info("delegation of %s is gone (%s)", domain.name, found.reason)
+        return [found]
+
+    async def _delegation(self, domain: Domain) -> DelegationChecked | DelegationUnknown:
+        """Is ``_acme-challenge.<base>`` a CNAME to this domain's record?"""
+        assert self._dns01 is not None
+        zone = self._dns01.zone
+        label = self._label(domain)
+        try:
+            found = await self._dns.cname_target(delegation.challenge_name(domain.name))
+        except DnsLookupError as error:
+            return DelegationUnknown(error.reason, error.message)
+        if found == delegation.target(label, zone):
+            return DelegationChecked(ok=True)
+        return DelegationChecked(
+            ok=False,
+            reason="DNS01_DELEGATION_MISSING" if found is None else "DNS01_DELEGATION_WRONG",
+            message=delegation.instruction(domain.name, label, zone, found),
+            record=delegation.record(domain.name, label, zone),
+        )
+
+    async def _renewal_info(self, domain: Domain) -> Observation:
+        """The CA's renewal window for the current certificate (RFC 9773)."""
+        assert self._issuer is not None and domain.le_cert is not None
+        try:
+            await self._issuer.start()
+            window = await self._issuer.renewal_info(domain.le_cert.chain_pem)
+        except AcmeProblem as problem:
+            log.info("renewal information for %s: %s", domain.name, problem)
+            return RenewalInfoUnavailable(offered=True, message=str(problem))
+        if window is None:
+            return RenewalInfoUnavailable(offered=False)
+        return RenewalInfoFetched(window.start, window.end, window.retry_after, self._pick())
+
+    async def _account_failure(self) -> OrderFailed | None:
+        """Start the issuer (idempotent); its failure is the order's."""
         assert self._issuer is not None
         try:
             await self._issuer.start()
-        except Exception as error:
-            problem = error if isinstance(error, AcmeProblem) else classify(error)
+        except AcmeProblem as problem:
             log.warning("ACME account not ready: %s", problem)
-            await self._record(
-                name,
-                lambda d, now: lifecycle.failed(
-                    d, problem.reason, f"the CA is unreachable: {problem.detail}", now
-                ),
+            return OrderFailed(
+                problem.reason,
+                f"the CA is unreachable: {problem.detail}",
+                retryable=True,
+                retry_after=problem.retry_after,
             )
-            return
-        await self._order(domain, order, found)
+        return None
 
-    async def _preflight(self, domain: Domain) -> Finding | None:
-        """DNS and CAA must pass locally before the CA hears of the domain."""
-        assert self._targets is not None
-        name = domain.name
-        pointed = await self._dns.points_to_platform(name, self._targets)
+    # -- checks, then the reservation, in one write -------------------------------------
+
+    async def _checked(self, domain: Domain, observations: list[Observation]) -> None:
+        """Write what the checks found; if the domain is then due for an order, reserve it
+        in the same transaction and place it."""
+        if isinstance(observations[-1], ChecksPassed):
+            failure = await self._account_failure()
+            if failure is not None:
+                observations.append(failure)
         now = self._clock.now()
-        observation = to_observation(pointed, now)
-        if not pointed.points:
-            interval = self._policy.dns_check_interval
-            await self._record(
-                name,
-                lambda d, now: lifecycle.dns_not_ready(
-                    d, observation, pointed.reason, pointed.message, now, interval
-                ),
+        if not lifecycle.is_due_for_order(self._apply(domain, observations, now), now):
+            await self._write(domain.name, observations)
+            return
+        key_pem = await asyncio.to_thread(generate_private_key, domain.key_algorithm)
+        sealed = self._sealer.seal(key_pem, domain.name)
+        order: PendingOrder | None = None
+        async with self._transaction() as tx:
+            latest = await tx.get_domain(domain.name)
+            if latest is None:
+                return
+            after = self._apply(latest, observations, now)
+            if lifecycle.is_due_for_order(after, now):
+                request = self._request(after, after.order_names)
+                hold = await self._ledger.reserve(tx, request, now)
+                if hold is not None:
+                    after = lifecycle.apply(
+                        after, QuotaHeld(hold.reason, hold.message, hold.until), now
+                    )
+                else:
+                    order = PendingOrder(
+                        domain=after.name,
+                        registered_domain=request.registered_domain,
+                        names=request.names,
+                        key_sealed=sealed,
+                        started_at=now,
+                    )
+                    await tx.put_order(order)
+                    after = lifecycle.apply(after, OrderStarted(), now, self._rules)
+            saved = await outbox.save(tx, latest, after)
+        if order is not None:
+            await self._order(saved, order, key_pem)
+
+    def _request(self, domain: Domain, names: tuple[str, ...]) -> OrderRequest:
+        """What the ledger counts: a renewal when the certificate it replaces has these names."""
+        cert = domain.le_cert
+        renewal = cert is not None and set(cert.sans) == set(names)
+        replaces: str | None = None
+        if renewal and cert is not None and self._issuer is not None and self._issuer.offers_ari:
+            with contextlib.suppress(ari.ARIError, ValueError):
+                replaces = ari.cert_id(cert.chain_pem)
+        return OrderRequest(
+            domain=domain.name,
+            app=domain.app,
+            registered_domain=registered_domain(domain.name),
+            names=names,
+            renewal=renewal,
+            replaces=replaces,
+        )
+
+    # -- the order ---------------------------------------------------------------------
+
+    async def _order(
+        self, domain: Domain, order: PendingOrder, key_pem: bytes | None = None
+    ) -> None:
+        """Take the reserved order to a certificate (resuming it if the CA has it already)."""
+        assert self._issuer is not None
+        name = domain.name
+        failure = await self._account_failure()
+        if failure is not None:
+            await self._write(name, [failure])  # the order row stays: resumed next time
+            return
+        if key_pem is None:
+            key_pem = self._sealer.open(order.key_sealed, name)
+        request = self._request(domain, order.names)
+        dns01 = lifecycle.uses_dns01(domain)
+        try:
+            issued = await self._issuer.issue(
+                list(order.names),
+                key_pem,
+                dns01=dns01,
+                dns01_label=self._label(domain) if dns01 else "",
+                replaces=request.replaces or "",
+                resume_url=order.order_url,
+                on_order_created=self._saver(order),
             )
-            return None
+        except AcmeProblem as problem:
+            log.warning("order for %s failed: %s", name, problem.reason)
+            await self._order_failed(request, problem)
+            return
+        await self._store_certificate(order, issued.chain_pem)
 
-        def found(d: Domain, now: datetime) -> Domain:
-            return lifecycle.dns_ready(d, observation)
+    async def _order_failed(self, request: OrderRequest, problem: AcmeProblem) -> None:
+        """Drop the order row (a fresh order next time), tell the ledger, back off."""
+        scope = rate_limit_scope(problem) if problem.reason == "ACME_RATE_LIMITED" else ""
+        failure = OrderFailed(
+            problem.reason,
+            problem.detail or problem.reason,
+            problem.retryable,
+            problem.retry_after,
+            scope,
+            problem.failed_authorizations,
+        )
+        now = self._clock.now()
 
-        if not await self._caa_allows(domain, found):
-            return None
-        return found  # written with the order's start, one write instead of two
+        async def book(tx: Transaction) -> None:
+            await tx.delete_order(request.domain)
+            await self._ledger.order_failed(tx, request, problem.failed_authorizations, now)
+            if scope:
+                pause = problem.retry_after or _RATE_LIMIT_DEFAULT
+                await self._ledger.rate_limited(tx, request, scope, now + pause, now)
 
-    async def _caa_allows(
-        self, domain: Domain, found_so_far: Callable[[Domain, datetime], Domain]
-    ) -> bool:
-        """CAA must allow our CA; if not, back off without ordering (the customer must act).
+        await self._write(request.domain, [failure], extra=book)
 
-        ``found_so_far`` records what the earlier checks saw (DNS answers, delegation),
-        so the refusal and those facts land in one write.
+    def _saver(self, order: PendingOrder) -> Callable[[str], Awaitable[None]]:
+        async def save(url: str) -> None:
+            async with self._transaction() as tx:
+                await tx.put_order(replace(order, order_url=url))
+
+        return save
+
+    async def _store_certificate(self, order: PendingOrder, chain_pem: str) -> None:
+        """The certificate, its issuance (quotas count it) and the domain, in one write.
+
+        The order row's sealed key becomes the certificate's as it is: same key,
+        same domain bound into the seal.
         """
-        caa = await self._dns.caa_allows(
-            domain.name, self._policy.caa_identity, wildcard=domain.is_wildcard
-        )
-        if caa.allowed:
-            return True
-        await self._record(
-            domain.name,
-            lambda d, now: lifecycle.failed(
-                found_so_far(d, now),
-                caa.reason,
-                caa.message,
-                now,
-                state=None
-                if lifecycle.is_valid_at(d.le_cert, now)
-                else LetsEncryptState.PENDING_DNS,
-            ),
-        )
-        return False
+        info = replace(certificate_info(chain_pem), received_at=self._clock.now())
+        name = order.domain
+        now = self._clock.now()
+        assert self._issuer is not None
+        async with self._transaction() as tx:
+            latest = await tx.get_domain(name)
+            await tx.delete_order(name)
+            await tx.record_issuance(name, order.registered_domain, order.names, info.serial, now)
+            if latest is None:
+                return  # removed while ordering: the issuance still counts for quotas
+            cert = await tx.add_certificate(
+                NewCertificate(
+                    domain=name, source=Source.LETS_ENCRYPT, info=info, key_sealed=order.key_sealed
+                )
+            )
+            issued = CertificateIssued(cert, ari=self._issuer.offers_ari)
+            await outbox.save(tx, latest, self._apply(latest, [issued], now))
+        log.info("issued %s (serial %s, until %s)", name, info.serial, info.not_after)
 
     def _label(self, domain: Domain) -> str:
         """The domain's delegation label: stored with it since it was added.
@@ -451,217 +627,3 @@ class Scheduler:
         if self._labels is None:
             raise RuntimeError(f"{domain.name} has no delegation label and no label key is set")
         return self._labels.label(domain.app, domain.name)
-
-    async def _delegation_state(self, domain: Domain) -> tuple[bool, str, str]:
-        """Is ``_acme-challenge.<base>`` a CNAME to this domain's record? ``(ok, reason, message)``.
-
-        Raises ``DnsLookupError`` when the DNS cannot tell.
-        """
-        assert self._dns01 is not None
-        zone = self._dns01.zone
-        label = self._label(domain)
-        found = await self._dns.cname_target(delegation.challenge_name(domain.name))
-        if found == delegation.target(label, zone):
-            return True, "", ""
-        reason = "DNS01_DELEGATION_MISSING" if found is None else "DNS01_DELEGATION_WRONG"
-        return False, reason, delegation.instruction(domain.name, label, zone, found)
-
-    def _ask_for_delegation(
-        self, domain: Domain, reason: str, message: str
-    ) -> Callable[[Domain, datetime], Domain]:
-        assert self._dns01 is not None
-        record = delegation.record(domain.name, self._label(domain), self._dns01.zone)
-        interval = self._policy.dns_check_interval
-        return lambda d, now: lifecycle.action_required(
-            d, record, now, interval, reason=reason, message=message
-        )
-
-    async def _preflight_dns01(self, domain: Domain) -> Finding | None:
-        """Delegation, CAA and our own update rights must hold before the CA hears of it."""
-        assert self._dns01 is not None
-        name = domain.name
-        interval = self._policy.dns_check_interval
-        try:
-            ok, reason, message = await self._delegation_state(domain)
-        except DnsLookupError as error:
-            why, detail = error.reason, error.message
-            await self._record(
-                name,
-                lambda d, now: lifecycle.delegation_check_failed(d, why, detail, now, interval),
-            )
-            return None
-        if not ok:
-            await self._record(name, self._ask_for_delegation(domain, reason, message))
-            return None
-        if not await self._caa_allows(domain, lifecycle.delegated):
-            return None
-        try:
-            await self._dns01.check_access(self._label(domain))
-        except AcmeProblem as problem:
-            log.warning("DNS-01 updates for %s fail: %s", name, problem)
-            why, detail = problem.reason, problem.detail
-            await self._record(
-                name,
-                lambda d, now: lifecycle.failed(lifecycle.delegated(d, now), why, detail, now),
-            )
-            return None
-        return lifecycle.delegated
-
-    async def _recheck_delegation(self, domain: Domain) -> None:
-        """A resting DNS-01 domain: is the delegation still there for the next renewal?"""
-        name = domain.name
-        interval = self._policy.dns_check_interval
-        if self._dns01 is None:
-            message = "CERTBROKER_DNS01_ZONE is not set: the delegation cannot be checked"
-            await self._record(
-                name,
-                lambda d, now: lifecycle.delegation_check_failed(
-                    d, "NOT_CONFIGURED", message, now, lifecycle.DELEGATION_RECHECK
-                ),
-            )
-            return
-        try:
-            ok, reason, message = await self._delegation_state(domain)
-        except DnsLookupError as error:
-            why, detail = error.reason, error.message
-            await self._record(
-                name,
-                lambda d, now: lifecycle.delegation_check_failed(d, why, detail, now, interval),
-            )
-            return
-        if ok:
-            await self._record(name, lifecycle.delegation_confirmed)
-        else:
-            log.info("delegation of %s is gone (%s)", name, reason)
-            await self._record(name, self._ask_for_delegation(domain, reason, message))
-
-    async def _reserve(self, domain: Domain, found: Finding) -> PendingOrder | None:
-        """Count the quotas and, if a slot is free, persist the order in the same transaction."""
-        names = domain.order_names
-        registered = registered_domain(domain.name)
-        key_pem = await asyncio.to_thread(generate_private_key, domain.key_algorithm)
-        now = self._clock.now()
-        since = now - quota.WINDOW
-        async with self._transaction() as tx:
-            stored = await tx.get_domain(domain.name)
-            if stored is None:
-                return None
-            latest = found(stored, now)
-            block = quota.check(
-                await tx.registered_domain_usage(registered, since),
-                self._policy.quota_per_registered_domain,
-                now,
-                "QUOTA_REGISTERED_DOMAIN",
-                f"registered domain {registered}",
-            ) or quota.check(
-                await tx.name_set_usage(names, since),
-                self._policy.quota_per_name_set,
-                now,
-                "QUOTA_NAME_SET",
-                f"the names {', '.join(names)}",
-            )
-            if block is not None:
-                held = lifecycle.held_back(latest, block.reason, block.message, block.until, now)
-                await outbox.save(tx, stored, held)
-                return None
-            order = PendingOrder(
-                domain=domain.name,
-                registered_domain=registered,
-                names=names,
-                key_sealed=self._sealer.seal(key_pem, domain.name),
-                started_at=now,
-            )
-            await tx.put_order(order)
-            await outbox.save(tx, stored, lifecycle.order_started(latest, now))
-        return order
-
-    async def _order(self, domain: Domain, order: PendingOrder | None, found: Finding) -> None:
-        assert self._issuer is not None
-        name = domain.name
-        if order is not None and not order.order_url:
-            order = None  # crashed before the CA answered: nothing was ordered
-            async with self._transaction() as tx:
-                await tx.delete_order(name)
-        if order is None:
-            order = await self._reserve(domain, found)
-            if order is None:
-                return
-        key_pem = self._sealer.open(order.key_sealed, name)
-        dns01 = lifecycle.uses_dns01(domain)
-        label = self._label(domain) if dns01 else ""
-        try:
-            if order.order_url:
-                try:
-                    issued = await self._issuer.resume(
-                        order.order_url,
-                        list(order.names),
-                        key_pem,
-                        dns01=dns01,
-                        dns01_label=label,
-                    )
-                except AcmeProblem as problem:
-                    if problem.reason != "ACME_ORDER_INVALID":
-                        raise
-                    log.info("order for %s cannot be resumed (%s); ordering anew", name, problem)
-                    issued = await self._issuer.issue(
-                        list(order.names),
-                        key_pem,
-                        dns01=dns01,
-                        dns01_label=label,
-                        on_order_created=self._saver(order),
-                    )
-            else:
-                issued = await self._issuer.issue(
-                    list(order.names),
-                    key_pem,
-                    dns01=dns01,
-                    dns01_label=label,
-                    on_order_created=self._saver(order),
-                )
-        except AcmeProblem as problem:
-            log.warning("order for %s failed: %s", name, problem.reason)
-            await self._order_failed(name, problem)
-            return
-        await self._store_certificate(order, key_pem, issued.chain_pem)
-
-    async def _order_failed(self, name: str, problem: AcmeProblem) -> None:
-        """Drop the order row (a fresh order next time) and back off."""
-
-        async def drop(tx: Transaction) -> None:
-            await tx.delete_order(name)
-
-        await self._record(
-            name,
-            lambda d, now: lifecycle.failed(
-                d, problem.reason, problem.detail or problem.reason, now, problem.retry_after
-            ),
-            extra=drop,
-        )
-
-    def _saver(self, order: PendingOrder) -> Callable[[str], Awaitable[None]]:
-        async def save(url: str) -> None:
-            async with self._transaction() as tx:
-                await tx.put_order(replace(order, order_url=url))
-
-        return save
-
-    async def _store_certificate(self, order: PendingOrder, key_pem: bytes, chain_pem: str) -> None:
-        info = replace(certificate_info(chain_pem), received_at=self._clock.now())
-        name = order.domain
-        now = self._clock.now()
-        async with self._transaction() as tx:
-            latest = await tx.get_domain(name)
-            await tx.delete_order(name)
-            await tx.record_issuance(name, order.registered_domain, order.names, info.serial, now)
-            if latest is None:
-                return  # removed while ordering: the issuance still counts for quotas
-            cert = await tx.add_certificate(
-                NewCertificate(
-                    domain=name,
-                    source=Source.LETS_ENCRYPT,
-                    info=info,
-                    key_sealed=self._sealer.seal(key_pem, name),
-                )
-            )
-            await outbox.save(tx, latest, lifecycle.issued(latest, cert, now))
-        log.info("issued %s (serial %s, until %s)", name, info.serial, info.not_after)

@@ -281,6 +281,7 @@ async def _start(
         labels,
         wake_scheduler=scheduler.wake,
         forced_retry_interval=settings.forced_retry_interval,
+        dns01_configured=dns01 is not None,
     )
     provider = tracer_provider(settings.traces_exporter, span_exporter)
     if provider is not None:

@@ -84,12 +84,16 @@ async def test_stray_aaaa_keeps_the_domain_pending(lab: Lab, tmp_path: Path) -> 
         lab.dns.clear_aaaa(name)
 
 
-async def test_caa_forbidding_our_ca_means_no_order(lab: Lab, tmp_path: Path) -> None:
+async def test_caa_forbidding_our_ca_is_action_required_until_the_record_allows_it(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """No order while CAA forbids; the exact record to add; back by itself once it is there."""
     name = unique_domain()
     parent = name.split(".", 1)[1]
     lab.dns.add_caa(parent, [("issue", "other-ca.example")])
+    clock = FakeClock(datetime.now(UTC))
     try:
-        async with started_broker(lab.settings(tmp_path)) as broker:
+        async with started_broker(lab.settings(tmp_path), clock) as broker:
             issued_before = lab.pebble.issued_count()
             orders_before = lab.pebble.log_text().count(name)
             await broker.stub.IssueCertificate(
@@ -98,11 +102,30 @@ async def test_caa_forbidding_our_ca_means_no_order(lab: Lab, tmp_path: Path) ->
             status = await wait_status(
                 broker.stub, name, lambda d: d.retry.last_error_reason == "CAA_FORBIDS"
             )
+            assert status.lets_encrypt_state == domain_pb2.LETS_ENCRYPT_STATE_ACTION_REQUIRED
+            assert status.action_required == f'{parent}. CAA 0 issue "letsencrypt.org"'
             assert "other-ca.example" in status.retry.last_error_message
-            assert status.lets_encrypt_state == domain_pb2.LETS_ENCRYPT_STATE_PENDING_DNS
-            assert status.retry.attempt == 1
+            assert status.dns.points_to_platform  # DNS is fine: not Pending DNS
+            assert status.retry.attempt == 0  # the CA heard nothing: no failed try
+            wait = status.retry.next_attempt_time.ToDatetime(UTC) - clock.now()
+            assert wait == timedelta(seconds=60)  # the DNS cadence, not a daily retry
             assert lab.pebble.issued_count() == issued_before
             assert lab.pebble.log_text().count(name) == orders_before  # Pebble never saw it
+
+            clock.advance(timedelta(seconds=60))  # re-checked, still forbidden
+            again = await wait_status(
+                broker.stub,
+                name,
+                lambda d: d.retry.next_attempt_time.ToDatetime(UTC) > clock.now(),
+            )
+            assert again.lets_encrypt_state == domain_pb2.LETS_ENCRYPT_STATE_ACTION_REQUIRED
+
+            lab.dns.clear_caa(parent)
+            lab.dns.add_caa(parent, [("issue", "letsencrypt.org")])
+            clock.advance(timedelta(seconds=60))
+            done = await wait_status(broker.stub, name, in_use)
+            assert done.action_required == ""
+            verify_chain(done.lets_encrypt_certificate.chain_pem, lab.pebble.root_pem(), name)
     finally:
         lab.dns.clear_caa(parent)
 

@@ -112,6 +112,8 @@ async def test_registered_domain_quota_holds_orders_until_a_slot_frees(
             broker.stub, names[2], lambda d: d.retry.last_error_reason == "QUOTA_REGISTERED_DOMAIN"
         )
         assert held.retry.attempt == 0
+        # DNS and CAA passed: a quota hold is Creating, with the reason and the next slot.
+        assert held.lets_encrypt_state == domain_pb2.LETS_ENCRYPT_STATE_CREATING
         assert held.retry.next_attempt_time.ToDatetime(UTC) == first_issue + timedelta(days=7)
         assert "example.test" in held.retry.last_error_message
         # "retry now" does not reset the quota

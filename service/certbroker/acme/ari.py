@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import math
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Final
 
@@ -24,6 +23,7 @@ from cryptography import x509
 from josepy import json_util
 
 from acme import messages
+from certbroker.ports import RenewalWindow
 
 #: RFC 9773 §4.3: without a usable Retry-After, ask again in six hours.
 DEFAULT_RETRY_AFTER: Final = timedelta(hours=6)
@@ -56,16 +56,6 @@ def cert_id(chain_pem: str) -> str:
     serial = leaf.serial_number
     serial_bytes = serial.to_bytes(math.ceil((serial.bit_length() + 1) / 8), "big", signed=True)
     return f"{_b64(aki.key_identifier)}.{_b64(serial_bytes)}"
-
-
-@dataclass(frozen=True)
-class RenewalWindow:
-    """The CA's suggested window (``end`` inclusive) and when to ask again."""
-
-    start: dt.datetime
-    end: dt.datetime
-    retry_after: timedelta
-    explanation_url: str = ""
 
 
 def clamp_retry_after(value: timedelta | None) -> timedelta:

@@ -43,6 +43,7 @@ from certbroker.acme.orders import (
 )
 from certbroker.acme.problems import AcmeProblem, HttpStatusError, parse_retry_after
 from certbroker.acme.transport import StepRetry, Transport
+from certbroker.ports import RenewalWindow
 
 log = logging.getLogger(__name__)
 
@@ -291,7 +292,7 @@ class AcmeIssuer:
         """The CA's directory lists ``renewalInfo`` (known once started)."""
         return self._account is not None and bool(self._renewal_info_url)
 
-    async def renewal_info(self, chain_pem: str) -> ari.RenewalWindow | None:
+    async def renewal_info(self, chain_pem: str) -> RenewalWindow | None:
         """The CA's suggested renewal window for the chain's leaf; None without ARI.
 
         Raises ``AcmeProblem`` when the CA cannot answer (retryable) or answers

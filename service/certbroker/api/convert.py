@@ -101,7 +101,7 @@ def domain(record: Domain, now: datetime) -> domain_pb2.Domain:
     )
     if record.le_cert is not None:
         message.lets_encrypt_certificate.CopyFrom(certificate(record.le_cert, now))
-        _ts(message.renewal_time, lifecycle.cert_renewal_time(record.le_cert))
+        _ts(message.renewal_time, lifecycle.renewal_due(record))
     if record.custom_cert is not None:
         message.custom_certificate.CopyFrom(certificate(record.custom_cert, now))
     retry = record.retry

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from certbroker.app import Sealer
+from certbroker.ports import Sealer
 from certbroker.store.base import Store
 
 META_PREFIX = "acme_account"  # meta key: f"{META_PREFIX}:{directory_url}"

@@ -134,6 +134,11 @@ class Store(Protocol):
         """Names of due domains, earliest first, leaving out ``exclude`` (being worked)."""
         ...
 
+    async def names_with_last_error(self, reason: str) -> list[str]:
+        """Names whose last error reason is ``reason`` (the scheduler re-evaluates the
+        NOT_CONFIGURED ones at every start: settings may have changed)."""
+        ...
+
     async def next_due_time(self, exclude: Collection[str] = ()) -> datetime | None:
         """The earliest ``next_run_at`` among domains not in ``exclude`` (those being worked)."""
         ...

@@ -18,6 +18,7 @@ from certbroker.model import (
     Domain,
     KeyAlgorithm,
     LetsEncryptState,
+    RenewalPlan,
     RetryState,
     Source,
 )
@@ -44,6 +45,8 @@ DOMAIN_COLUMNS = (
     "include_apex",
     "delegation_label",
     "forced_retry_at",
+    "ari_renew_at",
+    "ari_next_check",
     "revision",
     "created_at",
     "updated_at",
@@ -56,6 +59,7 @@ SCHEDULE_COLUMNS = (
     "forced_retry_at",
     "dns_json",
     "next_run_at",
+    "ari_next_check",
 )
 
 
@@ -128,6 +132,8 @@ def domain_to_row(domain: Domain) -> dict[str, Any]:
         "include_apex": int(domain.include_apex),
         "delegation_label": domain.delegation_label,
         "forced_retry_at": to_micros(domain.retry.forced_at),
+        "ari_renew_at": to_micros(domain.renewal.at),
+        "ari_next_check": to_micros(domain.renewal.next_check),
         "revision": domain.revision,
         "created_at": to_micros(domain.created_at),
         "updated_at": to_micros(domain.updated_at),
@@ -159,6 +165,10 @@ def domain_from_row(row: Any, certificate: Callable[[Any], CertificateInfo | Non
         custom_expiring=bool(row["custom_expiring"]),
         include_apex=bool(row["include_apex"]),
         delegation_label=row["delegation_label"],
+        renewal=RenewalPlan(
+            at=from_micros(row["ari_renew_at"]),
+            next_check=from_micros(row["ari_next_check"]),
+        ),
         revision=row["revision"],
         created_at=must_time(row["created_at"]),
         updated_at=must_time(row["updated_at"]),

@@ -11,8 +11,8 @@ from __future__ import annotations
 import secrets
 from typing import Final
 
-from certbroker.app import Sealer
 from certbroker.delegation import SECRET_BYTES, LabelKey
+from certbroker.ports import Sealer
 from certbroker.store.base import Store
 
 META_KEY: Final = "dns01_label_secret"

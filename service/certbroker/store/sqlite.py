@@ -354,6 +354,13 @@ class SqliteStore:
             return [row[0] for row in await cur.fetchall()]
 
     @_translated
+    async def names_with_last_error(self, reason: str) -> list[str]:
+        # A scan (no index on the reason): the scheduler asks once per start.
+        sql = "SELECT name FROM domains WHERE last_error_reason = ? ORDER BY name"
+        async with self._reader.execute(sql, (reason,)) as cur:
+            return [row[0] for row in await cur.fetchall()]
+
+    @_translated
     async def next_due_time(self, exclude: Collection[str] = ()) -> datetime | None:
         # Only placeholders are formatted in; the names themselves are bound.
         where = f" WHERE name NOT IN ({', '.join('?' for _ in exclude)})" if exclude else ""
@@ -378,6 +385,8 @@ class SqliteStore:
                 payload.setdefault("include_apex", 0)  # events older than migration 002
                 payload.setdefault("delegation_label", "")  # and than migration 003
                 payload.setdefault("forced_retry_at", None)  # and than migration 004
+                payload.setdefault("ari_renew_at", None)  # and than migration 006
+                payload.setdefault("ari_next_check", None)
                 if row["type"] == EventType.DOMAIN_UPDATED.value:
                     payload["revision"] = row["revision"]  # see put_domain
                 domain = await self.decode_domain(payload)
