@@ -19,6 +19,7 @@ from certbroker.v1 import broker_pb2
 from certbroker_client.client import BrokerError
 from tests.broker import BrokerHandle, broker_settings, started_broker
 from tests.faults import FullDisk
+from tests.infra.challtestsrv import ChallTestSrv
 from tests.integration.lab import Lab, in_use, unique_domain, wait_status
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -41,13 +42,20 @@ async def wait_for(check: object, what: str, timeout: float = 20.0) -> None:
 
 
 async def test_a_full_disk_gives_bounded_retries_not_serving_then_recovery(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    dns_server: ChallTestSrv, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
     clock = FakeClock(datetime.now(UTC))
     disk = FullDisk()
-    # No CA configured: every step ends in a NOT_CONFIGURED hold, i.e. one write.
-    settings = broker_settings(tmp_path)
+    # DNS never points at the platform (every name answers 127.0.0.1, the platform is
+    # 192.0.2.10): every step is one DNS check and one write, and the CA (an address
+    # nothing listens on) is never reached.
+    settings = broker_settings(
+        tmp_path,
+        acme_directory="https://127.0.0.1:1/directory",
+        dns_servers=(("127.0.0.1", dns_server.dns_port),),
+        platform_targets=("192.0.2.10",),
+    )
     names = [f"d{i}.{unique_domain('full')}" for i in range(10)]
     async with started_broker(settings, clock, open_store=disk.open) as broker:
         for name in names:
@@ -56,7 +64,7 @@ async def test_a_full_disk_gives_bounded_retries_not_serving_then_recovery(
             )
         for name in names:
             await wait_status(
-                broker.stub, name, lambda d: d.retry.last_error_reason == "NOT_CONFIGURED"
+                broker.stub, name, lambda d: d.retry.last_error_reason == "DNS_NOT_POINTING"
             )
         assert await health(broker) == SERVING
 
@@ -96,7 +104,7 @@ async def test_a_full_disk_gives_bounded_retries_not_serving_then_recovery(
         assert await health(broker) == NOT_SERVING
         # Reads still answer while writes fail.
         status = await broker.stub.GetStatus(broker_pb2.GetStatusRequest(domain=names[0]))
-        assert status.domain.retry.last_error_reason == "NOT_CONFIGURED"
+        assert status.domain.retry.last_error_reason == "DNS_NOT_POINTING"
 
         disk.full = False
         clock.advance(timedelta(seconds=4))
