@@ -67,8 +67,13 @@ FORCED_RETRY_INTERVAL = timedelta(minutes=10)
 DELEGATION_RECHECK = timedelta(days=1)
 #: A setting is missing (``held_until_restart``).
 NOT_CONFIGURED = "NOT_CONFIGURED"
+#: However soon the CA says to ask again, not sooner than this.
+RENEWAL_INFO_MIN_WAIT = timedelta(minutes=1)
 #: The CA's renewal window could not be fetched: ask again this much later.
 RENEWAL_INFO_RETRY = timedelta(hours=1)
+#: A certificate is never renewed on the CA's word sooner than this after it arrived: a
+#: window already past for a fresh certificate would otherwise renew it again and again.
+ARI_MIN_AGE = timedelta(hours=1)
 _RESTING = (LetsEncryptState.IN_USE, LetsEncryptState.NOT_USED, LetsEncryptState.DISABLED)
 
 
@@ -801,7 +806,7 @@ def apply(
             return failed(fresh, reason, message, now, retry_after, LetsEncryptState.CREATING)
         case CertificateIssued(cert, ari):
             done = issued(domain, cert, now)
-            return replace(done, renewal=RenewalPlan(next_check=now if ari else None))
+            return settle(replace(done, renewal=RenewalPlan(next_check=now if ari else None)), now)
         case RenewalInfoFetched(start, end, retry_after, pick):
             return renewal_window(domain, start, end, retry_after, pick, now)
         case RenewalInfoUnavailable(offered=False):
@@ -927,4 +932,8 @@ def renewal_window(
     at = domain.renewal.at
     if at is None or not start <= at <= end:
         at = start + (end - start) * min(max(pick, 0.0), 1.0)
-    return settle(replace(domain, renewal=RenewalPlan(at=at, next_check=now + retry_after)), now)
+    cert = domain.le_cert
+    if cert is not None:  # a CA that asks to replace what it just issued must not loop us
+        at = max(at, (cert.received_at or cert.not_before) + ARI_MIN_AGE)
+    again = now + max(retry_after, RENEWAL_INFO_MIN_WAIT)  # a Retry-After of 0 must not spin
+    return settle(replace(domain, renewal=RenewalPlan(at=at, next_check=again)), now)
