@@ -10,7 +10,7 @@ import requests
 from acme import errors as acme_errors
 from acme import messages
 
-from certbroker.acme.orders import authz_problem as _authz_problem
+from certbroker.acme.orders import authz_problem
 from certbroker.acme.problems import (
     PROBLEM_TABLE,
     AcmeProblem,
@@ -19,6 +19,7 @@ from certbroker.acme.problems import (
     from_acme_error,
     is_transient,
     parse_retry_after,
+    rate_limit_scope,
 )
 
 
@@ -166,7 +167,7 @@ def test_failed_authorization_yields_challenge_problem() -> None:
             ],
         }
     )
-    problem = _authz_problem(authz)
+    problem = authz_problem(authz)
     assert isinstance(problem, AcmeProblem)
     assert (problem.reason, problem.retryable) == ("ACME_CAA", False)
     assert problem.identifier == "forbidden.example"
@@ -175,3 +176,23 @@ def test_failed_authorization_yields_challenge_problem() -> None:
 def test_from_acme_error_explicit_status() -> None:
     problem = from_acme_error(_error("rateLimited"), http_status=429, retry_after="5")
     assert problem.retry_after == timedelta(seconds=5)
+
+
+@pytest.mark.parametrize(
+    ("anchor", "scope"),
+    [
+        ("new-orders-per-account", "orders"),
+        ("new-certificates-per-registered-domain", "registered_domain"),
+        ("new-certificates-per-exact-set-of-identifiers", "name_set"),
+        ("authorization-failures-per-identifier-per-account", "failed_authorizations"),
+    ],
+)
+def test_rate_limit_scope_follows_the_documentation_link(anchor: str, scope: str) -> None:
+    detail = f"too many requests, retry after 2026-01-01: see https://letsencrypt.org/docs/rate-limits/#{anchor}"
+    problem = AcmeProblem("ACME_RATE_LIMITED", detail, retryable=True)
+    assert rate_limit_scope(problem) == scope
+
+
+def test_an_unnamed_rate_limit_pauses_the_whole_account() -> None:
+    problem = AcmeProblem("ACME_RATE_LIMITED", "slow down", retryable=True)
+    assert rate_limit_scope(problem) == "account"
