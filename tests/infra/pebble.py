@@ -163,6 +163,11 @@ class Pebble(ServerProcess):
         return str(self._dir / "listener-ca.pem")
 
     @property
+    def listener_cert_paths(self) -> tuple[str, str]:
+        """Pebble's HTTPS certificate and key (127.0.0.1): a loopback proxy may serve them."""
+        return str(self._dir / "listener-cert.pem"), str(self._dir / "listener-key.pem")
+
+    @property
     def _dir(self) -> Path:
         if self._tmp is None:
             raise PebbleError("not started")
