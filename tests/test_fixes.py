@@ -1,34 +1,8 @@
-"""The ``action_required`` texts: exact records and things to do."""
+"""The ``action_required`` texts after a CA refusal."""
 
 from __future__ import annotations
 
-from certbroker.dns import CaaReason, CaaResult
-from certbroker.fixes import ca_refusal, caa_record
-
-
-def forbidding(record: str, at: str = "example.com") -> CaaResult:
-    return CaaResult(False, record, at, CaaReason.FORBIDS, "forbids")
-
-
-def test_the_record_to_add_goes_where_the_caa_set_decided() -> None:
-    found = forbidding('example.com. CAA 0 issue "other.example"')
-    assert caa_record(found, "letsencrypt.org", wildcard=False) == (
-        'example.com. CAA 0 issue "letsencrypt.org"'
-    )
-
-
-def test_a_wildcard_gets_issuewild_only_where_issuewild_decides() -> None:
-    wild = forbidding('example.com. CAA 0 issuewild "other.example"')
-    assert "issuewild" in caa_record(wild, "letsencrypt.org", wildcard=True)
-    plain = forbidding('example.com. CAA 0 issue "other.example"')
-    assert 'CAA 0 issue "letsencrypt.org"' in caa_record(plain, "letsencrypt.org", wildcard=True)
-
-
-def test_an_unknown_critical_tag_must_be_removed() -> None:
-    found = forbidding('example.com. CAA 128 tbs "x"')
-    assert caa_record(found, "letsencrypt.org", wildcard=False).startswith(
-        'remove the critical CAA record(s) example.com. CAA 128 tbs "x"'
-    )
+from certbroker.fixes import ca_refusal
 
 
 def test_ca_refusals_name_the_domain_and_quote_the_ca() -> None:

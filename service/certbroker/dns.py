@@ -612,12 +612,23 @@ def _caa_result(
     if decision.allowed:
         message = f"CAA at {at} allows {ca_identity} to issue for {name} ({decision.why})"
         return CaaResult(True, record, at, CaaReason.OK, message)
-    fix = f'{at}. CAA 0 {"issuewild" if wildcard else "issue"} "{ca_identity}"'
+    fix = caa_fix(at, decision.records, ca_identity, wildcard=wildcard)
+    todo = fix if fix.startswith("remove ") else f"add {fix} or remove the record"
     message = (
         f"CAA at {at} forbids {ca_identity} from issuing for {name}: {record} "
-        f"({decision.why}); add {fix} or remove the record"
+        f"({decision.why}); {todo}"
     )
     return CaaResult(False, record, at, CaaReason.FORBIDS, message, fix)
+
+
+def caa_fix(at: str, deciding: Sequence[CaaRecord], ca_identity: str, *, wildcard: bool) -> str:
+    """What makes a forbidding CAA set at ``at`` allow ``ca_identity``: the record to add
+    (``issuewild`` for a wildcard), or, when a critical tag nobody understands forbids
+    everything (RFC 8659 §4.1), removing it, since no record added can outweigh it."""
+    critical = [r for r in deciding if r.critical and r.tag not in KNOWN_CAA_TAGS]
+    if critical:
+        return "remove " + "; ".join(r.text() for r in critical)
+    return f'{at}. CAA 0 {"issuewild" if wildcard else "issue"} "{ca_identity}"'
 
 
 def _address_records(found: _Lookup) -> list[IPAddress]:

@@ -1,6 +1,7 @@
-"""What a person must do, in words ready to act on: the ``action_required`` texts.
+"""What a person must do after a CA refusal, in words ready to act on (``action_required``).
 
-Pure functions of what the broker observed. A dashboard shows these as they
+Pure functions of what the broker observed (the CAA record to add comes with the
+CAA check itself: ``dns.caa_fix``). A dashboard shows these as they
 are, so each says the exact record or the exact thing to change, never only
 the CA's wording (which is quoted for reference).
 """
@@ -8,8 +9,6 @@ the CA's wording (which is quoted for reference).
 from __future__ import annotations
 
 from typing import Final
-
-from certbroker.dns import CaaResult
 
 #: Terminal CA refusals whose fix is the customer's, with what to do. ``{name}``
 #: is the domain, ``{ca}`` the CA identity CAA must name, ``{detail}`` the CA's words.
@@ -51,23 +50,6 @@ _DEFAULT_FIX: Final = (
     "changes: {reason} ({detail}). Fix the cause (for the broker's own account or "
     "settings, tell the platform operator); the broker re-checks every minute."
 )
-
-
-def caa_record(result: CaaResult, ca_identity: str, *, wildcard: bool) -> str:
-    """The record that would let ``ca_identity`` issue, at the name whose CAA set decided.
-
-    For a wildcard, ``issuewild`` decides when the set has any; else ``issue``.
-    A critical tag the CA does not understand forbids everything: removing it
-    is the fix, so the instruction says so.
-    """
-    at = result.at or result.record.split(" ", 1)[0].rstrip(".")
-    records = [r.strip() for r in result.record.split(";") if r.strip()]
-    tags = {part.split()[3] for part in records if len(part.split()) > 3}
-    unknown = tags - {"issue", "issuewild"}
-    if unknown:
-        return f"remove the critical CAA record(s) {result.record} at {at}."
-    tag = "issuewild" if wildcard and "issuewild" in tags else "issue"
-    return f'{at}. CAA 0 {tag} "{ca_identity}"'
 
 
 def ca_refusal(

@@ -48,7 +48,7 @@ from datetime import datetime, timedelta
 
 from certbroker.backoff import renewal_time, retry_delay
 from certbroker.dns import CaaReason, CaaResult, DnsResult, to_observation
-from certbroker.fixes import ca_refusal, caa_record
+from certbroker.fixes import ca_refusal
 from certbroker.model import (
     CertificateInfo,
     ChallengeType,
@@ -776,7 +776,7 @@ def apply(
         case CaaChecked(result) if result.allowed:
             return caa_allowed(domain, now)
         case CaaChecked(result) if result.reason == CaaReason.FORBIDS:
-            fix = caa_record(result, rules.caa_identity, wildcard=domain.is_wildcard)
+            fix = result.fix or result.message
             return action_required(
                 domain, fix, now, interval, reason=result.reason, message=result.message
             )

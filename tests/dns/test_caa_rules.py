@@ -1,10 +1,10 @@
-"""RFC 8659 decisions without I/O: ``parse_issue_value`` and ``decide_caa``."""
+"""RFC 8659 decisions without I/O: ``parse_issue_value``, ``decide_caa``, ``caa_fix``."""
 
 from __future__ import annotations
 
 import pytest
 
-from certbroker.dns import CaaRecord, decide_caa, parse_issue_value
+from certbroker.dns import CaaRecord, caa_fix, decide_caa, parse_issue_value
 
 LE = "letsencrypt.org"
 
@@ -99,3 +99,20 @@ def test_ca_identity_compared_case_insensitively() -> None:
 
 def test_record_text_escapes_quotes() -> None:
     assert rec("issue", 'a"b').text() == 'example.com. CAA 0 issue "a\\"b"'
+
+
+def test_the_fix_is_the_record_to_add_where_the_set_decided() -> None:
+    other = [CaaRecord("example.com.", 0, "issue", "other.example")]
+    assert caa_fix("example.com", other, LE, wildcard=False) == (
+        'example.com. CAA 0 issue "letsencrypt.org"'
+    )
+    assert caa_fix("example.com", other, LE, wildcard=True) == (
+        'example.com. CAA 0 issuewild "letsencrypt.org"'
+    )
+
+
+def test_an_unknown_critical_tag_must_be_removed_not_outweighed() -> None:
+    critical = [CaaRecord("example.com.", 128, "tbs", "x")]
+    assert caa_fix("example.com", critical, LE, wildcard=False) == (
+        'remove example.com. CAA 128 tbs "x"'
+    )

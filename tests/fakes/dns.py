@@ -18,6 +18,7 @@ from certbroker.dns import (
     DnsReason,
     DnsResult,
     PlatformTargets,
+    caa_fix,
     decide_caa,
 )
 
@@ -54,7 +55,8 @@ class FakeDns:
                 if decision.allowed:
                     return CaaResult(True, text, level, CaaReason.OK, decision.why)
                 message = f"CAA at {level} forbids {ca_identity}: {text} ({decision.why})"
-                return CaaResult(False, text, level, CaaReason.FORBIDS, message)
+                fix = caa_fix(level, decision.records, ca_identity, wildcard=wildcard)
+                return CaaResult(False, text, level, CaaReason.FORBIDS, message, fix)
             level = level.split(".", 1)[1]
         return CaaResult(True, "", "", CaaReason.OK, "no CAA record")
 

@@ -32,7 +32,7 @@ from certbroker.doctor.schedule import next_action
 from certbroker.errors import FailedPrecondition
 from certbroker.model import Domain, LetsEncryptState
 from certbroker.names import registered_domain
-from certbroker.scheduler import Dns01Access
+from certbroker.ports import Dns01Access
 from certbroker.store.base import PendingOrder, QuotaUsage
 
 _STATE_WORDS = {

@@ -40,7 +40,7 @@ from certbroker.doctor.limit import DoctorLimit
 from certbroker.doctor.report import Check, Report, Verdict
 from certbroker.model import ChallengeType, Domain, LetsEncryptState, Source
 from certbroker.names import normalise_domain
-from certbroker.scheduler import Dns01Access
+from certbroker.ports import Dns01Access
 
 log = logging.getLogger(__name__)
 

@@ -26,6 +26,10 @@ def _issuance(domain: Domain, order: PendingOrder | None) -> str:
         again = " again" if retry.last_error_reason else ""
         return f"check the DNS{again}, then order a certificate if it points at the platform"
     if domain.le_state is LetsEncryptState.ACTION_REQUIRED:
+        if retry.last_error_reason == "CAA_FORBIDS":
+            return "check CAA again, then order a certificate if it allows the CA"
+        if lifecycle.refused_by_ca(domain):
+            return "check DNS and CAA again; the CA is asked again after the backoff"
         return "look for the DNS-01 delegation again, then order a certificate"
     if retry.attempt > 0:
         return f"try the order again (attempt {retry.attempt + 1}, after backoff)"
@@ -58,15 +62,20 @@ def candidates(
         found.append((le_cert.not_after, "drop the expiring Let's Encrypt certificate"))
     if domain.letsencrypt_enabled:
         if lifecycle.needs_issuance(domain, now):
-            found.append((domain.retry.next_attempt_at or now, _issuance(domain, order)))
+            if not lifecycle.held_until_restart(domain):  # nothing until a restart
+                found.append((domain.retry.next_attempt_at or now, _issuance(domain, order)))
         elif le_cert is not None:
-            found.append(
-                (lifecycle.cert_renewal_time(le_cert), "renew the Let's Encrypt certificate")
-            )
+            renew_at = lifecycle.renewal_due(domain)
+            assert renew_at is not None
+            where = " (inside the CA's suggested window)" if domain.renewal.at else ""
+            found.append((renew_at, f"renew the Let's Encrypt certificate{where}"))
             if lifecycle.uses_dns01(domain) and domain.retry.next_attempt_at is not None:
                 found.append(
                     (domain.retry.next_attempt_at, "check the DNS-01 delegation again (daily)")
                 )
+            check = domain.renewal.next_check
+            if check is not None and now < le_cert.not_after:
+                found.append((check, "ask the CA for its renewal window again (ARI)"))
     return found
 
 
