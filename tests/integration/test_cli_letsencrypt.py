@@ -13,6 +13,7 @@ from pathlib import Path
 
 from tests.broker import started_broker
 from tests.client.clirun import assert_clean_error, run_async
+from tests.infra.pebble import Pebble
 from tests.integration.lab import Lab, unique_domain
 
 
@@ -37,27 +38,27 @@ async def test_add_wait_reaches_in_use_then_renew_says_not_due(lab: Lab, tmp_pat
 
 
 async def test_renew_of_a_failing_domain_then_refused_with_the_wait(
-    lab: Lab, tmp_path: Path
+    lab: Lab, failing_ca: Pebble, tmp_path: Path
 ) -> None:
+    """A CA whose validations fail (nothing answers its HTTP-01 port): a retryable failure,
+    backing off. (A CAA record that forbids the CA is Action required instead: no failure.)"""
     name = unique_domain()
-    parent = name.split(".", 1)[1]
-    lab.dns.add_caa(parent, [("issue", "other-ca.example")])
-    try:
-        async with started_broker(lab.settings(tmp_path)) as broker:
-            addr = broker.address
-            added = await run_async("--addr", addr, "--app", "shop", "domains-add", name,
-                                    "--wait", "--timeout", "3")  # fmt: skip
-            assert added.returncode == 124, added  # CAA forbids: it cannot settle
-            assert "attempt 1 failed: CAA_FORBIDS" in added.stdout, added.stdout
-            assert "; next try in " in added.stdout
+    settings = lab.settings(
+        tmp_path, acme_directory=failing_ca.directory_url, acme_ca_bundle=failing_ca.ca_bundle_path
+    )
+    async with started_broker(settings) as broker:
+        addr = broker.address
+        added = await run_async("--addr", addr, "--app", "shop", "domains-add", name,
+                                "--wait", "--timeout", "3")  # fmt: skip
+        assert added.returncode == 124, added  # the CA keeps failing: it cannot settle
+        assert "attempt 1 failed: ACME_" in added.stdout, added.stdout
+        assert "; next try in " in added.stdout
 
-            forced = await run_async("--addr", addr, "domains-renew", name, "--wait",
-                                     "--timeout", "3")  # fmt: skip
-            assert forced.returncode == 124, forced
-            assert "attempt 2 failed: CAA_FORBIDS" in forced.stdout, forced.stdout
+        forced = await run_async("--addr", addr, "domains-renew", name, "--wait",
+                                 "--timeout", "3")  # fmt: skip
+        assert forced.returncode == 124, forced
+        assert "attempt 2 failed: ACME_" in forced.stdout, forced.stdout
 
-            again = await run_async("--addr", addr, "domains-renew", name)
-            assert_clean_error(again, 1, "error: RESOURCE_EXHAUSTED (RETRY_TOO_SOON): ")
-            assert again.stderr.splitlines()[-1] == "  try again in 10 min"
-    finally:
-        lab.dns.clear_caa(parent)
+        again = await run_async("--addr", addr, "domains-renew", name)
+        assert_clean_error(again, 1, "error: RESOURCE_EXHAUSTED (RETRY_TOO_SOON): ")
+        assert again.stderr.splitlines()[-1] == "  try again in 10 min"
