@@ -16,7 +16,7 @@ from importlib import resources
 
 import pytest
 
-from certbroker.model import Domain, EventType, LetsEncryptState, Source
+from certbroker.model import Domain, EventType, LetsEncryptState, RenewalPlan, RetryState, Source
 from certbroker.store.base import NewCertificate, PendingOrder
 from tests.store.backends import AnyStore, Backend
 from tests.store.records import T0, make_cert, make_domain
@@ -230,6 +230,33 @@ async def test_due_names_skip_domains_being_worked(store: AnyStore) -> None:
     assert await store.due_names(now, 10, exclude=busy) == ["d2.example.com", "d0.example.com"]
     assert await store.due_names(now, 1) == ["d3.example.com"]
     assert await store.next_due_time(exclude=busy) == now - 2 * DAY
+
+
+async def test_names_with_last_error_finds_the_held_domains(store: AnyStore) -> None:
+    held = RetryState(last_error_reason="NOT_CONFIGURED")
+    await put(store, make_domain("b.example.com", retry=held))
+    await put(store, make_domain("a.example.com", retry=held))
+    await put(store, make_domain("c.example.com", retry=RetryState(last_error_reason="X")))
+    assert await store.names_with_last_error("NOT_CONFIGURED") == [
+        "a.example.com",
+        "b.example.com",
+    ]
+    assert await store.names_with_last_error("NOTHING") == []
+
+
+async def test_the_renewal_plan_round_trips_and_its_check_time_is_scheduling_only(
+    store: AnyStore,
+) -> None:
+    plan = RenewalPlan(at=T1 + 50 * DAY, next_check=T1 + DAY)
+    stored = await put(store, make_domain("ari.example.com", renewal=plan))
+    assert (await store.get_domain("ari.example.com")) == stored
+    assert [e.domain.renewal for e in await store.events_after(0, 10) if e.domain] == [plan]
+    moved = replace(stored, renewal=replace(plan, next_check=T1 + 2 * DAY))
+    async with store.transaction() as tx:
+        await tx.put_schedule(moved)
+    store_again = await store.get_domain("ari.example.com")
+    assert store_again is not None and store_again.renewal.next_check == T1 + 2 * DAY
+    assert await store.current_revision() == stored.revision  # no event for it
 
 
 async def test_next_due_time_is_none_when_nothing_is_scheduled(store: AnyStore) -> None:

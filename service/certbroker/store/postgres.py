@@ -618,6 +618,14 @@ class PostgresStore:
         return [row[0] for row in rows]
 
     @_translated
+    async def names_with_last_error(self, reason: str) -> list[str]:
+        # A scan (no index on the reason): the scheduler asks once per start.
+        rows = await self._pool.fetch(
+            "SELECT name FROM domains WHERE last_error_reason = $1 ORDER BY name", reason
+        )
+        return [row[0] for row in rows]
+
+    @_translated
     async def next_due_time(self, exclude: Collection[str] = ()) -> datetime | None:
         value = await self._pool.fetchval(
             "SELECT MIN(next_run_at) FROM domains WHERE name <> ALL($1::text[])", list(exclude)
@@ -644,6 +652,8 @@ class PostgresStore:
             domain = None
             if row["payload"]:
                 payload = json.loads(row["payload"])
+                payload.setdefault("ari_renew_at", None)  # events older than migration 006
+                payload.setdefault("ari_next_check", None)
                 if row["type"] == EventType.DOMAIN_UPDATED.value:
                     payload["revision"] = row["revision"]  # see put_domain
                 domain = await self.decode_domain(payload)
