@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -24,6 +24,7 @@ from certbroker.clock import Clock
 from certbroker.delegation import LabelKey
 from certbroker.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from certbroker.model import (
+    CertificateInfo,
     ChallengeType,
     Domain,
     KeyAlgorithm,
@@ -74,6 +75,15 @@ def _after_name(token: str) -> str:
             "page_token", "is not a token this server returned", reason="PAGE_TOKEN_INVALID"
         )
     return text.removeprefix(_TOKEN_PREFIX)
+
+
+def _serving_cert(domain: Domain) -> CertificateInfo | None:
+    """The certificate a router serves for ``domain``, if any."""
+    if domain.serving is Source.CUSTOM:
+        return domain.custom_cert
+    if domain.serving is Source.LETS_ENCRYPT:
+        return domain.le_cert
+    return None
 
 
 def _known(name: str, found: Domain | None) -> Domain:
@@ -300,14 +310,24 @@ class Broker:
 
     async def serving_material(self, domain: Domain) -> Material | None:
         """The chain and decrypted key a router must serve; for router callers only."""
-        cert = {Source.CUSTOM: domain.custom_cert, Source.LETS_ENCRYPT: domain.le_cert}.get(
-            domain.serving
-        )
+        cert = _serving_cert(domain)
         if cert is None:
             return None
         sealed = await self._store.load_key(cert.id)
-        if sealed is None:
-            return None
+        return None if sealed is None else self._open(domain, cert, sealed)
+
+    async def serving_materials(self, domains: Iterable[Domain]) -> dict[str, Material]:
+        """``serving_material`` of many domains (a snapshot page), by name; the keys in one read.
+
+        Domains serving nothing, or whose certificate is gone meanwhile, are left out.
+        """
+        serving = [(d, cert) for d in domains if (cert := _serving_cert(d)) is not None]
+        sealed = await self._store.load_keys([cert.id for _, cert in serving])
+        return {
+            d.name: self._open(d, cert, sealed[cert.id]) for d, cert in serving if cert.id in sealed
+        }
+
+    def _open(self, domain: Domain, cert: CertificateInfo, sealed: bytes) -> Material:
         key_pem = self._sealer.open(sealed, domain.name).decode()
         return Material(source=domain.serving, chain_pem=cert.chain_pem, private_key_pem=key_pem)
 

@@ -164,3 +164,13 @@ def test_micros_round_trip_exactly(when: datetime) -> None:
     assert back == when
     assert back is not None and back.microsecond == when.astimezone(UTC).microsecond
     assert to_micros(back) == micros
+
+
+@given(st.integers(min_value=-2_208_988_800_000_000, max_value=221_845_392_000_000_000))
+def test_from_micros_gives_what_fromtimestamp_gives(micros: int) -> None:
+    # the faster arithmetic must not change a single decoded time (or its tzinfo)
+    seconds, rest = divmod(micros, 1_000_000)
+    expected = datetime.fromtimestamp(seconds, UTC).replace(microsecond=rest)
+    got = from_micros(micros)
+    assert got == expected
+    assert got is not None and got.tzinfo is expected.tzinfo

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -64,9 +64,23 @@ def challenge_type(value: int) -> ChallengeType | None:
     return _CHALLENGE_BACK.get(value)  # type: ignore[call-overload,no-any-return]
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def _ts(target: Timestamp, when: datetime | None) -> None:
-    if when is not None:
-        target.FromDatetime(when)
+    """``target.FromDatetime(when)``, several times faster for the aware times we hold.
+
+    ``FromDatetime`` goes through ``utctimetuple`` and ``calendar.timegm`` in Python;
+    a snapshot converts several times per domain, 100,000 domains at a time.
+    """
+    if when is None:
+        return
+    if when.tzinfo is None:
+        target.FromDatetime(when)  # naive: FromDatetime's reading of it (as UTC)
+        return
+    since = when - _EPOCH
+    target.seconds = since.days * 86400 + since.seconds
+    target.nanos = since.microseconds * 1000
 
 
 def certificate(cert: CertificateInfo, now: datetime) -> domain_pb2.CertificateInfo:

@@ -11,6 +11,7 @@ import functools
 import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -43,10 +44,24 @@ log = logging.getLogger(__name__)
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 _SNAPSHOT_PAGE = 500
-# A snapshot as sent: the responses, and the domains already newer than its revision.
-_Snapshot = tuple[list[broker_pb2.WatchStatusResponse], dict[str, int]]
+# Pages of unfiltered snapshots kept for other streams to send (a reconnect storm reads
+# in near lockstep): a window of a few thousand names, never the whole snapshot.
+_SHARED_PAGES = 8
 _EVENT_CACHE = 4096
 _NAMES_PER_SLICE = 16  # watch filter names normalised between two yields to the loop
+
+
+@dataclass(frozen=True)
+class _Page:
+    """One page of a snapshot as sent, built once and sent by every stream that reads it."""
+
+    responses: list[broker_pb2.WatchStatusResponse]
+    newer: dict[str, int]  # domains whose row is already newer than the snapshot revision
+    next_after: str | None  # the name the next page starts after; None on the last page
+
+
+# Which shared page: (snapshot revision, include_keys, the name the page starts after).
+_PageKey = tuple[int, bool, str]
 
 
 def _unary(
@@ -115,7 +130,7 @@ class BrokerServicer(broker_pb2_grpc.CertificateBrokerServiceServicer):
         self._heartbeat = heartbeat.total_seconds()
         self._max_lag = max_lag
         self._event_cache: OrderedDict[int, broker_pb2.WatchStatusResponse] = OrderedDict()
-        self._snapshots: dict[int, asyncio.Future[_Snapshot]] = {}
+        self._pages: OrderedDict[_PageKey, asyncio.Future[_Page]] = OrderedDict()
 
     def _domain(self, record: Domain) -> Any:
         return convert.domain(record, self._clock.now())
@@ -260,14 +275,8 @@ class BrokerServicer(broker_pb2_grpc.CertificateBrokerServiceServicer):
         send = _Sender(context, self._send_timeout)
         if position == 0:
             position = self._hub.revision
-            if wanted.everything and not request.include_keys:
-                responses, newer = await self._shared_snapshot(position)
-                seen.update(newer)
-                for response in responses:
-                    await send(response, position)
-            else:
-                async for response in self._snapshot(wanted, request.include_keys, position, seen):
-                    await send(response, position)
+            async for response in self._snapshot(wanted, request.include_keys, position, seen):
+                await send(response, position)
         async for item in self._hub.follow(position, self._heartbeat):
             if isinstance(item, int):
                 await send(
@@ -290,57 +299,82 @@ class BrokerServicer(broker_pb2_grpc.CertificateBrokerServiceServicer):
             reason="BROKER_SHUTTING_DOWN",
         )
 
-    async def _shared_snapshot(self, revision: int) -> _Snapshot:
-        """One store scan per revision for every unfiltered, keyless stream opening at it.
-
-        A burst of routers reconnecting after a restart would otherwise run thousands
-        of identical scans on the store's one reader connection.
-        """
-        build = self._snapshots.get(revision)
-        if build is None:
-            build = asyncio.ensure_future(self._build_snapshot(revision))
-            self._snapshots = {revision: build}  # only the newest revision is worth keeping
-            build.add_done_callback(self._forget_failed)
-        return await asyncio.shield(build)
-
-    def _forget_failed(self, build: asyncio.Future[_Snapshot]) -> None:
-        if build.cancelled() or build.exception() is not None:
-            self._snapshots = {r: b for r, b in self._snapshots.items() if b is not build}
-
-    async def _build_snapshot(self, revision: int) -> _Snapshot:
-        seen: dict[str, int] = {}
-        everything = _Filter()
-        responses = [r async for r in self._snapshot(everything, False, revision, seen)]
-        return responses, seen
-
     async def _snapshot(
         self, wanted: _Filter, include_keys: bool, revision: int, seen: dict[str, int]
     ) -> AsyncIterator[broker_pb2.WatchStatusResponse]:
-        after = ""
-        while True:
-            domains = await self._broker.snapshot_page(after, _SNAPSHOT_PAGE)
-            for record in domains:
-                if not wanted.matches_domain(record):
-                    continue
-                if record.revision > revision:
-                    seen[record.name] = record.revision
-                message = broker_pb2.WatchEvent(
-                    revision=record.revision,
-                    type=broker_pb2.EVENT_TYPE_SNAPSHOT,
-                    domain=self._domain(record),
-                )
-                if include_keys:
-                    await self._attach_material(message, record)
-                yield broker_pb2.WatchStatusResponse(event=message)
-            if len(domains) < _SNAPSHOT_PAGE:
-                break
-            after = domains[-1].name
+        """Every domain ``wanted`` as of ``revision`` or later, a page at a time.
+
+        Each page costs the store a fixed number of queries (its rows, their
+        certificates, and with keys their sealed keys), whatever its length.
+        """
+        after: str | None = ""
+        while after is not None:
+            if wanted.everything:
+                page = await self._shared_page(revision, include_keys, after)
+            else:
+                page = await self._build_page(wanted, include_keys, revision, after)
+            seen.update(page.newer)
+            for response in page.responses:
+                yield response
+            after = page.next_after
         yield broker_pb2.WatchStatusResponse(
             event=broker_pb2.WatchEvent(
                 revision=revision,
                 type=broker_pb2.EVENT_TYPE_SNAPSHOT_COMPLETE,
             )
         )
+
+    async def _shared_page(self, revision: int, include_keys: bool, after: str) -> _Page:
+        """A page of the unfiltered snapshot at ``revision``, built once for every stream.
+
+        A burst of routers reconnecting after a restart would otherwise each read,
+        decrypt and convert every domain. Only the last ``_SHARED_PAGES`` pages are
+        kept, so memory stays a few pages whatever the number of domains; a stream
+        far behind the others builds its pages again. Pages with keys are keyed apart
+        and only ever reach streams allowed keys.
+        """
+        key = (revision, include_keys, after)
+        build = self._pages.get(key)
+        if build is None:
+            everything = _Filter()
+            build = asyncio.ensure_future(
+                self._build_page(everything, include_keys, revision, after)
+            )
+            self._pages[key] = build
+            build.add_done_callback(functools.partial(self._forget_failed, key))
+            while len(self._pages) > _SHARED_PAGES:
+                self._pages.popitem(last=False)
+        else:
+            self._pages.move_to_end(key)
+        return await asyncio.shield(build)
+
+    def _forget_failed(self, key: _PageKey, build: asyncio.Future[_Page]) -> None:
+        if (build.cancelled() or build.exception() is not None) and self._pages.get(key) is build:
+            del self._pages[key]
+
+    async def _build_page(
+        self, wanted: _Filter, include_keys: bool, revision: int, after: str
+    ) -> _Page:
+        domains = await self._broker.snapshot_page(after, _SNAPSHOT_PAGE)
+        chosen = [record for record in domains if wanted.matches_domain(record)]
+        materials = await self._broker.serving_materials(chosen) if include_keys else {}
+        now = self._clock.now()
+        responses = []
+        newer = {}
+        for record in chosen:
+            if record.revision > revision:
+                newer[record.name] = record.revision
+            message = broker_pb2.WatchEvent(
+                revision=record.revision,
+                type=broker_pb2.EVENT_TYPE_SNAPSHOT,
+                domain=convert.domain(record, now),
+            )
+            found = materials.get(record.name)
+            if found is not None:
+                message.serving.CopyFrom(convert.material(found))
+            responses.append(broker_pb2.WatchStatusResponse(event=message))
+        next_after = domains[-1].name if len(domains) == _SNAPSHOT_PAGE else None
+        return _Page(responses, newer, next_after)
 
     async def _event_response(
         self, item: Event, include_keys: bool

@@ -124,7 +124,13 @@ class Store(Protocol):
 
     async def get_domain(self, name: str) -> Domain | None: ...
 
-    async def list_domains(self, app: str | None, after: str, limit: int) -> list[Domain]: ...
+    async def list_domains(self, app: str | None, after: str, limit: int) -> list[Domain]:
+        """Up to ``limit`` domains named after ``after``, in name order (of ``app`` if given).
+
+        With their certificates, read together (a query for the page's certificates, not
+        one per row): the watch snapshot pages through every domain here.
+        """
+        ...
 
     async def due_domains(self, now: datetime, limit: int) -> list[Domain]: ...
 
@@ -164,6 +170,16 @@ class Store(Protocol):
 
     async def load_key(self, certificate_id: int) -> bytes | None:
         """The sealed private key of a certificate."""
+        ...
+
+    async def load_keys(self, certificate_ids: Collection[int]) -> dict[int, bytes]:
+        """The sealed private keys of many certificates, by certificate id.
+
+        Ids with no certificate row (deleted meanwhile, or never) are left out of the
+        answer, not an error. A fixed number of queries for a snapshot page (the SQLite
+        store: ``SELECT id, key_sealed FROM certificates WHERE id IN (...)``, in slices
+        of 500 ids), not one per id: a router's snapshot of 100,000 names reads every key.
+        """
         ...
 
     async def get_order(self, domain: str) -> PendingOrder | None: ...

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from certbroker.model import (
@@ -71,11 +71,15 @@ def to_micros(when: datetime | None) -> int | None:
     return int(when.replace(microsecond=0).timestamp()) * 1_000_000 + when.microsecond
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def from_micros(value: int | None) -> datetime | None:
     if value is None:
         return None
-    seconds, micros = divmod(int(value), 1_000_000)
-    return datetime.fromtimestamp(seconds, UTC).replace(microsecond=micros)
+    # The same aware UTC datetime as fromtimestamp(...).replace(microsecond=...), in
+    # half the time: a snapshot decodes several per row, 100,000 rows at a time.
+    return _EPOCH + timedelta(microseconds=int(value))
 
 
 def must_time(value: int) -> datetime:

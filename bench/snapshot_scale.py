@@ -1,0 +1,223 @@
+"""The broker's side of a router restart: WatchStatus snapshots of 100,000 names.
+
+Run from the repository root: ``.venv/bin/python bench/snapshot_scale.py``
+(``--names 100000`` is the default).
+
+``bench/router_scale.py`` times a snapshot as the router library applies it, so
+its transfer figure mixes the broker's cost with the router's. This bench
+isolates the broker: a real broker process (mTLS, the same store seeding as
+``router_scale.py``: every name serving a custom certificate, keys sealed as at
+upload) and a bare consumer that only counts the responses. Per kind of stream:
+
+- ``keys``: unfiltered, ``include_keys`` (a router: chain and key per name);
+- ``nokeys``: unfiltered, no keys (the shared snapshot every keyless router
+  reuses at one revision);
+- ``filtered``: ``apps=[scale]`` (every seeded name), no keys: a stream of its own
+  (no sharing), e.g. a router for some apps;
+
+it prints the time from the request to ``SNAPSHOT_COMPLETE``, names/s, the
+responses and bytes received, the broker's CPU, and its RSS before and at the
+end, with its peak (VmHWM) since start.
+
+``--workdir DIR`` keeps the signed and seeded store there and reuses it on the
+next run (seeding 100,000 names takes minutes); ``--profile keys`` runs py-spy
+(if installed in the venv) on the broker during that stream and writes a
+flame graph into the workdir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import grpc
+from _common import (
+    PYTHON,
+    _start,
+    _wait_ready,
+    broker_env,
+    cpu_seconds,
+    free_port,
+    machine_info,
+    rss_mb,
+)
+from router_scale import make_leaves, seed_store
+
+from certbroker.v1 import broker_pb2, broker_pb2_grpc
+
+KINDS = ("keys", "nokeys", "filtered")
+
+
+def _peak_mb(pid: int) -> float:
+    """The process's peak resident memory (VmHWM) in MiB."""
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def _tcp_open(port: int) -> bool:
+    with contextlib.suppress(OSError):
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.close()
+        return True
+    return False
+
+
+async def _seeded(work: Path, names: int) -> None:
+    marker = work / "seeded"
+    if marker.exists() and marker.read_text() == str(names):
+        print(f"-- reusing the seeded store in {work} ({names} names)", flush=True)
+        return
+    for leftover in ("db.sqlite3", "db.sqlite3-wal", "db.sqlite3-shm", "kek"):
+        (work / leftover).unlink(missing_ok=True)
+    t0 = time.perf_counter()
+    chains, key_pem = make_leaves(names)
+    print(f"-- signed {names} leaves in {time.perf_counter() - t0:.1f} s", flush=True)
+    t0 = time.perf_counter()
+    await seed_store(work, chains, key_pem)
+    print(f"-- seeded the store in {time.perf_counter() - t0:.1f} s", flush=True)
+    marker.write_text(str(names))
+
+
+async def _consume(
+    stub: broker_pb2_grpc.CertificateBrokerServiceStub, request: broker_pb2.WatchStatusRequest
+) -> tuple[float, int, int, int]:
+    """Read until SNAPSHOT_COMPLETE: (seconds, snapshot events, keyed events, bytes)."""
+    t0 = time.perf_counter()
+    call = stub.WatchStatus(request)
+    events = keyed = size = 0
+    try:
+        async for response in call:
+            size += response.ByteSize()
+            if response.WhichOneof("kind") != "event":
+                continue
+            event = response.event
+            if event.type == broker_pb2.EVENT_TYPE_SNAPSHOT_COMPLETE:
+                return time.perf_counter() - t0, events, keyed, size
+            events += 1
+            keyed += bool(event.serving.private_key_pem)
+    finally:
+        call.cancel()
+    raise RuntimeError("the stream ended before SNAPSHOT_COMPLETE")
+
+
+@contextlib.contextmanager
+def _profiled(pid: int, out: Path | None) -> Iterator[None]:
+    spy = shutil.which("py-spy", path=str(Path(PYTHON).parent))
+    if out is None or spy is None:
+        if out is not None:
+            print("   (py-spy is not installed in this venv: no profile)")
+        yield
+        return
+    proc = subprocess.Popen(
+        [spy, "record", "--pid", str(pid), "--rate", "200", "--format", "raw", "-o", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(1.0)  # py-spy attaches
+    try:
+        yield
+    finally:
+        proc.send_signal(2)  # SIGINT: py-spy writes its output and exits
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        print(f"   profile: {out}")
+
+
+async def _drive(args: argparse.Namespace) -> int:
+    from tests.tls import MtlsFiles
+
+    print(machine_info())
+    print(f"settings: {args.names} names; load average before: {os.getloadavg()[0]:.2f}")
+    with contextlib.ExitStack() as stack:
+        if args.workdir:
+            work = Path(args.workdir)
+            work.mkdir(parents=True, exist_ok=True)
+        else:
+            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cb-snapshot-")))
+        await _seeded(work, args.names)
+        mtls = MtlsFiles(work / "mtls")
+        server_id, router_id = mtls.issue("broker", server=True), mtls.issue("router-1")
+        port = free_port()
+        env = broker_env(
+            port,
+            work,
+            {
+                "CERTBROKER_TLS_CERT": str(server_id.cert),
+                "CERTBROKER_TLS_KEY": str(server_id.key),
+                "CERTBROKER_TLS_CLIENT_CA": str(mtls.ca),
+                "CERTBROKER_ROLES": "router-1=router",
+            },
+        )
+        broker = _start("broker", [PYTHON, "-m", "certbroker.server"], env, work / "broker.log")
+        try:
+            await _wait_ready(broker, lambda: _tcp_open(port), 120)
+            credentials = grpc.ssl_channel_credentials(
+                mtls.ca.read_bytes(), router_id.key.read_bytes(), router_id.cert.read_bytes()
+            )
+            options = [("grpc.max_receive_message_length", 64 * 2**20)]
+            async with grpc.aio.secure_channel(
+                f"127.0.0.1:{port}", credentials, options=options
+            ) as channel:
+                stub = broker_pb2_grpc.CertificateBrokerServiceStub(channel)
+                await channel.channel_ready()
+                print(f"-- broker ready: RSS {rss_mb(broker.pid):.0f} MB", flush=True)
+                for kind in args.kinds:
+                    request = broker_pb2.WatchStatusRequest(
+                        include_keys=kind == "keys",
+                        apps=["scale"] if kind == "filtered" else [],
+                    )
+                    for attempt in range(args.repeat):
+                        cpu = cpu_seconds(broker.pid)
+                        profile = (
+                            work / f"profile-{kind}.txt"
+                            if kind in args.profile and attempt == 0
+                            else None
+                        )
+                        with _profiled(broker.pid, profile):
+                            seconds, events, keyed, size = await _consume(stub, request)
+                        cpu = cpu_seconds(broker.pid) - cpu
+                        print(
+                            f"-- {kind:8s} #{attempt + 1}: {events} names ({keyed} with keys) "
+                            f"in {seconds:.2f} s = {events / seconds:.0f} names/s; "
+                            f"{size / 2**20:.0f} MiB; broker CPU {cpu:.1f} s "
+                            f"({cpu / max(events, 1) * 1e6:.0f} µs a name); broker RSS "
+                            f"{rss_mb(broker.pid):.0f} MB (peak {_peak_mb(broker.pid):.0f} MB); "
+                            f"load {os.getloadavg()[0]:.2f}",
+                            flush=True,
+                        )
+        finally:
+            broker.stop()
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--names", type=int, default=100_000)
+    parser.add_argument("--workdir", help="keep (and reuse) the seeded store here")
+    parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
+    parser.add_argument("--repeat", type=int, default=1, help="streams of each kind, one by one")
+    parser.add_argument("--profile", nargs="*", choices=KINDS, default=[])
+    return asyncio.run(_drive(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
