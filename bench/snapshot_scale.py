@@ -16,8 +16,8 @@ upload) and a bare consumer that only counts the responses. Per kind of stream:
   (no sharing), e.g. a router for some apps;
 
 it prints the time from the request to ``SNAPSHOT_COMPLETE``, names/s, the
-responses and bytes received, the broker's CPU, and its RSS before and at the
-end, with its peak (VmHWM) since start.
+bytes and messages received (``--batch``: the snapshot asked in batches), the
+broker's CPU, and its RSS at the end with its peak (VmHWM) since start.
 
 ``--workdir DIR`` keeps the signed and seeded store there and reuses it on the
 next run (seeding 100,000 names takes minutes); ``--profile keys`` runs py-spy
@@ -95,19 +95,26 @@ async def _seeded(work: Path, names: int) -> None:
 
 async def _consume(
     stub: broker_pb2_grpc.CertificateBrokerServiceStub, request: broker_pb2.WatchStatusRequest
-) -> tuple[float, int, int, int]:
-    """Read until SNAPSHOT_COMPLETE: (seconds, snapshot events, keyed events, bytes)."""
+) -> tuple[float, int, int, int, int]:
+    """Read until SNAPSHOT_COMPLETE: (seconds, snapshot events, keyed events, bytes, messages)."""
     t0 = time.perf_counter()
     call = stub.WatchStatus(request)
-    events = keyed = size = 0
+    events = keyed = size = messages = 0
     try:
         async for response in call:
             size += response.ByteSize()
-            if response.WhichOneof("kind") != "event":
+            messages += 1
+            kind = response.WhichOneof("kind")
+            if kind == "snapshot_batch":
+                batch = response.snapshot_batch.events
+                events += len(batch)
+                keyed += sum(bool(event.serving.private_key_pem) for event in batch)
+                continue
+            if kind != "event":
                 continue
             event = response.event
             if event.type == broker_pb2.EVENT_TYPE_SNAPSHOT_COMPLETE:
-                return time.perf_counter() - t0, events, keyed, size
+                return time.perf_counter() - t0, events, keyed, size, messages
             events += 1
             keyed += bool(event.serving.private_key_pem)
     finally:
@@ -183,6 +190,7 @@ async def _drive(args: argparse.Namespace) -> int:
                     request = broker_pb2.WatchStatusRequest(
                         include_keys=kind == "keys",
                         apps=["scale"] if kind == "filtered" else [],
+                        batch_snapshot=args.batch,
                     )
                     for attempt in range(args.repeat):
                         cpu = cpu_seconds(broker.pid)
@@ -192,12 +200,13 @@ async def _drive(args: argparse.Namespace) -> int:
                             else None
                         )
                         with _profiled(broker.pid, profile):
-                            seconds, events, keyed, size = await _consume(stub, request)
+                            seconds, events, keyed, size, messages = await _consume(stub, request)
                         cpu = cpu_seconds(broker.pid) - cpu
                         print(
                             f"-- {kind:8s} #{attempt + 1}: {events} names ({keyed} with keys) "
                             f"in {seconds:.2f} s = {events / seconds:.0f} names/s; "
-                            f"{size / 2**20:.0f} MiB; broker CPU {cpu:.1f} s "
+                            f"{size / 2**20:.0f} MiB in {messages} messages; "
+                            f"broker CPU {cpu:.1f} s "
                             f"({cpu / max(events, 1) * 1e6:.0f} µs a name); broker RSS "
                             f"{rss_mb(broker.pid):.0f} MB (peak {_peak_mb(broker.pid):.0f} MB); "
                             f"load {os.getloadavg()[0]:.2f}",
@@ -216,6 +225,9 @@ def main() -> int:
     parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
     parser.add_argument("--repeat", type=int, default=1, help="streams of each kind, one by one")
     parser.add_argument("--profile", nargs="*", choices=KINDS, default=[])
+    parser.add_argument(
+        "--batch", action="store_true", help="ask for batches (WatchStatusRequest.batch_snapshot)"
+    )
     return asyncio.run(_drive(parser.parse_args()))
 
 

@@ -440,6 +440,7 @@ class BrokerClient:
         max_backoff: float = 3.0,
         idle_timeout: float | None = None,
         retry_unreached: bool = True,
+        batch_snapshot: bool = True,
     ) -> AsyncGenerator[WatchEvent, None]:
         """Follow every change after ``after_revision`` (0: snapshot first), forever.
 
@@ -472,6 +473,11 @@ class BrokerClient:
         running ``certbroker watch`` against a wrong address or with the wrong
         TLS settings wants the error, not a silent retry loop. Once the broker
         answered, breaks are resumed as usual.
+
+        ``batch_snapshot`` asks the broker for the snapshot many events to a
+        message (far less gRPC work for a large snapshot); the events yielded
+        are the same, one by one, and a broker that sends them singly (one
+        older than the option) is followed all the same.
         """
         self._last_revision = after_revision
         backoff = _Backoff(cap=max_backoff)
@@ -488,6 +494,7 @@ class BrokerClient:
                 include_challenges=include_challenges,
                 apps=request_apps,
                 domains=request_domains,
+                batch_snapshot=batch_snapshot,
             )
             call = self._stub.WatchStatus(request)
             delay_at_least = 0.0
@@ -509,15 +516,19 @@ class BrokerClient:
                         if not snapshotting:
                             self._advance(response.heartbeat.revision)
                         continue
-                    if kind != "event":
+                    if kind == "event":
+                        events: Iterable[WatchEvent] = (response.event,)
+                    elif kind == "snapshot_batch":
+                        events = response.snapshot_batch.events
+                    else:
                         continue  # a kind newer than this client: skip it
-                    event: WatchEvent = response.event
-                    if event.type == broker_pb2.EVENT_TYPE_SNAPSHOT_COMPLETE:
-                        snapshotting = False
-                        self._advance(event.revision)
-                    elif not snapshotting:
-                        self._advance(event.revision)
-                    yield event
+                    for event in events:
+                        if event.type == broker_pb2.EVENT_TYPE_SNAPSHOT_COMPLETE:
+                            snapshotting = False
+                            self._advance(event.revision)
+                        elif not snapshotting:
+                            self._advance(event.revision)
+                        yield event
             except grpc.RpcError as err:
                 error = BrokerError.from_rpc_error(err)
                 if error.code == grpc.StatusCode.OUT_OF_RANGE and error.reason == (

@@ -614,13 +614,17 @@ class RouterWatcher:
         router_id: str | None = None,
         report_interval: float | None = None,
         report_debounce: float = 0.5,
+        batch_snapshot: bool = True,
     ) -> None:
         """``idle_timeout``: a stream silent this long (no event, no heartbeat) counts as dead.
 
         Set it to a few of the broker's heartbeat intervals (15 s by default)
         so a broker host that vanished without closing TCP is noticed.
         ``router_id`` (e.g. the hostname) turns reporting on; ``report_interval``
-        overrides the interval the broker asks for.
+        overrides the interval the broker asks for. ``batch_snapshot`` asks for
+        the snapshot many names to a message (gRPC's cost is per message: a
+        100,000-name restart is seconds faster); single events, as a broker
+        older than the option sends them, are applied all the same.
         """
         self.certificates = certificates if certificates is not None else CertificateMap()
         self._channel = channel
@@ -630,6 +634,7 @@ class RouterWatcher:
         self._on_change = on_change
         self._idle_timeout = idle_timeout
         self._max_backoff = max_backoff
+        self._batch_snapshot = batch_snapshot
         self._revision = 0
         self._must_snapshot = True
         self._owns_channel = False
@@ -787,7 +792,11 @@ class RouterWatcher:
         """One stream, from our revision (or a snapshot); True if it delivered anything."""
         after = 0 if self._must_snapshot else self._revision
         request = broker_pb2.WatchStatusRequest(
-            after_revision=after, include_keys=True, apps=self._apps, domains=self._domains
+            after_revision=after,
+            include_keys=True,
+            apps=self._apps,
+            domains=self._domains,
+            batch_snapshot=self._batch_snapshot,
         )
         call = self._stub.WatchStatus(request)
         # A snapshot builds a separate map; entries become visible only at
@@ -814,6 +823,9 @@ class RouterWatcher:
                     continue
                 if kind == "event":
                     pending = await self._apply(response.event, pending)
+                elif kind == "snapshot_batch":
+                    for event in response.snapshot_batch.events:
+                        pending = await self._apply(event, pending)
         finally:
             call.cancel()
 

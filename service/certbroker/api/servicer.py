@@ -47,8 +47,20 @@ _SNAPSHOT_PAGE = 500
 # Pages of unfiltered snapshots kept for other streams to send (a reconnect storm reads
 # in near lockstep): a window of a few thousand names, never the whole snapshot.
 _SHARED_PAGES = 8
+# A snapshot batch (WatchStatusRequest.batch_snapshot) closes once its events reach this
+# many bytes: far below gRPC's default 4 MiB receive limit, large enough that a
+# snapshot of 100,000 names takes a few hundred messages rather than 100,000.
+_BATCH_BYTES = 1 << 20
 _EVENT_CACHE = 4096
 _NAMES_PER_SLICE = 16  # watch filter names normalised between two yields to the loop
+
+
+@dataclass(frozen=True)
+class _Form:
+    """How a stream wants its snapshot: with keys or not, in batches or one event a message."""
+
+    keys: bool
+    batch: bool
 
 
 @dataclass(frozen=True)
@@ -60,8 +72,8 @@ class _Page:
     next_after: str | None  # the name the next page starts after; None on the last page
 
 
-# Which shared page: (snapshot revision, include_keys, the name the page starts after).
-_PageKey = tuple[int, bool, str]
+# Which shared page: (snapshot revision, its form, the name the page starts after).
+_PageKey = tuple[int, _Form, str]
 
 
 def _unary(
@@ -275,7 +287,8 @@ class BrokerServicer(broker_pb2_grpc.CertificateBrokerServiceServicer):
         send = _Sender(context, self._send_timeout)
         if position == 0:
             position = self._hub.revision
-            async for response in self._snapshot(wanted, request.include_keys, position, seen):
+            form = _Form(keys=request.include_keys, batch=request.batch_snapshot)
+            async for response in self._snapshot(wanted, form, position, seen):
                 await send(response, position)
         async for item in self._hub.follow(position, self._heartbeat):
             if isinstance(item, int):
@@ -300,7 +313,7 @@ class BrokerServicer(broker_pb2_grpc.CertificateBrokerServiceServicer):
         )
 
     async def _snapshot(
-        self, wanted: _Filter, include_keys: bool, revision: int, seen: dict[str, int]
+        self, wanted: _Filter, form: _Form, revision: int, seen: dict[str, int]
     ) -> AsyncIterator[broker_pb2.WatchStatusResponse]:
         """Every domain ``wanted`` as of ``revision`` or later, a page at a time.
 
@@ -310,9 +323,9 @@ class BrokerServicer(broker_pb2_grpc.CertificateBrokerServiceServicer):
         after: str | None = ""
         while after is not None:
             if wanted.everything:
-                page = await self._shared_page(revision, include_keys, after)
+                page = await self._shared_page(revision, form, after)
             else:
-                page = await self._build_page(wanted, include_keys, revision, after)
+                page = await self._build_page(wanted, form, revision, after)
             seen.update(page.newer)
             for response in page.responses:
                 yield response
@@ -324,7 +337,7 @@ class BrokerServicer(broker_pb2_grpc.CertificateBrokerServiceServicer):
             )
         )
 
-    async def _shared_page(self, revision: int, include_keys: bool, after: str) -> _Page:
+    async def _shared_page(self, revision: int, form: _Form, after: str) -> _Page:
         """A page of the unfiltered snapshot at ``revision``, built once for every stream.
 
         A burst of routers reconnecting after a restart would otherwise each read,
@@ -333,13 +346,11 @@ class BrokerServicer(broker_pb2_grpc.CertificateBrokerServiceServicer):
         far behind the others builds its pages again. Pages with keys are keyed apart
         and only ever reach streams allowed keys.
         """
-        key = (revision, include_keys, after)
+        key = (revision, form, after)
         build = self._pages.get(key)
         if build is None:
             everything = _Filter()
-            build = asyncio.ensure_future(
-                self._build_page(everything, include_keys, revision, after)
-            )
+            build = asyncio.ensure_future(self._build_page(everything, form, revision, after))
             self._pages[key] = build
             build.add_done_callback(functools.partial(self._forget_failed, key))
             while len(self._pages) > _SHARED_PAGES:
@@ -352,27 +363,34 @@ class BrokerServicer(broker_pb2_grpc.CertificateBrokerServiceServicer):
         if (build.cancelled() or build.exception() is not None) and self._pages.get(key) is build:
             del self._pages[key]
 
-    async def _build_page(
-        self, wanted: _Filter, include_keys: bool, revision: int, after: str
-    ) -> _Page:
+    async def _build_page(self, wanted: _Filter, form: _Form, revision: int, after: str) -> _Page:
         domains = await self._broker.snapshot_page(after, _SNAPSHOT_PAGE)
         chosen = [record for record in domains if wanted.matches_domain(record)]
-        materials = await self._broker.serving_materials(chosen) if include_keys else {}
+        materials = await self._broker.serving_materials(chosen) if form.keys else {}
         now = self._clock.now()
-        responses = []
+        responses: list[broker_pb2.WatchStatusResponse] = []
         newer = {}
+        size = _BATCH_BYTES  # no batch open yet
         for record in chosen:
             if record.revision > revision:
                 newer[record.name] = record.revision
-            message = broker_pb2.WatchEvent(
-                revision=record.revision,
-                type=broker_pb2.EVENT_TYPE_SNAPSHOT,
-                domain=convert.domain(record, now),
-            )
+            if not form.batch:
+                responses.append(broker_pb2.WatchStatusResponse())
+                message = responses[-1].event
+            else:
+                if size >= _BATCH_BYTES:
+                    responses.append(broker_pb2.WatchStatusResponse())
+                    responses[-1].snapshot_batch.SetInParent()
+                    size = 0
+                message = responses[-1].snapshot_batch.events.add()
+            message.revision = record.revision
+            message.type = broker_pb2.EVENT_TYPE_SNAPSHOT
+            convert.fill_domain(message.domain, record, now)
             found = materials.get(record.name)
             if found is not None:
-                message.serving.CopyFrom(convert.material(found))
-            responses.append(broker_pb2.WatchStatusResponse(event=message))
+                convert.fill_material(message.serving, found)
+            if form.batch:
+                size += message.ByteSize()
         next_after = domains[-1].name if len(domains) == _SNAPSHOT_PAGE else None
         return _Page(responses, newer, next_after)
 

@@ -141,18 +141,20 @@ class ListDomainsResponse(_message.Message):
     def __init__(self, domains: _Optional[_Iterable[_Union[_domain_pb2.Domain, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class WatchStatusRequest(_message.Message):
-    __slots__ = ("after_revision", "include_keys", "apps", "domains", "include_challenges")
+    __slots__ = ("after_revision", "include_keys", "apps", "domains", "include_challenges", "batch_snapshot")
     AFTER_REVISION_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_KEYS_FIELD_NUMBER: _ClassVar[int]
     APPS_FIELD_NUMBER: _ClassVar[int]
     DOMAINS_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_CHALLENGES_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     after_revision: int
     include_keys: bool
     apps: _containers.RepeatedScalarFieldContainer[str]
     domains: _containers.RepeatedScalarFieldContainer[str]
     include_challenges: bool
-    def __init__(self, after_revision: _Optional[int] = ..., include_keys: _Optional[bool] = ..., apps: _Optional[_Iterable[str]] = ..., domains: _Optional[_Iterable[str]] = ..., include_challenges: _Optional[bool] = ...) -> None: ...
+    batch_snapshot: bool
+    def __init__(self, after_revision: _Optional[int] = ..., include_keys: _Optional[bool] = ..., apps: _Optional[_Iterable[str]] = ..., domains: _Optional[_Iterable[str]] = ..., include_challenges: _Optional[bool] = ..., batch_snapshot: _Optional[bool] = ...) -> None: ...
 
 class ServingMaterial(_message.Message):
     __slots__ = ("source", "chain_pem", "private_key_pem")
@@ -192,13 +194,21 @@ class Heartbeat(_message.Message):
     revision: int
     def __init__(self, revision: _Optional[int] = ...) -> None: ...
 
+class WatchEventBatch(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[WatchEvent]
+    def __init__(self, events: _Optional[_Iterable[_Union[WatchEvent, _Mapping]]] = ...) -> None: ...
+
 class WatchStatusResponse(_message.Message):
-    __slots__ = ("event", "heartbeat")
+    __slots__ = ("event", "heartbeat", "snapshot_batch")
     EVENT_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_BATCH_FIELD_NUMBER: _ClassVar[int]
     event: WatchEvent
     heartbeat: Heartbeat
-    def __init__(self, event: _Optional[_Union[WatchEvent, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...) -> None: ...
+    snapshot_batch: WatchEventBatch
+    def __init__(self, event: _Optional[_Union[WatchEvent, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., snapshot_batch: _Optional[_Union[WatchEventBatch, _Mapping]] = ...) -> None: ...
 
 class ReportServingRequest(_message.Message):
     __slots__ = ("router_id", "applied_revision", "domain_count")
