@@ -14,6 +14,9 @@ upload) and a bare consumer that only counts the responses. Per kind of stream:
   reuses at one revision);
 - ``filtered``: ``apps=[scale]`` (every seeded name), no keys: a stream of its own
   (no sharing), e.g. a router for some apps;
+- ``one-app``: ``apps=[small]``, an app with 10 of the names, with keys (a router
+  of a small app among many: what its snapshot costs beside the others' names);
+- ``one-name``: ``domains=[one name]``, with keys;
 
 it prints the time from the request to ``SNAPSHOT_COMPLETE``, names/s, the
 bytes and messages received (``--batch``: the snapshot asked in batches), the
@@ -53,11 +56,11 @@ from _common import (
     machine_info,
     rss_mb,
 )
-from router_scale import make_leaves, seed_store
+from router_scale import make_leaves, name, seed_store
 
 from certbroker.v1 import broker_pb2, broker_pb2_grpc
 
-KINDS = ("keys", "nokeys", "filtered")
+KINDS = ("keys", "nokeys", "filtered", "one-app", "one-name")
 
 
 def _peak_mb(pid: int) -> float:
@@ -81,6 +84,9 @@ async def _seeded(work: Path, names: int) -> None:
     marker = work / "seeded"
     if marker.exists() and marker.read_text() == str(names):
         print(f"-- reusing the seeded store in {work} ({names} names)", flush=True)
+        if not (work / "small").exists():
+            await _small_app(work)
+            (work / "small").write_text("")
         return
     for leftover in ("db.sqlite3", "db.sqlite3-wal", "db.sqlite3-shm", "kek"):
         (work / leftover).unlink(missing_ok=True)
@@ -90,7 +96,26 @@ async def _seeded(work: Path, names: int) -> None:
     t0 = time.perf_counter()
     await seed_store(work, chains, key_pem)
     print(f"-- seeded the store in {time.perf_counter() - t0:.1f} s", flush=True)
+    await _small_app(work)
+    (work / "small").write_text("")
     marker.write_text(str(names))
+
+
+async def _small_app(work: Path) -> None:
+    """Move 10 names, spread over the name range, to the app ``small``."""
+    from dataclasses import replace
+
+    from certbroker.store.sqlite import SqliteStore
+
+    store = await SqliteStore.open(str(work / "db.sqlite3"))
+    try:
+        async with store.transaction() as tx:
+            for index in range(0, 100_000, 10_000):
+                found = await tx.get_domain(name(index))
+                if found is not None:
+                    await tx.put_domain(replace(found, app="small"))
+    finally:
+        await store.close()
 
 
 async def _consume(
@@ -188,8 +213,9 @@ async def _drive(args: argparse.Namespace) -> int:
                 print(f"-- broker ready: RSS {rss_mb(broker.pid):.0f} MB", flush=True)
                 for kind in args.kinds:
                     request = broker_pb2.WatchStatusRequest(
-                        include_keys=kind == "keys",
-                        apps=["scale"] if kind == "filtered" else [],
+                        include_keys=kind in ("keys", "one-app", "one-name"),
+                        apps={"filtered": ["scale"], "one-app": ["small"]}.get(kind, []),
+                        domains=[name(args.names // 2)] if kind == "one-name" else [],
                         batch_snapshot=args.batch,
                     )
                     for attempt in range(args.repeat):

@@ -304,9 +304,14 @@ class Broker:
         token = encode_page_token(domains[-1].name) if more and domains else ""
         return Page(domains=domains, next_page_token=token)
 
-    async def snapshot_page(self, after: str, limit: int) -> list[Domain]:
-        """Every domain, a page at a time in name order (the watch stream's snapshot)."""
-        return await self._store.list_domains(None, after, limit)
+    async def snapshot_page(self, after: str, limit: int, app: str | None = None) -> list[Domain]:
+        """Every domain (of ``app``), a page at a time in name order (the watch snapshot)."""
+        return await self._store.list_domains(app, after, limit)
+
+    async def snapshot_domains(self, names: Iterable[str]) -> list[Domain]:
+        """The domains of ``names`` that exist, in that order (a snapshot filtered by name)."""
+        found = [await self._store.get_domain(name) for name in names]
+        return [domain for domain in found if domain is not None]
 
     async def serving_material(self, domain: Domain) -> Material | None:
         """The chain and decrypted key a router must serve; for router callers only."""

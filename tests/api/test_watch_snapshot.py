@@ -105,27 +105,39 @@ def page(env: Env, request: pytest.FixtureRequest) -> Iterator[int]:
         yield request.param
 
 
-async def _snapshot(
+async def _responses(
     stub: broker_pb2_grpc.CertificateBrokerServiceStub, request: broker_pb2.WatchStatusRequest
-) -> tuple[list[broker_pb2.WatchEvent], broker_pb2.WatchEvent]:
-    """The snapshot events and the SNAPSHOT_COMPLETE that ends them."""
+) -> list[broker_pb2.WatchStatusResponse]:
+    """The responses up to and including SNAPSHOT_COMPLETE."""
     stream = stub.WatchStatus(request)
-    events = []
+    out = []
 
-    async def collect() -> broker_pb2.WatchEvent:
+    async def collect() -> None:
         async for response in stream:
-            if not response.HasField("event"):
-                continue
+            out.append(response)
             if response.event.type == broker_pb2.EVENT_TYPE_SNAPSHOT_COMPLETE:
-                return response.event
-            events.append(response.event)
+                return
         raise AssertionError("the stream ended before SNAPSHOT_COMPLETE")
 
     try:
-        complete = await asyncio.wait_for(collect(), 30)
+        await asyncio.wait_for(collect(), 30)
     finally:
         stream.cancel()
-    return events, complete
+    return out
+
+
+async def _snapshot(
+    stub: broker_pb2_grpc.CertificateBrokerServiceStub, request: broker_pb2.WatchStatusRequest
+) -> tuple[list[broker_pb2.WatchEvent], broker_pb2.WatchEvent]:
+    """The snapshot events (batches unpacked) and the SNAPSHOT_COMPLETE that ends them."""
+    responses = await _responses(stub, request)
+    events = []
+    for response in responses[:-1]:
+        if response.HasField("snapshot_batch"):
+            events.extend(response.snapshot_batch.events)
+        elif response.HasField("event"):
+            events.append(response.event)
+    return events, responses[-1].event
 
 
 async def _expected(env: Env, keys: bool, apps: frozenset[str] = frozenset()) -> list[object]:
@@ -211,3 +223,68 @@ async def test_shared_pages_are_bounded_whatever_the_number_of_domains(env: Env)
         events, _ = await _snapshot(env.api, broker_pb2.WatchStatusRequest())
     assert len(events) == COUNT
     assert len(env.broker.running.servicer._pages) <= servicer._SHARED_PAGES
+
+
+async def test_a_batched_snapshot_sends_the_same_events_in_few_messages(
+    env: Env, page: int
+) -> None:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(servicer, "_BATCH_BYTES", 8000)  # a few events a batch
+        responses = await _responses(
+            env.router, broker_pb2.WatchStatusRequest(include_keys=True, batch_snapshot=True)
+        )
+    *batches, complete = responses
+    assert all(r.WhichOneof("kind") == "snapshot_batch" for r in batches)
+    assert complete.event.type == broker_pb2.EVENT_TYPE_SNAPSHOT_COMPLETE  # alone, as before
+    events = [e for r in batches for e in r.snapshot_batch.events]
+    assert events == await _expected(env, keys=True)
+    assert len(batches) < len(events)
+    largest = max(e.ByteSize() for e in events)
+    assert all(r.snapshot_batch.ByteSize() < 8000 + largest for r in batches)
+    # a stream that did not ask gets single events, although the batched pages are kept
+    singles = await _responses(env.router, broker_pb2.WatchStatusRequest(include_keys=True))
+    assert [r.event for r in singles[:-1]] == events
+
+
+async def _statements(env: Env, request: broker_pb2.WatchStatusRequest) -> list[str]:
+    reader = env.broker.running.store._reader
+    statements: list[str] = []
+    await reader.set_trace_callback(statements.append)
+    try:
+        await _snapshot(env.router, request)
+    finally:
+        await reader.set_trace_callback(None)
+    return statements
+
+
+async def test_a_snapshot_filtered_by_name_reads_only_those_names(env: Env, page: int) -> None:
+    names = [_name(1), _name(2), "unknown.shop.example"]
+    request = broker_pb2.WatchStatusRequest(include_keys=True, domains=names)
+    events, _ = await _snapshot(env.router, request)
+    assert events == [e for e in await _expected(env, keys=True) if e.domain.domain in names]
+    statements = await _statements(env, request)
+    assert not any("name > " in s for s in statements)  # no scan of every domain
+    assert len(statements) <= 2 * len(names) + 1  # the names (not cached here), their keys
+
+
+async def test_a_snapshot_filtered_by_app_reads_only_that_apps_domains(env: Env, page: int) -> None:
+    statements = await _statements(
+        env, broker_pb2.WatchStatusRequest(include_keys=True, apps=["blog"])
+    )
+    pages = 8 // page + 1  # blog has 8 of the 30 domains
+    rows = [s for s in statements if "FROM domains" in s]
+    assert len(rows) == pages
+    assert all("app = 'blog'" in s for s in rows)
+    assert len(statements) <= 3 * pages
+
+
+async def test_shared_pages_are_dropped_soon_after(env: Env) -> None:
+    pages = env.broker.running.servicer._pages
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(servicer, "_PAGE_KEEP", 0.05)
+        await _snapshot(env.router, broker_pb2.WatchStatusRequest(include_keys=True))
+        assert pages  # kept a moment for other routers
+        deadline = asyncio.get_running_loop().time() + 10
+        while pages:  # then gone, with the decrypted keys in them
+            assert asyncio.get_running_loop().time() < deadline, "shared pages stayed"
+            await asyncio.sleep(0.02)

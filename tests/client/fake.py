@@ -86,6 +86,13 @@ def event(revision: int, kind: int, name: str = "") -> broker_pb2.WatchStatusRes
     )
 
 
+def batch(*responses: broker_pb2.WatchStatusResponse) -> broker_pb2.WatchStatusResponse:
+    """The single-event ``responses`` as one ``snapshot_batch`` (``batch_snapshot`` streams)."""
+    return broker_pb2.WatchStatusResponse(
+        snapshot_batch=broker_pb2.WatchEventBatch(events=[r.event for r in responses])
+    )
+
+
 def heartbeat(revision: int) -> broker_pb2.WatchStatusResponse:
     return broker_pb2.WatchStatusResponse(heartbeat=broker_pb2.Heartbeat(revision=revision))
 

@@ -17,7 +17,16 @@ import pytest
 
 from certbroker.v1 import broker_pb2
 from certbroker_client import BrokerClient, BrokerError
-from tests.client.fake import FakeBroker, FakeServer, abort, event, hang, heartbeat, rich_status
+from tests.client.fake import (
+    FakeBroker,
+    FakeServer,
+    abort,
+    batch,
+    event,
+    hang,
+    heartbeat,
+    rich_status,
+)
 
 SNAP = broker_pb2.EVENT_TYPE_SNAPSHOT
 DONE = broker_pb2.EVENT_TYPE_SNAPSHOT_COMPLETE
@@ -233,3 +242,36 @@ async def test_filters_are_sent(fake: FakeServer, client: BrokerClient) -> None:
     assert list(req.apps) == ["shop"]
     assert list(req.domains) == ["a.example.com"]
     assert not req.include_keys
+
+
+async def test_a_batched_snapshot_is_yielded_event_by_event(
+    fake: FakeServer, client: BrokerClient
+) -> None:
+    async def cut(req: Any, ctx: Any) -> AsyncIterator[Any]:
+        yield batch(event(5, SNAP, "a.example.com"), event(7, SNAP, "b.example.com"))
+        await abort(ctx, rich_status(grpc.StatusCode.UNAVAILABLE, "bye"))
+
+    async def full(req: Any, ctx: Any) -> AsyncIterator[Any]:
+        yield batch(event(5, SNAP, "a.example.com"), event(7, SNAP, "b.example.com"))
+        yield batch(event(8, SNAP, "c.example.com"))
+        yield event(9, DONE)
+        yield event(10, UPD, "a.example.com")
+        await hang()
+
+    fake.broker.scripts += [cut, full]
+    assert await collect(client, 7) == [5, 7, 5, 7, 8, 9, 10]
+    # a batch is part of the snapshot: the cut one is started over, not resumed from 7
+    assert after_revisions(fake) == [0, 0]
+    assert all(r.batch_snapshot for r in fake.broker.watch_requests)
+    assert client.last_revision == 10
+
+
+async def test_batches_can_be_declined(fake: FakeServer, client: BrokerClient) -> None:
+    async def single(req: Any, ctx: Any) -> AsyncIterator[Any]:
+        yield event(5, SNAP, "a.example.com")  # what a broker older than batches sends
+        yield event(6, DONE)
+        await hang()
+
+    fake.broker.scripts.append(single)
+    assert await collect(client, 2, batch_snapshot=False) == [5, 6]
+    assert not fake.broker.watch_requests[0].batch_snapshot

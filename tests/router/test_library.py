@@ -29,7 +29,15 @@ from certbroker_client.router import (
     build_context,
     lookup_names,
 )
-from tests.client.fake import FakeBroker, FakeServer, abort, hang, heartbeat, rich_status
+from tests.client.fake import (
+    FakeBroker,
+    FakeServer,
+    abort,
+    batch,
+    hang,
+    heartbeat,
+    rich_status,
+)
 from tests.pki import Issued, TestPKI
 from tests.router.support import (
     fingerprint,
@@ -296,6 +304,29 @@ async def test_snapshot_then_live_events_and_heartbeats(fake: FakeServer, runnin
         MapChange(6, updated=("a.example.test",)),
         MapChange(7, removed=("b.example.test",)),
         MapChange(8, removed=("a.example.test",)),
+    ]
+
+
+async def test_a_batched_snapshot_is_applied_whole(fake: FakeServer, running: Running) -> None:
+    a, b = leaf("a.example.test"), leaf("b.example.test")
+
+    async def script(request: broker_pb2.WatchStatusRequest, _: Any) -> AsyncIterator[Any]:
+        assert request.batch_snapshot and request.include_keys
+        yield batch(
+            serving_event(3, SNAPSHOT, "a.example.test", a, PKI),
+            serving_event(2, SNAPSHOT, "none.example.test", None, PKI),
+        )
+        yield batch(serving_event(4, SNAPSHOT, "b.example.test", b, PKI))
+        yield serving_event(5, COMPLETE, "", None, PKI)
+        await hang()
+
+    fake.broker.scripts.append(script)
+    await asyncio.wait_for(running.watcher.ready.wait(), 5)
+    assert running.watcher.revision == 5
+    assert running.map.names() == ["a.example.test", "b.example.test"]
+    assert running.fingerprint("b.example.test") == fingerprint(b.cert)
+    assert running.changes == [
+        MapChange(5, updated=("a.example.test", "b.example.test"), resync=True)
     ]
 
 

@@ -11,7 +11,7 @@ import functools
 import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -47,6 +47,7 @@ _SNAPSHOT_PAGE = 500
 # Pages of unfiltered snapshots kept for other streams to send (a reconnect storm reads
 # in near lockstep): a window of a few thousand names, never the whole snapshot.
 _SHARED_PAGES = 8
+_PAGE_KEEP = 10.0  # seconds a shared page stays for later streams (decrypted keys in it)
 # A snapshot batch (WatchStatusRequest.batch_snapshot) closes once its events reach this
 # many bytes: far below gRPC's default 4 MiB receive limit, large enough that a
 # snapshot of 100,000 names takes a few hundred messages rather than 100,000.
@@ -320,16 +321,15 @@ class BrokerServicer(broker_pb2_grpc.CertificateBrokerServiceServicer):
         Each page costs the store a fixed number of queries (its rows, their
         certificates, and with keys their sealed keys), whatever its length.
         """
-        after: str | None = ""
-        while after is not None:
-            if wanted.everything:
-                page = await self._shared_page(revision, form, after)
-            else:
-                page = await self._build_page(wanted, form, revision, after)
+        pages = (
+            self._all_pages(form, revision)
+            if wanted.everything
+            else self._filtered_pages(wanted, form, revision)
+        )
+        async for page in pages:
             seen.update(page.newer)
             for response in page.responses:
                 yield response
-            after = page.next_after
         yield broker_pb2.WatchStatusResponse(
             event=broker_pb2.WatchEvent(
                 revision=revision,
@@ -337,35 +337,80 @@ class BrokerServicer(broker_pb2_grpc.CertificateBrokerServiceServicer):
             )
         )
 
+    async def _all_pages(self, form: _Form, revision: int) -> AsyncIterator[_Page]:
+        after: str | None = ""
+        while after is not None:
+            page = await self._shared_page(revision, form, after)
+            yield page
+            after = page.next_after
+
+    async def _filtered_pages(
+        self, wanted: _Filter, form: _Form, revision: int
+    ) -> AsyncIterator[_Page]:
+        """The pages of a filtered stream: only its domains are read, not every domain.
+
+        Named domains are looked up by name (as many as the request names); apps
+        are read through the store's index on ``(app, name)``, one app after the
+        other. A router of a small app among 100,000 names reads its own.
+        """
+        if wanted.domains:
+            names = sorted(wanted.domains)
+            for start in range(0, len(names), _SNAPSHOT_PAGE):
+                records = await self._broker.snapshot_domains(names[start : start + _SNAPSHOT_PAGE])
+                yield await self._page(records, wanted, form, revision)
+            return
+        for app in sorted(wanted.apps):
+            after = ""
+            while True:
+                records = await self._broker.snapshot_page(after, _SNAPSHOT_PAGE, app=app)
+                yield await self._page(records, wanted, form, revision)
+                if len(records) < _SNAPSHOT_PAGE:
+                    break
+                after = records[-1].name
+
     async def _shared_page(self, revision: int, form: _Form, after: str) -> _Page:
         """A page of the unfiltered snapshot at ``revision``, built once for every stream.
 
         A burst of routers reconnecting after a restart would otherwise each read,
-        decrypt and convert every domain. Only the last ``_SHARED_PAGES`` pages are
-        kept, so memory stays a few pages whatever the number of domains; a stream
-        far behind the others builds its pages again. Pages with keys are keyed apart
-        and only ever reach streams allowed keys.
+        decrypt and convert every domain. At most ``_SHARED_PAGES`` pages are kept,
+        each for ``_PAGE_KEEP`` seconds, so memory stays a few pages whatever the
+        number of domains and no decrypted key stays in memory for long; a stream
+        far behind the others builds its pages again. Pages with keys are keyed
+        apart and only ever reach streams allowed keys.
         """
         key = (revision, form, after)
         build = self._pages.get(key)
         if build is None:
-            everything = _Filter()
-            build = asyncio.ensure_future(self._build_page(everything, form, revision, after))
+            build = asyncio.ensure_future(self._unfiltered_page(form, revision, after))
             self._pages[key] = build
             build.add_done_callback(functools.partial(self._forget_failed, key))
+            asyncio.get_running_loop().call_later(_PAGE_KEEP, self._forget, key, build)
             while len(self._pages) > _SHARED_PAGES:
                 self._pages.popitem(last=False)
         else:
             self._pages.move_to_end(key)
         return await asyncio.shield(build)
 
-    def _forget_failed(self, key: _PageKey, build: asyncio.Future[_Page]) -> None:
-        if (build.cancelled() or build.exception() is not None) and self._pages.get(key) is build:
+    def _forget(self, key: _PageKey, build: asyncio.Future[_Page]) -> None:
+        if self._pages.get(key) is build:
             del self._pages[key]
 
-    async def _build_page(self, wanted: _Filter, form: _Form, revision: int, after: str) -> _Page:
-        domains = await self._broker.snapshot_page(after, _SNAPSHOT_PAGE)
-        chosen = [record for record in domains if wanted.matches_domain(record)]
+    def _forget_failed(self, key: _PageKey, build: asyncio.Future[_Page]) -> None:
+        if build.cancelled() or build.exception() is not None:
+            self._forget(key, build)
+
+    async def _unfiltered_page(self, form: _Form, revision: int, after: str) -> _Page:
+        records = await self._broker.snapshot_page(after, _SNAPSHOT_PAGE)
+        page = await self._page(records, _Filter(), form, revision)
+        if len(records) == _SNAPSHOT_PAGE:
+            return replace(page, next_after=records[-1].name)
+        return page
+
+    async def _page(
+        self, records: list[Domain], wanted: _Filter, form: _Form, revision: int
+    ) -> _Page:
+        """The snapshot events of ``records`` that ``wanted`` matches, keyed in one read."""
+        chosen = [record for record in records if wanted.matches_domain(record)]
         materials = await self._broker.serving_materials(chosen) if form.keys else {}
         now = self._clock.now()
         responses: list[broker_pb2.WatchStatusResponse] = []
@@ -383,6 +428,7 @@ class BrokerServicer(broker_pb2_grpc.CertificateBrokerServiceServicer):
                     responses[-1].snapshot_batch.SetInParent()
                     size = 0
                 message = responses[-1].snapshot_batch.events.add()
+            # written in place: a snapshot builds 100,000 events, and a copy costs as much
             message.revision = record.revision
             message.type = broker_pb2.EVENT_TYPE_SNAPSHOT
             convert.fill_domain(message.domain, record, now)
@@ -391,8 +437,7 @@ class BrokerServicer(broker_pb2_grpc.CertificateBrokerServiceServicer):
                 convert.fill_material(message.serving, found)
             if form.batch:
                 size += message.ByteSize()
-        next_after = domains[-1].name if len(domains) == _SNAPSHOT_PAGE else None
-        return _Page(responses, newer, next_after)
+        return _Page(responses, newer, None)
 
     async def _event_response(
         self, item: Event, include_keys: bool
