@@ -22,6 +22,10 @@ it prints the time from the request to ``SNAPSHOT_COMPLETE``, names/s, the
 bytes and messages received (``--batch``: the snapshot asked in batches), the
 broker's CPU, and its RSS at the end with its peak (VmHWM) since start.
 
+``--streams N`` opens N streams of each kind at once (routers reconnecting
+together: unfiltered streams share pages), timed to the last one complete (the
+consumer is one process: with many streams it is the bottleneck).
+
 ``--workdir DIR`` keeps the signed and seeded store there and reuses it on the
 next run (seeding 100,000 names takes minutes); ``--profile keys`` runs py-spy
 (if installed in the venv) on the broker during that stream and writes a
@@ -226,14 +230,20 @@ async def _drive(args: argparse.Namespace) -> int:
                             else None
                         )
                         with _profiled(broker.pid, profile):
-                            seconds, events, keyed, size, messages = await _consume(stub, request)
+                            results = await asyncio.gather(
+                                *(_consume(stub, request) for _ in range(args.streams))
+                            )
                         cpu = cpu_seconds(broker.pid) - cpu
+                        seconds = max(r[0] for r in results)
+                        _, events, keyed, size, messages = results[0]
+                        streams = f" x{args.streams} streams" if args.streams > 1 else ""
                         print(
-                            f"-- {kind:8s} #{attempt + 1}: {events} names ({keyed} with keys) "
-                            f"in {seconds:.2f} s = {events / seconds:.0f} names/s; "
+                            f"-- {kind:8s} #{attempt + 1}{streams}: {events} names ({keyed} "
+                            f"with keys) in {seconds:.2f} s = {events / seconds:.0f} names/s; "
                             f"{size / 2**20:.0f} MiB in {messages} messages; "
                             f"broker CPU {cpu:.1f} s "
-                            f"({cpu / max(events, 1) * 1e6:.0f} µs a name); broker RSS "
+                            f"({cpu / max(events * args.streams, 1) * 1e6:.0f} µs a name sent); "
+                            f"broker RSS "
                             f"{rss_mb(broker.pid):.0f} MB (peak {_peak_mb(broker.pid):.0f} MB); "
                             f"load {os.getloadavg()[0]:.2f}",
                             flush=True,
@@ -250,6 +260,9 @@ def main() -> int:
     parser.add_argument("--workdir", help="keep (and reuse) the seeded store here")
     parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
     parser.add_argument("--repeat", type=int, default=1, help="streams of each kind, one by one")
+    parser.add_argument(
+        "--streams", type=int, default=1, help="streams opened at once (a reconnect storm)"
+    )
     parser.add_argument("--profile", nargs="*", choices=KINDS, default=[])
     parser.add_argument(
         "--batch", action="store_true", help="ask for batches (WatchStatusRequest.batch_snapshot)"

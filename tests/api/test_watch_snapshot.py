@@ -8,6 +8,7 @@ page boundaries.
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
@@ -223,6 +224,10 @@ async def test_shared_pages_are_bounded_whatever_the_number_of_domains(env: Env)
         events, _ = await _snapshot(env.api, broker_pb2.WatchStatusRequest())
     assert len(events) == COUNT
     assert len(env.broker.running.servicer._pages) <= servicer._SHARED_PAGES
+    # and the pages let go are gone from memory, not kept alive until their expiry
+    gc.collect()
+    alive = sum(isinstance(o, servicer._Page) for o in gc.get_objects())
+    assert alive <= servicer._SHARED_PAGES
 
 
 async def test_a_batched_snapshot_sends_the_same_events_in_few_messages(

@@ -77,6 +77,20 @@ class _Page:
 _PageKey = tuple[int, _Form, str]
 
 
+@dataclass
+class _Shared:
+    """A shared page being built or built, and the timer that drops it."""
+
+    build: asyncio.Future[_Page]
+    expiry: asyncio.TimerHandle | None = None
+
+    def release(self) -> None:
+        """Stop the timer: a pending timer would keep the page (its args) in memory."""
+        if self.expiry is not None:
+            self.expiry.cancel()
+            self.expiry = None
+
+
 def _unary(
     method: Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]],
 ) -> Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]]:
@@ -143,7 +157,7 @@ class BrokerServicer(broker_pb2_grpc.CertificateBrokerServiceServicer):
         self._heartbeat = heartbeat.total_seconds()
         self._max_lag = max_lag
         self._event_cache: OrderedDict[int, broker_pb2.WatchStatusResponse] = OrderedDict()
-        self._pages: OrderedDict[_PageKey, asyncio.Future[_Page]] = OrderedDict()
+        self._pages: OrderedDict[_PageKey, _Shared] = OrderedDict()
 
     def _domain(self, record: Domain) -> Any:
         return convert.domain(record, self._clock.now())
@@ -379,25 +393,29 @@ class BrokerServicer(broker_pb2_grpc.CertificateBrokerServiceServicer):
         apart and only ever reach streams allowed keys.
         """
         key = (revision, form, after)
-        build = self._pages.get(key)
-        if build is None:
+        shared = self._pages.get(key)
+        if shared is None:
             build = asyncio.ensure_future(self._unfiltered_page(form, revision, after))
-            self._pages[key] = build
-            build.add_done_callback(functools.partial(self._forget_failed, key))
-            asyncio.get_running_loop().call_later(_PAGE_KEEP, self._forget, key, build)
+            shared = _Shared(build)
+            shared.expiry = asyncio.get_running_loop().call_later(
+                _PAGE_KEEP, self._forget, key, shared
+            )
+            self._pages[key] = shared
+            build.add_done_callback(functools.partial(self._forget_failed, key, shared))
             while len(self._pages) > _SHARED_PAGES:
-                self._pages.popitem(last=False)
+                self._pages.popitem(last=False)[1].release()
         else:
             self._pages.move_to_end(key)
-        return await asyncio.shield(build)
+        return await asyncio.shield(shared.build)
 
-    def _forget(self, key: _PageKey, build: asyncio.Future[_Page]) -> None:
-        if self._pages.get(key) is build:
+    def _forget(self, key: _PageKey, shared: _Shared) -> None:
+        if self._pages.get(key) is shared:
             del self._pages[key]
+        shared.release()
 
-    def _forget_failed(self, key: _PageKey, build: asyncio.Future[_Page]) -> None:
+    def _forget_failed(self, key: _PageKey, shared: _Shared, build: asyncio.Future[_Page]) -> None:
         if build.cancelled() or build.exception() is not None:
-            self._forget(key, build)
+            self._forget(key, shared)
 
     async def _unfiltered_page(self, form: _Form, revision: int, after: str) -> _Page:
         records = await self._broker.snapshot_page(after, _SNAPSHOT_PAGE)
