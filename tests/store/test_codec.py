@@ -93,6 +93,22 @@ def test_every_field_set_round_trips_through_the_json_event_payload() -> None:
     assert domain_from_row(payload, certs.get) == domain
 
 
+@pytest.mark.parametrize("column", ["le_state", "serving", "key_algorithm", "challenge"])
+def test_every_enum_value_decodes_and_an_unknown_one_is_refused(column: str) -> None:
+    row = domain_to_row(_full_domain())
+    enum = {
+        "le_state": LetsEncryptState,
+        "serving": Source,
+        "key_algorithm": KeyAlgorithm,
+        "challenge": ChallengeType,
+    }[column]
+    for member in enum:
+        decoded = domain_from_row({**row, column: member.value}, lambda _: None)
+        assert getattr(decoded, column) is member  # the model's fields share the names
+    with pytest.raises(ValueError):
+        domain_from_row({**row, column: "NO_SUCH_VALUE"}, lambda _: None)
+
+
 def test_a_minimal_domain_round_trips() -> None:
     domain = Domain(
         name="example.org",
