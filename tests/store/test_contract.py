@@ -364,6 +364,57 @@ async def test_add_certificate_and_load_key_round_trip(store: AnyStore) -> None:
     assert await store.load_key(info.id + 100) is None
 
 
+async def test_load_keys_returns_each_certificates_key_and_leaves_out_missing_ones(
+    store: AnyStore,
+) -> None:
+    async with store.transaction() as tx:
+        infos = [
+            await tx.add_certificate(
+                NewCertificate(f"{n}.example.com", Source.CUSTOM, make_cert(n, f"0{i}"), key)
+            )
+            for i, (n, key) in enumerate([("a", b"\x00key-a"), ("b", b"key-b\xff")])
+        ]
+    a, b = (info.id for info in infos)
+    assert await store.load_keys([a, b + 100, b]) == {a: b"\x00key-a", b: b"key-b\xff"}
+    assert await store.load_keys([b + 100]) == {}
+    assert await store.load_keys([]) == {}
+    many = [a, *range(b + 1, b + 1200)]  # more ids than one SQLite IN list takes
+    assert await store.load_keys(many) == {a: b"\x00key-a"}
+
+
+async def test_list_domains_gives_each_row_its_certificates(
+    store: AnyStore, backend: Backend
+) -> None:
+    for i in range(6):
+        name = f"d{i}.example.com"
+        async with store.transaction() as tx:
+            le = await tx.add_certificate(
+                NewCertificate(name, Source.LETS_ENCRYPT, make_cert(name, f"1{i}"), b"1")
+            )
+            custom = await tx.add_certificate(
+                NewCertificate(name, Source.CUSTOM, make_cert(name, f"2{i}"), b"2")
+            )
+            await tx.put_domain(
+                make_domain(name, le_cert=le if i % 2 else None, custom_cert=custom)
+            )
+    await put(store, make_domain("none.example.com"))
+    await store.close()
+    fresh = await backend.open()  # nothing cached: every certificate comes from the page query
+    try:
+        listed = await fresh.list_domains(None, "", 10)
+        assert fresh.cached_certificate_ids() == []  # a scan does not fill the cache
+        assert [d.name for d in listed] == [
+            *(f"d{i}.example.com" for i in range(6)),
+            "none.example.com",
+        ]
+        assert listed == [await fresh.get_domain(d.name) for d in listed]
+        assert sum(d.le_cert is not None for d in listed) == 3
+        assert all(d.custom_cert is not None for d in listed[:6])
+        assert listed[6].le_cert is None and listed[6].custom_cert is None
+    finally:
+        await fresh.close()
+
+
 async def test_delete_domain_removes_certificates_and_writes_a_removed_event(
     store: AnyStore, backend: Backend
 ) -> None:

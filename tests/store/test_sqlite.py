@@ -5,16 +5,17 @@ The behaviour both backends share is in test_contract.py.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
 
 import pytest
 
-from certbroker.model import Domain
+from certbroker.model import Domain, Source
+from certbroker.store.base import NewCertificate
 from certbroker.store.sqlite import SqliteStore
-from tests.store.records import make_domain, raw
+from tests.store.records import make_cert, make_domain, raw
 
 T0 = datetime(2026, 3, 1, 8, 0, 0, 123456, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -90,3 +91,47 @@ async def test_due_domains_uses_the_partial_index(store: SqliteStore, db_path: P
     assert "SEARCH domains USING INDEX domains_due (next_run_at<?)" in plan
     assert "SCAN" not in plan
     assert "TEMP B-TREE" not in plan
+
+
+# --- a page costs a fixed number of queries ------------------------------------------------
+
+
+async def _traced(store: SqliteStore, work: Callable[[], Awaitable[object]]) -> list[str]:
+    statements: list[str] = []
+    await store._reader.set_trace_callback(statements.append)
+    try:
+        await work()
+    finally:
+        await store._reader.set_trace_callback(None)
+    return statements
+
+
+async def test_load_keys_reads_many_ids_in_a_few_queries(store: SqliteStore) -> None:
+    async with store.transaction() as tx:
+        info = await tx.add_certificate(
+            NewCertificate("a.example.com", Source.CUSTOM, make_cert("a.example.com"), b"k")
+        )
+    asked = [info.id, *range(info.id + 1, info.id + 1200)]
+    statements = await _traced(store, lambda: store.load_keys(asked))
+    assert len(statements) == 3  # slices of 500 ids (SQLite's bound-value limit), not 1,200
+
+
+async def test_list_domains_reads_the_page_certificates_in_one_query(db_path: Path) -> None:
+    store = await SqliteStore.open(str(db_path))
+    try:
+        for i in range(6):
+            name = f"d{i}.example.com"
+            async with store.transaction() as tx:
+                custom = await tx.add_certificate(
+                    NewCertificate(name, Source.CUSTOM, make_cert(name, f"2{i}"), b"2")
+                )
+                await tx.put_domain(make_domain(name, custom_cert=custom))
+    finally:
+        await store.close()
+    store = await SqliteStore.open(str(db_path))  # nothing cached
+    try:
+        statements = await _traced(store, lambda: store.list_domains(None, "", 10))
+    finally:
+        await store.close()
+    assert len(statements) == 2  # the rows, then their 6 certificates together
+    assert "FROM certificates WHERE id IN" in statements[1]

@@ -549,6 +549,41 @@ class PostgresStore:
         """Certificates whose info is held in memory, least recently used first."""
         return list(self._certificates)
 
+    async def certificates(
+        self, cert_ids: Collection[int], conn: Reader | None = None
+    ) -> dict[int, CertificateInfo]:
+        """The certificates ``cert_ids`` name, by id: cached ones from memory, the rest in
+        one query (``= ANY($1)``); ids with no row are left out.
+
+        As on SQLite, what is read here is not cached: the callers are scans that touch
+        every certificate once.
+        """
+        found: dict[int, CertificateInfo] = {}
+        missing = []
+        for cert_id in cert_ids:
+            cached = self._certificates.get(cert_id)
+            if cached is None:
+                missing.append(cert_id)
+            else:
+                found[cert_id] = cached
+        if missing:
+            rows = await (conn or self._pool).fetch(f"{_CERT_SELECT} WHERE id = ANY($1)", missing)
+            for row in rows:
+                info = certificate_from_row(row)
+                found[info.id] = info
+        return found
+
+    async def decode_domains(self, rows: list[Any], conn: Reader | None = None) -> list[Domain]:
+        """Rows to domains, their certificates read together (``certificates``)."""
+        wanted = {
+            row[column]
+            for row in rows
+            for column in ("le_cert_id", "custom_cert_id")
+            if row[column] is not None
+        }
+        found = await self.certificates(wanted, conn)
+        return [domain_from_row(row, found.get) for row in rows]
+
     async def decode_domain(self, row: Any, conn: Reader | None = None) -> Domain:
         found = {}
         for column in ("le_cert_id", "custom_cert_id"):
@@ -593,7 +628,8 @@ class PostgresStore:
             rows = await self._pool.fetch(
                 f"{_DOMAIN_SELECT} WHERE name > $1 ORDER BY name LIMIT $2", after, limit
             )
-        return [await self.decode_domain(row) for row in rows]
+        # One query for the rows and one for their certificates (the snapshot's pages).
+        return await self.decode_domains(rows)
 
     @_translated
     async def due_domains(self, now: datetime, limit: int) -> list[Domain]:
@@ -747,6 +783,16 @@ class PostgresStore:
             "SELECT key_sealed FROM certificates WHERE id = $1", certificate_id
         )
         return bytes(value) if value is not None else None
+
+    @_translated
+    async def load_keys(self, certificate_ids: Collection[int]) -> dict[int, bytes]:
+        """The sealed keys of ``certificate_ids`` by id, in one query (``= ANY($1)``)."""
+        if not certificate_ids:
+            return {}
+        rows = await self._pool.fetch(
+            "SELECT id, key_sealed FROM certificates WHERE id = ANY($1)", list(certificate_ids)
+        )
+        return {int(row[0]): bytes(row[1]) for row in rows}
 
     @_translated
     async def get_order(self, domain: str) -> PendingOrder | None:
