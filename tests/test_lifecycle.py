@@ -500,10 +500,26 @@ def test_a_due_domain_is_not_backing_off_and_retry_now_spends_nothing() -> None:
     assert not lc.changed(start, lc.retry_now(start, due))
 
 
-def test_issued_resets_the_forced_retry() -> None:
+def test_issued_keeps_the_forced_time_for_renewals_only() -> None:
+    """Success ends the backoff (no forced-retry wait) but a forced renewal stays rationed."""
     start = lc.retry_now(lc.failed(domain(), "ACME_X", "", NOW), NOW)
     assert start.retry.forced_at == NOW
-    assert lc.issued(start, fresh_le(), NOW).retry.forced_at is None
+    done = lc.issued(start, fresh_le(), NOW + MINUTE)
+    assert done.retry.attempt == 0 and done.retry.forced_at == NOW
+    assert lc.forced_retry_wait(done, NOW + MINUTE, 10 * MINUTE) is None
+    assert lc.forced_renewal_wait(done, NOW + MINUTE, 10 * MINUTE) == 9 * MINUTE
+    assert lc.forced_renewal_wait(done, NOW + 10 * MINUTE, 10 * MINUTE) is None
+
+
+def test_renew_now_makes_the_renewal_due_while_the_certificate_serves() -> None:
+    start = serving_le()
+    assert not lc.needs_issuance(start, NOW)
+    d = lc.renew_now(start, NOW)
+    assert lc.needs_issuance(d, NOW) and lc.is_due_for_order(d, NOW)
+    assert lc.renewal_due(d) == NOW and d.next_run_at == NOW
+    assert d.serving is Source.LETS_ENCRYPT and d.le_cert == start.le_cert
+    assert d.retry.forced_at == NOW and d.retry.attempt == 0
+    assert lc.worth_an_event(start, d)  # watchers see the renewal time move
 
 
 def test_retry_now_without_need_changes_no_retry_fact() -> None:

@@ -129,9 +129,16 @@ class Broker:
         key_algorithm: KeyAlgorithm | None = None,
         challenge: ChallengeType | None = None,
         include_apex: bool = False,
+        renew: bool = False,
     ) -> Domain:
         name = normalise_domain(domain)
         app = tenancy.check_app(app)
+        if renew and disable_letsencrypt:
+            raise InvalidArgument.one(
+                "renew",
+                "renewing asks Let's Encrypt for a certificate: not with disable_letsencrypt",
+                reason="RENEW_INVALID",
+            )
         if include_apex and not name.startswith("*."):
             raise InvalidArgument.one(
                 "include_apex",
@@ -152,7 +159,7 @@ class Broker:
                 if include_apex and not existing.include_apex:  # the apex joins the claim
                     await self._check_family(tx, tenancy.Claim(name, True), app)
                 updated = self._settings_or_retry(
-                    existing, now, not disable_letsencrypt, key_algorithm, include_apex
+                    existing, now, not disable_letsencrypt, key_algorithm, include_apex, renew
                 )
                 self._check_dns01(updated)
                 result = await outbox.save(tx, existing, updated)
@@ -209,8 +216,12 @@ class Broker:
         letsencrypt: bool,
         key_algorithm: KeyAlgorithm | None,
         include_apex: bool,
+        renew: bool = False,
     ) -> Domain:
         """IssueCertificate on a known domain: a settings change, or else "retry now".
+
+        ``renew`` on a domain with a Let's Encrypt certificate is a forced renewal
+        (``_renew``); without one it is the same "retry now".
 
         A call that changes a setting (Let's Encrypt on/off, key algorithm, apex) is
         applied and never refused; it runs the next step at once only where that is
@@ -223,6 +234,8 @@ class Broker:
             updated = replace(updated, key_algorithm=key_algorithm)
         if include_apex:
             updated = replace(updated, include_apex=True)
+        if renew and updated.le_cert is not None:
+            return self._renew(existing, updated, now)
         if lifecycle.changed(existing, updated):
             if lifecycle.backing_off(updated, now):
                 return lifecycle.settle(updated, now)
@@ -238,6 +251,27 @@ class Broker:
                 reason="RETRY_TOO_SOON",
             )
         return lifecycle.retry_now(existing, now)
+
+    def _renew(self, existing: Domain, updated: Domain, now: datetime) -> Domain:
+        """A forced renewal: an order the CA counts, so one per forced-retry interval.
+
+        Refused before anything is written (the caller's transaction rolls back),
+        settings changes in the same call included. A renewal already due (or
+        failing and backing off) runs now as in "retry now"; otherwise the
+        certificate's renewal time becomes now.
+        """
+        wait = lifecycle.forced_renewal_wait(existing, now, self._forced_retry_interval)
+        if wait is not None:
+            raise ResourceExhausted(
+                f"domain {existing.name} was renewed or retried on request recently; the next "
+                f"forced renewal is allowed in {int(wait.total_seconds()) + 1} s (the "
+                "certificate is renewed on its own at renewal_time)",
+                retry_after=wait,
+                reason="RETRY_TOO_SOON",
+            )
+        if lifecycle.needs_issuance(updated, now):
+            return lifecycle.retry_now(updated, now)
+        return lifecycle.renew_now(updated, now)
 
     async def upload_custom(
         self, domain: str, app: str | None, certificate: bytes, private_key: bytes

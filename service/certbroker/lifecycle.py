@@ -392,11 +392,12 @@ def issued(domain: Domain, cert: CertificateInfo, now: datetime) -> Domain:
 
     A DNS-01 domain gets its first periodic delegation check scheduled.
     """
-    done = replace(
-        domain, le_cert=cert, retry=RetryState(), action_required="", renewal=RenewalPlan()
-    )
+    # forced_at stays: a forced renewal that succeeds must not refill the allowance at once.
+    kept = RetryState(forced_at=domain.retry.forced_at)
+    done = replace(domain, le_cert=cert, retry=kept, action_required="", renewal=RenewalPlan())
     if uses_dns01(done):
-        done = replace(done, retry=RetryState(next_attempt_at=_next_delegation_check(done, now)))
+        check = _next_delegation_check(done, now)
+        done = replace(done, retry=replace(kept, next_attempt_at=check))
     return settle(done, now)
 
 
@@ -431,6 +432,31 @@ def retry_now(domain: Domain, now: datetime) -> Domain:
     if backing_off(domain, now):
         retry = replace(retry, forced_at=now)
     return settle(replace(domain, retry=retry), now)
+
+
+def forced_renewal_wait(domain: Domain, now: datetime, interval: timedelta) -> timedelta | None:
+    """How long until a forced renewal (IssueCertificate ``renew``) is allowed; None: now.
+
+    Unlike a forced retry this does not need a backoff: every forced renewal is
+    an order the CA counts, so any forced retry or renewal within ``interval``
+    holds the next one back.
+    """
+    forced = domain.retry.forced_at
+    if forced is None or forced + interval <= now:
+        return None
+    return forced + interval - now
+
+
+def renew_now(domain: Domain, now: datetime) -> Domain:
+    """Make the current Let's Encrypt certificate's renewal due now (it keeps serving).
+
+    The renewal time is the ARI plan's ``at`` column, so a restart keeps the
+    request; ``forced_at`` rations the next one (``forced_renewal_wait``).
+    The caller checks that a certificate exists and the renewal is not due yet.
+    """
+    renewal = replace(domain.renewal, at=now)
+    retry = replace(domain.retry, next_attempt_at=now, forced_at=now)
+    return settle(replace(domain, renewal=renewal, retry=retry), now)
 
 
 def custom_installed(domain: Domain, cert: CertificateInfo, now: datetime) -> Domain:

@@ -219,8 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command(
         "domains-renew",
-        "ask for the next Let's Encrypt attempt now (a failing or due domain); "
-        "rationed by the broker like every forced retry",
+        "renew the Let's Encrypt certificate now, even if not due (or ask a failing domain's "
+        "next attempt now); rationed by the broker like every forced retry",
     )
     p.add_argument("domain", metavar="DOMAIN")
     _wait_options(p, "the renewed certificate serves")
@@ -472,37 +472,30 @@ def _needs_issuance(domain: domain_pb2.Domain, now: datetime) -> bool:
 
 
 async def _domains_renew(client: BrokerClient, args: argparse.Namespace, io: _Output) -> int:
-    """IssueCertificate on a known domain: the broker's quota-safe "retry now".
+    """IssueCertificate ``renew`` on a known domain: the broker's quota-safe forced renewal.
 
-    GetStatus first, so a typo never adds a new domain and a domain with
-    nothing to renew is said to be so instead of silently left as it was.
+    GetStatus first, so a typo never adds a new domain and a domain that opted
+    out of Let's Encrypt is said to have nothing to renew (IssueCertificate
+    would opt it back in).
     """
     current = await client.get_status(args.domain)
     name = current.domain
-    now = _clock()
     if current.disable_letsencrypt:
         io.error([f"error: {name} has Let's Encrypt disabled (--no-letsencrypt): nothing to renew"])
         return EXIT_RPC
-    if not _needs_issuance(current, now):
-        due = render.when(current.renewal_time)
-        expiry = render.when(current.lets_encrypt_certificate.not_after)
-        io.error(
-            [
-                f"error: {name} is not due: its Let's Encrypt certificate expires "
-                + (f"in {render.duration(expiry - now)}" if expiry else "later")
-                + " and is renewed automatically "
-                + (render.relative(due, now) if due else "before then")
-                + "; the broker does not renew a certificate early"
-            ]
-        )
-        return EXIT_RPC
-    domain = await client.issue_certificate(name, args.app or current.app)
+    attempt = _needs_issuance(current, _clock())
+    domain = await client.issue_certificate(name, args.app or current.app, renew=True)
     if args.wait:
         return await _follow(client, domain, args, io, renewing=True)
     if args.json:
         io.print(render.to_json(domain))
-    else:
+    elif attempt:
         io.print(f"{name}: the next Let's Encrypt attempt runs now")
+    else:
+        io.print(
+            f"{name}: renewing its Let's Encrypt certificate now; the current one serves "
+            "until the new one arrives"
+        )
     return EXIT_OK
 
 

@@ -322,8 +322,12 @@ class BrokerClient:
         key_algorithm: domain_pb2.KeyAlgorithm = domain_pb2.KEY_ALGORITHM_UNSPECIFIED,
         challenge_type: domain_pb2.ChallengeType = domain_pb2.CHALLENGE_TYPE_UNSPECIFIED,
         include_apex: bool = False,
+        renew: bool = False,
     ) -> domain_pb2.Domain:
         """Register ``domain`` for ``app``; idempotent, and "retry now" for a known one.
+
+        ``renew`` renews a current Let's Encrypt certificate now even if it is not
+        due (rationed like "retry now", whatever the backoff).
 
         "Retry now" is rationed by the broker: a domain backing off after a
         failure may be forced once per interval, sooner calls raise
@@ -337,6 +341,7 @@ class BrokerClient:
             key_algorithm=key_algorithm,
             challenge_type=challenge_type,
             include_apex=include_apex,
+            renew=renew,
         )
         response: broker_pb2.IssueCertificateResponse = await self._unary(
             "IssueCertificate", request

@@ -178,6 +178,7 @@ class BrokerServicer(broker_pb2_grpc.CertificateBrokerServiceServicer):
             key_algorithm=convert.key_algorithm(request.key_algorithm),
             challenge=convert.challenge_type(request.challenge_type),
             include_apex=request.include_apex,
+            renew=request.renew,
         )
         return broker_pb2.IssueCertificateResponse(domain=self._status(record))
 

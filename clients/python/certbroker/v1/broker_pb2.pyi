@@ -43,20 +43,22 @@ CHECK_VERDICT_FAIL: CheckVerdict
 CHECK_VERDICT_SKIPPED: CheckVerdict
 
 class IssueCertificateRequest(_message.Message):
-    __slots__ = ("domain", "app", "disable_letsencrypt", "key_algorithm", "challenge_type", "include_apex")
+    __slots__ = ("domain", "app", "disable_letsencrypt", "key_algorithm", "challenge_type", "include_apex", "renew")
     DOMAIN_FIELD_NUMBER: _ClassVar[int]
     APP_FIELD_NUMBER: _ClassVar[int]
     DISABLE_LETSENCRYPT_FIELD_NUMBER: _ClassVar[int]
     KEY_ALGORITHM_FIELD_NUMBER: _ClassVar[int]
     CHALLENGE_TYPE_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_APEX_FIELD_NUMBER: _ClassVar[int]
+    RENEW_FIELD_NUMBER: _ClassVar[int]
     domain: str
     app: str
     disable_letsencrypt: bool
     key_algorithm: _domain_pb2.KeyAlgorithm
     challenge_type: _domain_pb2.ChallengeType
     include_apex: bool
-    def __init__(self, domain: _Optional[str] = ..., app: _Optional[str] = ..., disable_letsencrypt: _Optional[bool] = ..., key_algorithm: _Optional[_Union[_domain_pb2.KeyAlgorithm, str]] = ..., challenge_type: _Optional[_Union[_domain_pb2.ChallengeType, str]] = ..., include_apex: _Optional[bool] = ...) -> None: ...
+    renew: bool
+    def __init__(self, domain: _Optional[str] = ..., app: _Optional[str] = ..., disable_letsencrypt: _Optional[bool] = ..., key_algorithm: _Optional[_Union[_domain_pb2.KeyAlgorithm, str]] = ..., challenge_type: _Optional[_Union[_domain_pb2.ChallengeType, str]] = ..., include_apex: _Optional[bool] = ..., renew: _Optional[bool] = ...) -> None: ...
 
 class IssueCertificateResponse(_message.Message):
     __slots__ = ("domain",)
