@@ -67,6 +67,10 @@ FORCED_RETRY_INTERVAL = timedelta(minutes=10)
 DELEGATION_RECHECK = timedelta(days=1)
 #: A setting is missing (``held_until_restart``).
 NOT_CONFIGURED = "NOT_CONFIGURED"
+#: The CA is unreachable or failing for everyone (``certbroker.ca_health``): held, not failed.
+CA_UNAVAILABLE = "CA_UNAVAILABLE"
+#: Reasons a domain is held without a time: something outside it wakes it.
+_HELD_REASONS = frozenset({NOT_CONFIGURED, CA_UNAVAILABLE})
 #: However soon the CA says to ask again, not sooner than this.
 RENEWAL_INFO_MIN_WAIT = timedelta(minutes=1)
 #: The CA's renewal window could not be fetched: ask again this much later.
@@ -130,13 +134,16 @@ def needs_issuance(domain: Domain, now: datetime) -> bool:
 
 
 def held_until_restart(domain: Domain) -> bool:
-    """A setting the broker needs is missing: nothing to try until it restarts with it.
+    """Held without a time: a setting is missing (until a restart with it), or the CA is
+    unavailable (until the scheduler's probe finds it back: ``CaAvailable``).
 
     Settings are read once at start, so a timer would only repeat the same
     verdict; the scheduler re-evaluates these domains at every start
-    (``Restarted``), and IssueCertificate (retry now) does at once.
+    (``Restarted``), and IssueCertificate (retry now) does at once. A CA outage
+    has one shared probe (``ca_health``), not a timer per domain: a held domain
+    is written once, not once per probe.
     """
-    return domain.retry.last_error_reason == NOT_CONFIGURED and domain.retry.next_attempt_at is None
+    return domain.retry.last_error_reason in _HELD_REASONS and domain.retry.next_attempt_at is None
 
 
 def is_due_for_order(domain: Domain, now: datetime) -> bool:
@@ -653,6 +660,24 @@ class NotConfigured:
 
 
 @dataclass(frozen=True)
+class CaUnavailable:
+    """The CA is down for everyone: held (state and attempt unchanged) until it is back.
+
+    ``reason``/``detail``: the failure that showed it; ``next_probe``: when the
+    shared probe runs next (shown in the message, written once).
+    """
+
+    reason: str
+    detail: str
+    next_probe: datetime
+
+
+@dataclass(frozen=True)
+class CaAvailable:
+    """The CA answers again: a domain held for it is due at once."""
+
+
+@dataclass(frozen=True)
 class DnsChecked:
     result: DnsResult
 
@@ -756,6 +781,8 @@ Observation = (
     Ticked
     | Restarted
     | NotConfigured
+    | CaUnavailable
+    | CaAvailable
     | DnsChecked
     | CaaChecked
     | DelegationChecked
@@ -791,6 +818,12 @@ def apply(
             return settle(replace(domain, retry=replace(domain.retry, next_attempt_at=now)), now)
         case NotConfigured(missing):
             return not_configured(domain, missing, now)
+        case CaUnavailable(reason, detail, next_probe):
+            return ca_unavailable(domain, reason, detail, next_probe, now)
+        case CaAvailable():
+            if domain.retry.last_error_reason != CA_UNAVAILABLE or not held_until_restart(domain):
+                return domain
+            return settle(replace(domain, retry=replace(domain.retry, next_attempt_at=now)), now)
         case DnsChecked(result) if not result.points:
             observed = to_observation(result, now)
             return dns_not_ready(domain, observed, result.reason, result.message, now, interval)
@@ -860,6 +893,23 @@ def not_configured(domain: Domain, missing: str, now: datetime) -> Domain:
         last_error_message=(
             f"{missing} is not set: the broker cannot order certificates; "
             "set it and restart the broker"
+        ),
+        last_error_at=now,
+    )
+    return settle(replace(domain, retry=retry), now)
+
+
+def ca_unavailable(
+    domain: Domain, reason: str, detail: str, next_probe: datetime, now: datetime
+) -> Domain:
+    """Held for a CA-wide outage: no attempt counted, the state kept, woken by the probe."""
+    retry = replace(
+        domain.retry,
+        next_attempt_at=None,
+        last_error_reason=CA_UNAVAILABLE,
+        last_error_message=(
+            f"the CA is unavailable ({reason}: {detail}); orders are paused for every "
+            f"domain and resume when it answers (next probe at {next_probe.isoformat()})"
         ),
         last_error_at=now,
     )

@@ -81,6 +81,19 @@ class Issuer(Protocol):
         starts over). Raises ``AcmeProblem`` (the CA is unreachable or refuses)."""
         ...
 
+    async def probe(self) -> None:
+        """Is the CA there? One unsigned GET of its directory. Idempotent, safe to cancel;
+        raises ``AcmeProblem`` (``ca_unavailable`` when it is down)."""
+        ...
+
+    async def recover_account(self, *, new_key: bool) -> None:
+        """The CA forgot the account (``new_key`` False: find the stored key's account with
+        ``onlyReturnExisting``, else register that key again) or deactivated it (``new_key``
+        True: register a new key). The new account URL (and key) is stored and every later
+        request signs with it. Not idempotent at the CA (may register): the caller rations
+        it. Raises ``AcmeProblem``."""
+        ...
+
     @property
     def offers_ari(self) -> bool:
         """The CA publishes renewal information (known once ``start`` succeeded)."""

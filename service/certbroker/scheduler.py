@@ -7,7 +7,16 @@ DNS-01 zone) and writes the typed observations through ``lifecycle.apply`` in
 one transaction (``outbox.save``: an event only for what watchers are shown).
 The scheduler itself owns only: claiming due work (an indexed query, so idle
 domains cost nothing; never one domain twice at once), concurrency, wake-ups,
-pacing when the store fails, and stopping.
+pacing when the store fails, the CA's shared health (``ca_health``), and stopping.
+
+When the CA is unavailable (network, timeouts, 5xx) no order starts: a
+domain that wants one is held once (``CaUnavailable``: reason
+``CA_UNAVAILABLE``, no attempt counted) and one probe task asks the CA's
+directory on a capped backoff; when it answers, the held domains are due at
+once, renewals first. An account the CA no longer knows (or reports
+deactivated) is recovered at most once per ``ACCOUNT_RECOVERY_INTERVAL`` and
+the order placed again; an order or authorization URL the CA forgot (404) is
+replaced by one new order in the same step, without counting a failure.
 
 The actions and their writes::
 
@@ -52,12 +61,15 @@ from certbroker import delegation, lifecycle, outbox
 from certbroker.acme import ari
 from certbroker.acme.keys import generate_private_key
 from certbroker.acme.problems import AcmeProblem, rate_limit_scope
+from certbroker.ca_health import CaHealth
 from certbroker.clock import Clock
 from certbroker.delegation import LabelKey
 from certbroker.dns import DnsLookupError, PlatformTargets
 from certbroker.errors import StoreUnavailable
 from certbroker.lifecycle import (
     CaaChecked,
+    CaAvailable,
+    CaUnavailable,
     CertificateIssued,
     CheckDelegation,
     CheckDns,
@@ -99,6 +111,12 @@ _IDLE_POLL = 1.0
 _RATE_LIMIT_DEFAULT = timedelta(hours=1)
 #: Domains re-evaluated per transaction at start.
 _RESTART_BATCH = 500
+#: An account the CA forgot or deactivated is recovered at most this often.
+ACCOUNT_RECOVERY_INTERVAL = timedelta(minutes=5)
+#: Orders that met the old account within this of a recovery retry on the new one.
+_ACCOUNT_FRESH = timedelta(seconds=30)
+#: After an outage, first certificates are due this much after renewals (due order).
+_FIRST_AFTER_RENEWALS = timedelta(milliseconds=1)
 
 
 class Ledger(Protocol):
@@ -176,6 +194,12 @@ class Scheduler:
         self._holds = Holds()
         self._on_store_health = on_store_health
         self._reported_healthy = True
+        self.ca = CaHealth()
+        self._ca_down = asyncio.Event()
+        self._probe_task: asyncio.Task[None] | None = None
+        self._account_recovered_at: datetime | None = None
+        self._account_ok = False
+        self._account_lock = asyncio.Lock()
 
     # -- the loop -----------------------------------------------------------------------
 
@@ -185,14 +209,17 @@ class Scheduler:
 
     async def start(self) -> None:
         self._loop_task = asyncio.create_task(self._run(), name="scheduler")
+        if self._issuer is not None:
+            self._probe_task = asyncio.create_task(self._probe_ca(), name="ca probe")
 
     async def stop(self) -> None:
         self._stopping = True
         self._wake.set()
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
+        for loop_task in (self._loop_task, self._probe_task):
+            if loop_task is not None:
+                loop_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await loop_task
         tasks = list(self._inflight.values())
         for task in tasks:
             task.cancel()
@@ -251,6 +278,7 @@ class Scheduler:
         """
         if self._setup.acme:
             names = await self._store.names_with_last_error(lifecycle.NOT_CONFIGURED)
+            names += await self._store.names_with_last_error(lifecycle.CA_UNAVAILABLE)
             for first in range(0, len(names), _RESTART_BATCH):
                 now = self._clock.now()
                 async with self._transaction() as tx:
@@ -378,6 +406,10 @@ class Scheduler:
                 await self._write(name, await self._recheck_delegation(domain))
             case PlaceOrder():
                 assert order is not None
+                held = self._ca_held()
+                if held is not None:
+                    await self._write(name, [held])  # the order row stays: resumed later
+                    return
                 await self._order(domain, order)
             case FetchRenewalInfo():
                 await self._write(name, [await self._renewal_info(domain)])
@@ -450,18 +482,27 @@ class Scheduler:
             window = await self._issuer.renewal_info(domain.le_cert.chain_pem)
         except AcmeProblem as problem:
             log.info("renewal information for %s: %s", domain.name, problem)
+            if self.ca.is_outage(problem):
+                self._ca_failed(problem)
             return RenewalInfoUnavailable(offered=True, message=str(problem))
         if window is None:
             return RenewalInfoUnavailable(offered=False)
         return RenewalInfoFetched(window.start, window.end, window.retry_after, self._pick())
 
-    async def _account_failure(self) -> OrderFailed | None:
-        """Start the issuer (idempotent); its failure is the order's."""
+    async def _account_failure(self) -> OrderFailed | CaUnavailable | None:
+        """Start the issuer (idempotent); its failure is the order's, unless the CA is down
+        (then the domain is held, like every other, until the probe finds it back)."""
         assert self._issuer is not None
+        held = self._ca_held()
+        if held is not None:
+            return held
         try:
             await self._issuer.start()
         except AcmeProblem as problem:
             log.warning("ACME account not ready: %s", problem)
+            if self.ca.is_outage(problem):
+                self._ca_failed(problem)
+                return self._ca_held()
             return OrderFailed(
                 problem.reason,
                 f"the CA is unreachable: {problem.detail}",
@@ -545,21 +586,147 @@ class Scheduler:
             key_pem = self._sealer.open(order.key_sealed, name)
         request = self._request(domain, order.names)
         dns01 = lifecycle.uses_dns01(domain)
-        try:
-            issued = await self._issuer.issue(
-                list(order.names),
-                key_pem,
-                dns01=dns01,
-                dns01_label=self._label(domain) if dns01 else "",
-                replaces=request.replaces or "",
-                resume_url=order.order_url,
-                on_order_created=self._saver(order),
-            )
-        except AcmeProblem as problem:
-            log.warning("order for %s failed: %s", name, problem.reason)
-            await self._order_failed(request, problem)
-            return
+        resume_url = order.order_url
+        replaced = False  # at most one new order per step for a forgotten order or account
+        while True:
+            try:
+                issued = await self._issuer.issue(
+                    list(order.names),
+                    key_pem,
+                    dns01=dns01,
+                    dns01_label=self._label(domain) if dns01 else "",
+                    replaces=request.replaces or "",
+                    resume_url=resume_url,
+                    on_order_created=self._saver(order),
+                )
+                break
+            except AcmeProblem as problem:
+                if self.ca.is_outage(problem):
+                    log.warning("order for %s: the CA is unavailable (%s)", name, problem.reason)
+                    self._ca_failed(problem)
+                    held = self._ca_held()
+                    assert held is not None
+                    await self._write(name, [held])  # the order row stays: resumed later
+                    return
+                if not replaced and await self._replaceable(problem):
+                    log.info("order for %s: %s; placing a new order", name, problem.reason)
+                    replaced = True
+                    resume_url = ""  # abandoned: bound to a forgotten account or order
+                    await self._saver(order)("")
+                    continue
+                log.warning("order for %s failed: %s", name, problem.reason)
+                await self._order_failed(request, problem)
+                return
+        self.ca.succeeded()
         await self._store_certificate(order, issued.chain_pem)
+
+    async def _replaceable(self, problem: AcmeProblem) -> bool:
+        """A new order may fix it: the CA forgot the order (404), or the account, which
+        is then recovered (at most once per ``ACCOUNT_RECOVERY_INTERVAL``)."""
+        if problem.account_gone:
+            return await self._recover_account(problem)
+        return problem.not_found
+
+    async def _recover_account(self, problem: AcmeProblem) -> bool:
+        """Find the account again or register one; False when recovered too recently.
+
+        accountDoesNotExist: the CA forgot the key too (a reset), so the stored key
+        is found or registered again (one key per directory). A deactivated account
+        (unauthorized on a signed request): its key can never register again at
+        Let's Encrypt, so a new key is made.
+        """
+        assert self._issuer is not None
+        async with self._account_lock:
+            now = self._clock.now()
+            last = self._account_recovered_at
+            if last is not None and now - last < ACCOUNT_RECOVERY_INTERVAL:
+                # Orders already under way met the old account: retry on the new one.
+                # Later, the new account failing too is a normal failure (no loop).
+                return self._account_ok and now - last <= _ACCOUNT_FRESH
+            self._account_recovered_at = now
+            self._account_ok = False
+            new_key = problem.account_deactivated
+            log.warning(
+                "the CA says the ACME account is %s; recovering it (%s key)",
+                "deactivated" if new_key else "gone",
+                "new" if new_key else "stored",
+            )
+            try:
+                await self._issuer.recover_account(new_key=new_key)
+            except AcmeProblem as failure:
+                log.warning("ACME account recovery failed: %s", failure)
+                if self.ca.is_outage(failure):
+                    self._ca_failed(failure)
+                return False
+            self._account_ok = True
+            return True
+
+    # -- the CA's shared health ----------------------------------------------------------
+
+    def _ca_failed(self, problem: AcmeProblem) -> None:
+        was = self.ca.available
+        outage = self.ca.failed(problem, self._clock.now())
+        if was:
+            log.warning(
+                "the CA is unavailable (%s: %s); orders paused, next probe at %s",
+                outage.reason,
+                outage.detail,
+                outage.next_probe.isoformat(),
+            )
+            self._ca_down.set()
+
+    def _ca_held(self) -> CaUnavailable | None:
+        outage = self.ca.outage
+        if outage is None:
+            return None
+        return CaUnavailable(outage.reason, outage.detail, outage.next_probe)
+
+    async def _probe_ca(self) -> None:
+        """While the CA is unavailable: probe its directory on the capped backoff; when
+        it answers, make the held domains due at once (renewals first)."""
+        assert self._issuer is not None
+        while not self._stopping:
+            await self._ca_down.wait()
+            outage = self.ca.outage
+            if outage is None:
+                self._ca_down.clear()
+                continue
+            await self._clock.sleep_until(outage.next_probe)
+            try:
+                await self._issuer.probe()
+            except AcmeProblem as problem:
+                later = self.ca.probe_failed(problem, self._clock.now())
+                log.info("the CA is still unavailable; next probe at %s", later.next_probe)
+                continue
+            except Exception:
+                log.exception("CA probe crashed")
+                self.ca.probe_failed(
+                    AcmeProblem("INTERNAL", "probe crashed", retryable=True), self._clock.now()
+                )
+                continue
+            self.ca.probe_succeeded(self._clock.now())
+            self._ca_down.clear()
+            log.info("the CA answers again; resuming orders")
+            try:
+                await self._wake_held()
+            except Exception:
+                # The store failed: the held domains wake at the next start or probe.
+                log.warning("could not wake the domains held for the CA", exc_info=True)
+            self._wake.set()
+
+    async def _wake_held(self) -> None:
+        """Held domains due now: renewals (a certificate to keep alive) before first ones."""
+        names = await self._store.names_with_last_error(lifecycle.CA_UNAVAILABLE)
+        for first in range(0, len(names), _RESTART_BATCH):
+            now = self._clock.now()
+            async with self._transaction() as tx:
+                for name in names[first : first + _RESTART_BATCH]:
+                    latest = await tx.get_domain(name)
+                    if latest is None:
+                        continue
+                    # The due query orders by time: a first certificate a moment later.
+                    at = now if latest.le_cert is not None else now + _FIRST_AFTER_RENEWALS
+                    await outbox.save(tx, latest, lifecycle.apply(latest, CaAvailable(), at))
 
     async def _order_failed(self, request: OrderRequest, problem: AcmeProblem) -> None:
         """Drop the order row (a fresh order next time), tell the ledger, back off."""

@@ -50,6 +50,16 @@ class FakeIssuer:
     calls: list[OrderCall] = field(default_factory=list)
     renewal_info_calls: list[str] = field(default_factory=list)
     start_failures: list[AcmeProblem] = field(default_factory=list)
+    #: The CA is unreachable: every request raises ``outage()``.
+    down: bool = False
+    #: The CA forgot (or, with ``deactivated``, refused) the account until it is recovered.
+    account_lost: bool = False
+    deactivated: bool = False
+    #: Order URLs the CA answers 404 for (``forget_all``: every order URL, new ones too).
+    forgotten: set[str] = field(default_factory=set)
+    forget_all: bool = False
+    probes: int = 0
+    recoveries: list[bool] = field(default_factory=list)  # new_key of each recovery
     _failures: dict[str, list[AcmeProblem]] = field(default_factory=dict)
     _orders: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
@@ -64,8 +74,22 @@ class FakeIssuer:
         return [c for c in self.calls if name in c.names]
 
     async def start(self) -> None:
+        if self.down:
+            raise outage()
         if self.start_failures:
             raise self.start_failures.pop(0)
+
+    async def probe(self) -> None:
+        self.probes += 1
+        if self.down:
+            raise outage()
+
+    async def recover_account(self, *, new_key: bool) -> None:
+        if self.down:
+            raise outage()
+        self.recoveries.append(new_key)
+        self.account_lost = False
+        self.deactivated = False
 
     @property
     def offers_ari(self) -> bool:
@@ -85,11 +109,28 @@ class FakeIssuer:
         self.calls.append(
             OrderCall(tuple(names), replaces if self.ari else "", resume_url, dns01, dns01_label)
         )
+        if self.down:
+            raise outage()
+        if self.account_lost:
+            lost = problem("ACME_ACCOUNT_DOES_NOT_EXIST", retryable=False)
+            if self.deactivated:
+                lost = problem("ACME_UNAUTHORIZED", retryable=True)
+                lost.account_deactivated = True
+            lost.account_gone = True
+            raise lost
+        if resume_url and (self.forget_all or resume_url in self.forgotten):
+            gone = problem("ACME_MALFORMED", retryable=False)
+            gone.not_found = True
+            raise gone
         url = resume_url
         if not url:
             url = f"https://fake-ca.test/order/{next(self._orders)}"
             if on_order_created is not None:
                 await on_order_created(url)
+        if self.forget_all:
+            gone = problem("ACME_MALFORMED", retryable=False)
+            gone.not_found = True  # the authorization URL of the new order is gone too
+            raise gone
         pending = self._failures.get(names[0])
         if pending:
             raise pending.pop(0)
@@ -108,6 +149,8 @@ class FakeIssuer:
         return b"".join(i.pem for i in PKI.chain(leaf)).decode()
 
     async def renewal_info(self, chain_pem: str) -> RenewalWindow | None:
+        if self.down:
+            raise outage()
         if not self.ari:
             return None
         cert_id = ari.cert_id(chain_pem)
@@ -120,3 +163,10 @@ def problem(reason: str, *, retryable: bool, retry_after: timedelta | None = Non
     return AcmeProblem(
         reason, f"the fake CA says {reason}", retryable=retryable, retry_after=retry_after
     )
+
+
+def outage(reason: str = "ACME_NETWORK") -> AcmeProblem:
+    """What a request raises while the CA is down (connection refused, 5xx, timeout)."""
+    down = problem(reason, retryable=True)
+    down.ca_unavailable = True
+    return down

@@ -121,6 +121,29 @@ class AccountOpener:
         account = messages.RegistrationResource(uri=url, body=messages.Registration())
         return Account(directory, Identity(key, alg, account))
 
+    async def recover(self, *, new_key: bool) -> Account:
+        """The account again after the CA forgot it (stored key: found, else registered
+        again) or deactivated it (``new_key``: a deactivated account's key cannot register
+        again at Let's Encrypt, so a new one is made). The store gets the result."""
+        directory = await self._transport.call(self._get_directory)
+        stored = await self._store.load()
+        url: str | None = None
+        if new_key or stored is None:
+            key_pem = await self._transport.submit(new_account_key)
+        else:
+            key_pem = stored[0]
+            url = await self._transport.call(self._find, directory, key_pem)
+        if url is None:
+            url = await self._transport.call(self._register, directory, key_pem)
+        await self._store.save(key_pem, url)
+        key, alg = jwk_and_alg(key_pem)
+        account = messages.RegistrationResource(uri=url, body=messages.Registration())
+        return Account(directory, Identity(key, alg, account))
+
+    async def probe(self) -> None:
+        """The directory answers (the CA is there)."""
+        await self._transport.call(self._get_directory)
+
     def _get_directory(self) -> messages.Directory:
         net = self._transport.network()
         try:

@@ -225,6 +225,18 @@ class AcmeIssuer:
                     self._renewal_info_url = ""
                 self._account = account
 
+    async def probe(self) -> None:
+        """One GET of the directory: raises ``AcmeProblem`` while the CA is unavailable."""
+        await self._opener.probe()
+
+    async def recover_account(self, *, new_key: bool) -> None:
+        """Find or register the account again (``ports.Issuer.recover_account``)."""
+        async with self._start_lock:
+            account = await self._opener.recover(new_key=new_key)
+            self._transport.use(account.directory, account.identity)
+            self._account = account
+            log.info("ACME account is now %s", account.url)
+
     def _account_key(self) -> jwk.JWK:
         return self._require_started().identity.key
 

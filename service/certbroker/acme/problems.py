@@ -155,6 +155,14 @@ class AcmeProblem(Exception):
         # How many authorizations of the failed order the CA marked invalid (the
         # order state machine fills it in): Let's Encrypt limits those per name.
         self.failed_authorizations = failed_authorizations
+        # Set by ``classify`` (request-level failures only, never a challenge's verdict):
+        # the CA itself is unreachable or failing (network, timeout, 5xx, serverInternal);
+        # the account is gone (accountDoesNotExist) or refused (unauthorized on a signed
+        # request: a deactivated account); the requested URL is unknown (404).
+        self.ca_unavailable = False
+        self.account_gone = False
+        self.account_deactivated = False
+        self.not_found = False
 
     def __repr__(self) -> str:
         return (
@@ -257,7 +265,29 @@ def from_acme_error(
 
 
 def classify(exc: BaseException) -> AcmeProblem:
-    """Any exception an ACME step can raise, as an ``AcmeProblem`` (by type only)."""
+    """Any exception an ACME *request* can raise, as an ``AcmeProblem`` (by type only),
+    with the request-level marks (``ca_unavailable``, ``account_gone``, ``not_found``)."""
+    problem = _classify(exc)
+    if isinstance(exc, AcmeProblem):
+        return problem
+    status = getattr(exc, "http_status", None)
+    if isinstance(exc, HttpStatusError):
+        status = exc.status
+    code = _code_of(exc.typ) if isinstance(exc, messages.Error) else ""
+    problem.ca_unavailable = problem.reason in _CA_DOWN_REASONS or (
+        status is not None and status >= 500
+    )
+    problem.account_gone = code in ("accountDoesNotExist", "unauthorized")
+    problem.account_deactivated = code == "unauthorized"
+    problem.not_found = status == 404 and not problem.account_gone
+    return problem
+
+
+#: Reasons of request failures that say the CA (not this request) is in trouble.
+_CA_DOWN_REASONS: Final = frozenset({"ACME_NETWORK", "ACME_TIMEOUT", "ACME_SERVER_INTERNAL"})
+
+
+def _classify(exc: BaseException) -> AcmeProblem:
     if isinstance(exc, AcmeProblem):
         return exc
     if isinstance(exc, messages.Error):

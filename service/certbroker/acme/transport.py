@@ -145,6 +145,7 @@ class Transport:
         self._inflight: set[asyncio.Future[Any]] = set()
         self._directory: messages.Directory | None = None
         self._identity: Identity | None = None
+        self._generation = 0
         self._closed = False
 
     @property
@@ -157,6 +158,7 @@ class Transport:
         """Sign with ``identity`` from now on (threads build their clients on first use)."""
         self._directory = directory
         self._identity = identity
+        self._generation += 1  # threads drop clients signing as an older account
 
     def network(self, identity: Identity | None = None) -> Network:
         """A fresh network object (own session); the caller closes ``.session``."""
@@ -171,12 +173,15 @@ class Transport:
 
     def _client(self) -> client.ClientV2:
         acme: client.ClientV2 | None = getattr(self._local, "client", None)
+        if acme is not None and getattr(self._local, "generation", -1) != self._generation:
+            acme = None  # the account changed (recovered): a new client with the new identity
         if acme is None:
             if self._identity is None or self._identity.account is None:
                 raise RuntimeError("no ACME account in use yet")
             net = self.network(self._identity)
             acme = client.ClientV2(self.directory, net)
             self._local.client = acme
+            self._local.generation = self._generation
             with self._nets_lock:
                 self._nets.append(net)
         return acme
