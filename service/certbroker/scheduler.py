@@ -115,8 +115,8 @@ _RESTART_BATCH = 500
 ACCOUNT_RECOVERY_INTERVAL = timedelta(minutes=5)
 #: Orders that met the old account within this of a recovery retry on the new one.
 _ACCOUNT_FRESH = timedelta(seconds=30)
-#: After an outage, first certificates are due this much after renewals (due order).
-_FIRST_AFTER_RENEWALS = timedelta(milliseconds=1)
+#: After an outage, renewals are due this much before first certificates (due order).
+_RENEWALS_FIRST = timedelta(milliseconds=1)
 
 
 class Ledger(Protocol):
@@ -724,8 +724,9 @@ class Scheduler:
                     latest = await tx.get_domain(name)
                     if latest is None:
                         continue
-                    # The due query orders by time: a first certificate a moment later.
-                    at = now if latest.le_cert is not None else now + _FIRST_AFTER_RENEWALS
+                    # The due query orders by due time: renewals a moment earlier (both
+                    # are due now; a time in the future would wait for the clock).
+                    at = now - _RENEWALS_FIRST if latest.le_cert is not None else now
                     await outbox.save(tx, latest, lifecycle.apply(latest, CaAvailable(), at))
 
     async def _order_failed(self, request: OrderRequest, problem: AcmeProblem) -> None:
