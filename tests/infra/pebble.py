@@ -146,6 +146,7 @@ class Pebble(ServerProcess):
         self._ssl: ssl.SSLContext | None = None
         self.port = 0
         self.mgmt_port = 0
+        self._past_log = ""  # logs of earlier runs (``stop_keeping_ports``)
 
     # -- addresses ------------------------------------------------------------
 
@@ -216,6 +217,29 @@ class Pebble(ServerProcess):
         self._cleanup()
         raise PebbleError(f"pebble did not start:\n{last}")
 
+    def stop_keeping_ports(self) -> None:
+        """Stop the process (by its PID) but keep its ports, files and listener certificate,
+        for ``restart_on_same_ports``: a CA outage as clients see it."""
+        self._past_log += self.log_text()
+        self._kill()
+
+    def restart_on_same_ports(self) -> Pebble:
+        """Start again on the same ports with the same listener certificate.
+
+        Pebble keeps nothing on disk: accounts, orders and authorizations are gone,
+        and its issuing root is new (fetch ``root_pem()`` again to verify chains), as
+        after a staging CA reset.
+        """
+        if self._proc is not None:
+            raise PebbleError("still running")
+        config_path = self._dir / "pebble-config.json"
+        for _ in range(3):  # the port may linger a moment after the old process
+            if self._launch(config_path):
+                return self
+            self._kill()
+            time.sleep(0.2)
+        raise PebbleError(f"pebble did not restart on its ports:\n{self.log_text()}")
+
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
         env["PEBBLE_VA_NOSLEEP"] = "1"
@@ -272,11 +296,11 @@ class Pebble(ServerProcess):
 
     def issued_serials(self) -> list[str]:
         """Hex serials of every certificate Pebble issued so far, in order (from its log)."""
-        return [m.group(1) for m in _ISSUED_RE.finditer(self.log_text())]
+        return [m.group(1) for m in _ISSUED_RE.finditer(self._past_log + self.log_text())]
 
     def issued_count(self) -> int:
         return len(self.issued_serials())
 
     def order_count(self) -> int:
         """New orders Pebble accepted so far (``Added order ... to the db`` in its log)."""
-        return len(_ORDER_RE.findall(self.log_text()))
+        return len(_ORDER_RE.findall(self._past_log + self.log_text()))
