@@ -62,7 +62,7 @@ def candidates(
         found.append((le_cert.not_after, "drop the expiring Let's Encrypt certificate"))
     if domain.letsencrypt_enabled:
         if lifecycle.needs_issuance(domain, now):
-            if not lifecycle.held_until_restart(domain):  # nothing until a restart
+            if not lifecycle.held_until_restart(domain):  # until a restart or the CA is back
                 found.append((domain.retry.next_attempt_at or now, _issuance(domain, order)))
         elif le_cert is not None:
             renew_at = lifecycle.renewal_due(domain)
