@@ -178,7 +178,7 @@ async def test_an_account_the_ca_forgot_is_registered_again_once_per_interval(
         assert issuer(w).recoveries == [False]
 
         # After the interval, recovered again; a deactivated account gets a new key.
-        issuer(w).deactivated = True
+        issuer(w).account_lost = issuer(w).deactivated = True
         await w.advance(ACCOUNT_RECOVERY_INTERVAL)
         await w.add("c.shop.test")
         await w.settled()
