@@ -46,6 +46,7 @@ from certbroker.dns import DnsChecker, PlatformTargets
 from certbroker.doctor import Doctor, DoctorPolicy
 from certbroker.events import EventHub
 from certbroker.housekeeping import ChallengeEvents, Compactor
+from certbroker.platform import Platform, PlatformConflict, reconcile
 from certbroker.rlimits import raise_open_files_limit
 from certbroker.routers import RouterRegistry
 from certbroker.scheduler import Policy, Scheduler
@@ -213,6 +214,8 @@ async def _start(
         labels = await load_label_key(store, sealer)
     except KekError as error:
         raise StartupError(f"CERTBROKER_KEK_FILE={settings.kek_file}: {error}") from None
+    platform = Platform.from_names(settings.platform_domains, settings.platform_zone)
+    await _reconcile_platform(store, clock, platform)
     hub = EventHub(store)
     await hub.start()
     started.push_async_callback(hub.stop)
@@ -282,6 +285,7 @@ async def _start(
         wake_scheduler=scheduler.wake,
         forced_retry_interval=settings.forced_retry_interval,
         dns01_configured=dns01 is not None,
+        platform=platform,
     )
     provider = tracer_provider(settings.traces_exporter, span_exporter)
     if provider is not None:
@@ -411,6 +415,24 @@ def _doctor(
         dns01=dns01,
         labels=labels,
     )
+
+
+async def _reconcile_platform(store: SqliteStore, clock: Clock, platform: Platform) -> None:
+    """Store the platform domains as configured before anything serves (``platform``)."""
+    try:
+        done = await reconcile(store, clock, platform)
+    except PlatformConflict as error:
+        raise StartupError(str(error)) from None
+    if done.added:
+        log.info("platform domains added: %s", ", ".join(done.added))
+    if done.resumed:
+        log.info("platform domains configured again (renewed again): %s", ", ".join(done.resumed))
+    if done.retired:
+        log.warning(
+            "platform domains no longer in CERTBROKER_PLATFORM_DOMAINS, retired (not renewed, "
+            "serving until they expire; the admin role may remove them): %s",
+            ", ".join(done.retired),
+        )
 
 
 def _responder_limits(settings: Settings, open_files: int) -> ResponderLimits:
