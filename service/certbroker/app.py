@@ -33,8 +33,8 @@ from certbroker.model import (
     Source,
 )
 from certbroker.names import normalise_domain
-from certbroker.ports import Sealer
 from certbroker.platform import Platform
+from certbroker.ports import Sealer
 from certbroker.store.base import NewCertificate, Store, Transaction
 from certbroker.x509.validate import ValidatedBundle
 

@@ -87,7 +87,8 @@ class PlatformConflict(Exception):
 
 
 def is_platform(domain: Domain) -> bool:
-    return domain.app == tenancy.PLATFORM_APP
+    """Owned by the platform (``tenancy.PLATFORM_APP``), configured or retired."""
+    return lifecycle.is_platform(domain)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Awaitable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +21,13 @@ from certbroker.clock import FakeClock
 from certbroker.config import Settings
 from certbroker.server import run
 from certbroker.startup import StartupError
-from certbroker.v1 import broker_pb2, broker_pb2_grpc, domain_pb2
-from tests.broker import BrokerHandle, broker_settings, started_broker
+from certbroker.v1 import broker_pb2, domain_pb2
+from tests.broker import broker_settings
 from tests.integration.lab import wait_status
 from tests.pki import NOW, TestPKI
+from tests.roles import RoleStubs, mtls_settings, role_stubs
 from tests.rpc import details
-from tests.tls import Identity, MtlsFiles
+from tests.tls import MtlsFiles
 
 PKI = TestPKI("Platform")
 REGION = "*.osc-fr1.example.test"
@@ -34,56 +35,18 @@ ON_THE_PSL = "*.eu.platform.sh"  # eu.platform.sh is a public suffix
 B = broker_pb2
 
 
-@dataclass
-class Roles:
-    broker: BrokerHandle
-    api: broker_pb2_grpc.CertificateBrokerServiceStub
-    admin: broker_pb2_grpc.CertificateBrokerServiceStub
-
-    async def revision(self) -> int:
-        return await self.broker.running.store.current_revision()
-
-    async def status(self, name: str) -> domain_pb2.Domain:
-        return (await self.api.GetStatus(B.GetStatusRequest(domain=name))).domain
-
-
-def _channel(port: int, mtls: MtlsFiles, who: Identity) -> grpc.aio.Channel:
-    credentials = grpc.ssl_channel_credentials(
-        root_certificates=mtls.ca.read_bytes(),
-        private_key=who.key.read_bytes(),
-        certificate_chain=who.cert.read_bytes(),
-    )
-    return grpc.aio.secure_channel(f"127.0.0.1:{port}", credentials)
-
-
-def mtls_settings(tmp: Path, domains: tuple[str, ...]) -> tuple[Settings, MtlsFiles]:
-    mtls = MtlsFiles(tmp / "tls")
-    server = mtls.issue("broker", server=True)
+def settings_for(tmp: Path, domains: tuple[str, ...]) -> tuple[Settings, MtlsFiles]:
     trust = tmp / "trust.pem"
     trust.write_bytes(PKI.root.pem)
-    settings = broker_settings(
-        tmp,
-        trust_bundle=str(trust),
-        tls_cert=str(server.cert),
-        tls_key=str(server.key),
-        tls_client_ca=str(mtls.ca),
-        roles={"api-1": "api", "admin-1": "admin"},
-        platform_domains=domains,
+    return mtls_settings(
+        broker_settings(tmp, trust_bundle=str(trust), platform_domains=domains), tmp / "tls"
     )
-    return settings, mtls
 
 
 @contextlib.asynccontextmanager
-async def roles(settings: Settings, mtls: MtlsFiles) -> AsyncIterator[Roles]:
-    api, admin = mtls.issue("api-1"), mtls.issue("admin-1")
-    async with started_broker(settings, FakeClock(NOW)) as broker:
-        port = broker.running.port
-        async with _channel(port, mtls, api) as a, _channel(port, mtls, admin) as b:
-            yield Roles(
-                broker,
-                broker_pb2_grpc.CertificateBrokerServiceStub(a),
-                broker_pb2_grpc.CertificateBrokerServiceStub(b),
-            )
+async def roles(settings: Settings, mtls: MtlsFiles) -> AsyncIterator[RoleStubs]:
+    async with role_stubs(settings, mtls, FakeClock(NOW)) as running:
+        yield running
 
 
 def settled(d: domain_pb2.Domain) -> bool:
@@ -92,8 +55,8 @@ def settled(d: domain_pb2.Domain) -> bool:
 
 
 @pytest.fixture(scope="module")
-async def platform(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Roles]:
-    settings, mtls = mtls_settings(tmp_path_factory.mktemp("platform"), (REGION, ON_THE_PSL))
+async def platform(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RoleStubs]:
+    settings, mtls = settings_for(tmp_path_factory.mktemp("platform"), (REGION, ON_THE_PSL))
     async with roles(settings, mtls) as running:
         for name in (REGION, ON_THE_PSL):
             await wait_status(running.api, name, settled)
@@ -108,7 +71,7 @@ async def refused(call: Awaitable[Any], code: grpc.StatusCode) -> tuple[str, str
 
 
 async def test_at_start_each_platform_domain_exists_owned_by_the_platform(
-    platform: Roles,
+    platform: RoleStubs,
 ) -> None:
     status = await platform.status(REGION)
     assert status.app == "_platform"
@@ -137,7 +100,7 @@ async def test_at_start_each_platform_domain_exists_owned_by_the_platform(
 
 
 @pytest.mark.parametrize("name", [REGION, ON_THE_PSL])
-async def test_no_app_and_no_role_changes_a_platform_domain(platform: Roles, name: str) -> None:
+async def test_no_app_and_no_role_changes_a_platform_domain(platform: RoleStubs, name: str) -> None:
     leaf = PKI.leaf(name)
     bundle, key = PKI.bundle(leaf), leaf.key_pem()
     before = await platform.status(name)
@@ -184,7 +147,7 @@ async def test_no_app_and_no_role_changes_a_platform_domain(platform: Roles, nam
     ],
 )
 async def test_an_apps_domain_under_a_platform_domain_is_refused(
-    platform: Roles, name: str
+    platform: RoleStubs, name: str
 ) -> None:
     revision = await platform.revision()
     reason, message = await refused(
@@ -196,7 +159,7 @@ async def test_an_apps_domain_under_a_platform_domain_is_refused(
     assert await platform.revision() == revision
 
 
-async def test_names_beside_a_platform_domain_stay_free(platform: Roles) -> None:
+async def test_names_beside_a_platform_domain_stay_free(platform: RoleStubs) -> None:
     for name in ("www.example.test", "x.osc-fr2.example.test"):
         added = await platform.api.IssueCertificate(
             B.IssueCertificateRequest(domain=name, app="shop", disable_letsencrypt=True)
@@ -206,7 +169,7 @@ async def test_names_beside_a_platform_domain_stay_free(platform: Roles) -> None
 
 
 async def test_restarts_keep_retire_and_resume_platform_domains(tmp_path: Path) -> None:
-    settings, mtls = mtls_settings(tmp_path, (REGION,))
+    settings, mtls = settings_for(tmp_path, (REGION,))
     async with roles(settings, mtls) as first:
         created = await wait_status(first.api, REGION, settled)
     # 1. The same configuration again: nothing is written.
@@ -254,7 +217,7 @@ async def test_restarts_keep_retire_and_resume_platform_domains(tmp_path: Path) 
 async def test_an_apps_domain_named_in_the_configuration_stops_the_start(
     tmp_path: Path,
 ) -> None:
-    settings, mtls = mtls_settings(tmp_path, ())
+    settings, mtls = settings_for(tmp_path, ())
     async with roles(settings, mtls) as before:
         await before.api.IssueCertificate(
             B.IssueCertificateRequest(domain=REGION, app="shop", disable_letsencrypt=True)
