@@ -185,3 +185,36 @@ async def test_the_platform_wildcard_is_issued_served_to_every_app_and_renewed(
             assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
             assert reason(caught.value) == why
         assert (await broker.status(REGION)).lets_encrypt_certificate.sha256_fingerprint == new
+
+
+def checks(response: B.CheckDomainResponse) -> dict[str, B.DomainCheck]:
+    return {check.name: check for check in response.checks}
+
+
+async def test_the_doctor_knows_the_platform_domain_and_the_names_under_it(
+    bind: Bind, pebble: Pebble, tmp_path: Path
+) -> None:
+    clock = FakeClock(datetime.now(UTC) + AHEAD)
+    async with platform(tmp_path, bind, pebble, clock) as running:
+        broker = running.broker
+        await wait_status(broker.api, REGION, in_use, timeout=30)
+        revision = await broker.revision()
+        own = await broker.api.CheckDomain(B.CheckDomainRequest(domain=REGION))
+        clock.advance(timedelta(seconds=11))  # one run per domain every 10 s
+        as_app = await broker.api.CheckDomain(B.CheckDomainRequest(domain=REGION, app="shop"))
+        under = await broker.api.CheckDomain(
+            B.CheckDomainRequest(domain=f"custom.{ZONE}", app="shop")
+        )
+        assert await broker.revision() == revision  # read-only, as ever
+    found = checks(own)
+    assert found["ownership"].verdict == B.CHECK_VERDICT_OK
+    assert "the platform's own domain" in found["ownership"].summary
+    assert found["configuration"].verdict == B.CHECK_VERDICT_OK
+    assert "DNS-01 in the platform's zone" in found["configuration"].summary
+    access = found["dns01_delegation"]
+    assert access.verdict == B.CHECK_VERDICT_OK, access
+    assert access.summary.startswith(f"no delegation needed: the broker writes {CHALLENGE}")
+    assert checks(as_app)["ownership"].verdict == B.CHECK_VERDICT_FAIL
+    refused = checks(under)["ownership"]
+    assert refused.verdict == B.CHECK_VERDICT_FAIL
+    assert "under the platform's own domain" in refused.summary
