@@ -30,7 +30,7 @@ from certbroker.v1 import domain_pb2
 from certbroker_client.reference_router import ReferenceRouter, RouterConfig
 from certbroker_client.router import RouterWatcher
 from tests.broker import broker_settings
-from tests.infra.bind import Bind
+from tests.infra.bind import Bind, BindKey
 from tests.infra.pebble import Pebble
 from tests.integration.dns01 import AHEAD
 from tests.integration.lab import in_use, verify_chain, wait_status
@@ -65,9 +65,9 @@ class Platform:
 
 @contextlib.asynccontextmanager
 async def platform(
-    tmp: Path, bind: Bind, pebble: Pebble, clock: FakeClock
+    tmp: Path, bind: Bind, pebble: Pebble, clock: FakeClock, key: BindKey | None = None
 ) -> AsyncIterator[Platform]:
-    key_file = Bind.write_key_file(tmp / "tsig.key", bind.broker_key)
+    key_file = Bind.write_key_file(tmp / "tsig.key", key or bind.broker_key)
     default = DEFAULT_PKI.leaf("default.router.test")
     default_cert, default_key = tmp / "default.pem", tmp / "default.key"
     default_cert.write_bytes(DEFAULT_PKI.bundle(default))
@@ -218,3 +218,25 @@ async def test_the_doctor_knows_the_platform_domain_and_the_names_under_it(
     refused = checks(under)["ownership"]
     assert refused.verdict == B.CHECK_VERDICT_FAIL
     assert "under the platform's own domain" in refused.summary
+
+
+async def test_a_zone_that_refuses_the_update_backs_off_like_any_failure(
+    bind: Bind, pebble: Pebble, tmp_path: Path
+) -> None:
+    """The same backoff as every domain, the reason said, and the CA never asked."""
+    wrong = BindKey(bind.broker_key.name, "hmac-sha256", BindKey.generate("x").secret)
+    clock = FakeClock(datetime.now(UTC) + AHEAD)
+    issued_before = pebble.issued_count()
+    async with platform(tmp_path, bind, pebble, clock, wrong) as running:
+        status = await wait_status(
+            running.broker.api, REGION, lambda d: d.retry.last_error_reason != ""
+        )
+    assert status.retry.last_error_reason == "DNS01_UPDATE_REFUSED"
+    assert "BADSIG" in status.retry.last_error_message
+    assert status.retry.attempt == 1
+    retry = status.retry
+    gap = retry.next_attempt_time.ToDatetime(UTC) - retry.last_error_time.ToDatetime(UTC)
+    assert gap == timedelta(minutes=1)
+    assert status.lets_encrypt_state == domain_pb2.LETS_ENCRYPT_STATE_CREATING
+    assert status.action_required == ""  # nothing for a customer to do: the platform's zone
+    assert pebble.issued_count() == issued_before
