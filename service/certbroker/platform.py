@@ -259,14 +259,17 @@ async def reconcile(store: Store, clock: Clock, platform: Platform) -> Reconcile
             elif outcome == "resumed":
                 resumed.append(domain.name)
             rows = await tx.domains_under(domain.base, tenancy.PLATFORM_APP)
-            for row in rows:
+            if rows:
+                shown = ", ".join(sorted(row.name for row in rows)[:5])
+                more = f" and {len(rows) - 5} more" if len(rows) > 5 else ""
                 log.warning(
-                    "domain %s of app %s is under the platform domain %s (added before it was "
-                    "configured): it keeps its owner; remove it if the name is an app's of the "
-                    "platform (routers serve an exact name before the wildcard)",
-                    row.name,
-                    row.app,
+                    "%d domains of apps are under the platform domain %s (added before it was "
+                    "configured): %s%s; they keep their owners (remove any that is an app's "
+                    "name of the platform: routers serve an exact name before the wildcard)",
+                    len(rows),
                     domain.name,
+                    shown,
+                    more,
                 )
             under += len(rows)
         after = ""

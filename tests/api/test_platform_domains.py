@@ -227,3 +227,30 @@ async def test_an_apps_domain_named_in_the_configuration_stops_the_start(
     # nothing was changed: the app still owns it
     async with roles(settings, mtls) as after:
         assert (await after.status(REGION)).app == "shop"
+
+
+async def test_app_domains_under_it_from_before_keep_their_owner(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    legacy = "legacy.osc-fr1.example.test"
+    settings, mtls = settings_for(tmp_path, ())
+    async with roles(settings, mtls) as before:
+        await before.api.IssueCertificate(
+            B.IssueCertificateRequest(domain=legacy, app="shop", disable_letsencrypt=True)
+        )
+    with caplog.at_level("WARNING", logger="certbroker.platform"):
+        async with roles(replace(settings, platform_domains=(REGION,)), mtls) as after:
+            assert (await after.status(legacy)).app == "shop"
+            assert (await after.status(REGION)).platform
+            # its owner still manages it (a settings change, then removal); no one else does
+            await after.api.IssueCertificate(
+                B.IssueCertificateRequest(domain=legacy, app="shop", disable_letsencrypt=False)
+            )
+            reason, _ = await refused(
+                after.api.RemoveDomain(B.RemoveDomainRequest(domain=legacy, app="other")),
+                grpc.StatusCode.FAILED_PRECONDITION,
+            )
+            assert reason == "DOMAIN_OWNED_BY_OTHER_APP"
+            await after.api.RemoveDomain(B.RemoveDomainRequest(domain=legacy, app="shop"))
+    warned = [r.getMessage() for r in caplog.records if legacy in r.getMessage()]
+    assert len(warned) == 1 and "keep their owners" in warned[0]
