@@ -111,3 +111,13 @@ def test_delegation_and_platform_together(key_file: str) -> None:
     s = Settings.from_env(env(key_file, CERTBROKER_DNS01_ZONE="acme.example.net"))
     assert s.dns01_zone == "acme.example.net"
     assert s.platform_domains == ("*.osc-fr1.example.io",)
+
+
+def test_the_start_line_names_the_platform_domains_and_their_zone(key_file: str) -> None:
+    from certbroker.startup import describe
+
+    settings = Settings.from_env(env(key_file, CERTBROKER_PLATFORM_ZONE="example.io"))
+    line = describe(settings, port=1, health_port=2, http01_port=3, kek_id="0badcafe")
+    assert "; DNS-01 platform zones only via 192.0.2.53:53; " in line
+    assert "; platform domains *.osc-fr1.example.io in zone example.io; " in line
+    assert key_file not in line
