@@ -120,6 +120,9 @@ async def test_no_app_and_no_role_changes_a_platform_domain(platform: RoleStubs,
                     B.IssueCertificateRequest(domain=name, app=app, disable_letsencrypt=True)
                 )
             )
+            calls.append(  # a forced renewal too: the broker renews it on schedule
+                stub.IssueCertificate(B.IssueCertificateRequest(domain=name, app=app, renew=True))
+            )
         for call in calls:
             reason, message = await refused(call, grpc.StatusCode.FAILED_PRECONDITION)
             assert reason == "PLATFORM_DOMAIN"
