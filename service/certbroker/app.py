@@ -33,6 +33,7 @@ from certbroker.model import (
     Source,
 )
 from certbroker.names import normalise_domain
+from certbroker.platform import Platform
 from certbroker.ports import Sealer
 from certbroker.store.base import NewCertificate, Store, Transaction
 from certbroker.x509.validate import ValidatedBundle
@@ -110,8 +111,10 @@ class Broker:
         *,
         forced_retry_interval: timedelta = lifecycle.FORCED_RETRY_INTERVAL,
         dns01_configured: bool = True,
+        platform: Platform | None = None,
     ) -> None:
         self._store = store
+        self._platform = platform if platform is not None else Platform()
         self._clock = clock
         self._sealer = sealer
         self._validator = validator
@@ -131,7 +134,7 @@ class Broker:
         include_apex: bool = False,
         renew: bool = False,
     ) -> Domain:
-        name = normalise_domain(domain)
+        name = self.normalise(domain)
         app = tenancy.check_app(app)
         if renew and disable_letsencrypt:
             raise InvalidArgument.one(
@@ -155,8 +158,10 @@ class Broker:
         async with self._store.transaction() as tx:
             existing = await tx.get_domain(name)
             if existing is not None:
+                self._platform.check_mutation(existing, app)
                 tenancy.check_owner(existing, app)
                 if include_apex and not existing.include_apex:  # the apex joins the claim
+                    self._platform.check_claim(tenancy.Claim(name, True))
                     await self._check_family(tx, tenancy.Claim(name, True), app)
                 updated = self._settings_or_retry(
                     existing, now, not disable_letsencrypt, key_algorithm, include_apex, renew
@@ -164,6 +169,7 @@ class Broker:
                 self._check_dns01(updated)
                 result = await outbox.save(tx, existing, updated)
             else:
+                self._platform.check_claim(tenancy.Claim(name, include_apex))
                 await self._check_family(tx, tenancy.Claim(name, include_apex), app)
                 fresh = Domain(
                     name=name,
@@ -276,10 +282,11 @@ class Broker:
     async def upload_custom(
         self, domain: str, app: str | None, certificate: bytes, private_key: bytes
     ) -> Domain:
-        name = normalise_domain(domain)
+        name = self.normalise(domain)
         now = self._clock.now()
         current = await self._existing(name)
-        tenancy.check_owner(current, app)  # before the costly parse; again when writing
+        self._platform.check_mutation(current, app)  # before the costly parse; again below
+        tenancy.check_owner(current, app)
         bundle = self._validator.validate(name, certificate, private_key, now)
         custom = current.custom_cert
         if custom is not None and custom.sha256_fingerprint == bundle.info.sha256_fingerprint:
@@ -287,6 +294,7 @@ class Broker:
         sealed = self._sealer.seal(bundle.key_pem.encode(), name)
         async with self._store.transaction() as tx:
             latest = await self._in_tx(tx, name)
+            self._platform.check_mutation(latest, app)
             tenancy.check_owner(latest, app)
             custom = latest.custom_cert
             if custom is not None and custom.sha256_fingerprint == bundle.info.sha256_fingerprint:
@@ -301,10 +309,11 @@ class Broker:
         return result
 
     async def delete_custom(self, domain: str, app: str | None) -> Domain:
-        name = normalise_domain(domain)
+        name = self.normalise(domain)
         now = self._clock.now()
         async with self._store.transaction() as tx:
             current = await self._in_tx(tx, name)
+            self._platform.check_mutation(current, app)
             tenancy.check_owner(current, app)
             if current.custom_cert is None:
                 return current  # nothing to delete: idempotent
@@ -314,13 +323,18 @@ class Broker:
         self._wake()
         return result
 
+    def normalise(self, domain: str, field: str = "domain") -> str:
+        """A caller's domain name, normalised; the platform's own may be public suffixes."""
+        return normalise_domain(domain, field, exempt=self._platform.names)
+
     async def get_status(self, domain: str) -> Domain:
-        return await self._existing(normalise_domain(domain))
+        return await self._existing(self.normalise(domain))
 
     async def remove_domain(self, domain: str, app: str | None) -> int:
-        name = normalise_domain(domain)
+        name = self.normalise(domain)
         async with self._store.transaction() as tx:
             current = await self._in_tx(tx, name)
+            self._platform.check_mutation(current, app, removing=True)
             tenancy.check_owner(current, app)
             return await tx.delete_domain(replace(current, updated_at=self._clock.now()))
 

@@ -56,7 +56,9 @@ _KNOWN = (
     "MAX_CONCURRENT_ORDERS",
     "MAX_PENDING_REQUESTS",
     "MAX_ROUTERS",
+    "PLATFORM_DOMAINS",
     "PLATFORM_TARGETS",
+    "PLATFORM_ZONE",
     "QUOTA_PER_NAME_SET",
     "QUOTA_PER_REGISTERED_DOMAIN",
     "ROLES",
@@ -82,23 +84,38 @@ class ConfigError(ValueError):
 
 
 def _dns01(get: Callable[[str], str | None]) -> dict[str, object]:
-    """CERTBROKER_DNS01_ZONE, _SERVER (host[:port], default 53) and _TSIG_KEY, together.
+    """CERTBROKER_DNS01_ZONE, _SERVER (host[:port], default 53) and _TSIG_KEY.
 
-    The key file holds BIND's ``key "name" { algorithm hmac-sha256; secret "..."; };``
-    (what ``tsig-keygen name`` prints) or one line ``name:algorithm:secret``; it
-    is parsed here so a bad key stops the start, not the first wildcard order.
+    The server and key serve two users: delegated DNS-01 (wildcards of apps,
+    with the zone) and the platform's own domains (CERTBROKER_PLATFORM_DOMAINS,
+    written in the platform's zone). Either one needs both; delegation needs
+    the zone too. The key file holds BIND's ``key "name" { algorithm
+    hmac-sha256; secret "..."; };`` (what ``tsig-keygen name`` prints) or one
+    line ``name:algorithm:secret``; it is parsed here so a bad key stops the
+    start, not the first wildcard order.
     """
     from certbroker.acme.dns01 import TsigKey
 
     names = ("CERTBROKER_DNS01_ZONE", "CERTBROKER_DNS01_SERVER", "CERTBROKER_DNS01_TSIG_KEY")
     zone, server, key = (get(n) for n in names)
+    platform = get("CERTBROKER_PLATFORM_DOMAINS") is not None
     if zone is None and server is None and key is None:
         return {}
-    if zone is None or server is None or key is None:
+    if server is None or key is None or (zone is None and not platform):
+        if platform and zone is None:
+            raise ConfigError(
+                "CERTBROKER_PLATFORM_DOMAINS needs both CERTBROKER_DNS01_SERVER and "
+                "CERTBROKER_DNS01_TSIG_KEY (the platform's zone is updated by RFC 2136)"
+            )
         raise ConfigError(f"{', '.join(names)} must be set together (DNS-01 by delegation)")
-    zone = zone.strip().rstrip(".").lower()
-    if not _ZONE.fullmatch(zone):
-        raise ConfigError(f"CERTBROKER_DNS01_ZONE={zone!r}: expected a zone like acme.example.net")
+    values: dict[str, object] = {}
+    if zone is not None:
+        zone = zone.strip().rstrip(".").lower()
+        if not _ZONE.fullmatch(zone):
+            raise ConfigError(
+                f"CERTBROKER_DNS01_ZONE={zone!r}: expected a zone like acme.example.net"
+            )
+        values["dns01_zone"] = zone
     path = key.strip()
     if not os.path.isfile(path):
         raise ConfigError(f"CERTBROKER_DNS01_TSIG_KEY={path!r}: no such file")
@@ -106,11 +123,72 @@ def _dns01(get: Callable[[str], str | None]) -> dict[str, object]:
         TsigKey.load(path)
     except (OSError, ValueError) as error:
         raise ConfigError(f"CERTBROKER_DNS01_TSIG_KEY={path!r}: {error}") from None
-    return {
-        "dns01_zone": zone,
-        "dns01_server": parse_hostport("CERTBROKER_DNS01_SERVER", server, 53),
-        "dns01_tsig_key": path,
-    }
+    values["dns01_server"] = parse_hostport("CERTBROKER_DNS01_SERVER", server, 53)
+    values["dns01_tsig_key"] = path
+    return values
+
+
+#: More platform domains than this is a mistake (a pasted list of app names?), not a platform.
+MAX_PLATFORM_DOMAINS = 100
+
+
+def _platform(get: Callable[[str], str | None]) -> dict[str, object]:
+    """CERTBROKER_PLATFORM_DOMAINS (wildcards) and CERTBROKER_PLATFORM_ZONE (optional).
+
+    Each entry is a wildcard one label above the apps, ``*.osc-fr1.example.io``,
+    normalised like any domain but allowed on the public suffix list (see
+    ``certbroker.platform``). The zone, when given, must hold every entry's
+    ``_acme-challenge`` name; unset, each entry's zone is its base
+    (``osc-fr1.example.io``).
+    """
+    from certbroker.errors import InvalidArgument
+    from certbroker.names import normalise_name
+
+    raw, raw_zone = get("CERTBROKER_PLATFORM_DOMAINS"), get("CERTBROKER_PLATFORM_ZONE")
+    if raw is None:
+        if raw_zone is not None:
+            raise ConfigError("CERTBROKER_PLATFORM_ZONE needs CERTBROKER_PLATFORM_DOMAINS")
+        return {}
+    if get("CERTBROKER_DNS01_SERVER") is None or get("CERTBROKER_DNS01_TSIG_KEY") is None:
+        raise ConfigError(
+            "CERTBROKER_PLATFORM_DOMAINS needs both CERTBROKER_DNS01_SERVER and "
+            "CERTBROKER_DNS01_TSIG_KEY (the platform's zone is updated by RFC 2136)"
+        )
+    items = _list(raw)
+    if len(items) > MAX_PLATFORM_DOMAINS:
+        raise ConfigError(
+            f"CERTBROKER_PLATFORM_DOMAINS: {len(items)} names, over {MAX_PLATFORM_DOMAINS}"
+        )
+    domains: list[str] = []
+    for item in items:
+        try:
+            name = normalise_name(item, "CERTBROKER_PLATFORM_DOMAINS")
+        except InvalidArgument as error:
+            raise ConfigError(f"CERTBROKER_PLATFORM_DOMAINS: {item[:80]!r}: {error}") from None
+        base = name.removeprefix("*.")
+        if not name.startswith("*.") or len(base.split(".")) < 2:
+            raise ConfigError(
+                f"CERTBROKER_PLATFORM_DOMAINS: {item[:80]!r}: expected a wildcard with at "
+                "least two labels after it, like *.osc-fr1.example.io"
+            )
+        if name not in domains:
+            domains.append(name)
+    values: dict[str, object] = {"platform_domains": tuple(domains)}
+    if raw_zone is not None:
+        zone = raw_zone.strip().rstrip(".").lower()
+        if not _ZONE.fullmatch(zone):
+            raise ConfigError(
+                f"CERTBROKER_PLATFORM_ZONE={raw_zone!r}: expected a zone like example.io"
+            )
+        for name in domains:
+            base = name.removeprefix("*.")
+            if base != zone and not base.endswith("." + zone):
+                raise ConfigError(
+                    f"CERTBROKER_PLATFORM_ZONE={zone!r}: {name} is not in that zone (its "
+                    f"_acme-challenge.{base} must be); leave it unset for one zone per domain"
+                )
+        values["platform_zone"] = zone
+    return values
 
 
 def unknown_variables(env: Mapping[str, str]) -> list[str]:
@@ -273,6 +351,11 @@ class Settings:
     dns01_zone: str | None = None
     dns01_server: tuple[str, int] | None = None
     dns01_tsig_key: str | None = None
+    # The platform's own ``*.region`` wildcards (certbroker.platform), issued over DNS-01
+    # in the platform's zone with the DNS-01 server and key above; the zone of each is
+    # platform_zone, or its base when that is None.
+    platform_domains: tuple[str, ...] = ()
+    platform_zone: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_client_ca: str | None = None
@@ -408,6 +491,7 @@ class Settings:
                 )
             values["log_level"] = raw.upper()
         values.update(_dns01(get))
+        values.update(_platform(get))
         settings = replace(defaults, **values)  # type: ignore[arg-type]
         tls = (settings.tls_cert, settings.tls_key, settings.tls_client_ca)
         if any(tls) and not all(tls):

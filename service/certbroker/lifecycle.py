@@ -19,6 +19,14 @@ needs it, while the current certificate keeps serving (the state stays
 IN_USE: that is what serves). ``retry.next_attempt_at`` holds that time, so
 it survives restarts like the backoff does.
 
+The platform's own domains (``is_platform``, ``certbroker.platform``) are
+DNS-01 domains without a delegation: the broker writes their challenge values
+in the platform's zone itself, so before an order it checks CAA and its own
+update rights (``CheckPlatformZone``), and while one rests it re-checks those
+rights on the delegation's daily cadence (``RecheckPlatformZone``). Nothing
+about them is a customer's to fix: the CA's refusals keep the backoff instead
+of turning into an Action required (``refused_for_good``).
+
 Forced retries (IssueCertificate on a known domain, ``retry_now``) are free
 while nothing has failed yet: a quota hold, the 60-second DNS or delegation
 cadence and a missing setting are all re-checked locally before the CA hears
@@ -46,6 +54,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
+from certbroker import tenancy
 from certbroker.backoff import renewal_time, retry_delay
 from certbroker.dns import CaaReason, CaaResult, DnsResult, to_observation
 from certbroker.fixes import ca_refusal
@@ -108,6 +117,12 @@ def cert_renewal_time(cert: CertificateInfo) -> datetime:
 def uses_dns01(domain: Domain) -> bool:
     """Validated by DNS-01 through the delegation: every wildcard, and DNS_01 by choice."""
     return domain.challenge is ChallengeType.DNS_01 or domain.is_wildcard
+
+
+def is_platform(domain: Domain) -> bool:
+    """One of the platform's own domains (``certbroker.platform``): DNS-01 in the platform's
+    zone, written by the broker itself; no delegation, no customer to ask."""
+    return domain.app == tenancy.PLATFORM_APP
 
 
 def renewal_due(domain: Domain) -> datetime | None:
@@ -559,6 +574,7 @@ class Setup:
     acme: bool = True  # CERTBROKER_ACME_DIRECTORY
     http01: bool = True  # CERTBROKER_PLATFORM_TARGETS (to judge where DNS points)
     dns01: bool = False  # CERTBROKER_DNS01_ZONE, _SERVER and _TSIG_KEY
+    platform_dns01: bool = False  # CERTBROKER_DNS01_SERVER and _TSIG_KEY: the platform's zone
 
 
 # -- actions: each is one observe function in the scheduler, then one write ------------
@@ -592,6 +608,16 @@ class RecheckDelegation:
 
 
 @dataclass(frozen=True)
+class CheckPlatformZone:
+    """The platform's own domain before an order: CAA and our update rights in its zone."""
+
+
+@dataclass(frozen=True)
+class RecheckPlatformZone:
+    """A resting platform domain's periodic look at our update rights in its zone."""
+
+
+@dataclass(frozen=True)
 class PlaceOrder:
     """An order row exists (reserved, maybe at the CA already): take it to a certificate."""
 
@@ -607,8 +633,15 @@ Action = (
     | CheckDns
     | CheckDelegation
     | RecheckDelegation
+    | CheckPlatformZone
+    | RecheckPlatformZone
     | PlaceOrder
     | FetchRenewalInfo
+)
+
+
+_PLATFORM_DNS01 = (
+    "CERTBROKER_DNS01_SERVER and CERTBROKER_DNS01_TSIG_KEY (needed for the platform's domains)"
 )
 
 
@@ -616,6 +649,10 @@ def missing_setting(domain: Domain, setup: Setup) -> str:
     """The setting an order for ``domain`` needs and this broker lacks, or ""."""
     if not setup.acme:
         return "CERTBROKER_ACME_DIRECTORY"
+    if is_platform(domain):
+        if not setup.platform_dns01:
+            return _PLATFORM_DNS01
+        return ""
     if uses_dns01(domain) and not setup.dns01:
         return "CERTBROKER_DNS01_ZONE (needed for wildcards and DNS-01)"
     if not uses_dns01(domain) and not setup.http01:
@@ -631,8 +668,14 @@ def next_action(domain: Domain, now: datetime, setup: Setup, *, order_pending: b
             return HoldNotConfigured(missing)
         if order_pending:
             return PlaceOrder()  # a crash or a reservation left it: continue, never re-check
+        if is_platform(domain):
+            return CheckPlatformZone()
         return CheckDelegation() if uses_dns01(domain) else CheckDns()
     if is_due_for_delegation_check(domain, now):
+        if is_platform(domain):
+            if not setup.platform_dns01:
+                return HoldNotConfigured(_PLATFORM_DNS01)
+            return RecheckPlatformZone()
         if not setup.dns01:
             return HoldNotConfigured("CERTBROKER_DNS01_ZONE (needed to check the delegation)")
         return RecheckDelegation()
@@ -714,6 +757,16 @@ class Dns01AccessFailed:
 
 
 @dataclass(frozen=True)
+class PlatformZoneChecked:
+    """A resting platform domain: may our key still write its ``_acme-challenge`` name?
+    ``ok``, or why not (``reason``, ``message``: the update's refusal or failure)."""
+
+    ok: bool
+    reason: str = ""
+    message: str = ""
+
+
+@dataclass(frozen=True)
 class ChecksPassed:
     """Every check before an order passed."""
 
@@ -788,6 +841,7 @@ Observation = (
     | DelegationChecked
     | DelegationUnknown
     | Dns01AccessFailed
+    | PlatformZoneChecked
     | ChecksPassed
     | QuotaHeld
     | OrderStarted
@@ -851,6 +905,10 @@ def apply(
             return delegation_check_failed(domain, reason, message, now, interval)
         case Dns01AccessFailed(reason, message):
             return failed(delegated(domain, now), reason, message, now)
+        case PlatformZoneChecked(ok=True):
+            return delegation_confirmed(domain, now)  # the next look in a day
+        case PlatformZoneChecked(reason=reason, message=message):
+            return delegation_check_failed(domain, reason, message, now, interval)
         case ChecksPassed():
             return checks_passed(domain, now, interval)
         case QuotaHeld(reason, message, until):
@@ -956,8 +1014,10 @@ def dns_confirmed(domain: Domain) -> bool:
 
 def refused_for_good(domain: Domain, failure: OrderFailed) -> bool:
     """Waiting will not help: a terminal verdict, or a validation refusal repeated while
-    DNS points at the platform. The broker's own DNS-01 updates are the operator's."""
-    if failure.reason.startswith(_OPERATOR_PREFIX):
+    DNS points at the platform. The broker's own DNS-01 updates are the operator's, and so
+    is everything about the platform's own domains: no customer can act, so they keep the
+    backoff (the reason in ``retry``) rather than an Action required."""
+    if failure.reason.startswith(_OPERATOR_PREFIX) or is_platform(domain):
         return False
     if not failure.retryable:
         return True

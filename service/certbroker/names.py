@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Container
 from functools import cache
 
 import idna
@@ -73,8 +74,32 @@ def _check_raw_length(raw: str, field: str) -> None:
             )
 
 
-def normalise_domain(raw: str, field: str = "domain") -> str:
-    """Return the canonical form of ``raw`` or raise ``InvalidArgument`` naming every problem."""
+def normalise_domain(raw: str, field: str = "domain", *, exempt: Container[str] = ()) -> str:
+    """Return the canonical form of ``raw`` or raise ``InvalidArgument`` naming every problem.
+
+    A name on the public suffix list (``co.uk``, ``herokuapp.com``) is refused: no
+    customer owns it. ``exempt`` names (normalised) skip that refusal: the platform's
+    own domains (``certbroker.platform``), which may be on the list as a platform's
+    app domain should be (``*.eu.platform.sh``).
+    """
+    normalised = normalise_name(raw, field)
+    if normalised in exempt:
+        return normalised
+    base = normalised.removeprefix("*.")
+    if len(base.split(".")) < 2 or _psl().privatesuffix(base) is None:
+        raise InvalidArgument.one(
+            field,
+            f"{base} is a public suffix (like co.uk); add a name under it",
+            reason="DOMAIN_PUBLIC_SUFFIX",
+        )
+    return normalised
+
+
+def normalise_name(raw: str, field: str = "domain") -> str:
+    """``normalise_domain`` without the public-suffix refusal: syntax and IDNA only.
+
+    For names the operator configures (the platform's own domains), never for a caller's.
+    """
     _check_raw_length(raw, field)
     name = raw.strip().lower().removesuffix(".")
     if not name:
@@ -148,13 +173,6 @@ def normalise_domain(raw: str, field: str = "domain") -> str:
             field,
             f"is {len(normalised)} characters, over {MAX_NAME_LENGTH}",
             reason="DOMAIN_INVALID",
-        )
-    base = normalised.removeprefix("*.")
-    if len(base.split(".")) < 2 or _psl().privatesuffix(base) is None:
-        raise InvalidArgument.one(
-            field,
-            f"{base} is a public suffix (like co.uk); add a name under it",
-            reason="DOMAIN_PUBLIC_SUFFIX",
         )
     return normalised
 

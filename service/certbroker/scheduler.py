@@ -25,6 +25,8 @@ The actions and their writes::
     CheckDns            -> DnsChecked, CaaChecked, ChecksPassed  + the order reserved
     CheckDelegation     -> DelegationChecked, CaaChecked, ChecksPassed  + the order reserved
     RecheckDelegation   -> DelegationChecked / DelegationUnknown
+    CheckPlatformZone   -> CaaChecked, ChecksPassed / Dns01AccessFailed  + the order reserved
+    RecheckPlatformZone -> PlatformZoneChecked
     PlaceOrder          -> CertificateIssued / OrderFailed (order row dropped, ledger told)
     FetchRenewalInfo    -> RenewalInfoFetched / RenewalInfoUnavailable
 
@@ -73,6 +75,7 @@ from certbroker.lifecycle import (
     CertificateIssued,
     CheckDelegation,
     CheckDns,
+    CheckPlatformZone,
     ChecksPassed,
     DelegationChecked,
     DelegationUnknown,
@@ -85,8 +88,10 @@ from certbroker.lifecycle import (
     OrderFailed,
     OrderStarted,
     PlaceOrder,
+    PlatformZoneChecked,
     QuotaHeld,
     RecheckDelegation,
+    RecheckPlatformZone,
     RenewalInfoFetched,
     RenewalInfoUnavailable,
     Rest,
@@ -179,7 +184,11 @@ class Scheduler:
         self._policy = policy
         self._rules = lifecycle.Rules(policy.dns_check_interval, policy.caa_identity)
         self._setup = lifecycle.Setup(
-            acme=issuer is not None, http01=targets is not None, dns01=dns01 is not None
+            acme=issuer is not None,
+            http01=targets is not None,
+            # ``dns01`` may hold the platform's zones alone (no delegation zone: "")
+            dns01=dns01 is not None and bool(dns01.zone),
+            platform_dns01=dns01 is not None,
         )
         self._ledger: Ledger = ledger or QuotaLedger(
             policy.quota_per_registered_domain, policy.quota_per_name_set
@@ -404,6 +413,10 @@ class Scheduler:
                 await self._checked(domain, await self._check_delegation(domain))
             case RecheckDelegation():
                 await self._write(name, await self._recheck_delegation(domain))
+            case CheckPlatformZone():
+                await self._checked(domain, await self._check_platform_zone(domain))
+            case RecheckPlatformZone():
+                await self._write(name, [await self._recheck_platform_zone(domain)])
             case PlaceOrder():
                 assert order is not None
                 held = self._ca_held()
@@ -455,6 +468,35 @@ class Scheduler:
         if isinstance(found, DelegationChecked) and not found.ok:
             log.info("delegation of %s is gone (%s)", domain.name, found.reason)
         return [found]
+
+    async def _check_platform_zone(self, domain: Domain) -> list[Observation]:
+        """The platform's own domain: CAA and our update rights at its ``_acme-challenge``
+        name in the platform's zone, before the CA hears. No delegation to look for."""
+        caa = await self._caa(domain)
+        if not caa.result.allowed:
+            return [caa]
+        problem = await self._platform_access(domain)
+        if problem is not None:
+            return [caa, Dns01AccessFailed(problem.reason, problem.detail)]
+        return [caa, ChecksPassed()]
+
+    async def _recheck_platform_zone(self, domain: Domain) -> PlatformZoneChecked:
+        """A resting platform domain: may our key still write there before the renewal?"""
+        problem = await self._platform_access(domain)
+        if problem is None:
+            return PlatformZoneChecked(ok=True)
+        return PlatformZoneChecked(ok=False, reason=problem.reason, message=problem.detail)
+
+    async def _platform_access(self, domain: Domain) -> AcmeProblem | None:
+        """Our update rights at the platform domain's challenge name (an update changing
+        nothing); the problem if the zone refuses or does not answer."""
+        assert self._dns01 is not None
+        try:
+            await self._dns01.check_access(self._label(domain))
+        except AcmeProblem as problem:
+            log.warning("DNS-01 updates for the platform domain %s fail: %s", domain.name, problem)
+            return problem
+        return None
 
     async def _delegation(self, domain: Domain) -> DelegationChecked | DelegationUnknown:
         """Is ``_acme-challenge.<base>`` a CNAME to this domain's record?"""
@@ -788,8 +830,12 @@ class Scheduler:
 
         A DNS-01 domain without one (none exist: creation and migration 003 set
         it) gets its owner-bound label, the same on every replica; never one
-        derived from the name alone.
+        derived from the name alone. The platform's own domains have no
+        delegation: theirs is their challenge name, which ``Dns01Publisher``
+        writes directly in the platform's zone.
         """
+        if lifecycle.is_platform(domain):
+            return delegation.challenge_name(domain.name)
         if domain.delegation_label:
             return domain.delegation_label
         if self._labels is None:

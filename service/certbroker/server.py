@@ -30,7 +30,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter
 
 from certbroker import bounds, names
-from certbroker.acme.dns01 import Dns01Updater, TsigKey
+from certbroker.acme.dns01 import Dns01Publisher, Dns01Updater, TsigKey
 from certbroker.acme.http01 import Http01Responder, ResponderLimits
 from certbroker.acme.http01_probe import Http01Probe
 from certbroker.acme.issuer import AcmeIssuer
@@ -46,6 +46,7 @@ from certbroker.dns import DnsChecker, PlatformTargets
 from certbroker.doctor import Doctor, DoctorPolicy
 from certbroker.events import EventHub
 from certbroker.housekeeping import ChallengeEvents, Compactor
+from certbroker.platform import Platform, PlatformConflict, reconcile
 from certbroker.rlimits import raise_open_files_limit
 from certbroker.routers import RouterRegistry
 from certbroker.scheduler import Policy, Scheduler
@@ -213,6 +214,8 @@ async def _start(
         labels = await load_label_key(store, sealer)
     except KekError as error:
         raise StartupError(f"CERTBROKER_KEK_FILE={settings.kek_file}: {error}") from None
+    platform = Platform.from_names(settings.platform_domains, settings.platform_zone)
+    await _reconcile_platform(store, clock, platform)
     hub = EventHub(store)
     await hub.start()
     started.push_async_callback(hub.stop)
@@ -225,10 +228,7 @@ async def _start(
         await _start_responder(responder, *settings.http01_listen)
         started.push_async_callback(responder.stop)
         extras.append(responder)
-    dns01: Dns01Updater | None = None
-    if settings.dns01_zone and settings.dns01_server and settings.dns01_tsig_key:
-        key = TsigKey.load(settings.dns01_tsig_key)
-        dns01 = Dns01Updater(settings.dns01_zone, settings.dns01_server, key)
+    dns01 = _dns01_publisher(settings, platform)
     health_servicer = health.aio.HealthServicer()
 
     async def store_health(healthy: bool) -> None:
@@ -281,7 +281,8 @@ async def _start(
         labels,
         wake_scheduler=scheduler.wake,
         forced_retry_interval=settings.forced_retry_interval,
-        dns01_configured=dns01 is not None,
+        dns01_configured=dns01 is not None and dns01.delegates,  # apps' DNS-01 needs the zone
+        platform=platform,
     )
     provider = tracer_provider(settings.traces_exporter, span_exporter)
     if provider is not None:
@@ -316,7 +317,7 @@ async def _start(
         tracer=provider.get_tracer("certbroker") if provider else None,
         challenges=challenge_events,
         routers=RouterRegistry(clock, settings.router_report_interval, settings.max_routers),
-        doctor=_doctor(settings, store, clock, dns, targets, responder, dns01, labels),
+        doctor=_doctor(settings, store, clock, dns, targets, responder, dns01, labels, platform),
     )
     from certbroker.v1 import broker_pb2_grpc
 
@@ -381,8 +382,9 @@ def _doctor(
     dns: DnsChecker,
     targets: PlatformTargets | None,
     responder: Http01Responder,
-    dns01: Dns01Updater | None,
+    dns01: Dns01Publisher | None,
     labels: LabelKey,
+    platform: Platform,
 ) -> Doctor:
     """CheckDomain's doctor: the scheduler's DNS, targets and DNS-01 access, read-only."""
     timeout = settings.doctor_timeout.total_seconds()
@@ -410,7 +412,43 @@ def _doctor(
         ),
         dns01=dns01,
         labels=labels,
+        platform=platform,
     )
+
+
+def _dns01_publisher(settings: Settings, platform: Platform) -> Dns01Publisher | None:
+    """DNS-01 writers: the delegation zone's (if set) and one per platform zone, one server/key."""
+    if not (settings.dns01_server and settings.dns01_tsig_key):
+        return None
+    key = TsigKey.load(settings.dns01_tsig_key)
+    delegation = None
+    if settings.dns01_zone:
+        delegation = Dns01Updater(settings.dns01_zone, settings.dns01_server, key)
+    zones: dict[str, Dns01Updater] = {}
+    for domain in platform:
+        if domain.zone not in zones:
+            zones[domain.zone] = Dns01Updater(domain.zone, settings.dns01_server, key)
+    if delegation is None and not zones:
+        return None
+    return Dns01Publisher(delegation, {d.challenge_name: zones[d.zone] for d in platform})
+
+
+async def _reconcile_platform(store: Store, clock: Clock, platform: Platform) -> None:
+    """Store the platform domains as configured before anything serves (``platform``)."""
+    try:
+        done = await reconcile(store, clock, platform)
+    except PlatformConflict as error:
+        raise StartupError(str(error)) from None
+    if done.added:
+        log.info("platform domains added: %s", ", ".join(done.added))
+    if done.resumed:
+        log.info("platform domains configured again (renewed again): %s", ", ".join(done.resumed))
+    if done.retired:
+        log.warning(
+            "platform domains no longer in CERTBROKER_PLATFORM_DOMAINS, retired (not renewed, "
+            "serving until they expire; the admin role may remove them): %s",
+            ", ".join(done.retired),
+        )
 
 
 def _responder_limits(settings: Settings, open_files: int) -> ResponderLimits:

@@ -100,6 +100,8 @@ def describe(
     dns01 = "off"
     if s.dns01_zone and s.dns01_server:
         dns01 = f"zone {s.dns01_zone} via {_address(*s.dns01_server)}"
+    elif s.dns01_server:
+        dns01 = f"platform zones only via {_address(*s.dns01_server)}"
     parts = [
         f"gRPC {_host(s.listen)}:{port} ({tls})",
         f"health {health}",
@@ -107,6 +109,11 @@ def describe(
         f"ACME {acme}",
         f"platform targets {', '.join(s.platform_targets) or 'none'}",
         f"DNS-01 {dns01}",
+    ]
+    if s.platform_domains:
+        zone = f" in zone {s.platform_zone}" if s.platform_zone else ""
+        parts.append(f"platform domains {', '.join(s.platform_domains)}{zone}")
+    parts += [
         f"DB {redact(s.db)}",  # a PostgreSQL URL may carry a password
         f"KEK id {kek_id}",
         f"trust roots {s.trust_bundle or 'system'}",

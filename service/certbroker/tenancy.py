@@ -44,6 +44,11 @@ One family, one owner
     Rows that already overlapped before this rule existed are left as they
     are; each keeps its owner and only that owner may change it.
 
+The platform
+    The platform's own domains (``CERTBROKER_PLATFORM_DOMAINS``) belong to
+    ``PLATFORM_APP``, which no caller can name; ``certbroker.platform`` refuses
+    every app mutation of them and every new name under them.
+
 Empty app
     Remove, UploadCustom and DeleteCustom accept an empty app only from the
     roles allowed to act across tenants (``admin``, and the plaintext loopback
@@ -69,6 +74,9 @@ APP_RULE: Final = (
     "must be 1-63 lowercase letters, digits and hyphens, starting with a letter or digit"
 )
 OWNED_BY_OTHER_APP: Final = "DOMAIN_OWNED_BY_OTHER_APP"
+#: The owner of the platform's own domains (``certbroker.platform``). The underscore puts
+#: it outside ``APP_PATTERN``: ``check_app`` refuses it, so no caller can act as it.
+PLATFORM_APP: Final = "_platform"
 
 
 def check_app(app: str, field: str = "app") -> str:

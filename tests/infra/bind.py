@@ -7,7 +7,11 @@ One process is authoritative for three zones:
 - the customer zone (``example.test.``): tests add and remove delegation
   CNAMEs in it by dynamic update, signed with ``customer_key``;
 - the broker's challenge zone (``acme.broker.test.``): updatable with
-  ``broker_key`` (TXT records only, any name in the zone), as in production.
+  ``broker_key`` (TXT records only, any name in the zone), as in production;
+- optional platform zones (``platform_zones``, e.g. ``osc-fr1.example.test.``,
+  a child of the customer zone): the platform's own, where the broker writes
+  ``_acme-challenge.<region>`` TXT values directly with ``broker_key``; every
+  other name in them answers 127.0.0.1 (a region's DNS wildcard).
 
 Pebble (``-dnsserver``) and the broker's resolver both point at it, so the
 delegation the broker checks is the one the CA follows. Recursion is on (for
@@ -98,10 +102,12 @@ class Bind(ServerProcess):
         *,
         customer_zone: str = "example.test",
         challenge_zone: str = "acme.broker.test",
+        platform_zones: tuple[str, ...] = (),
         start_timeout: float = 15.0,
     ) -> None:
         self.customer_zone = customer_zone.rstrip(".")
         self.challenge_zone = challenge_zone.rstrip(".")
+        self.platform_zones = tuple(z.rstrip(".") for z in platform_zones)
         self.broker_key = BindKey.generate("broker-key")
         self.customer_key = BindKey.generate("customer-key")
         self._start_timeout = start_timeout
@@ -131,6 +137,14 @@ class Bind(ServerProcess):
     def _config(self) -> str:
         keys = self.broker_key.bind_text() + self.customer_key.bind_text()
         d = self._dir
+        platform = "".join(
+            f"""zone "{zone}" {{
+    type primary; file "{d}/platform-{i}.zone";
+    update-policy {{ grant "{self.broker_key.name}" zonesub TXT; }};
+}};
+"""
+            for i, zone in enumerate(self.platform_zones)
+        )
         return f"""
 options {{
     directory "{d}";
@@ -156,7 +170,7 @@ zone "{self.challenge_zone}" {{
     type primary; file "{d}/challenge.zone";
     update-policy {{ grant "{self.broker_key.name}" zonesub TXT; }};
 }};
-"""
+{platform}"""
 
     def start(self) -> Bind:
         if self._proc is not None:
@@ -166,6 +180,8 @@ zone "{self.challenge_zone}" {{
         (d / "test.zone").write_text(_soa_zone("test", "ns IN A 127.0.0.1\n"))
         (d / "customer.zone").write_text(_soa_zone(self.customer_zone, "@ IN A 127.0.0.1\n"))
         (d / "challenge.zone").write_text(_soa_zone(self.challenge_zone))
+        for i, zone in enumerate(self.platform_zones):
+            (d / f"platform-{i}.zone").write_text(_soa_zone(zone, "* IN A 127.0.0.1\n"))
         last = ""
         for _ in range(3):
             self.port = free_port(self.host, udp_too=True)

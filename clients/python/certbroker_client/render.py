@@ -24,6 +24,7 @@ from certbroker_client.client import BrokerError, TlsFiles
 from certbroker_client.hints import connection_hint
 
 __all__ = [
+    "app_label",
     "doctor_report",
     "domains_table",
     "duration",
@@ -102,6 +103,17 @@ def lets_encrypt_label(state: int) -> str:
 def source_label(source: int) -> str:
     """Which certificate serves, in words."""
     return _SOURCE_LABELS.get(source, f"unknown ({source})")
+
+
+def app_label(d: domain_pb2.Domain) -> str:
+    """The owner as tables show it: the platform's own domains belong to no app."""
+    return "(platform)" if d.platform else d.app
+
+
+_PLATFORM_OWNER = (
+    "(platform) the broker's own CERTBROKER_PLATFORM_DOMAINS: no app owns it; "
+    "changed by configuration only"
+)
 
 
 def _now(now: datetime | None) -> datetime:
@@ -216,7 +228,7 @@ def domains_table(domains: Iterable[domain_pb2.Domain], *, now: datetime | None 
         rows.append(
             [
                 d.domain,
-                d.app,
+                app_label(d),
                 lets_encrypt_label(d.lets_encrypt_state),
                 source_label(d.serving_source),
                 _expiry(d, at),
@@ -260,7 +272,7 @@ def status_block(d: domain_pb2.Domain, *, now: datetime | None = None) -> str:
     explanation = _LE_EXPLANATIONS.get(d.lets_encrypt_state)
     facts: list[tuple[str, str]] = [
         ("Domain", d.domain),
-        ("App", d.app),
+        ("App", _PLATFORM_OWNER if d.platform else d.app),
         ("Let's Encrypt", f"{state} ({explanation})" if explanation else state),
         ("Serving", source_label(d.serving_source)),
         ("Key algorithm", _KEY_LABELS.get(d.key_algorithm, str(d.key_algorithm))),

@@ -234,22 +234,42 @@ class Dns01Updater:
 
     async def check_access(self, label: str) -> None:
         """Prove the key may update ``label``'s record, changing nothing."""
-        name = self.record_name(label)
+        await self.check_access_at(self.record_name(label))
+
+    async def publish(self, label: str, value: str) -> None:
+        """Add ``value`` at ``label``'s record; return once the primary answers it."""
+        await self.publish_at(self.record_name(label), value)
+
+    async def unpublish(self, label: str, value: str) -> None:
+        """Remove ``value`` (only that one) from ``label``'s record."""
+        await self.unpublish_at(self.record_name(label), value)
+
+    # -- by name: the platform's own ``_acme-challenge`` names (``Dns01Publisher``) ----
+
+    def _in_zone(self, name: str) -> str:
+        name = name.strip().rstrip(".").lower()
+        if name != self.zone and not name.endswith("." + self.zone):
+            raise ValueError(f"{name} is not in the zone {self.zone}")
+        return name
+
+    async def check_access_at(self, name: str) -> None:
+        """Prove the key may update the TXT record ``name`` (in the zone), changing nothing."""
+        name = self._in_zone(name)
         update = self._update()
         update.delete(name + ".", "TXT", self._txt(_PROBE_VALUE))
         await self._send(update, f"checking DNS-01 access for {name}")
 
-    async def publish(self, label: str, value: str) -> None:
-        """Add ``value`` at ``label``'s record; return once the primary answers it."""
-        name = self.record_name(label)
+    async def publish_at(self, name: str, value: str) -> None:
+        """Add ``value`` at ``name`` (in the zone); return once the primary answers it."""
+        name = self._in_zone(name)
         update = self._update()
         update.add(name + ".", self._ttl, "TXT", self._txt(value))
         await self._send(update, f"publishing the DNS-01 record {name}")
         await self._wait_visible(name, value)
 
-    async def unpublish(self, label: str, value: str) -> None:
-        """Remove ``value`` (only that one) from ``label``'s record."""
-        name = self.record_name(label)
+    async def unpublish_at(self, name: str, value: str) -> None:
+        """Remove ``value`` (only that one) from ``name`` (in the zone)."""
+        name = self._in_zone(name)
         update = self._update()
         update.delete(name + ".", "TXT", self._txt(value))
         await self._send(update, f"removing the DNS-01 record {name}")
@@ -295,3 +315,73 @@ class Dns01Updater:
                     retryable=True,
                 )
             await asyncio.sleep(self._poll_interval)
+
+
+class Dns01Publisher:
+    """Where an order's DNS-01 values go: a delegation's record, or a platform domain's own name.
+
+    The issuer names a *label* for every DNS-01 order (``Dns01Responder``). For
+    an app's domain it is the delegation label, written at ``<label>.<zone>``
+    by ``delegation`` (the updater of ``CERTBROKER_DNS01_ZONE``). For one of
+    the platform's own domains (``certbroker.platform``) it is that domain's
+    challenge name, ``_acme-challenge.<base>``, written at that very name in
+    the platform's zone: no customer, no CNAME. Only names registered here at
+    start (the configured platform domains) take that route; a challenge name
+    can never be a delegation label (it has a dot and an underscore), and any
+    other label goes to the delegation updater, which refuses what is not one
+    DNS label. So no app's order can write anywhere in the platform's zone.
+    No I/O in the constructor.
+    """
+
+    def __init__(
+        self, delegation: Dns01Updater | None, platform: dict[str, Dns01Updater] | None = None
+    ) -> None:
+        self._delegation = delegation
+        self._platform = {
+            name.strip().rstrip(".").lower(): updater for name, updater in (platform or {}).items()
+        }
+
+    @property
+    def zone(self) -> str:
+        """The delegation zone (CERTBROKER_DNS01_ZONE); "" when only platform names are set."""
+        return self._delegation.zone if self._delegation is not None else ""
+
+    @property
+    def delegates(self) -> bool:
+        """Whether app domains can use DNS-01 (a delegation zone is configured)."""
+        return self._delegation is not None
+
+    def _route(self, label: str) -> tuple[Dns01Updater, str] | None:
+        """(updater, record name) for a platform challenge name; None for a delegation label."""
+        updater = self._platform.get(label)
+        return (updater, label) if updater is not None else None
+
+    def _delegation_updater(self, label: str) -> Dns01Updater:
+        if self._delegation is None:
+            raise Dns01Error(
+                UPDATE_REFUSED,
+                "DNS-01 by delegation is not configured (CERTBROKER_DNS01_ZONE is not set)",
+                retryable=False,
+            )
+        return self._delegation
+
+    async def check_access(self, label: str) -> None:
+        route = self._route(label)
+        if route is not None:
+            await route[0].check_access_at(route[1])
+        else:
+            await self._delegation_updater(label).check_access(label)
+
+    async def publish(self, label: str, value: str) -> None:
+        route = self._route(label)
+        if route is not None:
+            await route[0].publish_at(route[1], value)
+        else:
+            await self._delegation_updater(label).publish(label, value)
+
+    async def unpublish(self, label: str, value: str) -> None:
+        route = self._route(label)
+        if route is not None:
+            await route[0].unpublish_at(route[1], value)
+        else:
+            await self._delegation_updater(label).unpublish(label, value)

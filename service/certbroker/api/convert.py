@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from certbroker import lifecycle
+from certbroker import lifecycle, tenancy
 from certbroker.doctor import Report, Verdict
 from certbroker.model import (
     CertificateInfo,
@@ -127,6 +127,7 @@ def fill_domain(message: domain_pb2.Domain, record: Domain, now: datetime) -> No
     message.action_required = record.action_required
     message.custom_certificate_expiring = record.custom_expiring
     message.include_apex = record.include_apex
+    message.platform = record.app == tenancy.PLATFORM_APP
     if record.le_cert is not None:
         fill_certificate(message.lets_encrypt_certificate, record.le_cert, now)
         _ts(message.renewal_time, lifecycle.renewal_due(record))

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Protocol
 
-from certbroker import delegation, lifecycle, quota, tenancy
+from certbroker import delegation, lifecycle, platform, quota, tenancy
 from certbroker.acme.http01 import PREFIX
 from certbroker.acme.http01_probe import MAX_ADDRESSES, Fetch, IPAddress
 from certbroker.acme.problems import AcmeProblem
@@ -93,13 +93,27 @@ class Subject:
     def dns01(self) -> bool:
         return lifecycle.uses_dns01(self.domain)
 
+    @property
+    def platform(self) -> bool:
+        """One of the platform's own domains (``certbroker.platform``): no delegation."""
+        return platform.is_platform(self.domain)
+
 
 # --------------------------------------------------------------------------- ownership
 
 
-async def ownership(store: DoctorStore, subject: Subject) -> Check:
+async def ownership(
+    store: DoctorStore, subject: Subject, rules: platform.Platform | None = None
+) -> Check:
     """Who owns the name, whether Let's Encrypt is on, and whether ``app`` may add it."""
     name, app, domain = subject.name, subject.app, subject.domain
+    if subject.known and subject.platform:
+        return _platform_ownership(subject, rules or platform.Platform())
+    if not subject.known and rules is not None:
+        try:
+            rules.check_claim(tenancy.Claim(name))
+        except FailedPrecondition as refused:
+            return Check("ownership", Verdict.FAIL, refused.message)
     if subject.known:
         if app and domain.app != app:  # never name the owner to another tenant
             return Check(
@@ -148,6 +162,33 @@ async def ownership(store: DoctorStore, subject: Subject) -> Check:
     )
 
 
+def _platform_ownership(subject: Subject, rules: platform.Platform) -> Check:
+    name = subject.name
+    if rules.get(name) is None:
+        return Check(
+            "ownership",
+            Verdict.FAIL,
+            f"{name} was one of the platform's own domains and is retired (no longer in "
+            "CERTBROKER_PLATFORM_DOMAINS): it is not renewed",
+            fix="add it back to CERTBROKER_PLATFORM_DOMAINS, or remove it with the admin role",
+        )
+    if subject.app:
+        return Check(
+            "ownership",
+            Verdict.FAIL,
+            f"{name} is the platform's own domain: no app manages it",
+            fix="check the name; the platform's domains change through the broker's "
+            "configuration (CERTBROKER_PLATFORM_DOMAINS)",
+        )
+    return Check(
+        "ownership",
+        Verdict.OK,
+        f"{name} is the platform's own domain (CERTBROKER_PLATFORM_DOMAINS); Let's Encrypt "
+        f"state: {_STATE_WORDS[subject.domain.le_state]}",
+        detail="owned by no app; issued and renewed over DNS-01 in the platform's zone",
+    )
+
+
 # --------------------------------------------------------------------------- configuration
 
 
@@ -161,7 +202,12 @@ def configuration(
     missing: list[str] = []
     if not acme_directory:
         missing.append("CERTBROKER_ACME_DIRECTORY is off: the broker has no CA to order from")
-    if subject.dns01 and dns01 is None:
+    if subject.platform and dns01 is None:
+        missing.append(
+            "CERTBROKER_DNS01_SERVER and _TSIG_KEY are not set: the platform's domains "
+            "cannot be validated"
+        )
+    elif subject.dns01 and not subject.platform and (dns01 is None or not dns01.zone):
         missing.append(
             "CERTBROKER_DNS01_ZONE, _SERVER and _TSIG_KEY are not set: wildcards and "
             "DNS-01 domains cannot be validated"
@@ -172,10 +218,12 @@ def configuration(
             "domain points at the platform"
         )
     challenge = "DNS-01 through the delegation" if subject.dns01 else "HTTP-01"
+    if subject.platform:
+        challenge = "DNS-01 in the platform's zone"
     facts = [f"ACME directory: {acme_directory or 'off'}", f"challenge: {challenge}"]
     if targets is not None:
         facts.append(f"platform targets: {targets.describe()}")
-    if dns01 is not None:
+    if dns01 is not None and dns01.zone:
         facts.append(f"DNS-01 zone: {dns01.zone}")
     if missing:
         return Check(
@@ -258,7 +306,9 @@ async def dns01_delegation(
     name = "dns01_delegation"
     if not subject.dns01:
         return Check(name, Verdict.SKIPPED, "validated by HTTP-01: no delegation is needed")
-    if dns01 is None:
+    if subject.platform and dns01 is not None:
+        return await _platform_access(dns01, subject)
+    if dns01 is None or not dns01.zone:
         return Check(name, Verdict.SKIPPED, "the broker has no DNS-01 zone (see configuration)")
     label = subject.domain.delegation_label
     if not label and subject.app and labels is not None:
@@ -296,6 +346,27 @@ async def dns01_delegation(
         Verdict.OK,
         f"{challenge} is delegated to the broker, which may update the record",
         detail,
+    )
+
+
+async def _platform_access(dns01: Dns01Access, subject: Subject) -> Check:
+    """A platform domain needs no delegation: may the broker write its challenge name?"""
+    name = "dns01_delegation"
+    challenge = delegation.challenge_name(subject.name)
+    try:
+        await dns01.check_access(challenge)
+    except AcmeProblem as problem:
+        return Check(
+            name,
+            Verdict.FAIL,
+            f"the broker may not write {challenge} in the platform's zone: "
+            f"{problem.detail or problem.reason}",
+            fix=f"give the broker's TSIG key update rights for TXT records at {challenge}",
+        )
+    return Check(
+        name,
+        Verdict.OK,
+        f"no delegation needed: the broker writes {challenge} in the platform's zone, and may",
     )
 
 

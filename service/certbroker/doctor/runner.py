@@ -40,6 +40,7 @@ from certbroker.doctor.limit import DoctorLimit
 from certbroker.doctor.report import Check, Report, Verdict
 from certbroker.model import ChallengeType, Domain, LetsEncryptState, Source
 from certbroker.names import normalise_domain
+from certbroker.platform import Platform
 from certbroker.ports import Dns01Access
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,9 @@ class Doctor:
         probe: Probe | None = None,
         dns01: Dns01Access | None = None,
         labels: LabelKey | None = None,
+        platform: Platform | None = None,
     ) -> None:
+        self._platform = platform if platform is not None else Platform()
         self._store = store
         self._clock = clock
         self._dns = dns
@@ -89,7 +92,7 @@ class Doctor:
         Raises ``InvalidArgument`` for a bad name or app, ``ResourceExhausted``
         (with the delay) when the rate limit refuses the run.
         """
-        name = normalise_domain(domain)
+        name = normalise_domain(domain, exempt=self._platform.names)
         if app:
             tenancy.check_app(app)
         with self.limit.admit(name, self._clock.now()):
@@ -102,7 +105,7 @@ class Doctor:
         order = await self._store.get_order(name) if record is not None else None
         policy = self._policy
         found = await asyncio.gather(
-            self._bounded("ownership", checks.ownership(self._store, subject)),
+            self._bounded("ownership", checks.ownership(self._store, subject, self._platform)),
             self._bounded("dns", checks.pointing(self._dns, self._targets, subject)),
             self._bounded("caa", checks.caa(self._dns, policy.caa_identity, subject)),
             self._bounded(

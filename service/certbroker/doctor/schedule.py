@@ -70,9 +70,10 @@ def candidates(
             where = " (inside the CA's suggested window)" if domain.renewal.at else ""
             found.append((renew_at, f"renew the Let's Encrypt certificate{where}"))
             if lifecycle.uses_dns01(domain) and domain.retry.next_attempt_at is not None:
-                found.append(
-                    (domain.retry.next_attempt_at, "check the DNS-01 delegation again (daily)")
-                )
+                what = "check the DNS-01 delegation again (daily)"
+                if lifecycle.is_platform(domain):
+                    what = "check the broker may still write in the platform's zone (daily)"
+                found.append((domain.retry.next_attempt_at, what))
             check = domain.renewal.next_check
             if check is not None and now < le_cert.not_after:
                 found.append((check, "ask the CA for its renewal window again (ARI)"))

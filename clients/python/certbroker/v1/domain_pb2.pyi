@@ -107,7 +107,7 @@ class DnsObservation(_message.Message):
     def __init__(self, answered: _Optional[_Iterable[str]] = ..., expected: _Optional[_Iterable[str]] = ..., points_to_platform: _Optional[bool] = ..., check_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Domain(_message.Message):
-    __slots__ = ("domain", "app", "disable_letsencrypt", "lets_encrypt_state", "serving_source", "lets_encrypt_certificate", "custom_certificate", "retry", "dns", "revision", "create_time", "update_time", "next_check_time", "key_algorithm", "challenge_type", "action_required", "custom_certificate_expiring", "renewal_time", "include_apex", "serving_routers", "known_routers")
+    __slots__ = ("domain", "app", "disable_letsencrypt", "lets_encrypt_state", "serving_source", "lets_encrypt_certificate", "custom_certificate", "retry", "dns", "revision", "create_time", "update_time", "next_check_time", "key_algorithm", "challenge_type", "action_required", "custom_certificate_expiring", "renewal_time", "include_apex", "serving_routers", "known_routers", "platform")
     DOMAIN_FIELD_NUMBER: _ClassVar[int]
     APP_FIELD_NUMBER: _ClassVar[int]
     DISABLE_LETSENCRYPT_FIELD_NUMBER: _ClassVar[int]
@@ -129,6 +129,7 @@ class Domain(_message.Message):
     INCLUDE_APEX_FIELD_NUMBER: _ClassVar[int]
     SERVING_ROUTERS_FIELD_NUMBER: _ClassVar[int]
     KNOWN_ROUTERS_FIELD_NUMBER: _ClassVar[int]
+    PLATFORM_FIELD_NUMBER: _ClassVar[int]
     domain: str
     app: str
     disable_letsencrypt: bool
@@ -150,4 +151,5 @@ class Domain(_message.Message):
     include_apex: bool
     serving_routers: int
     known_routers: int
-    def __init__(self, domain: _Optional[str] = ..., app: _Optional[str] = ..., disable_letsencrypt: _Optional[bool] = ..., lets_encrypt_state: _Optional[_Union[LetsEncryptState, str]] = ..., serving_source: _Optional[_Union[CertificateSource, str]] = ..., lets_encrypt_certificate: _Optional[_Union[CertificateInfo, _Mapping]] = ..., custom_certificate: _Optional[_Union[CertificateInfo, _Mapping]] = ..., retry: _Optional[_Union[RetryState, _Mapping]] = ..., dns: _Optional[_Union[DnsObservation, _Mapping]] = ..., revision: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_check_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., key_algorithm: _Optional[_Union[KeyAlgorithm, str]] = ..., challenge_type: _Optional[_Union[ChallengeType, str]] = ..., action_required: _Optional[str] = ..., custom_certificate_expiring: _Optional[bool] = ..., renewal_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., include_apex: _Optional[bool] = ..., serving_routers: _Optional[int] = ..., known_routers: _Optional[int] = ...) -> None: ...
+    platform: bool
+    def __init__(self, domain: _Optional[str] = ..., app: _Optional[str] = ..., disable_letsencrypt: _Optional[bool] = ..., lets_encrypt_state: _Optional[_Union[LetsEncryptState, str]] = ..., serving_source: _Optional[_Union[CertificateSource, str]] = ..., lets_encrypt_certificate: _Optional[_Union[CertificateInfo, _Mapping]] = ..., custom_certificate: _Optional[_Union[CertificateInfo, _Mapping]] = ..., retry: _Optional[_Union[RetryState, _Mapping]] = ..., dns: _Optional[_Union[DnsObservation, _Mapping]] = ..., revision: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_check_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., key_algorithm: _Optional[_Union[KeyAlgorithm, str]] = ..., challenge_type: _Optional[_Union[ChallengeType, str]] = ..., action_required: _Optional[str] = ..., custom_certificate_expiring: _Optional[bool] = ..., renewal_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., include_apex: _Optional[bool] = ..., serving_routers: _Optional[int] = ..., known_routers: _Optional[int] = ..., platform: _Optional[bool] = ...) -> None: ...
