@@ -61,8 +61,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_info, section
 
 from certbroker import priorities
+from certbroker.acme.problems import AcmeProblem, rate_limit_scope
 from certbroker.backoff import retry_delay
-from certbroker.limits import Limits, LimitsLedger, OrderRequest, scope_of
+from certbroker.limits import Limits, LimitsLedger, OrderRequest
 from certbroker.names import registered_domain
 from certbroker.priorities import Candidate, Kind
 from certbroker.store.base import LimitReads, LimitRecords
@@ -287,9 +288,9 @@ class Loop:
         except RateLimited as refused:
             self.figures.refused += 1
             async with self.records.transaction() as tx:
-                await self.ledger.rate_limited(
-                    tx, request, scope_of(refused.detail), now + refused.retry_after, now
-                )
+                problem = AcmeProblem("ACME_RATE_LIMITED", refused.detail, retryable=True)
+                scope = rate_limit_scope(problem)  # what the real issuer reads
+                await self.ledger.rate_limited(tx, request, scope, now + refused.retry_after, now)
             work.due = now + refused.retry_after
             return work
         if work.attempt == 0 and work.kind is Kind.FIRST and self.rng.random() < self.fail_rate:

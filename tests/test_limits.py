@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from certbroker.acme.problems import AcmeProblem, rate_limit_scope
 from certbroker.limits import (
     CA_RATE_LIMITED,
     NAME_SET,
@@ -27,9 +28,7 @@ from certbroker.limits import (
     Limits,
     LimitsLedger,
     OrderRequest,
-    counts_as_failed_authorization,
     replay,
-    scope_of,
 )
 from tests.fakes.ca import FakeCA, RateLimited
 from tests.fakes.records import MemoryLimitRecords
@@ -300,29 +299,27 @@ async def test_the_budget_is_the_accounts_whole_tokens_and_when_the_next_comes()
     assert (budget.tokens, budget.next_at) == (0, T0 + timedelta(seconds=36))
 
 
-@pytest.mark.parametrize(
-    ("detail", "scope"),
-    [
-        ("too many new orders (300) from this account in the last 3h0m0s", "orders"),
-        ('too many certificates (50) already issued for "example.com"', "registered_domain"),
-        ("too many certificates (5) already issued for this exact set of identifiers", "name_set"),
-        ('too many failed authorizations (5) for "a.example.com"', "failed_authorizations"),
-        ("too many new registrations (10) from this IP address", "account"),
-        ("", "account"),
-    ],
-)  # fmt: skip
-def test_the_scope_of_a_rate_limited_answer_comes_from_lets_encrypts_wording(
-    detail: str, scope: str
-) -> None:
-    assert scope_of(detail) == scope
+def _scope(ca: FakeCA, name: str) -> str:
+    with pytest.raises(RateLimited) as refused:
+        ca.new_order((name,), "example.com", T0)
+    problem = AcmeProblem("ACME_RATE_LIMITED", refused.value.detail, retryable=True)
+    return rate_limit_scope(problem)
 
 
-def test_only_validation_failures_with_a_name_count_as_failed_authorizations() -> None:
-    assert counts_as_failed_authorization("ACME_UNAUTHORIZED", "a.example.com")
-    assert counts_as_failed_authorization("ACME_CAA", "a.example.com")
-    assert not counts_as_failed_authorization("ACME_UNAUTHORIZED", "")
-    assert not counts_as_failed_authorization("DNS01_NOT_CONFIGURED", "a.example.com")
-    assert not counts_as_failed_authorization("ACME_RATE_LIMITED", "a.example.com")
+def test_the_fake_cas_refusals_name_their_bucket_as_lets_encrypt_does() -> None:
+    """Its details carry LE's documentation anchor, which the issuer's scope reads."""
+    one = Bucket(1, timedelta(days=7))
+    failing = FakeCA(Limits(failed_authorizations=Bucket(1, timedelta(hours=1))))
+    failing.fail_validation(
+        failing.new_order(("a.example.com",), "example.com", T0), "a.example.com", T0
+    )
+    assert _scope(failing, "a.example.com") == "failed_authorizations"
+    per_domain = FakeCA(Limits(registered_domain=one))
+    per_domain.finalize(per_domain.new_order(("a.example.com",), "example.com", T0), T0)
+    assert _scope(per_domain, "b.example.com") == "registered_domain"
+    per_names = FakeCA(Limits(name_set=one))
+    per_names.finalize(per_names.new_order(("a.example.com",), "example.com", T0), T0)
+    assert _scope(per_names, "a.example.com") == "name_set"  # a renewal: only this bucket
 
 
 # --- the ledger against a CA that enforces the same limits -----------------------------
@@ -375,4 +372,5 @@ async def test_the_fake_ca_refuses_past_a_bucket_with_retry_after() -> None:
         ca.new_order(("late.example.com",), "example.com", T0)
     assert refused.value.bucket == "account_orders"
     assert refused.value.retry_after == timedelta(seconds=36)
-    assert scope_of(refused.value.detail) == "orders"
+    problem = AcmeProblem("ACME_RATE_LIMITED", refused.value.detail, retryable=True)
+    assert rate_limit_scope(problem) == "orders"

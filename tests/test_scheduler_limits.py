@@ -10,57 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Callable, Collection
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from certbroker.acme.problems import AcmeProblem
-from certbroker.clock import FakeClock
 from certbroker.limits import Bucket, Limits
-from certbroker.names import registered_domain
 from certbroker.priorities import Candidate
 from certbroker.scheduler import Policy
-from tests.fakes.ca import FakeCA, RateLimited
-from tests.fakes.issuer import FakeCertificate, FakeIssuer
+from tests.fakes.ca import FakeCA, LimitedIssuer
 from tests.fakes.world import World, world
 
 LIMITS = Limits(account_orders=Bucket(2, timedelta(hours=1)))  # a token every 30 minutes
 BIG = [f"b{i}.big{i}.test" for i in range(6)]
-
-
-class LimitedIssuer(FakeIssuer):
-    """The fake issuer, every order first checked against the CA's buckets."""
-
-    def __init__(self, clock: FakeClock, ca: FakeCA) -> None:
-        super().__init__(clock)
-        self.ca = ca
-        self.issued: list[str] = []
-
-    async def issue(
-        self,
-        names: list[str],
-        key_pem: bytes,
-        *,
-        dns01: bool = False,
-        dns01_label: str = "",
-        replaces: str = "",
-        resume_url: str = "",
-        on_order_created: Callable[[str], Awaitable[None]] | None = None,
-    ) -> FakeCertificate:
-        now = self.clock.now()
-        try:
-            order = self.ca.new_order(tuple(names), registered_domain(names[0]), now)
-        except RateLimited as refused:
-            raise AcmeProblem(
-                "ACME_RATE_LIMITED", refused.detail, retryable=True, retry_after=refused.retry_after
-            ) from refused
-        issued = await super().issue(
-            names, key_pem, dns01=dns01, dns01_label=dns01_label, replaces=replaces,
-            resume_url=resume_url, on_order_created=on_order_created,
-        )  # fmt: skip
-        self.ca.finalize(order, now)
-        self.issued.append(names[0])
-        return issued
 
 
 def count_passes(w: World) -> Callable[[], int]:

@@ -62,7 +62,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Final, Literal
+from typing import Final
 
 from certbroker.store.base import LimitReads, LimitRecords, names_key
 
@@ -82,7 +82,7 @@ QUOTA_NAME_SET: Final = "QUOTA_NAME_SET"
 QUOTA_FAILED_AUTHORIZATIONS: Final = "QUOTA_FAILED_AUTHORIZATIONS"
 CA_RATE_LIMITED: Final = "CA_RATE_LIMITED"
 
-Scope = Literal["account", "registered_domain", "name_set", "failed_authorizations", "orders"]
+#: ``rate_limited``'s scopes (``certbroker.acme.problems.rate_limit_scope``) -> buckets.
 _SCOPE_BUCKET: Final[dict[str, str]] = {
     "account": ACCOUNT,
     "orders": ACCOUNT_ORDERS,
@@ -103,20 +103,6 @@ RENEWAL_LOOKBACK: Final = timedelta(days=90)
 #: are capped below it (``MAX_PERIOD``) so no bucket ever needs a deleted row.
 RECORDS_KEPT: Final = timedelta(days=35)
 MAX_PERIOD: Final = timedelta(days=30)
-#: A ``rateLimited`` answer without ``Retry-After`` (Let's Encrypt always sends one).
-DEFAULT_RETRY_AFTER: Final = timedelta(hours=1)
-# Validation failures the CA counts against "failed authorizations" (acme/problems.py
-# reasons of a challenge's error); local refusals (no DNS-01 zone...) are not.
-_VALIDATION_FAILURES: Final = frozenset(
-    {
-        "ACME_UNAUTHORIZED",
-        "ACME_INCORRECT_RESPONSE",
-        "ACME_DNS",
-        "ACME_CONNECTION",
-        "ACME_TLS",
-        "ACME_CAA",
-    }
-)
 
 
 # --- the buckets and their maths (pure) -----------------------------------------------
@@ -214,31 +200,6 @@ class Limits:
             NAME_SET: self.name_set,
             FAILED_AUTHORIZATIONS: self.failed_authorizations,
         }[bucket]
-
-
-def scope_of(detail: str) -> Scope:
-    """Which bucket a ``rateLimited`` problem names, from Let's Encrypt's wording.
-
-    ("too many new orders (300) from this account ...", "... for this exact set
-    of identifiers ...", "too many failed authorizations ...", "too many
-    certificates (50) already issued for "example.com" ..."). Anything else is
-    taken as account-wide: the safe reading of an answer we cannot place.
-    """
-    text = detail.lower()
-    if "exact set" in text:
-        return "name_set"
-    if "failed authorization" in text or "failed validation" in text:
-        return "failed_authorizations"
-    if "new orders" in text:
-        return "orders"
-    if "already issued" in text or "registered domain" in text:
-        return "registered_domain"
-    return "account"
-
-
-def counts_as_failed_authorization(reason: str, identifier: str) -> bool:
-    """Did this order failure cost the CA's failed-authorizations bucket for ``identifier``?"""
-    return bool(identifier) and reason in _VALIDATION_FAILURES
 
 
 # --- the ledger ---------------------------------------------------------------------

@@ -12,16 +12,25 @@ wait until it would fit. What each step checks and spends, as at Let's Encrypt:
   and registered-domain buckets; ARI renewals (``replaces``) skip everything;
 - failed validation: spends a failed-authorizations token for the name;
 - issuance: spends the registered-domain (not for renewals) and name-set tokens.
+
+``LimitedIssuer`` puts it behind the scheduler's issuer port (``FakeIssuer``): every
+order is checked against the buckets first, a refusal raised as the real issuer
+raises it (``ACME_RATE_LIMITED`` with Retry-After).
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from certbroker.acme.problems import AcmeProblem
+from certbroker.clock import Clock
 from certbroker.limits import Bucket, Limits
+from certbroker.names import registered_domain
 from certbroker.store.base import names_key
+from tests.fakes.issuer import FakeCertificate, FakeIssuer
 
 RENEWAL_LOOKBACK = timedelta(days=90)
 
@@ -113,15 +122,59 @@ class FakeCA:
 
 
 def _detail(bucket: str, key: str, limit: Bucket) -> str:
-    """Let's Encrypt's wording (what ``limits.scope_of`` reads)."""
+    """Let's Encrypt's wording, with the documentation anchor that names the limit
+    (what ``certbroker.acme.problems.rate_limit_scope`` reads)."""
     window = f"in the last {limit.period}"
+    docs = "see https://letsencrypt.org/docs/rate-limits/#"
     if bucket == "account_orders":
-        return f"too many new orders ({limit.capacity}) from this account {window}"
-    if bucket == "registered_domain":
-        return f'too many certificates ({limit.capacity}) already issued for "{key}" {window}'
-    if bucket == "name_set":
-        return (
-            f"too many certificates ({limit.capacity}) already issued for this exact set "
-            f"of identifiers {window}"
+        text, anchor = (
+            f"too many new orders ({limit.capacity}) from this account",
+            "new-orders-per-account",
         )
-    return f'too many failed authorizations ({limit.capacity}) for "{key}" {window}'
+    elif bucket == "registered_domain":
+        text = f'too many certificates ({limit.capacity}) already issued for "{key}"'
+        anchor = "new-certificates-per-registered-domain"
+    elif bucket == "name_set":
+        text = f"too many certificates ({limit.capacity}) already issued for this exact set"
+        anchor = "new-certificates-per-exact-set-of-identifiers"
+    else:
+        text = f'too many failed authorizations ({limit.capacity}) for "{key}"'
+        anchor = "authorization-failures-per-identifier-per-account"
+    return f"{text} {window}: {docs}{anchor}"
+
+
+class LimitedIssuer(FakeIssuer):
+    """The fake issuer, every order first checked against the CA's buckets."""
+
+    def __init__(self, clock: Clock, ca: FakeCA) -> None:
+        super().__init__(clock)
+        self.ca = ca
+        self.issued: list[str] = []  # first names, in order
+        self.issued_at: dict[str, datetime] = {}
+
+    async def issue(
+        self,
+        names: list[str],
+        key_pem: bytes,
+        *,
+        dns01: bool = False,
+        dns01_label: str = "",
+        replaces: str = "",
+        resume_url: str = "",
+        on_order_created: Callable[[str], Awaitable[None]] | None = None,
+    ) -> FakeCertificate:
+        now = self.clock.now()
+        try:
+            order = self.ca.new_order(tuple(names), registered_domain(names[0]), now)
+        except RateLimited as refused:
+            raise AcmeProblem(
+                "ACME_RATE_LIMITED", refused.detail, retryable=True, retry_after=refused.retry_after
+            ) from refused
+        issued = await super().issue(
+            names, key_pem, dns01=dns01, dns01_label=dns01_label, replaces=replaces,
+            resume_url=resume_url, on_order_created=on_order_created,
+        )  # fmt: skip
+        self.ca.finalize(order, now)
+        self.issued.append(names[0])
+        self.issued_at[names[0]] = now
+        return issued
