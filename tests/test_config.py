@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from certbroker.config import LETS_ENCRYPT_PRODUCTION, ConfigError, Settings, parse_hostport
+from certbroker.limits import Bucket, Limits
 from tests.tls import MtlsFiles
 
 
@@ -36,8 +37,12 @@ def test_defaults_with_an_empty_environment() -> None:
     assert settings.dns_servers is None
     assert settings.platform_targets == ()
     assert dict(settings.roles) == {}
-    assert settings.quota_per_registered_domain == 50
-    assert settings.quota_per_name_set == 5
+    # Let's Encrypt's 2026 buckets (certbroker.limits)
+    assert settings.quota_account_orders == Bucket(300, timedelta(hours=3))
+    assert settings.quota_per_registered_domain == Bucket(50, timedelta(days=7))
+    assert settings.quota_per_name_set == Bucket(5, timedelta(days=7))
+    assert settings.quota_failed_authorizations == Bucket(5, timedelta(hours=1))
+    assert settings.limits == Limits()
     assert settings.tls_enabled is False
 
 
@@ -71,7 +76,9 @@ def test_every_variable_is_parsed(files: dict[str, str]) -> None:
         "CERTBROKER_ACME_WORKERS": "4",
         "CERTBROKER_MAX_CONCURRENT_ORDERS": "8",
         "CERTBROKER_QUOTA_PER_REGISTERED_DOMAIN": "20",
-        "CERTBROKER_QUOTA_PER_NAME_SET": "2",
+        "CERTBROKER_QUOTA_PER_NAME_SET": "2/1d",
+        "CERTBROKER_QUOTA_ACCOUNT_ORDERS": "100/90m",
+        "CERTBROKER_QUOTA_FAILED_AUTHORIZATIONS": "3",
         "CERTBROKER_ROLES": "router-1=router, api.internal=api ops=admin",
         "CERTBROKER_TRACES_EXPORTER": "otlp",
         "CERTBROKER_LOG_LEVEL": "debug",
@@ -103,8 +110,12 @@ def test_every_variable_is_parsed(files: dict[str, str]) -> None:
     assert s.watch_buffer == 64
     assert s.acme_workers == 4
     assert s.max_concurrent_orders == 8
-    assert s.quota_per_registered_domain == 20
-    assert s.quota_per_name_set == 2
+    # a plain count keeps the variable's period (the older variables: 7 days)
+    assert s.quota_per_registered_domain == Bucket(20, timedelta(days=7))
+    assert s.quota_per_name_set == Bucket(2, timedelta(days=1))
+    assert s.quota_account_orders == Bucket(100, timedelta(minutes=90))
+    assert s.quota_account_orders.interval == timedelta(seconds=54)
+    assert s.quota_failed_authorizations == Bucket(3, timedelta(hours=1))
     assert dict(s.roles) == {"router-1": "router", "api.internal": "api", "ops": "admin"}
     assert s.traces_exporter == "otlp"
     assert s.log_level == "DEBUG"
@@ -185,6 +196,12 @@ def test_hostport_port_out_of_range_is_refused() -> None:
         ("CERTBROKER_MAX_CONCURRENT_ORDERS", "-1"),
         ("CERTBROKER_QUOTA_PER_REGISTERED_DOMAIN", "0"),
         ("CERTBROKER_QUOTA_PER_NAME_SET", "five"),
+        ("CERTBROKER_QUOTA_PER_NAME_SET", "5/"),
+        ("CERTBROKER_QUOTA_ACCOUNT_ORDERS", "300/3 fortnights"),
+        ("CERTBROKER_QUOTA_ACCOUNT_ORDERS", "0/3h"),
+        ("CERTBROKER_QUOTA_ACCOUNT_ORDERS", "300/0s"),
+        ("CERTBROKER_QUOTA_FAILED_AUTHORIZATIONS", "5/60d"),
+        ("CERTBROKER_QUOTA_FAILED_AUTHORIZATIONS", "-5"),
         ("CERTBROKER_MAX_PENDING_REQUESTS", "0"),
         ("CERTBROKER_ROUTER_REPORT_INTERVAL", "0s"),
         ("CERTBROKER_MAX_ROUTERS", "0"),
@@ -235,7 +252,7 @@ def test_the_tls_trio_must_be_set_together(files: dict[str, str], present: tuple
 
 def test_from_env_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CERTBROKER_QUOTA_PER_NAME_SET", "3")
-    assert Settings.from_env().quota_per_name_set == 3
+    assert Settings.from_env().quota_per_name_set == Bucket(3, timedelta(days=7))
 
 
 def test_settings_are_frozen() -> None:

@@ -19,6 +19,7 @@ from certbroker.model import (
     RetryState,
     Source,
 )
+from certbroker.priorities import spread_renewal, spread_window
 from certbroker.store.codec import DOMAIN_COLUMNS, SCHEDULE_COLUMNS, domain_to_row
 
 NOW = datetime(2026, 4, 1, 12, 0, tzinfo=UTC)
@@ -59,7 +60,7 @@ def domain(**changes: object) -> Domain:
 
 
 def fresh_le() -> CertificateInfo:
-    """Issued yesterday, 90 days: renewal at day 60, i.e. NOW + 59 days."""
+    """Issued yesterday, 90 days: renewal between days 52.5 and 60 (the per-name spread)."""
     return cert(NOW - DAY)
 
 
@@ -149,8 +150,11 @@ def test_next_run_le_not_after_when_opted_out() -> None:
 def test_next_run_renewal_time_of_a_valid_le_cert() -> None:
     le = fresh_le()
     d = serving_le()
-    assert d.next_run_at == le.not_before + timedelta(days=60)
+    # two thirds of its life, less the per-name spread (priorities.spread_renewal)
+    assert d.next_run_at == spread_renewal("www.example.com", le.not_before, le.not_after)
     assert d.next_run_at == lc.cert_renewal_time(d.le_cert)  # type: ignore[arg-type]
+    earliest, latest = spread_window(le.not_before, le.not_after)
+    assert earliest <= d.next_run_at <= latest == le.not_before + timedelta(days=60)
 
 
 def test_next_run_next_attempt_when_an_order_is_wanted() -> None:
@@ -328,7 +332,8 @@ def test_issued_resets_the_backoff_and_serves_le() -> None:
     assert d.le_cert == new
     assert (d.serving, d.le_state) == (Source.LETS_ENCRYPT, S.IN_USE)
     assert d.action_required == ""
-    assert d.next_run_at == NOW + timedelta(days=60)
+    assert d.next_run_at == lc.cert_renewal_time(new)
+    assert NOW + timedelta(days=52.5) <= d.next_run_at <= NOW + timedelta(days=60)
 
 
 def test_issued_while_custom_serves_is_not_used() -> None:
@@ -434,7 +439,7 @@ def test_tick_before_anything_is_due_changes_nothing_worth_writing() -> None:
 
 
 def test_custom_expiring_flips_exactly_14_days_before_not_after() -> None:
-    custom = cert(NOW - DAY, 60 * DAY)
+    custom = cert(NOW - DAY, 50 * DAY)  # ends before the Let's Encrypt one's renewal
     flip = custom.not_after - timedelta(days=14)
     d = lc.settle(domain(le_cert=fresh_le(), custom_cert=custom), NOW)
     assert not d.custom_expiring
@@ -719,8 +724,11 @@ def test_a_change_without_an_event_moves_only_the_scheduling_columns(
 def test_renewal_counts_from_receipt_when_our_clock_is_ahead_of_the_ca() -> None:
     """A CA clock behind ours must not make a fresh certificate look due at once."""
     c = cert(NOW, 90 * DAY)
-    assert lc.cert_renewal_time(c) == NOW + 60 * DAY
+    name = ",".join(sorted(c.sans))
+    assert lc.cert_renewal_time(c) == spread_renewal(name, NOW, NOW + 90 * DAY)
     late = replace(c, received_at=NOW + 60 * DAY)  # our clock is 60 days ahead
     renew = lc.cert_renewal_time(late)
-    assert renew == NOW + 60 * DAY + 20 * DAY  # two thirds of the 30 days left then
+    # two thirds (less the spread) of the 30 days left then
+    assert renew == spread_renewal(name, NOW + 60 * DAY, NOW + 90 * DAY)
+    assert NOW + 60 * DAY + 17.5 * DAY <= renew <= NOW + 60 * DAY + 20 * DAY
     assert not lc.needs_issuance(domain(le_cert=late), NOW + 60 * DAY + timedelta(seconds=1))

@@ -58,11 +58,13 @@ def test_issuance_schedules_a_daily_delegation_check() -> None:
 
 
 def test_the_check_never_comes_after_the_renewal() -> None:
-    short = cert(NOW, timedelta(hours=12))  # renewal after 8 hours
+    short = cert(NOW, timedelta(hours=12))  # renewal after 7 to 8 hours (the spread)
+    renew = lc.cert_renewal_time(short)
+    assert NOW + timedelta(hours=7) <= renew <= NOW + timedelta(hours=8)
     d = lc.issued(wildcard(le_state=S.CREATING), short, NOW)
-    assert d.retry.next_attempt_at == NOW + timedelta(hours=8)
-    later = lc.delegation_confirmed(d, NOW + timedelta(hours=7))
-    assert later.retry.next_attempt_at == NOW + timedelta(hours=8)
+    assert d.retry.next_attempt_at == renew
+    later = lc.delegation_confirmed(d, NOW + timedelta(hours=6))
+    assert later.retry.next_attempt_at == renew
 
 
 def test_a_lost_delegation_is_reported_while_the_certificate_serves() -> None:

@@ -17,7 +17,7 @@ from certbroker.acme import ari
 from certbroker.acme.keys import generate_private_key
 from certbroker.acme.problems import AcmeProblem
 from certbroker.errors import FailedPrecondition
-from certbroker.local_quota import Hold, OrderRequest, QuotaLedger
+from certbroker.limits import Bucket, Hold, Limits, LimitsLedger, OrderRequest
 from certbroker.model import LetsEncryptState, Source
 from certbroker.ports import RenewalWindow
 from certbroker.scheduler import Policy
@@ -119,7 +119,8 @@ async def test_a_wildcard_forbidden_by_issuewild_is_told_the_issuewild_record(
 async def test_a_quota_hold_is_creating_with_the_reason_and_the_next_slot(
     tmp_path: Path,
 ) -> None:
-    async with world(tmp_path, policy=Policy(quota_per_registered_domain=1)) as w:
+    one_a_week = Limits(registered_domain=Bucket(1, timedelta(days=7)))
+    async with world(tmp_path, policy=Policy(limits=one_a_week)) as w:
         await w.add("a.shop.test")
         await w.settled()
         first = w.clock.now()
@@ -128,7 +129,8 @@ async def test_a_quota_hold_is_creating_with_the_reason_and_the_next_slot(
         held = await w.domain(NAME)
         assert held.le_state is S.CREATING
         assert held.retry.last_error_reason == "QUOTA_REGISTERED_DOMAIN"
-        assert held.retry.next_attempt_at == first + timedelta(days=7)
+        assert held.retry.next_attempt_at == first + timedelta(days=7)  # the next token
+        assert "registered domain shop.test" in held.retry.last_error_message
         assert held.retry.attempt == 0
         await w.until(first + timedelta(days=7))
         assert (await w.domain(NAME)).le_state is S.IN_USE
@@ -314,7 +316,11 @@ async def test_renewal_at_two_thirds_without_ari_sends_no_replaces(tmp_path: Pat
         first = await w.domain(NAME)
         assert first.le_cert is not None and first.renewal.next_check is None
         renew_at = lifecycle.renewal_due(first)
-        assert renew_at == first.le_cert.not_before + timedelta(days=60)
+        # two thirds of its life, less the per-name spread (priorities.spread_renewal)
+        assert renew_at == lifecycle.cert_renewal_time(first.le_cert)
+        assert renew_at is not None
+        assert renew_at <= first.le_cert.not_before + timedelta(days=60)
+        assert renew_at >= first.le_cert.not_before + timedelta(days=52.5)
         await w.until(renew_at - timedelta(seconds=1))
         assert len(w.issuer.calls) == 1
         await w.until(renew_at)
@@ -380,11 +386,11 @@ async def test_a_resting_dns01_domain_notices_a_removed_delegation_within_a_day(
     assert noticed.action_required.startswith("_acme-challenge.w.shop.test. CNAME ")
 
 
-class RecordingLedger(QuotaLedger):
-    """The quota ledger, recording what the scheduler told it."""
+class RecordingLedger(LimitsLedger):
+    """The limits ledger, recording what the scheduler told it."""
 
     def __init__(self) -> None:
-        super().__init__(per_registered_domain=50, per_name_set=5)
+        super().__init__()
         self.reserved: list[OrderRequest] = []
         self.failed: list[tuple[str, int]] = []
         self.paused: list[tuple[str, datetime]] = []
@@ -394,9 +400,16 @@ class RecordingLedger(QuotaLedger):
         return await super().reserve(tx, request, now)
 
     async def order_failed(
-        self, tx: Transaction, request: OrderRequest, failed_authorizations: int, now: datetime
+        self,
+        tx: Transaction,
+        request: OrderRequest,
+        failed_authorizations: int,
+        now: datetime,
+        *,
+        identifier: str = "",
     ) -> None:
         self.failed.append((request.domain, failed_authorizations))
+        await super().order_failed(tx, request, failed_authorizations, now)
 
     async def rate_limited(
         self,
@@ -407,3 +420,4 @@ class RecordingLedger(QuotaLedger):
         now: datetime,
     ) -> None:
         self.paused.append((scope, retry_after))
+        await super().rate_limited(tx, request, scope, retry_after, now)

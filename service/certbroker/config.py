@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from urllib.parse import urlsplit
 
+from certbroker.limits import MAX_PERIOD, Bucket, Limits
+
 LETS_ENCRYPT_PRODUCTION = "https://acme-v02.api.letsencrypt.org/directory"
 LETS_ENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
 #: Every CERTBROKER_* variable anything here reads (broker, CLI, health check); the rest
@@ -59,6 +61,8 @@ _KNOWN = (
     "PLATFORM_DOMAINS",
     "PLATFORM_TARGETS",
     "PLATFORM_ZONE",
+    "QUOTA_ACCOUNT_ORDERS",
+    "QUOTA_FAILED_AUTHORIZATIONS",
     "QUOTA_PER_NAME_SET",
     "QUOTA_PER_REGISTERED_DOMAIN",
     "ROLES",
@@ -237,6 +241,22 @@ def _duration(name: str, raw: str) -> timedelta:
     return value
 
 
+_BUCKET = re.compile(r"^(\d+)(?:/(\S+))?$")
+
+
+def _bucket(name: str, raw: str, default_period: timedelta) -> Bucket:
+    """``N/DURATION`` (``300/3h``: 300 tokens, refilled over 3 hours, one per 36 s), or a
+    plain ``N``: N per the variable's default period (what the older integer meant)."""
+    match = _BUCKET.match(raw.replace(" ", ""))
+    if not match:
+        raise ConfigError(f"{name}={raw!r}: expected COUNT/PERIOD like 50/7d, or a count")
+    capacity = _int(name, match.group(1), 1)
+    period = _duration(name, match.group(2)) if match.group(2) else default_period
+    if period > MAX_PERIOD:
+        raise ConfigError(f"{name}={raw!r}: the period may be at most {MAX_PERIOD.days}d")
+    return Bucket(capacity, period)
+
+
 def _int(name: str, raw: str, minimum: int = 0) -> int:
     try:
         value = int(raw)
@@ -368,8 +388,11 @@ class Settings:
     compaction_interval: timedelta = timedelta(hours=1)
     acme_workers: int = 16
     max_concurrent_orders: int = 32
-    quota_per_registered_domain: int = 50
-    quota_per_name_set: int = 5
+    # The CA's rate limits, mirrored (certbroker.limits); Let's Encrypt's by default.
+    quota_account_orders: Bucket = Limits.account_orders
+    quota_per_registered_domain: Bucket = Limits.registered_domain
+    quota_per_name_set: Bucket = Limits.name_set
+    quota_failed_authorizations: Bucket = Limits.failed_authorizations
     traces_exporter: str = "none"
     log_level: str = "INFO"
     max_pending_requests: int = 20000
@@ -385,6 +408,15 @@ class Settings:
     @property
     def tls_enabled(self) -> bool:
         return self.tls_cert is not None
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(
+            account_orders=self.quota_account_orders,
+            registered_domain=self.quota_per_registered_domain,
+            name_set=self.quota_per_name_set,
+            failed_authorizations=self.quota_failed_authorizations,
+        )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -462,8 +494,6 @@ class Settings:
             ("watch_buffer", "CERTBROKER_WATCH_BUFFER", 1),
             ("acme_workers", "CERTBROKER_ACME_WORKERS", 1),
             ("max_concurrent_orders", "CERTBROKER_MAX_CONCURRENT_ORDERS", 1),
-            ("quota_per_registered_domain", "CERTBROKER_QUOTA_PER_REGISTERED_DOMAIN", 1),
-            ("quota_per_name_set", "CERTBROKER_QUOTA_PER_NAME_SET", 1),
             ("max_pending_requests", "CERTBROKER_MAX_PENDING_REQUESTS", 1),
             ("http01_max_connections", "CERTBROKER_HTTP01_MAX_CONNECTIONS", 1),
             ("http01_max_connections_per_peer", "CERTBROKER_HTTP01_MAX_CONNECTIONS_PER_PEER", 1),
@@ -476,6 +506,14 @@ class Settings:
             if port > 65535:
                 raise ConfigError(f"CERTBROKER_DOCTOR_HTTP_PORT={raw!r}: port out of range")
             values["doctor_http_port"] = port
+        for attr, name in (
+            ("quota_account_orders", "CERTBROKER_QUOTA_ACCOUNT_ORDERS"),
+            ("quota_per_registered_domain", "CERTBROKER_QUOTA_PER_REGISTERED_DOMAIN"),
+            ("quota_per_name_set", "CERTBROKER_QUOTA_PER_NAME_SET"),
+            ("quota_failed_authorizations", "CERTBROKER_QUOTA_FAILED_AUTHORIZATIONS"),
+        ):
+            if (raw := get(name)) is not None:
+                values[attr] = _bucket(name, raw, getattr(defaults, attr).period)
         if (raw := get("CERTBROKER_ROLES")) is not None:
             values["roles"] = _roles("CERTBROKER_ROLES", raw)
         if (raw := get("CERTBROKER_TRACES_EXPORTER")) is not None:

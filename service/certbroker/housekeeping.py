@@ -12,7 +12,9 @@ import contextlib
 import logging
 from datetime import timedelta
 
+from certbroker import limits
 from certbroker.clock import Clock
+from certbroker.errors import StoreUnavailable
 from certbroker.model import EventType
 from certbroker.store.base import Store
 
@@ -21,7 +23,8 @@ log = logging.getLogger(__name__)
 
 class Compactor:
     """Every ``interval``: drops watch events older than the retention, then the rows and
-    sealed keys of certificates retired longer than ``key_retention`` ago.
+    sealed keys of certificates retired longer than ``key_retention`` ago, then the
+    rate-limit records older than any bucket reads (``limits.RECORDS_KEPT``).
 
     Why a grace period for keys: a retired certificate may still be in a router's
     memory or a backup being restored; erasing it a week later rather than at once
@@ -65,12 +68,18 @@ class Compactor:
                 erased,
                 self._key_retention,
             )
+        async with self._store.transaction() as tx:
+            pruned = await tx.prune_limit_records(now - limits.RECORDS_KEPT)
+        if pruned:
+            log.info("pruned %d rate-limit records no bucket looks at any more", pruned)
         return dropped
 
     async def _run(self) -> None:
         while True:
             try:
                 await self.compact_once()
+            except StoreUnavailable as error:  # a full disk, a lock: the health check says so
+                log.warning("compaction postponed: %s", error)
             except Exception:
                 log.exception("event compaction failed; will try again")
             await self._clock.sleep_until(self._clock.now() + self._interval)

@@ -55,7 +55,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from certbroker import tenancy
-from certbroker.backoff import renewal_time, retry_delay
+from certbroker.backoff import retry_delay
 from certbroker.dns import CaaReason, CaaResult, DnsResult, to_observation
 from certbroker.fixes import ca_refusal
 from certbroker.model import (
@@ -68,6 +68,7 @@ from certbroker.model import (
     RetryState,
     Source,
 )
+from certbroker.priorities import spread_renewal
 
 EXPIRING_WINDOW = timedelta(days=14)
 #: Default spacing of forced retries of a failing domain (CERTBROKER_FORCED_RETRY_INTERVAL).
@@ -101,8 +102,9 @@ def is_valid_at(cert: CertificateInfo | None, now: datetime) -> bool:
 
 
 def cert_renewal_time(cert: CertificateInfo) -> datetime:
-    """Two thirds into its life; if our clock says we got it later than its notBefore,
-    two thirds into what was left of it then.
+    """Two thirds into its life, less a spread per name (``priorities.spread_renewal``:
+    a bulk import must not renew all at once); if our clock says we got it later than
+    its notBefore, the same into what was left of it then.
 
     With a CA clock behind ours (or an injected clock ahead), a notBefore-based
     renewal time can already be past when the certificate arrives: the broker
@@ -111,7 +113,7 @@ def cert_renewal_time(cert: CertificateInfo) -> datetime:
     start = cert.not_before
     if cert.received_at is not None and cert.received_at > start:
         start = min(cert.received_at, cert.not_after)
-    return renewal_time(start, cert.not_after)
+    return spread_renewal(",".join(sorted(cert.sans)), start, cert.not_after)
 
 
 def uses_dns01(domain: Domain) -> bool:

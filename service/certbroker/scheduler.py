@@ -31,12 +31,19 @@ The actions and their writes::
     FetchRenewalInfo    -> RenewalInfoFetched / RenewalInfoUnavailable
 
 A check write that leaves the domain due for an order (``is_due_for_order``)
-reserves it in the same transaction: the limits ledger counts it or says what
-holds it (``QuotaHeld``), and the order row (name set, sealed key) is written
-before the CA hears anything, with the order URL as soon as the CA gives it.
+reserves it in the same transaction: the limits ledger (``certbroker.limits``)
+spends the CA's tokens or says which bucket holds it and until when
+(``QuotaHeld``), and the order row (name set, sealed key) is written before the
+CA hears anything, with the order URL as soon as the CA gives it.
 A crash therefore resumes the order (``PlaceOrder``) instead of ordering twice.
 The key is generated once, sealed once into the order row, and the same
 sealed blob becomes the certificate's: it is never opened and sealed again.
+
+Which due domains a pass claims is ``certbroker.priorities``: renewals by
+expiry first, then first certificates round-robin between apps, and no more
+first certificates ready to order than the account's new-orders bucket has
+tokens (``LimitsLedger.budget``); the others stay due, unworked and unwritten,
+and the loop sleeps until the next token instead of re-holding each of them.
 
 When the store cannot record a step (disk full, database locked), the step's
 domain is held back in memory with a growing delay, the whole loop pauses and
@@ -55,11 +62,11 @@ import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from certbroker import delegation, lifecycle, outbox
+from certbroker import delegation, lifecycle, outbox, priorities
 from certbroker.acme import ari
 from certbroker.acme.keys import generate_private_key
 from certbroker.acme.problems import AcmeProblem, rate_limit_scope
@@ -99,11 +106,11 @@ from certbroker.lifecycle import (
     StepCrashed,
     Ticked,
 )
-from certbroker.local_quota import Hold, OrderRequest, QuotaLedger
+from certbroker.limits import Budget, Hold, Limits, LimitsLedger, OrderRequest
 from certbroker.model import Domain, Source
 from certbroker.names import registered_domain
 from certbroker.ports import Dns01Access, DnsChecks, Issued, Issuer, Sealer
-from certbroker.store.base import NewCertificate, PendingOrder, Store, Transaction
+from certbroker.store.base import LimitReads, NewCertificate, PendingOrder, Store, Transaction
 from certbroker.store_health import Holds, StoreHealth
 from certbroker.x509.info import certificate_info
 
@@ -122,10 +129,14 @@ ACCOUNT_RECOVERY_INTERVAL = timedelta(minutes=5)
 _ACCOUNT_FRESH = timedelta(seconds=30)
 #: After an outage, renewals are due this much before first certificates (due order).
 _RENEWALS_FIRST = timedelta(milliseconds=1)
+#: Due domains a pass chooses from (priorities.order): enough for every app's most
+#: overdue domain in a busy hour, bounded so a pass stays one small query.
+_CANDIDATES = 512
 
 
 class Ledger(Protocol):
-    """The limits ledger (the CA's limits, counted from the store)."""
+    """The limits ledger (``certbroker.limits.LimitsLedger``: the CA's limits, counted
+    from the store)."""
 
     async def reserve(
         self, tx: Transaction, request: OrderRequest, now: datetime
@@ -144,6 +155,10 @@ class Ledger(Protocol):
         now: datetime,
     ) -> None: ...
 
+    async def budget(self, reads: LimitReads, now: datetime) -> Budget:
+        """New orders (not renewals) the account may place now; if none, when the next."""
+        ...
+
 
 @dataclass(frozen=True)
 class Policy:
@@ -151,8 +166,7 @@ class Policy:
 
     dns_check_interval: timedelta = timedelta(seconds=60)
     caa_identity: str = "letsencrypt.org"
-    quota_per_registered_domain: int = 50
-    quota_per_name_set: int = 5
+    limits: Limits = field(default_factory=Limits)
     max_concurrent: int = 32
 
 
@@ -190,9 +204,11 @@ class Scheduler:
             dns01=dns01 is not None and bool(dns01.zone),
             platform_dns01=dns01 is not None,
         )
-        self._ledger: Ledger = ledger or QuotaLedger(
-            policy.quota_per_registered_domain, policy.quota_per_name_set
-        )
+        self._ledger: Ledger = ledger or LimitsLedger(policy.limits)
+        # When each app last got a new-order token (priorities.order's round-robin),
+        # and the steps claimed with one that have not finished (not yet in the store).
+        self._served: dict[str, datetime] = {}
+        self._token_claims: set[str] = set()
         self._pick = pick  # where in the CA's renewal window (RFC 9773: at random)
         self._wake = asyncio.Event()
         self._inflight: dict[str, asyncio.Task[None]] = {}
@@ -258,8 +274,12 @@ class Scheduler:
             try:
                 if not self._restarted:
                     await self._restart()
-                await self._start_due()
-                next_due = await self._store.next_due_time(exclude=self._skipped())
+                starved, token_at = await self._start_due()
+                # Due domains left waiting for a token must not look due to the loop.
+                after = self._clock.now() if starved else None
+                next_due = await self._store.next_due_time(exclude=self._skipped(), after=after)
+                if token_at is not None and (next_due is None or token_at < next_due):
+                    next_due = token_at
             except Exception as error:
                 # Reads failed: the same pause as for failed writes, not a traceback a second.
                 log.debug("scheduler pass failed", exc_info=True)
@@ -297,16 +317,33 @@ class Scheduler:
                             await outbox.save(tx, latest, lifecycle.apply(latest, Restarted(), now))
         self._restarted = True
 
-    async def _start_due(self) -> None:
+    async def _start_due(self) -> tuple[bool, datetime | None]:
+        """Claim due work in priority order; ``(starved, next token)`` when first
+        certificates ready to order were left for lack of a token while slots were free."""
         free = self._policy.max_concurrent - len(self._inflight)
         if free <= 0:
-            return
-        # Names only: each step reads its domain itself, and in-flight ones are skipped in SQL,
-        # so a pass costs one small query however many orders are running.
-        due = await self._store.due_names(self._clock.now(), free, exclude=self._skipped())
-        for name in due:
+            return False, None
+        # Each step reads its domain itself, and in-flight ones are skipped in SQL.
+        now = self._clock.now()
+        due = await self._store.due_candidates(now, _CANDIDATES, exclude=self._skipped())
+        if not due:
+            return False, None
+        budget = Budget(0, None)
+        if any(c.needs_token for c in due):  # else the account's bucket is not read at all
+            budget = await self._ledger.budget(self._store, now)
+        tokens = budget.tokens - len(self._token_claims)
+        claim = priorities.claim(priorities.order(due, self._served), free, tokens)
+        for candidate in claim.chosen:
+            name = candidate.name
+            if candidate.needs_token:
+                self._token_claims.add(name)
+                self._served[candidate.app] = now
             task = asyncio.create_task(self._guarded_step(name), name=f"step {name}")
             self._inflight[name] = task
+        if len(self._served) > 4 * _CANDIDATES:  # bounded memory: forget the longest served
+            for app in sorted(self._served, key=self._served.__getitem__)[:_CANDIDATES]:
+                del self._served[app]
+        return claim.starved, budget.next_at if claim.starved else None
 
     async def _guarded_step(self, name: str) -> None:
         try:
@@ -320,6 +357,7 @@ class Scheduler:
                 await self._write(name, [StepCrashed(type(error).__name__)])
         except asyncio.CancelledError:
             self._inflight.pop(name, None)
+            self._token_claims.discard(name)
             raise
         except Exception as error:
             # The outcome could not be recorded: neither retry at once nor lose the domain.
@@ -329,6 +367,7 @@ class Scheduler:
         else:
             self._holds.release(name)
         self._inflight.pop(name, None)
+        self._token_claims.discard(name)
         self._wake.set()
         await self._report_health()
 

@@ -265,8 +265,7 @@ async def _start(
         Policy(
             dns_check_interval=settings.dns_check_interval,
             caa_identity=settings.caa_identity,
-            quota_per_registered_domain=settings.quota_per_registered_domain,
-            quota_per_name_set=settings.quota_per_name_set,
+            limits=settings.limits,
             max_concurrent=settings.max_concurrent_orders,
         ),
         dns01=dns01,
@@ -396,8 +395,7 @@ def _doctor(
         DoctorPolicy(
             acme_directory=settings.acme_directory,
             caa_identity=settings.caa_identity,
-            quota_per_registered_domain=settings.quota_per_registered_domain,
-            quota_per_name_set=settings.quota_per_name_set,
+            limits=settings.limits,
             timeout=settings.doctor_timeout,
             interval=settings.doctor_interval,
         ),

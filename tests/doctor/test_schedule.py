@@ -80,7 +80,7 @@ CASES = [
         "held by the quota",
         lc.held_back(new(), "QUOTA_NAME_SET", "m", NOW + 3 * DAY, NOW),
         None,
-        "order a certificate once the CA's weekly quota frees a slot",
+        "order a certificate once the CA's rate-limit bucket has a token",
     ),
     (
         "order in flight",

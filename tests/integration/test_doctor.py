@@ -125,7 +125,10 @@ async def test_working_domain_is_all_ok_reads_only_and_is_rate_limited(
     probe = checks["http01_probe"].detail
     port = doctor_lab.router.http_port
     assert f"from 127.0.0.1:{port}: 200 with the expected key authorization" in probe, probe
-    assert "1 of 50" in checks["quota"].detail  # the issuance just made counts
+    # the issuance just made counts; renewing it needs no new-order or registered-domain token
+    quota = checks["quota"].detail
+    assert f"certificates for the names {name}: 4 of 5 left" in quota, quota
+    assert "a renewal" in quota and "registered domain" not in quota
     assert report.next_action == "renew the Let's Encrypt certificate"
     assert report.next_action_time == status.next_check_time
     # Read-only: no revision, no order, no certificate, no token left behind.

@@ -11,6 +11,7 @@ from pathlib import Path
 import grpc
 
 from certbroker.clock import FakeClock
+from certbroker.limits import Bucket
 from certbroker.v1 import broker_pb2, broker_pb2_grpc, domain_pb2
 from tests.broker import started_broker
 from tests.infra.pebble import Pebble
@@ -95,7 +96,7 @@ async def test_registered_domain_quota_holds_orders_until_a_slot_frees(
     lab: Lab, tmp_path: Path
 ) -> None:
     clock = FakeClock(datetime.now(UTC))
-    settings = lab.settings(tmp_path, quota_per_registered_domain=2)
+    settings = lab.settings(tmp_path, quota_per_registered_domain=Bucket(2, timedelta(days=7)))
     names = [unique_domain(f"q{i}") for i in range(3)]
     async with started_broker(settings, clock) as broker:
         for name in names[:2]:
@@ -114,7 +115,8 @@ async def test_registered_domain_quota_holds_orders_until_a_slot_frees(
         assert held.retry.attempt == 0
         # DNS and CAA passed: a quota hold is Creating, with the reason and the next slot.
         assert held.lets_encrypt_state == domain_pb2.LETS_ENCRYPT_STATE_CREATING
-        assert held.retry.next_attempt_time.ToDatetime(UTC) == first_issue + timedelta(days=7)
+        # a token bucket of 2 per 7 days: the next token comes 3.5 days after both went
+        assert held.retry.next_attempt_time.ToDatetime(UTC) == first_issue + timedelta(days=3.5)
         assert "example.test" in held.retry.last_error_message
         # "retry now" does not reset the quota
         await broker.stub.IssueCertificate(
@@ -130,13 +132,13 @@ async def test_registered_domain_quota_holds_orders_until_a_slot_frees(
         )
         assert again.lets_encrypt_state != domain_pb2.LETS_ENCRYPT_STATE_IN_USE
         assert lab.pebble.issued_count() == issued
-        clock.advance(timedelta(days=7))
+        clock.advance(timedelta(days=3.5))
         await wait_status(broker.stub, names[2], in_use)
 
 
 async def test_name_set_quota_counts_issuances_after_removal(lab: Lab, tmp_path: Path) -> None:
     clock = FakeClock(datetime.now(UTC))
-    settings = lab.settings(tmp_path, quota_per_name_set=1)
+    settings = lab.settings(tmp_path, quota_per_name_set=Bucket(1, timedelta(days=7)))
     name = unique_domain()
     async with started_broker(settings, clock) as broker:
         request = broker_pb2.IssueCertificateRequest(domain=name, app="shop")

@@ -1,6 +1,7 @@
 """The store contract, run unchanged over SQLite and PostgreSQL (the ``backend`` fixture).
 
-Migrations, the outbox, the cache, replays, quotas, compaction: what every
+Migrations, the outbox, the cache, replays, orders, compaction (the limit records:
+test_contract_limits.py): what every
 backend must do the same way. What is checked on disk is read through a
 separate, plain connection (``Backend.rows``). Backend-specific matters (SQLite's
 WAL mode and query plans, PostgreSQL's commit order across brokers) live in
@@ -476,75 +477,7 @@ async def test_replacing_a_certificate_marks_the_old_one_retired(
     ]
 
 
-# --- quotas, orders, meta -----------------------------------------------------------------
-
-
-async def test_quota_usage_counts_issuances_in_the_window_plus_orders_in_flight(
-    store: AnyStore,
-) -> None:
-    now = T0 + 30 * DAY
-    since = now - timedelta(days=7)
-    inside = since + timedelta(microseconds=1)
-    async with store.transaction() as tx:
-        await tx.record_issuance(
-            "old.example.com", "example.com", ("old.example.com",), "1", since - DAY
-        )
-        await tx.record_issuance("a.example.com", "example.com", ("a.example.com",), "2", inside)
-        await tx.record_issuance(
-            "b.example.com", "example.com", ("b.example.com", "www.b.example.com"), "3", now - DAY
-        )
-        await tx.record_issuance("a.other.org", "other.org", ("a.other.org",), "4", now - DAY)
-        await tx.put_order(
-            PendingOrder(
-                "c.example.com", "example.com", ("c.example.com",), b"k", now - timedelta(hours=1)
-            )
-        )
-        usage = await tx.registered_domain_usage("example.com", since)
-        assert (usage.count, usage.oldest) == (3, inside)
-        names = await tx.name_set_usage(("www.b.example.com", "b.example.com"), since)
-        assert (names.count, names.oldest) == (1, now - DAY)
-        in_flight = await tx.name_set_usage(("c.example.com",), since)
-        assert (in_flight.count, in_flight.oldest) == (1, now - timedelta(hours=1))
-        empty = await tx.registered_domain_usage("nothing.net", since)
-        assert (empty.count, empty.oldest) == (0, None)
-        await tx.delete_order("c.example.com")
-        after = await tx.registered_domain_usage("example.com", since)
-        assert after.count == 2
-
-
-async def test_quota_usage_is_readable_outside_a_transaction(store: AnyStore) -> None:
-    """The doctor's read-only count: the same numbers the scheduler's transaction sees."""
-    now = T0 + 30 * DAY
-    since = now - timedelta(days=7)
-    async with store.transaction() as tx:
-        await tx.record_issuance("a.example.com", "example.com", ("a.example.com",), "1", now)
-        await tx.put_order(
-            PendingOrder("b.example.com", "example.com", ("b.example.com",), b"k", now)
-        )
-        in_tx = (
-            await tx.registered_domain_usage("example.com", since),
-            await tx.name_set_usage(("a.example.com",), since),
-        )
-    outside = (
-        await store.registered_domain_usage("example.com", since),
-        await store.name_set_usage(("a.example.com",), since),
-    )
-    assert outside == in_tx
-    assert [u.count for u in outside] == [2, 1]
-
-
-async def test_an_issuance_leaves_the_window_exactly_seven_days_later(store: AnyStore) -> None:
-    """Consistent with quota.check, whose next free slot is oldest + 7 days."""
-    issued = T0
-    async with store.transaction() as tx:
-        await tx.record_issuance("a.example.com", "example.com", ("a.example.com",), "1", issued)
-        # the window is (since, now]: since = now - 7 days
-        a_microsecond_early = await tx.registered_domain_usage(
-            "example.com", issued - timedelta(microseconds=1)
-        )
-        at_the_slot = await tx.registered_domain_usage("example.com", issued)
-    assert a_microsecond_early.count == 1
-    assert at_the_slot.count == 0
+# --- orders, meta -----------------------------------------------------------------
 
 
 async def test_orders_round_trip(store: AnyStore) -> None:

@@ -40,6 +40,9 @@ async def fill(path: Path) -> None:
                 make_domain("a.example.com", le_cert=le, serving=Source.LETS_ENCRYPT)
             )
             await tx.record_issuance("a.example.com", "example.com", ("a.example.com",), "01", T0)
+            await tx.add_limit_spend("name_set", "a.example.com", "a.example.com", T0)
+            await tx.add_limit_spend("registered_domain", "example.com", "a.example.com", T0)
+            await tx.pause_limit("registered_domain", "example.org", T0 + 2 * DAY)
         async with store.transaction() as tx:
             custom = await tx.add_certificate(
                 NewCertificate(
@@ -90,9 +93,12 @@ async def snapshot(store: AnyStore) -> dict[str, object]:
         if c is not None
     }
     since = T0 - 30 * DAY
-    async with store.transaction() as tx:
-        quota = await tx.registered_domain_usage("example.com", since)
-        name_set = await tx.name_set_usage(("a.example.com",), since)
+    limits = (
+        await store.limit_spends("registered_domain", "example.com", since, 10),
+        await store.limit_spends("name_set", "a.example.com", since, 10),
+        await store.limit_pauses([("registered_domain", "example.org")], T0),
+        await store.names_issued_since(("a.example.com",), since),
+    )
     return {
         "domains": domains,
         "keys": keys,
@@ -104,7 +110,7 @@ async def snapshot(store: AnyStore) -> dict[str, object]:
             k: await store.get_meta(k)
             for k in ("kek_canary", "acme_account:https://ca/dir", "dns01_label_secret")
         },
-        "quota": (quota, name_set),
+        "limits": limits,
     }
 
 
@@ -128,6 +134,8 @@ async def test_everything_is_copied_and_reads_back_the_same(
         "issuances": 1,
         "orders": 1,
         "meta": 4,  # and compacted_through
+        "limit_spends": 2,
+        "limit_pauses": 1,
     }
     assert (summary.revision, summary.compacted_through) == (8, 5)
 
@@ -181,7 +189,8 @@ async def test_the_cli_verb_copies_and_reports(tmp_path: Path, postgres_dsn: str
     )
     assert (code, err.getvalue()) == (0, "")
     assert out.getvalue().splitlines() == [
-        "copied 2 certificates, 5 domains, 3 events, 1 issuances, 1 orders, 4 meta",
+        "copied 2 certificates, 5 domains, 3 events, 1 issuances, 1 orders, 4 meta, "
+        "2 limit_spends, 1 limit_pauses",
         "verified: every count matches; revision 8 (compacted through 5); "
         "the same KEK opens every key",
     ]

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Protocol
 
-from certbroker import delegation, lifecycle, platform, quota, tenancy
+from certbroker import delegation, lifecycle, platform, tenancy
 from certbroker.acme.http01 import PREFIX
 from certbroker.acme.http01_probe import MAX_ADDRESSES, Fetch, IPAddress
 from certbroker.acme.problems import AcmeProblem
@@ -30,10 +30,11 @@ from certbroker.dns import (
 from certbroker.doctor.report import Check, Verdict
 from certbroker.doctor.schedule import next_action
 from certbroker.errors import FailedPrecondition
+from certbroker.limits import Limits, LimitsLedger, OrderRequest
 from certbroker.model import Domain, LetsEncryptState
 from certbroker.names import registered_domain
 from certbroker.ports import Dns01Access
-from certbroker.store.base import PendingOrder, QuotaUsage
+from certbroker.store.base import LimitReads, PendingOrder
 
 _STATE_WORDS = {
     LetsEncryptState.PENDING_DNS: "Pending DNS",
@@ -65,16 +66,10 @@ class Probe(Protocol):
     async def probe(self, name: str) -> tuple[tuple[IPAddress, ...], list[Fetch]]: ...
 
 
-class DoctorStore(Protocol):
+class DoctorStore(LimitReads, Protocol):
     async def get_domain(self, name: str) -> Domain | None: ...
 
     async def get_order(self, domain: str) -> PendingOrder | None: ...
-
-    async def registered_domain_usage(
-        self, registered_domain: str, since: datetime
-    ) -> QuotaUsage: ...
-
-    async def name_set_usage(self, names: tuple[str, ...], since: datetime) -> QuotaUsage: ...
 
 
 @dataclass(frozen=True)
@@ -441,51 +436,42 @@ def probe_after_dns(found: Sequence[Check]) -> list[Check]:
 # --------------------------------------------------------------------------- quota
 
 
-def _left(usage: QuotaUsage, limit: int) -> int:
-    return max(0, limit - usage.count)
-
-
 async def quota_headroom(
-    store: DoctorStore,
-    subject: Subject,
-    per_registered_domain: int,
-    per_name_set: int,
-    now: datetime,
+    store: DoctorStore, subject: Subject, limits: Limits, now: datetime
 ) -> Check:
-    """The CA's weekly quotas as the scheduler counts them before ordering."""
-    names = subject.domain.order_names
-    registered = registered_domain(subject.name)
-    since = now - quota.WINDOW
-    by_domain = await store.registered_domain_usage(registered, since)
-    by_names = await store.name_set_usage(names, since)
-    detail = (
-        f"registered domain {registered}: {by_domain.count} of {per_registered_domain} "
-        "certificates in the last 7 days\n"
-        f"the names {', '.join(names)}: {by_names.count} of {per_name_set}"
+    """The CA's rate limits as the scheduler's ledger counts them before ordering
+    (``LimitsLedger.outlook``: what ``reserve`` would answer now, spending nothing)."""
+    domain = subject.domain
+    request = OrderRequest(
+        domain=domain.name,
+        app=domain.app,
+        registered_domain=registered_domain(domain.name),
+        names=domain.order_names,
+        renewal=domain.le_cert is not None,
+        replaces=None,
     )
-    block = quota.check(
-        by_domain,
-        per_registered_domain,
-        now,
-        "QUOTA_REGISTERED_DOMAIN",
-        f"registered domain {registered}",
-    ) or quota.check(by_names, per_name_set, now, "QUOTA_NAME_SET", f"the names {', '.join(names)}")
-    if block is not None:
+    outlook = await LimitsLedger(limits).outlook(store, request, now)
+    detail = "\n".join(
+        f"{b.what}: {b.tokens} of {b.limit.capacity} left ({b.limit.describe()})"
+        for b in outlook.buckets
+    )
+    if outlook.renewal:
+        detail += "\na renewal (these names were issued before): no new-order or "
+        detail += "registered-domain token needed"
+    if outlook.hold is not None:
+        until = outlook.hold.until.isoformat(timespec="seconds")
         return Check(
             "quota",
             Verdict.FAIL,
-            block.message,
+            outlook.hold.message,
             detail,
-            f"wait: the broker orders by itself at {block.until.isoformat(timespec='seconds')}",
+            f"wait: the broker orders by itself at {until}",
         )
-    left = (_left(by_domain, per_registered_domain), _left(by_names, per_name_set))
-    summary = (
-        f"{left[0]} of {per_registered_domain} certificates left this week for {registered}, "
-        f"{left[1]} of {per_name_set} for this set of names"
-    )
-    if left[0] <= max(1, per_registered_domain // 10) or left[1] <= 1:
-        return Check("quota", Verdict.WARN, f"few certificates left: {summary}", detail)
-    return Check("quota", Verdict.OK, summary, detail)
+    low = [b for b in outlook.buckets if b.tokens <= max(1, b.limit.capacity // 10)]
+    summary = "; ".join(f"{b.tokens} of {b.limit.capacity} left: {b.what}" for b in low)
+    if low:
+        return Check("quota", Verdict.WARN, f"few tokens left: {summary}", detail)
+    return Check("quota", Verdict.OK, "every rate-limit bucket has room", detail)
 
 
 # --------------------------------------------------------------------------- schedule

@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from certbroker import tenancy
@@ -38,6 +38,7 @@ from certbroker.doctor import checks
 from certbroker.doctor.checks import DoctorDns, DoctorStore, Probe, Subject
 from certbroker.doctor.limit import DoctorLimit
 from certbroker.doctor.report import Check, Report, Verdict
+from certbroker.limits import Limits
 from certbroker.model import ChallengeType, Domain, LetsEncryptState, Source
 from certbroker.names import normalise_domain
 from certbroker.platform import Platform
@@ -52,8 +53,7 @@ class DoctorPolicy:
 
     acme_directory: str
     caa_identity: str = "letsencrypt.org"
-    quota_per_registered_domain: int = 50
-    quota_per_name_set: int = 5
+    limits: Limits = field(default_factory=Limits)
     timeout: timedelta = timedelta(seconds=10)
     interval: timedelta = timedelta(seconds=10)
     max_running: int = 4
@@ -115,13 +115,7 @@ class Doctor:
             self._bounded("http01_probe", checks.http01_probe(self._probe, subject)),
             self._bounded(
                 "quota",
-                checks.quota_headroom(
-                    self._store,
-                    subject,
-                    policy.quota_per_registered_domain,
-                    policy.quota_per_name_set,
-                    now,
-                ),
+                checks.quota_headroom(self._store, subject, policy.limits, now),
             ),
         )
         ran = checks.probe_after_dns(found)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from certbroker import lifecycle
+from certbroker.limits import CA_RATE_LIMITED
 from certbroker.model import Domain, LetsEncryptState
 from certbroker.store.base import PendingOrder
 
@@ -20,8 +21,8 @@ def _issuance(domain: Domain, order: PendingOrder | None) -> str:
     retry = domain.retry
     if order is not None and order.order_url:
         return "resume the order already placed at the CA"
-    if retry.last_error_reason.startswith("QUOTA_"):
-        return "order a certificate once the CA's weekly quota frees a slot"
+    if retry.last_error_reason.startswith("QUOTA_") or retry.last_error_reason == CA_RATE_LIMITED:
+        return "order a certificate once the CA's rate-limit bucket has a token"
     if domain.le_state is LetsEncryptState.PENDING_DNS:
         again = " again" if retry.last_error_reason else ""
         return f"check the DNS{again}, then order a certificate if it points at the platform"

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Protocol
 
 from certbroker.model import CertificateInfo, Domain, Event, EventType, Source
+from certbroker.priorities import Candidate
 
 
 @dataclass(frozen=True)
@@ -36,20 +37,70 @@ class PendingOrder:
     order_url: str = ""
 
 
-@dataclass(frozen=True)
-class QuotaUsage:
-    """Certificates counted in a window (issued plus in flight), and the oldest of them."""
-
-    count: int
-    oldest: datetime | None
-
-
 def names_key(names: tuple[str, ...] | list[str]) -> str:
     """The CA counts "the same set of names" regardless of order."""
     return ",".join(sorted(set(names)))
 
 
-class Transaction(Protocol):
+class LimitReads(Protocol):
+    """What ``certbroker.limits`` reads: the CA's buckets, as recorded spends and pauses.
+
+    Both the store (read-only reports: the scheduler's budget, the doctor) and a
+    transaction (where the ledger counts and spends in one go) answer these.
+
+    A spend is one row (bucket, key, domain, at): ``account_orders`` (key ""),
+    ``registered_domain`` (the registered domain), ``name_set`` (``names_key``),
+    ``failed_authorizations`` (one name). A pause is (bucket, key, until), with
+    bucket ``account`` (key "") for the whole account.
+    """
+
+    async def limit_spends(
+        self, bucket: str, key: str, since: datetime, limit: int
+    ) -> list[datetime]:
+        """Times of ``bucket``/``key``'s spends, oldest first: all after ``since``,
+        preceded by the newest at or before ``since`` (if any); when more than
+        ``limit``, only the newest ``limit``.
+        """
+        ...
+
+    async def limit_pauses(
+        self, keys: Collection[tuple[str, str]], now: datetime
+    ) -> dict[tuple[str, str], datetime]:
+        """Of the (bucket, key) pairs in ``keys``, those paused beyond ``now``, with until when."""
+        ...
+
+    async def names_issued_since(self, names: tuple[str, ...], since: datetime) -> bool:
+        """Was a certificate for exactly ``names`` (any order) issued after ``since``?
+
+        The CA's test for a renewal (``record_issuance`` rows, kept when a domain goes).
+        """
+        ...
+
+
+class LimitRecords(LimitReads, Protocol):
+    """What ``certbroker.limits`` writes, inside the transaction that places the order."""
+
+    async def add_limit_spend(self, bucket: str, key: str, domain: str, at: datetime) -> None:
+        """Record one token of ``bucket``/``key`` spent by ``domain``'s order at ``at``."""
+        ...
+
+    async def refund_limit_spends(self, domain: str, buckets: Collection[str]) -> int:
+        """Delete ``domain``'s spends in ``buckets`` made after its newest issuance
+        (``record_issuance``): the reservations of an order that got no certificate.
+        Idempotent; returns how many went.
+        """
+        ...
+
+    async def pause_limit(self, bucket: str, key: str, until: datetime) -> None:
+        """Pause ``bucket``/``key`` until ``until`` (a later pause already there stays)."""
+        ...
+
+    async def prune_limit_records(self, before: datetime) -> int:
+        """Delete spends made, and pauses ended, before ``before``; returns how many."""
+        ...
+
+
+class Transaction(LimitRecords, Protocol):
     async def get_domain(self, name: str) -> Domain | None: ...
 
     async def put_domain(
@@ -80,12 +131,6 @@ class Transaction(Protocol):
         at: datetime,
     ) -> None: ...
 
-    async def registered_domain_usage(
-        self, registered_domain: str, since: datetime
-    ) -> QuotaUsage: ...
-
-    async def name_set_usage(self, names: tuple[str, ...], since: datetime) -> QuotaUsage: ...
-
     async def get_order(self, domain: str) -> PendingOrder | None: ...
 
     async def put_order(self, order: PendingOrder) -> None: ...
@@ -113,7 +158,7 @@ class Transaction(Protocol):
     async def set_meta(self, key: str, value: bytes) -> None: ...
 
 
-class Store(Protocol):
+class Store(LimitReads, Protocol):
     def transaction(self) -> AbstractAsyncContextManager[Transaction]:
         """One atomic unit of work; commits on normal exit, rolls back on an exception."""
         ...
@@ -145,8 +190,30 @@ class Store(Protocol):
         NOT_CONFIGURED ones at every start: settings may have changed)."""
         ...
 
-    async def next_due_time(self, exclude: Collection[str] = ()) -> datetime | None:
-        """The earliest ``next_run_at`` among domains not in ``exclude`` (those being worked)."""
+    async def due_candidates(
+        self, now: datetime, limit: int, exclude: Collection[str] = ()
+    ) -> list[Candidate]:
+        """Due domains (``next_run_at <= now``) not in ``exclude``, with what
+        ``certbroker.priorities`` orders them by, at most ``limit``.
+
+        Kind RENEWAL when the domain has a Let's Encrypt certificate (``expires_at``
+        its notAfter), else FIRST; ``needs_token`` for a FIRST with Let's Encrypt on
+        that is CREATING or held by a bucket (``last_error_reason`` one of the
+        ``certbroker.limits`` hold reasons): ready to order. Which ``limit`` rows: renewals by
+        expiry, then FIRSTs without ``needs_token``, then those with it; inside the
+        last two, by rank within (app, tier) by due time, so every app's most
+        overdue domain is in before any app's second (the round-robin survives the
+        cut). Cost: one pass over the due rows.
+        """
+        ...
+
+    async def next_due_time(
+        self, exclude: Collection[str] = (), after: datetime | None = None
+    ) -> datetime | None:
+        """The earliest ``next_run_at`` among domains not in ``exclude`` (those being
+        worked), only counting times later than ``after`` when given (the domains due
+        already wait for something else: a token).
+        """
         ...
 
     async def events_after(self, revision: int, limit: int) -> list[Event]: ...
@@ -185,11 +252,5 @@ class Store(Protocol):
     async def get_order(self, domain: str) -> PendingOrder | None: ...
 
     async def get_meta(self, key: str) -> bytes | None: ...
-
-    async def registered_domain_usage(self, registered_domain: str, since: datetime) -> QuotaUsage:
-        """The quota count outside a transaction, for reports; it may be stale at once."""
-        ...
-
-    async def name_set_usage(self, names: tuple[str, ...], since: datetime) -> QuotaUsage: ...
 
     async def close(self) -> None: ...

@@ -3,10 +3,10 @@
 Nothing is re-issued or re-sealed: every row is copied as it is — domains,
 certificates with their sealed keys (so the same KEK opens them), orders in
 flight, the event log with its revisions (watchers resume where they were), the
-meta table (ACME account, KEK canary, DNS-01 delegation secret, compaction point)
-and the issuance history the quotas count. Both schemas are the same numbered
-migrations with the same columns (``migrations/`` and ``migrations/postgres/``),
-so a row's values go over unchanged.
+meta table (ACME account, KEK canary, DNS-01 delegation secret, compaction point),
+the issuance history, and the rate-limit spends and pauses (certbroker.limits).
+Both schemas are the same numbered migrations with the same columns
+(``migrations/`` and ``migrations/postgres/``), so a row's values go over unchanged.
 
 Safe to retry: the copy is one PostgreSQL transaction (all or nothing), the
 target must be empty, and the counts are compared before it commits. The source
@@ -30,8 +30,17 @@ from certbroker.store.postgres import migrate
 from certbroker.store.sqlite import SqliteStore
 
 # Referenced rows first (domains name certificates).
-TABLES = ("certificates", "domains", "events", "issuances", "orders", "meta")
-_IDENTITY = ("certificates", "issuances")  # ids from a sequence on PostgreSQL
+TABLES = (
+    "certificates",
+    "domains",
+    "events",
+    "issuances",
+    "orders",
+    "meta",
+    "limit_spends",
+    "limit_pauses",
+)
+_IDENTITY = ("certificates", "issuances", "limit_spends")  # ids from a sequence on PostgreSQL
 _BATCH = 5000
 
 

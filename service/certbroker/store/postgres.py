@@ -69,9 +69,11 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import asyncpg
 
+from certbroker import limits
 from certbroker.errors import StoreUnavailable
 from certbroker.model import CertificateInfo, Domain, Event, EventType
-from certbroker.store.base import NewCertificate, PendingOrder, QuotaUsage, names_key
+from certbroker.priorities import Candidate, Kind
+from certbroker.store.base import NewCertificate, PendingOrder, names_key
 from certbroker.store.codec import (
     DOMAIN_COLUMNS,
     SCHEDULE_COLUMNS,
@@ -115,6 +117,14 @@ _CERT_SELECT = (
 _BEGIN = "BEGIN; SELECT value FROM revision_counter WHERE id = 1 FOR UPDATE"
 _NEXT_REVISION = "UPDATE revision_counter SET value = value + 1 WHERE id = 1 RETURNING value"
 _EVENT_COLUMNS = "revision, type, domain, payload, challenge_token, challenge_keyauth, at"
+# A domain held by one of these waits for a token (certbroker.limits), whatever its state.
+_HOLD_REASONS = (
+    limits.QUOTA_ACCOUNT_ORDERS,
+    limits.QUOTA_REGISTERED_DOMAIN,
+    limits.QUOTA_NAME_SET,
+    limits.QUOTA_FAILED_AUTHORIZATIONS,
+    limits.CA_RATE_LIMITED,
+)
 
 
 def _put_domain_sql() -> str:
@@ -662,11 +672,64 @@ class PostgresStore:
         return [row[0] for row in rows]
 
     @_translated
-    async def next_due_time(self, exclude: Collection[str] = ()) -> datetime | None:
+    async def due_candidates(
+        self, now: datetime, limit: int, exclude: Collection[str] = ()
+    ) -> list[Candidate]:
+        rows = await self._pool.fetch(
+            "SELECT name, app, next_run_at, not_after, tier FROM ("
+            " SELECT d.name, d.app, d.next_run_at, c.not_after,"
+            "  CASE WHEN d.le_cert_id IS NOT NULL THEN 0"
+            "   WHEN d.letsencrypt_enabled = 1 AND (d.le_state = 'CREATING'"
+            "    OR d.last_error_reason = ANY($1::text[])) THEN 2 ELSE 1 END AS tier"
+            " FROM domains d LEFT JOIN certificates c ON c.id = d.le_cert_id"
+            " WHERE d.next_run_at <= $2 AND d.name <> ALL($3::text[])"
+            ") AS due ORDER BY tier, CASE WHEN tier = 0 THEN not_after END,"
+            ' ROW_NUMBER() OVER (PARTITION BY app, tier ORDER BY next_run_at, name COLLATE "C"),'
+            ' next_run_at, name COLLATE "C" LIMIT $4',
+            list(_HOLD_REASONS),
+            to_micros(now),
+            list(exclude),
+            limit,
+        )
+        return [
+            Candidate(
+                name=row[0],
+                app=row[1],
+                kind=Kind.RENEWAL if row[4] == 0 else Kind.FIRST,
+                due_at=must_time(row[2]),
+                expires_at=from_micros(row[3]),
+                needs_token=row[4] == 2,
+            )
+            for row in rows
+        ]
+
+    @_translated
+    async def next_due_time(
+        self, exclude: Collection[str] = (), after: datetime | None = None
+    ) -> datetime | None:
         value = await self._pool.fetchval(
-            "SELECT MIN(next_run_at) FROM domains WHERE name <> ALL($1::text[])", list(exclude)
+            "SELECT MIN(next_run_at) FROM domains WHERE name <> ALL($1::text[]) "
+            "AND ($2::bigint IS NULL OR next_run_at > $2)",
+            list(exclude),
+            to_micros(after),
         )
         return from_micros(value)
+
+    @_translated
+    async def limit_spends(
+        self, bucket: str, key: str, since: datetime, limit: int
+    ) -> list[datetime]:
+        return await _limit_spends(self._pool, bucket, key, since, limit)
+
+    @_translated
+    async def limit_pauses(
+        self, keys: Collection[tuple[str, str]], now: datetime
+    ) -> dict[tuple[str, str], datetime]:
+        return await _limit_pauses(self._pool, keys, now)
+
+    @_translated
+    async def names_issued_since(self, names: tuple[str, ...], since: datetime) -> bool:
+        return await _names_issued_since(self._pool, names, since)
 
     @_translated
     async def events_after(self, revision: int, limit: int) -> list[Event]:
@@ -799,16 +862,6 @@ class PostgresStore:
         return await _get_order(self._pool, domain)
 
     @_translated
-    async def registered_domain_usage(self, registered_domain: str, since: datetime) -> QuotaUsage:
-        """Read-only (the doctor's quota check); the scheduler counts in its transaction,
-        where the count and the reservation cannot be torn apart."""
-        return await _usage(self._pool, "registered_domain", registered_domain, since)
-
-    @_translated
-    async def name_set_usage(self, names: tuple[str, ...], since: datetime) -> QuotaUsage:
-        return await _usage(self._pool, "names_key", names_key(names), since)
-
-    @_translated
     async def get_meta(self, key: str) -> bytes | None:
         value = await self._pool.fetchval("SELECT value FROM meta WHERE key = $1", key)
         return bytes(value) if value is not None else None
@@ -845,17 +898,48 @@ async def _get_order(conn: Reader, domain: str) -> PendingOrder | None:
     )
 
 
-async def _usage(conn: Reader, column: str, value: str, since: datetime) -> QuotaUsage:
-    order_column = "names_key" if column == "names_key" else "registered_domain"
-    row = await conn.fetchrow(
-        f"SELECT COUNT(*), MIN(at) FROM ("  # noqa: S608 (column names only)
-        f" SELECT issued_at AS at FROM issuances WHERE {column} = $1 AND issued_at > $2"
-        f" UNION ALL SELECT started_at AS at FROM orders WHERE {order_column} = $1) AS used",
-        value,
+async def _limit_spends(
+    conn: Reader, bucket: str, key: str, since: datetime, limit: int
+) -> list[datetime]:
+    cutoff = to_micros(since)
+    assert cutoff is not None
+    rows = await conn.fetch(
+        "SELECT at FROM limit_spends WHERE bucket = $1 AND key = $2 AND at >= COALESCE("
+        " (SELECT MAX(at) FROM limit_spends WHERE bucket = $1 AND key = $2 AND at <= $3), $4)"
+        " ORDER BY at DESC LIMIT $5",
+        bucket,
+        key,
+        cutoff,
+        cutoff + 1,
+        limit,
+    )
+    return [must_time(row[0]) for row in reversed(rows)]
+
+
+async def _limit_pauses(
+    conn: Reader, keys: Collection[tuple[str, str]], now: datetime
+) -> dict[tuple[str, str], datetime]:
+    pairs = list(dict.fromkeys(keys))
+    if not pairs:
+        return {}
+    rows = await conn.fetch(
+        "SELECT p.bucket, p.key, p.until FROM limit_pauses p"
+        " JOIN unnest($1::text[], $2::text[]) AS k (bucket, key)"
+        " ON p.bucket = k.bucket AND p.key = k.key WHERE p.until > $3",
+        [b for b, _ in pairs],
+        [k for _, k in pairs],
+        to_micros(now),
+    )
+    return {(row[0], row[1]): must_time(row[2]) for row in rows}
+
+
+async def _names_issued_since(conn: Reader, names: tuple[str, ...], since: datetime) -> bool:
+    found = await conn.fetchval(
+        "SELECT 1 FROM issuances WHERE names_key = $1 AND issued_at > $2 LIMIT 1",
+        names_key(names),
         to_micros(since),
     )
-    assert row is not None
-    return QuotaUsage(count=int(row[0]), oldest=from_micros(row[1]))
+    return found is not None
 
 
 class _PostgresTransaction:
@@ -1023,11 +1107,52 @@ class _PostgresTransaction:
             to_micros(at),
         )
 
-    async def registered_domain_usage(self, registered_domain: str, since: datetime) -> QuotaUsage:
-        return await _usage(self._conn, "registered_domain", registered_domain, since)
+    async def names_issued_since(self, names: tuple[str, ...], since: datetime) -> bool:
+        return await _names_issued_since(self._conn, names, since)
 
-    async def name_set_usage(self, names: tuple[str, ...], since: datetime) -> QuotaUsage:
-        return await _usage(self._conn, "names_key", names_key(names), since)
+    async def limit_spends(
+        self, bucket: str, key: str, since: datetime, limit: int
+    ) -> list[datetime]:
+        return await _limit_spends(self._conn, bucket, key, since, limit)
+
+    async def limit_pauses(
+        self, keys: Collection[tuple[str, str]], now: datetime
+    ) -> dict[tuple[str, str], datetime]:
+        return await _limit_pauses(self._conn, keys, now)
+
+    async def add_limit_spend(self, bucket: str, key: str, domain: str, at: datetime) -> None:
+        await self._conn.execute(
+            "INSERT INTO limit_spends (bucket, key, domain, at) VALUES ($1, $2, $3, $4)",
+            bucket,
+            key,
+            domain,
+            to_micros(at),
+        )
+
+    async def refund_limit_spends(self, domain: str, buckets: Collection[str]) -> int:
+        status = await self._conn.execute(
+            "DELETE FROM limit_spends WHERE domain = $1 AND bucket = ANY($2::text[]) "
+            "AND at > COALESCE((SELECT MAX(issued_at) FROM issuances WHERE domain = $1), -1)",
+            domain,
+            list(buckets),
+        )
+        return int(status.split()[-1])
+
+    async def pause_limit(self, bucket: str, key: str, until: datetime) -> None:
+        await self._conn.execute(
+            "INSERT INTO limit_pauses (bucket, key, until) VALUES ($1, $2, $3) "
+            "ON CONFLICT (bucket, key) DO UPDATE "
+            "SET until = GREATEST(limit_pauses.until, EXCLUDED.until)",
+            bucket,
+            key,
+            to_micros(until),
+        )
+
+    async def prune_limit_records(self, before: datetime) -> int:
+        cutoff = to_micros(before)
+        spends = await self._conn.execute("DELETE FROM limit_spends WHERE at < $1", cutoff)
+        pauses = await self._conn.execute("DELETE FROM limit_pauses WHERE until < $1", cutoff)
+        return int(spends.split()[-1]) + int(pauses.split()[-1])
 
     async def get_order(self, domain: str) -> PendingOrder | None:
         return await _get_order(self._conn, domain)

@@ -45,10 +45,11 @@ from typing import Any, ParamSpec, TypeVar
 
 import aiosqlite
 
-from certbroker import delegation
+from certbroker import delegation, limits
 from certbroker.errors import StoreUnavailable
 from certbroker.model import CertificateInfo, Domain, Event, EventType
-from certbroker.store.base import NewCertificate, PendingOrder, QuotaUsage, names_key
+from certbroker.priorities import Candidate, Kind
+from certbroker.store.base import NewCertificate, PendingOrder, names_key
 from certbroker.store.codec import (
     DOMAIN_COLUMNS,
     SCHEDULE_COLUMNS,
@@ -86,6 +87,14 @@ _MESSAGES = {
     "database or disk is full": sqlite3.SQLITE_FULL,
     "disk i/o error": sqlite3.SQLITE_IOERR,
 }
+# A domain held by one of these waits for a token (certbroker.limits), whatever its state.
+_HOLD_REASONS = (
+    limits.QUOTA_ACCOUNT_ORDERS,
+    limits.QUOTA_REGISTERED_DOMAIN,
+    limits.QUOTA_NAME_SET,
+    limits.QUOTA_FAILED_AUTHORIZATIONS,
+    limits.CA_RATE_LIMITED,
+)
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -423,13 +432,66 @@ class SqliteStore:
             return [row[0] for row in await cur.fetchall()]
 
     @_translated
-    async def next_due_time(self, exclude: Collection[str] = ()) -> datetime | None:
+    async def due_candidates(
+        self, now: datetime, limit: int, exclude: Collection[str] = ()
+    ) -> list[Candidate]:
         # Only placeholders are formatted in; the names themselves are bound.
-        where = f" WHERE name NOT IN ({', '.join('?' for _ in exclude)})" if exclude else ""
-        sql = f"SELECT MIN(next_run_at) FROM domains{where}"  # noqa: S608
-        async with self._reader.execute(sql, tuple(exclude)) as cur:
+        skip = f" AND d.name NOT IN ({', '.join('?' for _ in exclude)})" if exclude else ""
+        sql = (
+            "SELECT name, app, next_run_at, not_after, tier FROM ("  # noqa: S608
+            " SELECT d.name, d.app, d.next_run_at, c.not_after,"
+            "  CASE WHEN d.le_cert_id IS NOT NULL THEN 0"
+            "   WHEN d.letsencrypt_enabled = 1 AND (d.le_state = 'CREATING'"
+            "    OR d.last_error_reason IN (?, ?, ?, ?, ?)) THEN 2 ELSE 1 END"
+            "  AS tier"
+            " FROM domains d LEFT JOIN certificates c ON c.id = d.le_cert_id"
+            f" WHERE d.next_run_at <= ?{skip}"
+            ") ORDER BY tier, CASE WHEN tier = 0 THEN not_after END,"
+            " ROW_NUMBER() OVER (PARTITION BY app, tier ORDER BY next_run_at, name),"
+            " next_run_at, name LIMIT ?"
+        )
+        params = (*_HOLD_REASONS, to_micros(now), *exclude, limit)
+        async with self._reader.execute(sql, params) as cur:
+            rows = await cur.fetchall()
+        return [
+            Candidate(
+                name=row[0],
+                app=row[1],
+                kind=Kind.RENEWAL if row[4] == 0 else Kind.FIRST,
+                due_at=must_time(row[2]),
+                expires_at=from_micros(row[3]),
+                needs_token=row[4] == 2,
+            )
+            for row in rows
+        ]
+
+    @_translated
+    async def next_due_time(
+        self, exclude: Collection[str] = (), after: datetime | None = None
+    ) -> datetime | None:
+        # Only placeholders are formatted in; the names themselves are bound.
+        where = [f"name NOT IN ({', '.join('?' for _ in exclude)})"] if exclude else []
+        params: list[object] = list(exclude)
+        if after is not None:
+            where.append("next_run_at > ?")
+            params.append(to_micros(after))
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        sql = f"SELECT MIN(next_run_at) FROM domains{clause}"  # noqa: S608
+        async with self._reader.execute(sql, params) as cur:
             row = await cur.fetchone()
         return from_micros(row[0]) if row is not None else None
+
+    @_translated
+    async def limit_spends(
+        self, bucket: str, key: str, since: datetime, limit: int
+    ) -> list[datetime]:
+        return await _limit_spends(self._reader, bucket, key, since, limit)
+
+    @_translated
+    async def limit_pauses(
+        self, keys: Collection[tuple[str, str]], now: datetime
+    ) -> dict[tuple[str, str], datetime]:
+        return await _limit_pauses(self._reader, keys, now)
 
     @_translated
     async def events_after(self, revision: int, limit: int) -> list[Event]:
@@ -599,28 +661,19 @@ class SqliteStore:
             row = await cur.fetchone()
         return bytes(row[0]) if row is not None else None
 
-    async def registered_domain_usage(self, registered_domain: str, since: datetime) -> QuotaUsage:
-        """Read-only, on the reader (the doctor's quota check); the scheduler counts in its
-        transaction instead, where the count and the reservation cannot be torn apart."""
-        return await _usage(self._reader, "registered_domain", registered_domain, since)
-
-    async def name_set_usage(self, names: tuple[str, ...], since: datetime) -> QuotaUsage:
-        return await _usage(self._reader, "names_key", names_key(names), since)
+    @_translated
+    async def names_issued_since(self, names: tuple[str, ...], since: datetime) -> bool:
+        return await _names_issued_since(self._reader, names, since)
 
 
-async def _usage(
-    conn: aiosqlite.Connection, column: str, value: str, since: datetime
-) -> QuotaUsage:
-    order_column = "names_key" if column == "names_key" else "registered_domain"
+async def _names_issued_since(
+    conn: aiosqlite.Connection, names: tuple[str, ...], since: datetime
+) -> bool:
     async with conn.execute(
-        f"SELECT COUNT(*), MIN(at) FROM ("  # noqa: S608
-        f" SELECT issued_at AS at FROM issuances WHERE {column} = ? AND issued_at > ?"
-        f" UNION ALL SELECT started_at AS at FROM orders WHERE {order_column} = ?)",
-        (value, to_micros(since), value),
+        "SELECT 1 FROM issuances WHERE names_key = ? AND issued_at > ? LIMIT 1",
+        (names_key(names), to_micros(since)),
     ) as cur:
-        row = await cur.fetchone()
-    assert row is not None
-    return QuotaUsage(count=int(row[0]), oldest=from_micros(row[1]))
+        return await cur.fetchone() is not None
 
 
 async def _migrate(conn: aiosqlite.Connection) -> None:
@@ -655,6 +708,38 @@ async def _migrate(conn: aiosqlite.Connection) -> None:
             await conn.execute("ROLLBACK")
             raise
         await conn.execute("COMMIT")
+
+
+async def _limit_spends(
+    conn: aiosqlite.Connection, bucket: str, key: str, since: datetime, limit: int
+) -> list[datetime]:
+    cutoff = to_micros(since)
+    assert cutoff is not None
+    async with conn.execute(
+        "SELECT at FROM limit_spends WHERE bucket = ? AND key = ? AND at >= COALESCE("
+        " (SELECT MAX(at) FROM limit_spends WHERE bucket = ? AND key = ? AND at <= ?), ?)"
+        " ORDER BY at DESC LIMIT ?",
+        (bucket, key, bucket, key, cutoff, cutoff + 1, limit),
+    ) as cur:
+        rows = await cur.fetchall()
+    return [must_time(row[0]) for row in reversed(list(rows))]
+
+
+async def _limit_pauses(
+    conn: aiosqlite.Connection, keys: Collection[tuple[str, str]], now: datetime
+) -> dict[tuple[str, str], datetime]:
+    pairs = list(dict.fromkeys(keys))
+    if not pairs:
+        return {}
+    # Only placeholders are formatted in; the keys themselves are bound.
+    values = ", ".join("(?, ?)" for _ in pairs)
+    async with conn.execute(
+        "SELECT bucket, key, until FROM limit_pauses WHERE until > ? "  # noqa: S608
+        f"AND (bucket, key) IN (VALUES {values})",
+        (to_micros(now), *(part for pair in pairs for part in pair)),
+    ) as cur:
+        rows = await cur.fetchall()
+    return {(row[0], row[1]): must_time(row[2]) for row in rows}
 
 
 async def _get_order(conn: aiosqlite.Connection, domain: str) -> PendingOrder | None:
@@ -831,11 +916,50 @@ class _SqliteTransaction:
             (domain, registered_domain, names_key(names), serial, to_micros(at)),
         )
 
-    async def registered_domain_usage(self, registered_domain: str, since: datetime) -> QuotaUsage:
-        return await _usage(self._conn, "registered_domain", registered_domain, since)
+    async def names_issued_since(self, names: tuple[str, ...], since: datetime) -> bool:
+        return await _names_issued_since(self._conn, names, since)
 
-    async def name_set_usage(self, names: tuple[str, ...], since: datetime) -> QuotaUsage:
-        return await _usage(self._conn, "names_key", names_key(names), since)
+    async def limit_spends(
+        self, bucket: str, key: str, since: datetime, limit: int
+    ) -> list[datetime]:
+        return await _limit_spends(self._conn, bucket, key, since, limit)
+
+    async def limit_pauses(
+        self, keys: Collection[tuple[str, str]], now: datetime
+    ) -> dict[tuple[str, str], datetime]:
+        return await _limit_pauses(self._conn, keys, now)
+
+    async def add_limit_spend(self, bucket: str, key: str, domain: str, at: datetime) -> None:
+        await self._conn.execute(
+            "INSERT INTO limit_spends (bucket, key, domain, at) VALUES (?, ?, ?, ?)",
+            (bucket, key, domain, to_micros(at)),
+        )
+
+    async def refund_limit_spends(self, domain: str, buckets: Collection[str]) -> int:
+        kinds = list(buckets)
+        if not kinds:
+            return 0
+        # Only placeholders are formatted in; the bucket names themselves are bound.
+        marks = ", ".join("?" for _ in kinds)
+        cur = await self._conn.execute(
+            f"DELETE FROM limit_spends WHERE domain = ? AND bucket IN ({marks}) "  # noqa: S608
+            "AND at > COALESCE((SELECT MAX(issued_at) FROM issuances WHERE domain = ?), -1)",
+            (domain, *kinds, domain),
+        )
+        return int(cur.rowcount)
+
+    async def pause_limit(self, bucket: str, key: str, until: datetime) -> None:
+        await self._conn.execute(
+            "INSERT INTO limit_pauses (bucket, key, until) VALUES (?, ?, ?) "
+            "ON CONFLICT (bucket, key) DO UPDATE SET until = MAX(until, excluded.until)",
+            (bucket, key, to_micros(until)),
+        )
+
+    async def prune_limit_records(self, before: datetime) -> int:
+        cutoff = to_micros(before)
+        spends = await self._conn.execute("DELETE FROM limit_spends WHERE at < ?", (cutoff,))
+        pauses = await self._conn.execute("DELETE FROM limit_pauses WHERE until < ?", (cutoff,))
+        return int(spends.rowcount) + int(pauses.rowcount)
 
     async def get_order(self, domain: str) -> PendingOrder | None:
         return await _get_order(self._conn, domain)

@@ -1,0 +1,83 @@
+"""The scheduler's claim under scarce tokens: the real scheduler and store over the fakes
+(tests/fakes/world.py), with a CA that enforces Let's Encrypt's buckets (tests/fakes/ca.py).
+
+First certificates beyond the account's new-order tokens stay due, unworked and
+unwritten, while the loop sleeps until the next token (it does not spin on
+them); at each token the apps take turns; and the CA never answers rateLimited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Collection
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from certbroker.limits import Bucket, Limits
+from certbroker.priorities import Candidate
+from certbroker.scheduler import Policy
+from tests.fakes.ca import FakeCA, LimitedIssuer
+from tests.fakes.world import World, world
+
+LIMITS = Limits(account_orders=Bucket(2, timedelta(hours=1)))  # a token every 30 minutes
+BIG = [f"b{i}.big{i}.test" for i in range(6)]
+
+
+def count_passes(w: World) -> Callable[[], int]:
+    """Each scheduler pass asks for due candidates once: count the asks."""
+    asked = 0
+    real = w.store.due_candidates
+
+    async def counted(now: datetime, limit: int, exclude: Collection[str] = ()) -> list[Candidate]:
+        nonlocal asked
+        asked += 1
+        return await real(now, limit, exclude)
+
+    w.store.due_candidates = counted  # type: ignore[method-assign]
+    return lambda: asked
+
+
+async def issued(w: World, issuer: LimitedIssuer, count: int) -> None:
+    """Wait (real time) for ``count`` certificates and an idle scheduler. (``World.settled``
+    would wait for nothing to be due: domains waiting for a token stay due.)"""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if len(issuer.issued) >= count and w.scheduler.busy == 0:
+            await asyncio.sleep(0.02)
+            if w.scheduler.busy == 0:
+                return
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"{len(issuer.issued)} issued, {w.scheduler.busy} busy; wanted {count}")
+
+
+async def test_apps_take_turns_at_each_token_and_the_rest_wait_unworked(tmp_path: Path) -> None:
+    async with world(tmp_path, policy=Policy(limits=LIMITS)) as w:
+        ca = FakeCA(LIMITS)
+        issuer = LimitedIssuer(w.clock, ca)
+        await w.restart(issuer=issuer)
+        passes = count_passes(w)
+        start = w.clock.now()
+        for name in BIG:
+            await w.add(name, "big")
+        await issued(w, issuer, 2)  # the burst: two tokens
+        await w.add("s0.small.test", "small")
+        await asyncio.sleep(0.2)
+        assert len(issuer.issued) == 2  # held: no token
+        held = await w.domain("s0.small.test")
+        assert held.retry.last_error_reason == "QUOTA_ACCOUNT_ORDERS"
+        assert held.retry.next_attempt_at == start + timedelta(minutes=30)
+        revision = await w.store.current_revision()
+        before = passes()
+        await asyncio.sleep(0.5)  # real time passes, the fake clock does not: nothing to do
+        assert passes() - before <= 2  # asleep until the next token, no spinning
+        assert await w.store.current_revision() == revision  # and no re-holding writes
+        for token in range(1, 5):
+            w.clock.set(start + token * timedelta(minutes=30))
+            await issued(w, issuer, 2 + token)
+            # the others are due now but have no token: the loop sleeps until the next one
+            before = passes()
+            await asyncio.sleep(0.3)
+            assert passes() - before <= 2
+        assert "s0.small.test" in issuer.issued[2:4]  # within the first two tokens
+    assert ca.refusals == {}
