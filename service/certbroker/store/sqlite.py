@@ -541,22 +541,40 @@ class SqliteStore:
             self._compacted = int(raw.decode()) if raw else 0
         return self._compacted
 
+    @asynccontextmanager
+    async def _immediate(self) -> AsyncIterator[None]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT`` on the writer, under the write lock.
+
+        Whatever ends the block early (an error, or the compactor cancelled at
+        shutdown, even while ``BEGIN`` itself is in flight on aiosqlite's thread)
+        ends in a rollback queued behind it, so no transaction outlives the lock.
+        The driver's ``rollback()`` does nothing when no transaction is open, unlike
+        a ``ROLLBACK`` statement ("cannot rollback - no transaction is active").
+        """
+        async with self._write_lock:
+            try:
+                await self._writer.execute("BEGIN IMMEDIATE")
+                yield
+                await self._writer.commit()
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    await self._writer.rollback()
+                raise
+
     @_translated
     async def compact_events(self, before: datetime) -> int:
         """Drop events older than ``before``; the newest stays so revisions keep growing."""
-        async with self._write_lock:
-            await self._writer.execute("BEGIN IMMEDIATE")
-            try:
-                async with self._writer.execute(
-                    "SELECT MAX(revision) FROM events WHERE at < ? AND revision < "
-                    "(SELECT MAX(revision) FROM events)",
-                    (to_micros(before),),
-                ) as cur:
-                    row = await cur.fetchone()
-                through = row[0] if row is not None else None
-                if through is None:
-                    await self._writer.execute("ROLLBACK")
-                    return 0
+        through: int | None = None
+        deleted = 0
+        async with self._immediate():
+            async with self._writer.execute(
+                "SELECT MAX(revision) FROM events WHERE at < ? AND revision < "
+                "(SELECT MAX(revision) FROM events)",
+                (to_micros(before),),
+            ) as cur:
+                row = await cur.fetchone()
+            through = row[0] if row is not None else None
+            if through is not None:
                 cur2 = await self._writer.execute(
                     "DELETE FROM events WHERE revision <= ?", (through,)
                 )
@@ -566,11 +584,8 @@ class SqliteStore:
                     "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                     (str(through).encode(),),
                 )
-                await self._writer.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    await self._writer.execute("ROLLBACK")
-                raise
+        if through is None:
+            return 0
         self._compacted = int(through)
         return int(deleted)
 
@@ -585,34 +600,28 @@ class SqliteStore:
         not marked yet (kept by an older version) start their retention at the first
         run after each start.
         """
-        async with self._write_lock:
-            await self._writer.execute("BEGIN IMMEDIATE")
+        async with self._immediate():
+            if not self._swept:  # once per start: every certificate row is visited
+                await self._mark_unnamed(now)
+            async with self._writer.execute(
+                "SELECT value FROM meta WHERE key = 'compacted_through'"
+            ) as cur:
+                row = await cur.fetchone()
+            compacted = int(bytes(row[0]).decode()) if row is not None else 0
+            # zero the deleted rows' bytes in the file rather than leave them in free space
+            await self._writer.execute("PRAGMA secure_delete = ON")
             try:
-                if not self._swept:  # once per start: every certificate row is visited
-                    await self._mark_unnamed(now)
-                async with self._writer.execute(
-                    "SELECT value FROM meta WHERE key = 'compacted_through'"
-                ) as cur:
-                    row = await cur.fetchone()
-                compacted = int(bytes(row[0]).decode()) if row is not None else 0
-                # zero the deleted rows' bytes in the file rather than leave them in free space
-                await self._writer.execute("PRAGMA secure_delete = ON")
                 async with self._writer.execute(
                     "DELETE FROM certificates WHERE retired_at < ? AND retired_revision <= ? "
                     "RETURNING id",
                     (to_micros(before), compacted + 1),
                 ) as cur:
                     gone = [int(r[0]) for r in await cur.fetchall()]
-                await self._writer.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    await self._writer.execute("ROLLBACK")
-                raise
             finally:
                 await self._writer.execute("PRAGMA secure_delete = OFF")
-            self._swept = True
-            for cert_id in gone:
-                self._certificates.pop(cert_id, None)
+        self._swept = True
+        for cert_id in gone:
+            self._certificates.pop(cert_id, None)
         return len(gone)
 
     async def _mark_unnamed(self, now: datetime) -> None:
