@@ -193,6 +193,36 @@ async def test_a_domain_rewritten_without_a_certificate_change_retires_nothing(
     assert raw(db_path, "SELECT serial, retired_at FROM certificates") == [("01", None)]
 
 
+async def test_keys_deleted_with_a_domain_or_a_finished_order_are_zeroed_after_compaction(
+    store: SqliteStore, db_path: Path
+) -> None:
+    """Every delete of a sealed key zeroes its bytes, not only compaction's own.
+
+    RemoveDomain deletes the domain's certificates at once, and a finished order
+    (the certificate stored) drops the order row holding the same key sealed again.
+    Compaction used to switch ``secure_delete`` off when it was done, so those
+    deletes after the first compaction left the sealed bytes in free pages.
+    """
+    gone = await install(store, make_domain("gone.example.com"), Source.LETS_ENCRYPT, "g1", T0)
+    await install(store, make_domain("kept.example.com"), Source.LETS_ENCRYPT, "k1", T0)
+    order_key = b"order-key-of-done.example.com-" * 8
+    async with store.transaction() as tx:
+        await tx.put_order(
+            PendingOrder("done.example.com", "example.com", ("done.example.com",), order_key, T0)
+        )
+    await compact_at(store, T0 + DAY)  # nothing to erase yet; it runs all the same
+
+    async with store.transaction() as tx:
+        await tx.delete_order("done.example.com")  # the certificate was stored
+        await tx.delete_domain(replace(gone, updated_at=T0 + DAY))  # RemoveDomain
+
+    raw(db_path, "PRAGMA wal_checkpoint(TRUNCATE)")
+    on_disk = db_path.read_bytes()
+    assert sealed("k1") in on_disk
+    assert sealed("g1") not in on_disk
+    assert order_key not in on_disk
+
+
 # -- the certificate info cache ----------------------------------------------------------
 
 

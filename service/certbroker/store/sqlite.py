@@ -76,6 +76,12 @@ _PRIVATE = 0o600
 # before giving up with SQLITE_BUSY. Our own writes never wait on each other (they are
 # serialised by an asyncio lock), so a longer wait only makes every queued RPC slower.
 BUSY_TIMEOUT = timedelta(seconds=1)
+# Every delete on the writer overwrites the deleted bytes with zeros, so a sealed key
+# (a certificate's row, erased by compaction or with its domain; an order's row, dropped
+# once its certificate is stored) does not linger in free pages. On for the connection's
+# life: some SQLite builds (Debian's) default to it, others do not, and switching it
+# off after one statement turned it off for every later delete.
+_SECURE_DELETE = "PRAGMA secure_delete = ON"
 # SQLite's primary result codes that mean "not now" rather than "this is a bug".
 _BUSY = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
 _FULL = {sqlite3.SQLITE_FULL}
@@ -239,6 +245,7 @@ class SqliteStore:
             await asyncio.to_thread(_make_private, path)
         writer = await _connect(path, isolation_level="DEFERRED")
         try:
+            await writer.execute(_SECURE_DELETE)
             await _migrate(writer)
             reader = await _connect(path)
         except BaseException:
@@ -608,17 +615,12 @@ class SqliteStore:
             ) as cur:
                 row = await cur.fetchone()
             compacted = int(bytes(row[0]).decode()) if row is not None else 0
-            # zero the deleted rows' bytes in the file rather than leave them in free space
-            await self._writer.execute("PRAGMA secure_delete = ON")
-            try:
-                async with self._writer.execute(
-                    "DELETE FROM certificates WHERE retired_at < ? AND retired_revision <= ? "
-                    "RETURNING id",
-                    (to_micros(before), compacted + 1),
-                ) as cur:
-                    gone = [int(r[0]) for r in await cur.fetchall()]
-            finally:
-                await self._writer.execute("PRAGMA secure_delete = OFF")
+            async with self._writer.execute(  # zeroed in the file: see _SECURE_DELETE
+                "DELETE FROM certificates WHERE retired_at < ? AND retired_revision <= ? "
+                "RETURNING id",
+                (to_micros(before), compacted + 1),
+            ) as cur:
+                gone = [int(r[0]) for r in await cur.fetchall()]
         self._swept = True
         for cert_id in gone:
             self._certificates.pop(cert_id, None)
