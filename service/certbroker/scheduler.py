@@ -134,6 +134,24 @@ _RENEWALS_FIRST = timedelta(milliseconds=1)
 _CANDIDATES = 512
 
 
+def same_domain(started: Domain, latest: Domain | None) -> bool:
+    """Is ``latest`` the domain a step started on, not the name removed and added again?
+
+    An order runs for seconds to minutes, validated through the delegation label and
+    owner of the row it started from. If that row is removed and the name added again
+    meanwhile (possibly by another app, with another label), what the order finds or
+    gets must not land on the new row: that would serve another app a certificate
+    validated through the previous owner's delegation (or the CA's reuse of its
+    authorizations).
+    """
+    return (
+        latest is not None
+        and latest.app == started.app
+        and latest.created_at == started.created_at
+        and latest.delegation_label == started.delegation_label
+    )
+
+
 class Ledger(Protocol):
     """The limits ledger (``certbroker.limits.LimitsLedger``: the CA's limits, counted
     from the store)."""
@@ -408,22 +426,25 @@ class Scheduler:
         name: str,
         observations: Sequence[Observation],
         extra: Callable[[Transaction], Awaitable[None]] | None = None,
+        started: Domain | None = None,
     ) -> Domain | None:
         """Apply ``observations`` to the latest row in one transaction; write only changes.
 
         Most writes change nothing: that is decided on the committed row first,
-        without taking the store's single write lock.
+        without taking the store's single write lock. With ``started`` (what an order
+        began from), a row that is not that domain any more (``same_domain``) is left
+        alone, as a removed one is.
         """
         now = self._clock.now()
         if extra is None:
             current = await self._store.get_domain(name)
-            if current is None:
+            if current is None or (started is not None and not same_domain(started, current)):
                 return None
             if not lifecycle.changed(current, self._apply(current, observations, now)):
                 return current
         async with self._transaction() as tx:
             latest = await tx.get_domain(name)
-            if latest is None:
+            if latest is None or (started is not None and not same_domain(started, latest)):
                 return None
             if extra is not None:
                 await extra(tx)
@@ -440,6 +461,12 @@ class Scheduler:
         domain = lifecycle.apply(domain, Ticked(), now, self._rules)
         due = lifecycle.is_due_for_order(domain, now)
         order = await self._store.get_order(name) if due else None
+        if order is not None and order.started_at < domain.created_at:
+            # Left by an earlier holder of the name (older versions could write one after
+            # the removal): resuming it would reuse authorizations this row never earned.
+            async with self._transaction() as tx:
+                await tx.delete_order(name)
+            order = None
         action = lifecycle.next_action(domain, now, self._setup, order_pending=order is not None)
         match action:
             case Rest():
@@ -610,8 +637,8 @@ class Scheduler:
         order: PendingOrder | None = None
         async with self._transaction() as tx:
             latest = await tx.get_domain(domain.name)
-            if latest is None:
-                return
+            if latest is None or not same_domain(domain, latest):
+                return  # removed (and maybe added again) while we looked: checks not its
             after = self._apply(latest, observations, now)
             if lifecycle.is_due_for_order(after, now):
                 request = self._request(after, after.order_names)
@@ -661,7 +688,7 @@ class Scheduler:
         name = domain.name
         failure = await self._account_failure()
         if failure is not None:
-            await self._write(name, [failure])  # the order row stays: resumed next time
+            await self._write(name, [failure], started=domain)  # the order row stays
             return
         if key_pem is None:
             key_pem = self._sealer.open(order.key_sealed, name)
@@ -678,7 +705,7 @@ class Scheduler:
                     dns01_label=self._label(domain) if dns01 else "",
                     replaces=request.replaces or "",
                     resume_url=resume_url,
-                    on_order_created=self._saver(order),
+                    on_order_created=self._saver(domain, order),
                 )
                 break
             except AcmeProblem as problem:
@@ -687,19 +714,19 @@ class Scheduler:
                     self._ca_failed(problem)
                     held = self._ca_held()
                     assert held is not None
-                    await self._write(name, [held])  # the order row stays: resumed later
+                    await self._write(name, [held], started=domain)  # the order row stays
                     return
                 if not replaced and await self._replaceable(problem):
                     log.info("order for %s: %s; placing a new order", name, problem.reason)
                     replaced = True
                     resume_url = ""  # abandoned: bound to a forgotten account or order
-                    await self._saver(order)("")
+                    await self._saver(domain, order)("")
                     continue
                 log.warning("order for %s failed: %s", name, problem.reason)
-                await self._order_failed(request, problem)
+                await self._order_failed(domain, request, problem)
                 return
         self.ca.succeeded()
-        await self._store_certificate(order, issued.chain_pem)
+        await self._store_certificate(domain, order, issued.chain_pem)
 
     async def _replaceable(self, problem: AcmeProblem) -> bool:
         """A new order may fix it: the CA forgot the order (404), or the account, which
@@ -810,7 +837,9 @@ class Scheduler:
                     at = now - _RENEWALS_FIRST if latest.le_cert is not None else now
                     await outbox.save(tx, latest, lifecycle.apply(latest, CaAvailable(), at))
 
-    async def _order_failed(self, request: OrderRequest, problem: AcmeProblem) -> None:
+    async def _order_failed(
+        self, domain: Domain, request: OrderRequest, problem: AcmeProblem
+    ) -> None:
         """Drop the order row (a fresh order next time), tell the ledger, back off."""
         scope = rate_limit_scope(problem) if problem.reason == "ACME_RATE_LIMITED" else ""
         failure = OrderFailed(
@@ -830,16 +859,18 @@ class Scheduler:
                 pause = problem.retry_after or _RATE_LIMIT_DEFAULT
                 await self._ledger.rate_limited(tx, request, scope, now + pause, now)
 
-        await self._write(request.domain, [failure], extra=book)
+        await self._write(request.domain, [failure], extra=book, started=domain)
 
-    def _saver(self, order: PendingOrder) -> Callable[[str], Awaitable[None]]:
+    def _saver(self, domain: Domain, order: PendingOrder) -> Callable[[str], Awaitable[None]]:
         async def save(url: str) -> None:
             async with self._transaction() as tx:
+                if not same_domain(domain, await tx.get_domain(order.domain)):
+                    return  # removed meanwhile: no order row outlives its domain
                 await tx.put_order(replace(order, order_url=url))
 
         return save
 
-    async def _store_certificate(self, order: PendingOrder, chain_pem: str) -> None:
+    async def _store_certificate(self, domain: Domain, order: PendingOrder, chain_pem: str) -> None:
         """The certificate, its issuance (quotas count it) and the domain, in one write.
 
         The order row's sealed key becomes the certificate's as it is: same key,
@@ -853,8 +884,11 @@ class Scheduler:
             latest = await tx.get_domain(name)
             await tx.delete_order(name)
             await tx.record_issuance(name, order.registered_domain, order.names, info.serial, now)
-            if latest is None:
-                return  # removed while ordering: the issuance still counts for quotas
+            if latest is None or not same_domain(domain, latest):
+                # Removed while ordering (and maybe added again, by another app): the
+                # issuance still counts for quotas; the certificate serves no one.
+                log.warning("issued %s for a domain removed meanwhile; not stored", name)
+                return
             cert = await tx.add_certificate(
                 NewCertificate(
                     domain=name, source=Source.LETS_ENCRYPT, info=info, key_sealed=order.key_sealed
