@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from certbroker.errors import OutOfRange
+from certbroker.errors import OutOfRange, StoreUnavailable
 from certbroker.events import EventHub, RevisionCompacted
 from certbroker.model import Domain, Event, LetsEncryptState, Source
 from certbroker.store.sqlite import SqliteStore
@@ -222,3 +222,47 @@ async def test_replayed_events_carry_the_domain_as_of_their_revision(store: Sqli
         assert [e.domain for e in events] == [first, second]
     finally:
         await hub.stop()
+
+
+class _Unreadable:
+    """The real store, except that reading events fails while ``failing`` is set."""
+
+    def __init__(self, store: SqliteStore) -> None:
+        self._store = store
+        self.failing = False
+        self.tries = 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._store, name)
+
+    async def events_after(self, revision: int, limit: int) -> list[Event]:
+        if self.failing:
+            self.tries += 1
+            raise StoreUnavailable(
+                "the broker's database cannot be read or written; try again shortly",
+                reason="STORE_IO_ERROR",
+            )
+        return await self._store.events_after(revision, limit)
+
+
+async def test_a_store_that_cannot_be_read_is_retried_with_backoff_and_logged_once(
+    store: SqliteStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Used to be ten tracebacks a second, for as long as the database could not be read."""
+    unreadable = _Unreadable(store)
+    hub = EventHub(unreadable)  # type: ignore[arg-type]
+    await hub.start()
+    try:
+        unreadable.failing = True
+        (revision,) = await write(store, 1)
+        await asyncio.sleep(1.0)  # retries at 0.1, 0.3, 0.7 s: a handful, not ten
+        assert 1 <= unreadable.tries <= 5
+        unreadable.failing = False
+        async with asyncio.timeout(DEADLINE):
+            while hub.revision < revision:  # nothing lost once it reads again
+                await asyncio.sleep(0.01)
+    finally:
+        await hub.stop()
+    records = [r for r in caplog.records if r.name == "certbroker.events"]
+    assert len(records) == 1 and "STORE_IO_ERROR" in records[0].getMessage()
+    assert not records[0].exc_info  # a known store failure: no traceback

@@ -14,12 +14,17 @@ import logging
 from collections import deque
 from collections.abc import AsyncIterator
 
-from certbroker.errors import OutOfRange
+from certbroker.errors import BrokerError, OutOfRange
 from certbroker.model import Event
 from certbroker.store.base import Store
+from certbroker.store_health import describe
 
 log = logging.getLogger(__name__)
 _PAGE = 500
+# Reading new events failed: retry after 0.1 s, doubling to 5 s; log once per 30 s.
+_RETRY_FIRST = 0.1
+_RETRY_MAX = 5.0
+_LOG_EVERY = 30.0
 
 
 class RevisionCompacted(OutOfRange):
@@ -73,16 +78,33 @@ class EventHub:
         changed.set()
 
     async def _fetch_loop(self) -> None:
+        delay = _RETRY_FIRST
+        failures = 0
+        logged_at: float | None = None
         while True:
             await self._kick.wait()
             self._kick.clear()
             while self._head < self._wanted:
                 try:
                     batch = await self._store.events_after(self._head, _PAGE)
-                except Exception:  # a transient store error must not kill the hub
-                    log.exception("reading new events failed; retrying")
-                    await asyncio.sleep(0.1)
+                except Exception as error:  # a transient store error must not kill the hub
+                    # A database that cannot be read fails every try: back off and log once
+                    # per interval, not ten tracebacks a second.
+                    failures += 1
+                    now = asyncio.get_running_loop().time()
+                    if logged_at is None or now - logged_at >= _LOG_EVERY:
+                        log.warning(
+                            "reading new events failed %d time(s) (%s); retrying in %gs",
+                            failures,
+                            describe(error),
+                            delay,
+                            exc_info=not isinstance(error, BrokerError),
+                        )
+                        logged_at, failures = now, 0
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, _RETRY_MAX)
                     continue
+                delay = _RETRY_FIRST
                 if not batch:
                     break
                 self._window.extend(batch)
