@@ -21,7 +21,7 @@ from typing import Protocol
 from certbroker import lifecycle, outbox, tenancy
 from certbroker.bounds import MAX_PAGE_TOKEN_LENGTH, check_length
 from certbroker.clock import Clock
-from certbroker.delegation import LabelKey
+from certbroker.delegation import LabelKey, base_name
 from certbroker.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from certbroker.model import (
     CertificateInfo,
@@ -190,7 +190,7 @@ class Broker:
                 )
                 self._check_dns01(fresh)
                 if lifecycle.uses_dns01(fresh):
-                    fresh = replace(fresh, delegation_label=self._labels.label(app, name))
+                    fresh = replace(fresh, delegation_label=await self._label(tx, name, app))
                 result = await tx.put_domain(lifecycle.settle(fresh, now))
         self._wake()
         return result
@@ -383,6 +383,26 @@ class Broker:
     def _open(self, domain: Domain, cert: CertificateInfo, sealed: bytes) -> Material:
         key_pem = self._sealer.open(sealed, domain.name).decode()
         return Material(source=domain.serving, chain_pem=cert.chain_pem, private_key_pem=key_pem)
+
+    async def _label(self, tx: Transaction, name: str, app: str) -> str:
+        """The delegation label of a new DNS-01 row: its challenge sibling's, if it has one.
+
+        ``x`` and ``*.x`` validate at the one ``_acme-challenge.x``, whose CNAME can
+        point at one label only. They share an app (``tenancy``), and so the
+        owner-bound label, except where the sibling kept a legacy label (migration
+        003): the customer's record points there, and a different label for the
+        newcomer would ask them to move it, breaking the sibling.
+        """
+        base = base_name(name)
+        sibling = await tx.get_domain(base if name.startswith("*.") else f"*.{base}")
+        if (
+            sibling is not None
+            and sibling.app == app
+            and sibling.delegation_label
+            and lifecycle.uses_dns01(sibling)
+        ):
+            return sibling.delegation_label
+        return self._labels.label(app, name)
 
     @staticmethod
     async def _check_family(tx: Transaction, claim: tenancy.Claim, app: str) -> None:
