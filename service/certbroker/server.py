@@ -478,7 +478,12 @@ def _health_server(settings: Settings, servicer: Any) -> tuple[grpc.aio.Server |
         return None, None
     host, port = settings.health_listen
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0), *bounds.server_options()])
+    health_server = grpc.aio.server(
+        # Any local process can reach it: garbage is refused like on the main port, not
+        # logged as a traceback per request.
+        interceptors=[MalformedRequests()],
+        options=[("grpc.so_reuseport", 0), *bounds.server_options()],
+    )
     health_pb2_grpc.add_HealthServicer_to_server(servicer, health_server)
     add_port = functools.partial(health_server.add_insecure_port, address)
     return health_server, bind("CERTBROKER_HEALTH_LISTEN", address, add_port)

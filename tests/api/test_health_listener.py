@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from pathlib import Path
 
@@ -83,3 +84,19 @@ async def test_a_health_port_already_held_by_a_grpc_server_stops_the_start(
             assert broker.running.health_port is not None
     finally:
         await other.stop(0)
+
+
+async def test_garbage_to_the_health_listener_is_refused_without_a_traceback(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Any local process can reach the plaintext listener: garbage must not fill the log."""
+    garbage = b"\xff\xff\xff\xff\x0f" * 20  # a varint longer than protobuf allows
+    async with started_broker(broker_settings(tmp_path)) as broker:
+        address = f"127.0.0.1:{broker.running.health_port}"
+        async with grpc.aio.insecure_channel(address) as channel:
+            check = channel.unary_unary("/grpc.health.v1.Health/Check")
+            with caplog.at_level(logging.WARNING), pytest.raises(grpc.aio.AioRpcError) as caught:
+                await check(garbage, timeout=10)
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert await _status(channel) == SERVING
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
