@@ -191,6 +191,7 @@ class Broker:
                 self._check_dns01(fresh)
                 if lifecycle.uses_dns01(fresh):
                     fresh = replace(fresh, delegation_label=await self._label(tx, name, app))
+                fresh = await self._carried_backoff(tx, fresh, now)
                 result = await tx.put_domain(lifecycle.settle(fresh, now))
         self._wake()
         return result
@@ -331,12 +332,16 @@ class Broker:
         return await self._existing(self.normalise(domain))
 
     async def remove_domain(self, domain: str, app: str | None) -> int:
+        """Remove the domain; a backoff in progress stays with the name (``_carried_backoff``)."""
         name = self.normalise(domain)
+        now = self._clock.now()
         async with self._store.transaction() as tx:
             current = await self._in_tx(tx, name)
             self._platform.check_mutation(current, app, removing=True)
             tenancy.check_owner(current, app)
-            return await tx.delete_domain(replace(current, updated_at=self._clock.now()))
+            if lifecycle.backing_off(current, now):
+                await tx.keep_backoff(name, current.app, current.retry, now)
+            return await tx.delete_domain(replace(current, updated_at=now))
 
     async def list_domains(self, app: str, page_size: int, page_token: str) -> Page:
         if page_size < 0:
@@ -383,6 +388,30 @@ class Broker:
     def _open(self, domain: Domain, cert: CertificateInfo, sealed: bytes) -> Material:
         key_pem = self._sealer.open(sealed, domain.name).decode()
         return Material(source=domain.serving, chain_pem=cert.chain_pem, private_key_pem=key_pem)
+
+    @staticmethod
+    async def _carried_backoff(tx: Transaction, fresh: Domain, now: datetime) -> Domain:
+        """A name removed while backing off comes back backing off, whoever adds it.
+
+        Otherwise removing a failing domain and adding it again would order at once,
+        each time: a loop spending the shared ACME account's order and failed-validation
+        limits (which count per account and name, not per app), as retry-now once did.
+        The error's reason and message are only shown to the app they happened to.
+        """
+        carried = await tx.take_backoff(fresh.name, now)
+        if carried is None:
+            return fresh
+        owner, retry = carried
+        if owner != fresh.app:
+            retry = replace(
+                retry,
+                last_error_reason="NAME_BACKING_OFF",
+                last_error_message=(
+                    f"{fresh.name} failed validation recently ({retry.attempt} attempts); "
+                    "the next attempt waits for next_attempt_time"
+                ),
+            )
+        return replace(fresh, retry=retry)
 
     async def _label(self, tx: Transaction, name: str, app: str) -> str:
         """The delegation label of a new DNS-01 row: its challenge sibling's, if it has one.

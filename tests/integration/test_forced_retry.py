@@ -90,3 +90,48 @@ async def test_ten_forced_retries_place_at_most_one_order_within_the_interval(
         assert (await refused(broker, request)).reason == "RETRY_TOO_SOON"
         await settled(broker, clock)
         assert failing_ca.order_count() - orders == 1
+
+
+async def test_removing_and_adding_a_failing_domain_again_places_no_order(
+    lab: Lab, failing_ca: Pebble, tmp_path: Path
+) -> None:
+    """A remove/add loop is no way around the backoff, for the same app or another one."""
+    name = unique_domain()
+    clock = FakeClock(datetime.now(UTC))
+    settings = lab.settings(
+        tmp_path, acme_directory=failing_ca.directory_url, acme_ca_bundle=failing_ca.ca_bundle_path
+    )
+    add = broker_pb2.IssueCertificateRequest(domain=name, app="shop")
+    remove = broker_pb2.RemoveDomainRequest(domain=name, app="shop")
+    async with started_broker(settings, clock) as broker:
+        await broker.stub.IssueCertificate(add)
+        failed = await wait_status(broker.stub, name, lambda d: d.retry.attempt == 1)
+        orders = failing_ca.order_count()
+
+        for _ in range(5):  # the loop that used to order each time
+            await broker.stub.RemoveDomain(remove)
+            again = (await broker.stub.IssueCertificate(add)).domain
+            assert again.retry.attempt == 1
+            assert again.retry.next_attempt_time == failed.retry.next_attempt_time
+            assert again.retry.last_error_reason == failed.retry.last_error_reason
+        await settled(broker, clock)
+        assert failing_ca.order_count() == orders
+        # the rationed forced retry still applies (and is spent once, as before)
+        await broker.stub.IssueCertificate(add)
+        await wait_status(broker.stub, name, lambda d: d.retry.attempt == 2)
+        assert (await refused(broker, add)).reason == "RETRY_TOO_SOON"
+
+        # another app taking the name over waits too, without seeing shop's error text
+        await broker.stub.RemoveDomain(remove)
+        other = broker_pb2.IssueCertificateRequest(domain=name, app="other")
+        taken = (await broker.stub.IssueCertificate(other)).domain
+        assert taken.retry.attempt == 2
+        assert taken.retry.last_error_reason == "NAME_BACKING_OFF"
+        assert (await refused(broker, other)).reason == "RETRY_TOO_SOON"
+        await settled(broker, clock)
+        assert failing_ca.order_count() == orders + 1
+
+        # once the wait runs out, the next attempt goes as usual
+        clock.advance(timedelta(days=1))
+        await wait_status(broker.stub, name, lambda d: d.retry.attempt == 3)
+        assert failing_ca.order_count() == orders + 2

@@ -501,6 +501,32 @@ async def test_orders_round_trip(store: AnyStore) -> None:
     assert await store.get_order("a.example.com") is None
 
 
+async def test_a_kept_backoff_is_taken_once_and_only_until_it_runs_out(
+    store: AnyStore, backend: Backend
+) -> None:
+    """A removed domain's backoff, kept for the name (certbroker.app.remove_domain)."""
+
+    def retry(until: timedelta) -> RetryState:
+        return RetryState(2, T1 + until, "ACME_UNAUTHORIZED", "404", T1, forced_at=T1)
+
+    minute = timedelta(minutes=1)
+    async with store.transaction() as tx:
+        await tx.keep_backoff("a.example.com", "shop", retry(4 * minute), T1)
+        await tx.keep_backoff("b.example.com", "shop", retry(2 * minute), T1)
+    async with store.transaction() as tx:
+        taken = await tx.take_backoff("a.example.com", T1 + minute)
+        assert taken == ("shop", retry(4 * minute))
+        assert await tx.take_backoff("a.example.com", T1) is None  # taken: gone
+        assert await tx.take_backoff("b.example.com", T1 + 3 * minute) is None  # run out
+    # what ran out is dropped by the next keep: the table holds only live backoffs
+    async with store.transaction() as tx:
+        await tx.keep_backoff("c.example.com", "shop", retry(60 * minute), T1)
+        await tx.keep_backoff("d.example.com", "shop", retry(180 * minute), T1)
+        await tx.keep_backoff("e.example.com", "x", retry(180 * minute), T1 + 120 * minute)
+    rows = await backend.rows("SELECT name FROM removed_backoff ORDER BY name")
+    assert rows == [("d.example.com",), ("e.example.com",)]
+
+
 async def test_meta_round_trip(store: AnyStore) -> None:
     assert await store.get_meta("k") is None
     async with store.transaction() as tx:

@@ -14,7 +14,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from certbroker.model import EventType, LetsEncryptState, Source
+from certbroker.model import EventType, LetsEncryptState, RetryState, Source
 from certbroker.store.base import NewCertificate, PendingOrder
 from certbroker.store.migrate_db import MigrationError, migrate_db
 from certbroker.store.postgres import PostgresStore
@@ -65,7 +65,9 @@ async def fill(path: Path) -> None:
             await tx.put_order(order)
             await tx.add_challenge_event("c.example.com", EventType.CHALLENGE_ADDED, "t", "t.k", T0)
         gone = await _put(store, make_domain("gone.example.com"))
-        async with store.transaction() as tx:
+        async with store.transaction() as tx:  # removed while backing off: the name keeps it
+            retry = RetryState(3, T0 + 2 * DAY, "ACME_UNAUTHORIZED", "404", T0, forced_at=T0)
+            await tx.keep_backoff("gone.example.com", "app-a", retry, T0 + DAY)
             await tx.delete_domain(replace(gone, updated_at=T0 + DAY))
         for i in range(3):
             await _put(store, make_domain(f"d{i}.example.com", updated_at=T0 + (10 + i) * DAY))
@@ -136,6 +138,7 @@ async def test_everything_is_copied_and_reads_back_the_same(
         "meta": 4,  # and compacted_through
         "limit_spends": 2,
         "limit_pauses": 1,
+        "removed_backoff": 1,
     }
     assert (summary.revision, summary.compacted_through) == (8, 5)
 
@@ -190,7 +193,7 @@ async def test_the_cli_verb_copies_and_reports(tmp_path: Path, postgres_dsn: str
     assert (code, err.getvalue()) == (0, "")
     assert out.getvalue().splitlines() == [
         "copied 2 certificates, 5 domains, 3 events, 1 issuances, 1 orders, 4 meta, "
-        "2 limit_spends, 1 limit_pauses",
+        "2 limit_spends, 1 limit_pauses, 1 removed_backoff",
         "verified: every count matches; revision 8 (compacted through 5); "
         "the same KEK opens every key",
     ]

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
-from certbroker.model import CertificateInfo, Domain, Event, EventType, Source
+from certbroker.model import CertificateInfo, Domain, Event, EventType, RetryState, Source
 from certbroker.priorities import Candidate
 
 
@@ -118,6 +118,18 @@ class Transaction(LimitRecords, Protocol):
 
     async def delete_domain(self, domain: Domain) -> int:
         """Remove the row, its certificates and order; returns the removal event's revision."""
+        ...
+
+    async def keep_backoff(self, name: str, app: str, retry: RetryState, now: datetime) -> None:
+        """Keep a removed domain's backoff under its name until ``retry.next_attempt_at``.
+
+        Replaces what the name held; drops what any name held that ran out by ``now``.
+        """
+        ...
+
+    async def take_backoff(self, name: str, now: datetime) -> tuple[str, RetryState] | None:
+        """The app and backoff a removed domain left for ``name``, if its wait runs past
+        ``now``; removed from the store either way."""
         ...
 
     async def add_certificate(self, certificate: NewCertificate) -> CertificateInfo: ...

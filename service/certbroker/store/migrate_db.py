@@ -39,6 +39,7 @@ TABLES = (
     "meta",
     "limit_spends",
     "limit_pauses",
+    "removed_backoff",
 )
 _IDENTITY = ("certificates", "issuances", "limit_spends")  # ids from a sequence on PostgreSQL
 _BATCH = 5000

@@ -71,7 +71,7 @@ import asyncpg
 
 from certbroker import limits
 from certbroker.errors import StoreUnavailable
-from certbroker.model import CertificateInfo, Domain, Event, EventType
+from certbroker.model import CertificateInfo, Domain, Event, EventType, RetryState
 from certbroker.priorities import Candidate, Kind
 from certbroker.store.base import NewCertificate, PendingOrder, names_key
 from certbroker.store.codec import (
@@ -1062,6 +1062,49 @@ class _PostgresTransaction:
         self.written.pop(domain.name, None)
         self.removed.add(domain.name)
         return revision
+
+    async def keep_backoff(self, name: str, app: str, retry: RetryState, now: datetime) -> None:
+        assert retry.next_attempt_at is not None
+        # What has run out goes (indexed): the table holds only names backing off now.
+        await self._conn.execute(
+            "DELETE FROM removed_backoff WHERE next_attempt_at <= $1", to_micros(now)
+        )
+        await self._conn.execute(
+            "INSERT INTO removed_backoff (name, app, attempt, next_attempt_at, "
+            "last_error_reason, last_error_message, last_error_at, forced_retry_at) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (name) DO UPDATE SET "
+            "app = EXCLUDED.app, attempt = EXCLUDED.attempt, "
+            "next_attempt_at = EXCLUDED.next_attempt_at, "
+            "last_error_reason = EXCLUDED.last_error_reason, "
+            "last_error_message = EXCLUDED.last_error_message, "
+            "last_error_at = EXCLUDED.last_error_at, forced_retry_at = EXCLUDED.forced_retry_at",
+            name,
+            app,
+            retry.attempt,
+            to_micros(retry.next_attempt_at),
+            retry.last_error_reason,
+            retry.last_error_message,
+            to_micros(retry.last_error_at),
+            to_micros(retry.forced_at),
+        )
+
+    async def take_backoff(self, name: str, now: datetime) -> tuple[str, RetryState] | None:
+        row = await self._conn.fetchrow(
+            "DELETE FROM removed_backoff WHERE name = $1 RETURNING app, attempt, "
+            "next_attempt_at, last_error_reason, last_error_message, last_error_at, "
+            "forced_retry_at",
+            name,
+        )
+        if row is None or must_time(row["next_attempt_at"]) <= now:
+            return None
+        return row["app"], RetryState(
+            attempt=row["attempt"],
+            next_attempt_at=must_time(row["next_attempt_at"]),
+            last_error_reason=row["last_error_reason"],
+            last_error_message=row["last_error_message"],
+            last_error_at=from_micros(row["last_error_at"]),
+            forced_at=from_micros(row["forced_retry_at"]),
+        )
 
     async def add_certificate(self, certificate: NewCertificate) -> CertificateInfo:
         info = certificate.info

@@ -47,7 +47,7 @@ import aiosqlite
 
 from certbroker import delegation, limits
 from certbroker.errors import StoreUnavailable
-from certbroker.model import CertificateInfo, Domain, Event, EventType
+from certbroker.model import CertificateInfo, Domain, Event, EventType, RetryState
 from certbroker.priorities import Candidate, Kind
 from certbroker.store.base import NewCertificate, PendingOrder, names_key
 from certbroker.store.codec import (
@@ -883,6 +883,48 @@ class _SqliteTransaction:
         self.written.pop(domain.name, None)
         self.removed.add(domain.name)
         return revision
+
+    async def keep_backoff(self, name: str, app: str, retry: RetryState, now: datetime) -> None:
+        assert retry.next_attempt_at is not None
+        until = to_micros(retry.next_attempt_at)
+        # What has run out goes (indexed): the table holds only names backing off now.
+        await self._conn.execute(
+            "DELETE FROM removed_backoff WHERE next_attempt_at <= ?", (to_micros(now),)
+        )
+        await self._conn.execute(
+            "INSERT OR REPLACE INTO removed_backoff (name, app, attempt, next_attempt_at, "
+            "last_error_reason, last_error_message, last_error_at, forced_retry_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                name,
+                app,
+                retry.attempt,
+                until,
+                retry.last_error_reason,
+                retry.last_error_message,
+                to_micros(retry.last_error_at),
+                to_micros(retry.forced_at),
+            ),
+        )
+
+    async def take_backoff(self, name: str, now: datetime) -> tuple[str, RetryState] | None:
+        async with self._conn.execute(
+            "DELETE FROM removed_backoff WHERE name = ? RETURNING app, attempt, "
+            "next_attempt_at, last_error_reason, last_error_message, last_error_at, "
+            "forced_retry_at",
+            (name,),
+        ) as cur:
+            row = await cur.fetchone()
+        if row is None or must_time(row["next_attempt_at"]) <= now:
+            return None
+        return row["app"], RetryState(
+            attempt=row["attempt"],
+            next_attempt_at=must_time(row["next_attempt_at"]),
+            last_error_reason=row["last_error_reason"],
+            last_error_message=row["last_error_message"],
+            last_error_at=from_micros(row["last_error_at"]),
+            forced_at=from_micros(row["forced_retry_at"]),
+        )
 
     async def add_certificate(self, certificate: NewCertificate) -> CertificateInfo:
         info = certificate.info
