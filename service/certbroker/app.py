@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -36,9 +37,13 @@ from certbroker.names import normalise_domain
 from certbroker.platform import Platform
 from certbroker.ports import Sealer
 from certbroker.store.base import NewCertificate, Store, Transaction
+from certbroker.x509.sealing import KekError
 from certbroker.x509.validate import ValidatedBundle
 
+log = logging.getLogger(__name__)
 DEFAULT_PAGE_SIZE = 100
+# Certificates remembered as unopenable (logged once each); beyond it, logged every time.
+_UNOPENABLE_LOGGED = 10_000
 MAX_PAGE_SIZE = 1000
 
 
@@ -122,6 +127,7 @@ class Broker:
         self._wake = wake_scheduler
         self._forced_retry_interval = forced_retry_interval
         self._dns01_configured = dns01_configured
+        self._unopenable: set[int] = set()  # certificates whose sealed key failed to open
 
     async def issue_certificate(
         self,
@@ -377,16 +383,34 @@ class Broker:
     async def serving_materials(self, domains: Iterable[Domain]) -> dict[str, Material]:
         """``serving_material`` of many domains (a snapshot page), by name; the keys in one read.
 
-        Domains serving nothing, or whose certificate is gone meanwhile, are left out.
+        Domains serving nothing, whose certificate is gone meanwhile, or whose key does
+        not open (``_open``) are left out.
         """
         serving = [(d, cert) for d in domains if (cert := _serving_cert(d)) is not None]
         sealed = await self._store.load_keys([cert.id for _, cert in serving])
-        return {
+        opened = {
             d.name: self._open(d, cert, sealed[cert.id]) for d, cert in serving if cert.id in sealed
         }
+        return {name: material for name, material in opened.items() if material is not None}
 
-    def _open(self, domain: Domain, cert: CertificateInfo, sealed: bytes) -> Material:
-        key_pem = self._sealer.open(sealed, domain.name).decode()
+    def _open(self, domain: Domain, cert: CertificateInfo, sealed: bytes) -> Material | None:
+        try:
+            key_pem = self._sealer.open(sealed, domain.name).decode()
+        except KekError as error:
+            # One damaged row (a bad restore, a hand edit) must not fail every router's
+            # stream at the same event, over and over, each time with a traceback: the
+            # domain is sent without material, and the damage is logged once.
+            if cert.id not in self._unopenable:
+                if len(self._unopenable) < _UNOPENABLE_LOGGED:
+                    self._unopenable.add(cert.id)
+                log.error(
+                    "the sealed key of %s (certificate %d) does not open: %s; routers get "
+                    "no key for it until a new certificate is stored",
+                    domain.name,
+                    cert.id,
+                    error,
+                )
+            return None
         return Material(source=domain.serving, chain_pem=cert.chain_pem, private_key_pem=key_pem)
 
     @staticmethod

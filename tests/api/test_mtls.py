@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -193,3 +195,66 @@ async def test_wrong_or_missing_kek_stops_the_start(tmp_path: Path) -> None:
     KeySealer.generate_file(str(tmp_path / "kek"))
     with pytest.raises(StartupError, match="not the key-encryption key"):
         await run(settings)
+
+
+async def test_a_key_that_does_not_open_fails_neither_the_snapshot_nor_the_other_domains(
+    tmp_path: Path, pki: TestPKI, mtls: MtlsFiles, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One damaged sealed key used to end every router's stream at that domain, forever."""
+    server_id, router = mtls.issue("broker", server=True), mtls.issue("router-1")
+    trust = tmp_path / "trust.pem"
+    trust.write_bytes(pki.root.pem)
+    settings = broker_settings(
+        tmp_path,
+        trust_bundle=str(trust),
+        tls_cert=str(server_id.cert),
+        tls_key=str(server_id.key),
+        tls_client_ca=str(mtls.ca),
+        roles={"router-1": "router"},
+    )
+    names = ["a.shop.example", "b.shop.example"]
+    async with started_broker(replace(settings, tls_cert=None), FakeClock(NOW)) as broker:
+        for name in names:  # set up over plaintext on loopback (every caller may manage)
+            leaf = pki.leaf(name)
+            await broker.stub.IssueCertificate(
+                broker_pb2.IssueCertificateRequest(
+                    domain=name, app="shop", disable_letsencrypt=True
+                )
+            )
+            await broker.stub.UploadCustom(
+                broker_pb2.UploadCustomRequest(
+                    domain=name,
+                    app="shop",
+                    certificate=pki.bundle(leaf),
+                    private_key=leaf.key_pem(),
+                )
+            )
+    conn = sqlite3.connect(tmp_path / "broker.sqlite3")
+    with conn:  # damage a.shop.example's sealed key (a bad restore, a hand edit)
+        conn.execute(
+            "UPDATE certificates SET key_sealed = zeroblob(64) WHERE domain = ?", (names[0],)
+        )
+    conn.close()
+
+    caplog.set_level(logging.INFO)
+    async with (
+        started_broker(settings, FakeClock(NOW)) as broker,
+        _stub(broker.running.port, mtls, router) as stub,
+    ):
+        for batched in (False, True, False):  # reconnecting: the same, and no new log line
+            stream = stub.WatchStatus(
+                broker_pb2.WatchStatusRequest(
+                    after_revision=0, include_keys=True, batch_snapshot=batched
+                )
+            )
+            served: dict[str, bool] = {}
+            async for response in stream:
+                events = list(response.snapshot_batch.events) or [response.event]
+                if events[-1].type == broker_pb2.EVENT_TYPE_SNAPSHOT_COMPLETE:
+                    stream.cancel()
+                    break
+                served.update((e.domain.domain, e.HasField("serving")) for e in events)
+            assert served == {names[0]: False, names[1]: True}
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and names[0] in errors[0].getMessage()
+    assert not errors[0].exc_info
