@@ -210,6 +210,10 @@ def test_hostport_port_out_of_range_is_refused() -> None:
         ("CERTBROKER_ROLES", "=router"),
         ("CERTBROKER_TRACES_EXPORTER", "jaeger"),
         ("CERTBROKER_LOG_LEVEL", "verbose"),
+        # durations beyond any use: the arithmetic on them would overflow at run time
+        ("CERTBROKER_KEY_RETENTION", "99999999d"),
+        ("CERTBROKER_FORCED_RETRY_INTERVAL", "9999999999d"),
+        ("CERTBROKER_DNS_CHECK_INTERVAL", "99999999999999999999"),
         ("CERTBROKER_ACME_CA_BUNDLE", "/nonexistent/ca.pem"),
         ("CERTBROKER_TRUST_BUNDLE", "/nonexistent/trust.pem"),
     ],

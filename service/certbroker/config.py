@@ -79,6 +79,7 @@ KNOWN_VARIABLES = frozenset(f"CERTBROKER_{name}" for name in _KNOWN)
 ROLES = ("router", "api", "admin")
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)?$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+_MAX_DURATION = timedelta(days=3650)
 _ZONE_LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9])?"
 _ZONE = re.compile(rf"{_ZONE_LABEL}(?:\.{_ZONE_LABEL})+")
 
@@ -235,7 +236,12 @@ def _duration(name: str, raw: str) -> timedelta:
     match = _DURATION.match(raw.strip())
     if not match:
         raise ConfigError(f"{name}={raw!r}: expected a duration like 60s, 15m, 7d or plain seconds")
-    value = timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+    seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if seconds > _MAX_DURATION.total_seconds():
+        # Beyond any use, and ``now - value`` (key retention) or ``then + value`` (the
+        # forced-retry interval) would overflow at run time, not here.
+        raise ConfigError(f"{name}={raw!r}: must be at most {_MAX_DURATION.days}d")
+    value = timedelta(seconds=seconds)
     if value <= timedelta(0):
         raise ConfigError(f"{name}={raw!r}: must be longer than zero")
     return value
