@@ -54,10 +54,13 @@ _KNOWN = (
     "KEK_FILE",
     "KEY_RETENTION",
     "LISTEN",
+    "LOG_FORMAT",
     "LOG_LEVEL",
+    "LOG_LEVEL_LIBRARIES",
     "MAX_CONCURRENT_ORDERS",
     "MAX_PENDING_REQUESTS",
     "MAX_ROUTERS",
+    "METRICS_LISTEN",
     "PLATFORM_DOMAINS",
     "PLATFORM_TARGETS",
     "PLATFORM_ZONE",
@@ -318,6 +321,12 @@ def _transport(s: Settings) -> None:
             f"CERTBROKER_HEALTH_LISTEN={s.health_listen[0]!r} is not loopback (the health "
             "listener is plaintext): use 127.0.0.1:PORT, off, or CERTBROKER_ALLOW_PLAINTEXT=1"
         )
+    if s.metrics_listen and not s.allow_plaintext and not is_loopback(s.metrics_listen[0]):
+        raise ConfigError(
+            f"CERTBROKER_METRICS_LISTEN={s.metrics_listen[0]!r} is not loopback (metrics are "
+            "plaintext and name every domain and app): use 127.0.0.1:PORT, off, or "
+            "CERTBROKER_ALLOW_PLAINTEXT=1"
+        )
 
 
 def _db(name: str, raw: str) -> str:
@@ -401,6 +410,11 @@ class Settings:
     quota_failed_authorizations: Bucket = Limits.failed_authorizations
     traces_exporter: str = "none"
     log_level: str = "INFO"
+    # Telemetry (certbroker.metrics, certbroker.logs): a Prometheus scrape address
+    # (None: off), "text" or "json" log lines, and the level of every non-certbroker logger.
+    metrics_listen: tuple[str, int] | None = None
+    log_format: str = "text"
+    log_level_libraries: str = "WARNING"
     max_pending_requests: int = 20000
     # Routers report what they serve this often; silent for 3 intervals they stop counting.
     router_report_interval: timedelta = timedelta(seconds=10)
@@ -473,6 +487,7 @@ class Settings:
         for attr, name in (
             ("http01_listen", "CERTBROKER_HTTP01_LISTEN"),
             ("health_listen", "CERTBROKER_HEALTH_LISTEN"),
+            ("metrics_listen", "CERTBROKER_METRICS_LISTEN"),
         ):
             if (raw := get(name)) is not None:
                 values[attr] = None if raw.strip() == "off" else parse_hostport(name, raw)
@@ -528,12 +543,18 @@ class Settings:
                     f"CERTBROKER_TRACES_EXPORTER={raw!r}: expected none, console or otlp"
                 )
             values["traces_exporter"] = raw
-        if (raw := get("CERTBROKER_LOG_LEVEL")) is not None:
-            if raw.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-                raise ConfigError(
-                    f"CERTBROKER_LOG_LEVEL={raw!r}: expected DEBUG, INFO, WARNING or ERROR"
-                )
-            values["log_level"] = raw.upper()
+        for attr, name in (
+            ("log_level", "CERTBROKER_LOG_LEVEL"),
+            ("log_level_libraries", "CERTBROKER_LOG_LEVEL_LIBRARIES"),
+        ):
+            if (raw := get(name)) is not None:
+                if raw.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+                    raise ConfigError(f"{name}={raw!r}: expected DEBUG, INFO, WARNING or ERROR")
+                values[attr] = raw.upper()
+        if (raw := get("CERTBROKER_LOG_FORMAT")) is not None:
+            if raw.strip().lower() not in ("text", "json"):
+                raise ConfigError(f"CERTBROKER_LOG_FORMAT={raw!r}: expected text or json")
+            values["log_format"] = raw.strip().lower()
         values.update(_dns01(get))
         values.update(_platform(get))
         settings = replace(defaults, **values)  # type: ignore[arg-type]

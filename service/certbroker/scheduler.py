@@ -66,6 +66,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Protocol
 
+from opentelemetry import trace
+
 from certbroker import delegation, lifecycle, outbox, priorities
 from certbroker.acme import ari
 from certbroker.acme.keys import generate_private_key
@@ -107,11 +109,13 @@ from certbroker.lifecycle import (
     Ticked,
 )
 from certbroker.limits import Budget, Hold, Limits, LimitsLedger, OrderRequest
+from certbroker.metrics import Metrics
 from certbroker.model import Domain, Source
 from certbroker.names import registered_domain
 from certbroker.ports import Dns01Access, DnsChecks, Issued, Issuer, Sealer
 from certbroker.store.base import LimitReads, NewCertificate, PendingOrder, Store, Transaction
 from certbroker.store_health import Holds, StoreHealth
+from certbroker.telemetry import spanned
 from certbroker.x509.info import certificate_info
 
 __all__ = ["Issued", "Ledger", "Policy", "Scheduler"]
@@ -204,7 +208,11 @@ class Scheduler:
         on_store_health: Callable[[bool], Awaitable[None]] | None = None,
         ledger: Ledger | None = None,
         pick: Callable[[], float] = random.random,
+        metrics: Metrics | None = None,
+        tracer: trace.Tracer | None = None,
     ) -> None:
+        self._metrics = metrics or Metrics()  # outcomes counted (certbroker.metrics)
+        self._tracer = tracer or trace.NoOpTracer()  # each step a trace (@spanned)
         self._store = store
         self._dns01 = dns01
         self._labels = labels
@@ -452,6 +460,7 @@ class Scheduler:
 
     # -- one step: the action lifecycle names, observed, then written ------------------
 
+    @spanned("certbroker.step")
     async def step(self, name: str) -> None:
         """One unit of work for a due domain."""
         domain = await self._store.get_domain(name)
@@ -610,7 +619,9 @@ class Scheduler:
             log.warning("ACME account not ready: %s", problem)
             if self.ca.is_outage(problem):
                 self._ca_failed(problem)
+                self._metrics.order_finished("held", problem.reason)
                 return self._ca_held()
+            self._metrics.order_finished("failed", problem.reason)
             return OrderFailed(
                 problem.reason,
                 f"the CA is unreachable: {problem.detail}",
@@ -644,6 +655,7 @@ class Scheduler:
                 request = self._request(after, after.order_names)
                 hold = await self._ledger.reserve(tx, request, now)
                 if hold is not None:
+                    self._metrics.order_finished("held", hold.reason)
                     after = lifecycle.apply(
                         after, QuotaHeld(hold.reason, hold.message, hold.until), now
                     )
@@ -680,6 +692,7 @@ class Scheduler:
 
     # -- the order ---------------------------------------------------------------------
 
+    @spanned("acme.order")
     async def _order(
         self, domain: Domain, order: PendingOrder, key_pem: bytes | None = None
     ) -> None:
@@ -710,7 +723,8 @@ class Scheduler:
                 break
             except AcmeProblem as problem:
                 if self.ca.is_outage(problem):
-                    log.warning("order for %s: the CA is unavailable (%s)", name, problem.reason)
+                    log.warning("order for %s: the CA is unavailable (%s)", name, problem)
+                    self._metrics.order_finished("held", problem.reason)
                     self._ca_failed(problem)
                     held = self._ca_held()
                     assert held is not None
@@ -722,7 +736,18 @@ class Scheduler:
                     resume_url = ""  # abandoned: bound to a forgotten account or order
                     await self._saver(domain, order)("")
                     continue
-                log.warning("order for %s failed: %s", name, problem.reason)
+                log.warning(
+                    "order for %s failed: %s (%s)",  # the CA's detail, not just the reason code
+                    name,
+                    problem,
+                    problem.type_urn or "no problem document",
+                    extra={
+                        "domain": name,
+                        "reason": problem.reason,
+                        "identifier": problem.identifier,
+                    },
+                )
+                self._metrics.order_finished("failed", problem.reason)
                 await self._order_failed(domain, request, problem)
                 return
         self.ca.succeeded()
@@ -870,6 +895,7 @@ class Scheduler:
 
         return save
 
+    @spanned("store.certificate")
     async def _store_certificate(self, domain: Domain, order: PendingOrder, chain_pem: str) -> None:
         """The certificate, its issuance (quotas count it) and the domain, in one write.
 
@@ -896,6 +922,7 @@ class Scheduler:
             )
             issued = CertificateIssued(cert, ari=self._issuer.offers_ari)
             await outbox.save(tx, latest, self._apply(latest, [issued], now))
+        self._metrics.order_finished("issued", started=order.started_at)
         log.info("issued %s (serial %s, until %s)", name, info.serial, info.not_after)
 
     def _label(self, domain: Domain) -> str:

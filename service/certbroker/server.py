@@ -26,10 +26,12 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter
+from prometheus_client import CollectorRegistry
 
-from certbroker import bounds, names
+from certbroker import bounds, logs, names
 from certbroker.acme.dns01 import Dns01Publisher, Dns01Updater, TsigKey
 from certbroker.acme.http01 import Http01Responder, ResponderLimits
 from certbroker.acme.http01_probe import Http01Probe
@@ -46,6 +48,9 @@ from certbroker.dns import DnsChecker, PlatformTargets
 from certbroker.doctor import Doctor, DoctorPolicy
 from certbroker.events import EventHub
 from certbroker.housekeeping import ChallengeEvents, Compactor
+from certbroker.instrumented import InstrumentedDns
+from certbroker.journal import Journal
+from certbroker.metrics import Metrics, MetricsEndpoint
 from certbroker.platform import Platform, PlatformConflict, reconcile
 from certbroker.rlimits import raise_open_files_limit
 from certbroker.routers import RouterRegistry
@@ -100,6 +105,8 @@ class Running:
     health_server: grpc.aio.Server | None = None  # plaintext, grpc.health.v1 only
     health_port: int | None = None
     db_lock: DatabaseLock | None = None
+    metrics: Metrics = field(default_factory=Metrics)
+    metrics_port: int | None = None  # the Prometheus scrape endpoint, when on
 
     async def stop(self, grace: float = GRACE_SECONDS) -> None:
         self.servicer.stopping = True
@@ -117,6 +124,8 @@ class Running:
             self.db_lock.release()
         if self.tracing is not None:
             self.tracing.shutdown()  # flushes the spans still queued
+        if self.metrics.provider is not None:
+            self.metrics.provider.shutdown()
 
 
 async def _open_sealer(settings: Settings, store: Store) -> KeySealer:
@@ -205,10 +214,20 @@ async def _start(
     except TrustStoreError as error:
         raise StartupError(f"CERTBROKER_TRUST_BUNDLE={settings.trust_bundle}: {error}") from None
     credentials = _server_credentials(settings) if settings.tls_enabled else None
+    provider = tracer_provider(settings.traces_exporter, span_exporter)
+    if provider is not None:
+        started.callback(provider.shutdown)
+    tracer = provider.get_tracer("certbroker") if provider else trace.NoOpTracer()
+    metrics, registry = Metrics.prometheus(clock) if settings.metrics_listen else (Metrics(), None)
     db_lock, store = await _open_store(settings, open_store)
     if db_lock is not None:
         started.callback(db_lock.release)
     started.push_async_callback(store.close)
+    store.observe(Journal(metrics), tracer if provider else None)  # before any domain write
+    if metrics.enabled:
+        t0 = time.perf_counter()
+        indexed = await metrics.fleet.load(store)
+        log.info("metrics: %d domains indexed in %.1f s", indexed, time.perf_counter() - t0)
     sealer = await _open_sealer(settings, store)
     try:
         labels = await load_label_key(store, sealer)
@@ -248,6 +267,7 @@ async def _start(
             responder=responder,
             dns01=dns01,
             max_workers=settings.acme_workers,
+            tracer=tracer,
         )
         started.push_async_callback(issuer.close)
         extras.append(_Closing(issuer))
@@ -260,7 +280,7 @@ async def _start(
         clock,
         sealer,
         issuer,
-        dns,
+        InstrumentedDns(dns, tracer, metrics),  # the doctor's own checks are not counted
         targets,
         Policy(
             dns_check_interval=settings.dns_check_interval,
@@ -271,6 +291,12 @@ async def _start(
         dns01=dns01,
         labels=labels,
         on_store_health=store_health,
+        metrics=metrics,
+        tracer=tracer,
+    )
+    metrics.scheduler(lambda: scheduler.busy)
+    metrics.quota_limits(
+        settings.quota_per_registered_domain.capacity, settings.quota_per_name_set.capacity
     )
     broker = Broker(
         store,
@@ -283,9 +309,6 @@ async def _start(
         dns01_configured=dns01 is not None and dns01.delegates,  # apps' DNS-01 needs the zone
         platform=platform,
     )
-    provider = tracer_provider(settings.traces_exporter, span_exporter)
-    if provider is not None:
-        started.callback(provider.shutdown)
     server = grpc.aio.server(
         # Garbage that does not parse is refused INVALID_ARGUMENT, not logged as a traceback.
         interceptors=[MalformedRequests(), *([server_interceptor(provider)] if provider else [])],
@@ -317,6 +340,7 @@ async def _start(
         challenges=challenge_events,
         routers=RouterRegistry(clock, settings.router_report_interval, settings.max_routers),
         doctor=_doctor(settings, store, clock, dns, targets, responder, dns01, labels, platform),
+        metrics=metrics,
     )
     from certbroker.v1 import broker_pb2_grpc
 
@@ -337,6 +361,7 @@ async def _start(
         extras,
         provider,
         db_lock=db_lock,
+        metrics=metrics,
     )
     started.pop_all()  # from here running.stop() undoes everything, in its order
     started.push_async_callback(running.stop, 0)
@@ -346,6 +371,8 @@ async def _start(
         add_port = functools.partial(server.add_insecure_port, settings.listen)
     running.port = bind("CERTBROKER_LISTEN", settings.listen, add_port)
     running.health_server, running.health_port = _health_server(settings, health_servicer)
+    if registry is not None and settings.metrics_listen is not None:
+        running.metrics_port = _metrics_endpoint(settings.metrics_listen, registry, extras)
     await server.start()
     if running.health_server is not None:
         await running.health_server.start()
@@ -535,6 +562,26 @@ async def _start_responder(responder: Http01Responder, host: str, port: int) -> 
         ) from None
 
 
+def _metrics_endpoint(
+    listen: tuple[str, int], registry: CollectorRegistry, extras: list[Any]
+) -> int:
+    """Start the Prometheus scrape endpoint (stopped with the other extras); its port."""
+    host, port = listen
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    endpoint = MetricsEndpoint(registry)
+    try:
+        bound = endpoint.start(host, port)
+    except OSError as error:
+        cause = os.strerror(error.errno).lower() if error.errno else str(error)
+        raise StartupError(
+            f"CERTBROKER_METRICS_LISTEN={address}: cannot listen: {cause}; "
+            "choose another address or set it to off"
+        ) from None
+    extras.append(endpoint)
+    log.info("metrics for Prometheus on http://%s/metrics", f"{address.rsplit(':', 1)[0]}:{bound}")
+    return bound
+
+
 def _os_reason(error: OSError) -> str:
     """``/proc/nope: No such file or directory`` rather than ``[Errno 2] ...``."""
     where = f"{error.filename}: " if error.filename else ""
@@ -570,11 +617,7 @@ def main() -> int:
     except ConfigError as error:
         print(f"certbroker: configuration error: {error}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure(settings)
     for warning in unknown_variables(os.environ):
         log.warning("%s", warning)
     try:

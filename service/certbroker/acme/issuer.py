@@ -10,6 +10,10 @@ It composes the module's seams and implements ``certbroker.ports.Issuer``:
 
 ``AcmeSteps`` is the one place that speaks acme's client API for an order's
 requests (``orders.OrderSteps``), each run through the transport.
+
+With a tracer, each authorization is an ``acme.authorization`` span and each
+request an ``acme.<step>`` span made in the worker thread (``transport``),
+all in the trace of the scheduler step that placed the order.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from datetime import timedelta
 
 import requests
 from josepy import jwk
+from opentelemetry import trace
 
 from acme import challenges, client, messages
 from certbroker.acme import ari
@@ -42,7 +47,7 @@ from certbroker.acme.orders import (
     Placed,
 )
 from certbroker.acme.problems import AcmeProblem, HttpStatusError, parse_retry_after
-from certbroker.acme.transport import StepRetry, Transport
+from certbroker.acme.transport import ORDER_DOMAIN, StepRetry, Transport
 from certbroker.ports import RenewalWindow
 
 log = logging.getLogger(__name__)
@@ -184,12 +189,14 @@ class AcmeIssuer:
         order_timeout: float = 120.0,
         http_timeout: int = 15,
         step_attempts: int = 4,
+        tracer: trace.Tracer | None = None,
     ) -> None:
         self._transport = Transport(
             ca_bundle=ca_bundle,
             http_timeout=http_timeout,
             max_workers=max_workers,
             retry=StepRetry(attempts=step_attempts),
+            tracer=tracer,
         )
         self._opener = AccountOpener(self._transport, directory_url, account_store, email)
         self._account: Account | None = None
@@ -202,6 +209,7 @@ class AcmeIssuer:
             poll_interval=poll_interval,
             order_timeout=order_timeout,
             csr=self._csr,
+            tracer=tracer,
         )
         self._start_lock = asyncio.Lock()
 
@@ -274,6 +282,7 @@ class AcmeIssuer:
         ``dns01_label``'s record.
         """
         self._require_started()
+        ORDER_DOMAIN.set(names[0] if names else "")  # this order's task: for request spans
         return await self._orders.resume_or_place(
             resume_url,
             names,
@@ -295,6 +304,7 @@ class AcmeIssuer:
         """Continue an order created before a crash; ``OrderGone`` (ACME_ORDER_INVALID,
         retryable) when the CA can no longer complete it."""
         self._require_started()
+        ORDER_DOMAIN.set(names[0] if names else "")
         return await self._orders.resume(order_url, names, key_pem, Challenges(dns01, dns01_label))
 
     # -- renewal information (RFC 9773) -----------------------------------------

@@ -43,10 +43,12 @@ from typing import Final, Protocol
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from josepy import jwk
+from opentelemetry import trace
 
 from acme import challenges, messages
 from certbroker.acme.keys import make_csr
 from certbroker.acme.problems import ERROR_PREFIX, AcmeProblem, from_acme_error
+from certbroker.telemetry import DOMAIN_ATTRIBUTE
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +154,9 @@ class OrderMachine:
         order_timeout: float = 120.0,
         csr: Callable[[bytes, list[str]], Awaitable[bytes]] | None = None,
         wall_clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+        tracer: trace.Tracer | None = None,
     ) -> None:
+        self._tracer = tracer or trace.NoOpTracer()
         self._steps = steps
         # Signing a CSR with an RSA key takes milliseconds: the issuer runs it in its pool.
         self._csr = csr or _csr_inline
@@ -308,7 +312,7 @@ class OrderMachine:
         """Every authorization to valid; else the first problem, counting the failed ones."""
         outcomes = await asyncio.gather(
             *(
-                self._authorize(url, published, published_dns, deadline, how, known.get(url))
+                self._authorize_traced(url, published, published_dns, deadline, how, known.get(url))
                 for url in order.authorizations
             ),
             return_exceptions=True,
@@ -323,6 +327,23 @@ class OrderMachine:
             first = problems[0]
             first.failed_authorizations = sum(p.failed_authorizations for p in problems)
             raise first
+
+    async def _authorize_traced(
+        self,
+        url: str,
+        published: list[str],
+        published_dns: list[tuple[str, str]],
+        deadline: float,
+        how: Challenges,
+        known: messages.Authorization | None,
+    ) -> None:
+        """``_authorize`` as an ``acme.authorization`` span, named by its identifier if known."""
+        attributes = {"acme.authorization": url}
+        if known is not None and known.identifier is not None:
+            ident = str(known.identifier.value)
+            attributes[DOMAIN_ATTRIBUTE] = f"*.{ident}" if known.wildcard else ident
+        with self._tracer.start_as_current_span("acme.authorization", attributes=attributes):
+            await self._authorize(url, published, published_dns, deadline, how, known)
 
     async def _unpublish_dns(self, published: list[tuple[str, str]]) -> None:
         """Remove the order's DNS-01 values, success or failure; a failure is only logged.

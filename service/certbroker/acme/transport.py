@@ -16,6 +16,13 @@ Three facts shape this module:
   is a typed value with the same doubling ``Backoff`` the scheduler uses, not a
   loop of its own.
 
+Tracing: ``submit`` runs each call in a copy of the caller's context
+(``run_in_executor`` does not carry it, unlike ``to_thread``), and
+``with_client`` makes each ACME request a client span *in the worker thread*
+(``acme.new_order``, ``acme.fetch_authz``, ``acme.finalize`` ...), so those
+spans, and any log line there, belong to the order's trace; they carry
+``certbroker.domain`` from ``ORDER_DOMAIN``, which the issuer sets per order.
+
 Contract of ``Transport.call``: raises ``AcmeProblem`` (classified by
 ``problems.classify``) and nothing else from the step; ``RuntimeError`` once
 closed. Cancelling the awaiting task does not stop a request already running
@@ -27,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import contextvars
 import functools
 import random
 import threading
@@ -38,13 +46,18 @@ from typing import Any, Final, TypeVar, cast
 
 import requests
 from josepy import jwa, jwk
+from opentelemetry import trace
 
 from acme import client, messages
 from certbroker.acme.problems import AcmeProblem, HttpStatusError, classify, is_transient
 from certbroker.backoff import Backoff
+from certbroker.telemetry import DOMAIN_ATTRIBUTE
 
 T = TypeVar("T")
 USER_AGENT: Final = "certbroker-acme"
+#: The domain of the order being driven (set by the issuer in the order's task; copied
+#: into the worker threads with the rest of the context), for the request spans.
+ORDER_DOMAIN: contextvars.ContextVar[str] = contextvars.ContextVar("acme_order_domain", default="")
 
 
 @dataclass(frozen=True)
@@ -131,7 +144,9 @@ class Transport:
         http_timeout: int = 15,
         max_workers: int = 16,
         retry: StepRetry | None = None,
+        tracer: trace.Tracer | None = None,
     ) -> None:
+        self._tracer = tracer or trace.NoOpTracer()
         # requests takes a CA bundle path where acme's annotation says bool.
         self._verify = cast(bool, ca_bundle if ca_bundle else True)
         self._http_timeout = http_timeout
@@ -191,7 +206,8 @@ class Transport:
         if self._closed:
             raise RuntimeError("the ACME transport is closed")
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._pool, functools.partial(fn, *args))
+        context = contextvars.copy_context()  # the caller's trace goes into the thread
+        future = loop.run_in_executor(self._pool, functools.partial(context.run, fn, *args))
         self._inflight.add(future)
         future.add_done_callback(self._inflight.discard)
         return await future
@@ -206,8 +222,20 @@ class Transport:
             raise classify(error) from error
 
     async def with_client(self, step: Callable[..., T], *args: Any) -> T:
-        """``call`` a step that takes this thread's account client as first argument."""
-        return await self.call(lambda *a: step(self._client(), *a), *args)
+        """``call`` a step that takes this thread's account client as first argument.
+
+        Each attempt is an ``acme.<step>`` client span, made in the worker thread.
+        """
+        name = f"acme.{step.__name__.lstrip('_')}"
+
+        def attempt(*a: Any) -> T:
+            attributes = {DOMAIN_ATTRIBUTE: ORDER_DOMAIN.get()}
+            with self._tracer.start_as_current_span(
+                name, kind=trace.SpanKind.CLIENT, attributes=attributes
+            ):
+                return step(self._client(), *a)
+
+        return await self.call(attempt, *args)
 
     async def close(self) -> None:
         """Stop accepting work, let in-flight requests end, close sessions and the pool."""

@@ -1,7 +1,16 @@
 """The gRPC servicer: thin. Decode the request, call the use case, encode the answer.
 
 Errors are mapped in one place (``_unary`` / ``_stream``); no RPC has its own
-try/except.
+try/except. That place also tells telemetry how each call ended: the RPC's
+span gets the real ``rpc.grpc.status_code`` and ERROR status (the OpenTelemetry
+interceptor only sees ``abort()``, not ``abort_with_status()``, and would leave
+a refused call looking like a success), and ``certbroker_rpc_requests_total``
+counts it by method and code.
+
+Every non-OK code is an ERROR span, the caller's mistakes included (the
+semantic conventions would leave INVALID_ARGUMENT or NOT_FOUND unset on a
+server span): an operator searching traces for failures wants the refused
+calls too, and the code attribute tells them apart.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ from typing import Any, TypeVar
 
 import grpc
 from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
 
 from certbroker import tenancy
 from certbroker.api import convert
@@ -35,6 +45,7 @@ from certbroker.errors import (
 )
 from certbroker.events import EventHub
 from certbroker.housekeeping import ChallengeEvents
+from certbroker.metrics import Metrics
 from certbroker.model import Domain, Event, EventType
 from certbroker.names import normalise_domain
 from certbroker.routers import RouterRegistry
@@ -54,6 +65,18 @@ _PAGE_KEEP = 10.0  # seconds a shared page stays for later streams (decrypted ke
 _BATCH_BYTES = 1 << 20
 _EVENT_CACHE = 4096
 _NAMES_PER_SLICE = 16  # watch filter names normalised between two yields to the loop
+_SERVICE = broker_pb2.DESCRIPTOR.services_by_name["CertificateBrokerService"].full_name
+RPC_GRPC_STATUS_CODE = "rpc.grpc.status_code"
+
+
+def _failed(status: grpc.Status) -> grpc.Status:
+    """Mark the current RPC span with the code the caller will get; return the status."""
+    span = trace.get_current_span()
+    if span.is_recording():
+        code: grpc.StatusCode = status.code
+        span.set_attribute(RPC_GRPC_STATUS_CODE, code.value[0])
+        span.set_status(Status(StatusCode.ERROR, f"{code.name}: {status.details}"))
+    return status
 
 
 @dataclass(frozen=True)
@@ -94,15 +117,25 @@ class _Shared:
 def _unary(
     method: Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]],
 ) -> Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]]:
+    name = method.__name__
+
     @functools.wraps(method)
     async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext) -> Resp:
         try:
-            return await method(self, request, context)
+            response = await method(self, request, context)
         except BrokerError as error:
-            await context.abort_with_status(to_status(error))
+            status = _failed(to_status(error))
         except Exception:
-            log.exception("unexpected error in %s", method.__name__)
-            await context.abort_with_status(internal())
+            log.exception("unexpected error in %s", name)
+            status = _failed(internal())
+        except asyncio.CancelledError:  # the client went away, or the server stops
+            self._metrics.rpc_finished(name, "CANCELLED")
+            raise
+        else:
+            self._metrics.rpc_finished(name, "OK")
+            return response
+        self._metrics.rpc_finished(name, status.code.name)
+        await context.abort_with_status(status)
         raise AssertionError("unreachable")  # abort_with_status always raises
 
     return wrapper
@@ -111,19 +144,35 @@ def _unary(
 def _stream(
     method: Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[None]],
 ) -> Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[None]]:
-    """Server-streaming handlers write with ``context.write`` (so a send can time out)."""
+    """Server-streaming handlers write with ``context.write`` (so a send can time out).
+
+    The stream's span is opened here (the interceptor skips streams written with
+    ``context.write``, see ``certbroker.telemetry``), so the mapper can mark it.
+    """
+    name = method.__name__
+    span_name = f"/{_SERVICE}/{name}"
 
     @functools.wraps(method)
     async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext) -> None:
+        status = None
+        code = "OK"
         try:
-            await method(self, request, context)
-        except BrokerError as error:
-            await context.abort_with_status(to_status(error))
-        except Exception:
-            if self.stopping:
-                return  # the server is going away under the stream: not an error
-            log.exception("unexpected error in %s", method.__name__)
-            await context.abort_with_status(internal())
+            with self._tracer.start_as_current_span(span_name, kind=trace.SpanKind.SERVER):
+                try:
+                    await method(self, request, context)
+                except BrokerError as error:
+                    status = _failed(to_status(error))
+                except Exception:
+                    if not self.stopping:  # else the server went away under it: not an error
+                        log.exception("unexpected error in %s", name)
+                        status = _failed(internal())
+                except asyncio.CancelledError:  # the client closed the stream
+                    code = "CANCELLED"
+                    raise
+        finally:
+            self._metrics.rpc_finished(name, code if status is None else status.code.name)
+        if status is not None:  # after the span ended: its status stays the mapped one
+            await context.abort_with_status(status)
 
     return wrapper
 
@@ -142,11 +191,15 @@ class BrokerServicer(broker_pb2_grpc.CertificateBrokerServiceServicer):
         challenges: ChallengeEvents | None = None,
         routers: RouterRegistry | None = None,
         doctor: Doctor | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._doctor = doctor
         self._challenges = challenges
         self.watchers = 0  # open WatchStatus streams (a gauge for metrics and tests)
         self._routers = routers if routers is not None else RouterRegistry(clock)
+        self._cursors: set[_Cursor] = set()  # each open stream's position, for its lag
+        self._metrics = metrics or Metrics()
+        self._metrics.watch_streams(lambda: self.watchers, self.watch_lag)
         self._send_timeout = send_timeout.total_seconds()
         self.stopping = False
         self._tracer = tracer or trace.NoOpTracer()
@@ -165,6 +218,14 @@ class BrokerServicer(broker_pb2_grpc.CertificateBrokerServiceServicer):
     def _status(self, record: Domain) -> Any:
         """The domain as unary replies show it: with how many live routers serve it."""
         return convert.with_routers(self._domain(record), self._routers.counts())
+
+    def watch_lag(self) -> int:
+        """Revisions the furthest-behind open stream has yet to handle (0 without streams).
+
+        Read from the metrics scrape thread: iterates a copy, never the live set.
+        """
+        head = self._hub.revision
+        return max((head - cursor.position for cursor in list(self._cursors)), default=0)
 
     @_unary
     async def IssueCertificate(
@@ -272,25 +333,29 @@ class BrokerServicer(broker_pb2_grpc.CertificateBrokerServiceServicer):
     async def WatchStatus(
         self, request: broker_pb2.WatchStatusRequest, context: grpc.aio.ServicerContext
     ) -> None:
-        with self._tracer.start_as_current_span(
-            "/certbroker.v1.CertificateBrokerService/WatchStatus", kind=trace.SpanKind.SERVER
-        ) as span:
-            span.set_attribute("certbroker.after_revision", request.after_revision)
-            span.set_attribute("certbroker.include_keys", request.include_keys)
-            # Challenge events are only written while some router asks for them.
-            challenges = self._challenges if request.include_challenges else None
+        span = trace.get_current_span()  # opened by _stream
+        span.set_attribute("certbroker.after_revision", request.after_revision)
+        span.set_attribute("certbroker.include_keys", request.include_keys)
+        # Challenge events are only written while some router asks for them.
+        challenges = self._challenges if request.include_challenges else None
+        if challenges is not None:
+            challenges.listeners += 1
+        self.watchers += 1
+        cursor = _Cursor(request.after_revision or self._hub.revision)
+        self._cursors.add(cursor)
+        try:
+            await self._watch(request, context, cursor)
+        finally:
+            self._cursors.discard(cursor)
+            self.watchers -= 1
             if challenges is not None:
-                challenges.listeners += 1
-            self.watchers += 1
-            try:
-                await self._watch(request, context)
-            finally:
-                self.watchers -= 1
-                if challenges is not None:
-                    challenges.listeners -= 1
+                challenges.listeners -= 1
 
     async def _watch(
-        self, request: broker_pb2.WatchStatusRequest, context: grpc.aio.ServicerContext
+        self,
+        request: broker_pb2.WatchStatusRequest,
+        context: grpc.aio.ServicerContext,
+        cursor: _Cursor,
     ) -> None:
         self._auth.require(context, Permission.READ)
         if request.include_keys:
@@ -316,7 +381,7 @@ class BrokerServicer(broker_pb2_grpc.CertificateBrokerServiceServicer):
             lag = self._hub.revision - item.revision
             if lag > self._max_lag:
                 raise _too_slow(position, f"fell {lag} events behind")
-            position = item.revision
+            position = cursor.position = item.revision
             if not wanted.matches(item) or seen.get(item.domain_name, 0) >= item.revision:
                 continue
             is_challenge = item.type in (EventType.CHALLENGE_ADDED, EventType.CHALLENGE_REMOVED)
@@ -478,6 +543,15 @@ class BrokerServicer(broker_pb2_grpc.CertificateBrokerServiceServicer):
         found = await self._broker.serving_material(record)
         if found is not None:
             message.serving.CopyFrom(convert.material(found))
+
+
+class _Cursor:
+    """Where one open stream is in the event log (the last revision it handled)."""
+
+    __slots__ = ("position",)
+
+    def __init__(self, position: int) -> None:
+        self.position = position
 
 
 def _too_slow(position: int, why: str) -> ResourceExhausted:

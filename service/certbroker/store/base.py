@@ -7,14 +7,17 @@ new row and its event together; the event id is the global revision.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from certbroker.model import CertificateInfo, Domain, Event, EventType, RetryState, Source
 from certbroker.priorities import Candidate
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,29 @@ class PendingOrder:
     key_sealed: bytes = field(repr=False)
     started_at: datetime
     order_url: str = ""
+
+
+@dataclass(frozen=True)
+class Change:
+    """One domain as a committed transaction left it: ``before`` None is an addition,
+    ``after`` None a removal."""
+
+    before: Domain | None
+    after: Domain | None
+
+
+class StoreObserver(Protocol):
+    """Told of every committed write transaction (the one choke point every domain
+    change passes: use cases, scheduler, operators' tools alike).
+
+    Called under the store's write lock, in commit order, so what it keeps follows
+    the store exactly; it must not block (no I/O beyond a log line).
+    """
+
+    def committed(self, changes: Sequence[Change], seconds: float) -> None:
+        """``changes``: the domains written or removed; ``seconds``: the transaction's
+        duration, waiting for the write lock included (what a caller waited)."""
+        ...
 
 
 def names_key(names: tuple[str, ...] | list[str]) -> str:
@@ -177,6 +203,11 @@ class Store(LimitReads, Protocol):
 
     def on_commit(self, listener: Callable[[int], None]) -> None:
         """Called with the newest revision after each commit that wrote events."""
+        ...
+
+    def observe(self, observer: StoreObserver, tracer: Tracer | None = None) -> None:
+        """Tell ``observer`` of every commit of this process from now on; with ``tracer``,
+        a write made inside a recorded trace is a ``store.write`` span of it."""
         ...
 
     async def get_domain(self, name: str) -> Domain | None: ...

@@ -59,6 +59,7 @@ import functools
 import json
 import logging
 import secrets
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine
 from contextlib import asynccontextmanager
@@ -68,12 +69,19 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import asyncpg
+from opentelemetry import trace
 
 from certbroker import limits
 from certbroker.errors import StoreUnavailable
 from certbroker.model import CertificateInfo, Domain, Event, EventType, RetryState
 from certbroker.priorities import Candidate, Kind
-from certbroker.store.base import NewCertificate, PendingOrder, names_key
+from certbroker.store.base import (
+    Change,
+    NewCertificate,
+    PendingOrder,
+    StoreObserver,
+    names_key,
+)
 from certbroker.store.codec import (
     DOMAIN_COLUMNS,
     SCHEDULE_COLUMNS,
@@ -279,6 +287,8 @@ class PostgresStore:
         self._poll_interval = poll_interval
         self._write_lock = asyncio.Lock()  # one writer per broker waits on the database lock
         self._listeners: list[Callable[[int], None]] = []
+        self._observer: StoreObserver | None = None
+        self._tracer: trace.Tracer | None = None
         self._domains: dict[str, Domain] = {}
         self._certificates: OrderedDict[int, CertificateInfo] = OrderedDict()
         self._certificate_cache = certificate_cache
@@ -353,6 +363,21 @@ class PostgresStore:
     def on_commit(self, listener: Callable[[int], None]) -> None:
         self._listeners.append(listener)
 
+    def observe(self, observer: StoreObserver, tracer: trace.Tracer | None = None) -> None:
+        """Tell ``observer`` of this broker's commits (``StoreObserver``); with ``tracer``, a
+        write inside a recorded trace is a ``store.write`` span of it. Another broker's
+        commits are not seen here (each broker observes its own writes)."""
+        self._observer = observer
+        self._tracer = tracer
+
+    def _observed(self, tx: _PostgresTransaction, started: float) -> None:
+        if self._observer is None:
+            return
+        try:
+            self._observer.committed(tx.changes(), time.perf_counter() - started)
+        except Exception:  # telemetry must never undo or block a commit
+            log.exception("the store observer failed")
+
     def _announce(self, revision: int) -> None:
         for listener in self._listeners:
             listener(revision)
@@ -361,6 +386,19 @@ class PostgresStore:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_PostgresTransaction]:
+        started = time.perf_counter()
+        tracer = self._tracer
+        span = (
+            tracer.start_as_current_span("store.write")
+            if tracer is not None and trace.get_current_span().is_recording()
+            else contextlib.nullcontext()
+        )
+        with span:
+            async with self._transaction(started) as tx:
+                yield tx
+
+    @asynccontextmanager
+    async def _transaction(self, started: float) -> AsyncIterator[_PostgresTransaction]:
         async with self._write_lock:
             try:
                 async with self._pool.acquire() as conn:
@@ -386,6 +424,7 @@ class PostgresStore:
             except _TRANSIENT as error:
                 raise translate(error) from error
             self._committed(tx)
+            self._observed(tx, started)
         # Once per revision: the notification of this very commit may have reached the
         # catch-up (and been announced from there) before this line runs.
         if tx.last_revision > self._announced:
@@ -972,10 +1011,25 @@ class _PostgresTransaction:
         self.read[name] = found
         return found
 
+    async def _remember(self, name: str) -> None:
+        """Every path reads a domain before writing it; this covers one that did not."""
+        if name not in self.read and name not in self.written and name not in self.removed:
+            await self.get_domain(name)
+
+    def changes(self) -> list[Change]:
+        """What this transaction did to domains, each once (added then removed: nothing)."""
+        found = [Change(self.read.get(name), after) for name, after in self.written.items()]
+        for name in self.removed:
+            before = self.read.get(name)
+            if before is not None:
+                found.append(Change(before, None))
+        return found
+
     async def put_domain(
         self, domain: Domain, event: EventType = EventType.DOMAIN_UPDATED
     ) -> Domain:
         # The payload leaves the revision out: it is the event's own id, filled in when read.
+        await self._remember(domain.name)
         payload = json.dumps(domain_to_row(replace(domain, revision=0)))
         row = domain_to_row(domain)
         revision = await self._conn.fetchval(
@@ -996,6 +1050,7 @@ class _PostgresTransaction:
         # Only the columns a re-check moves (see lifecycle.worth_an_event); the row keeps
         # its revision, since no event was added. Other brokers drop their cached copy
         # when this commits (the notification is delivered at commit).
+        await self._remember(domain.name)
         row = domain_to_row(domain)
         await self._conn.execute(
             _PUT_SCHEDULE,
@@ -1047,6 +1102,7 @@ class _PostgresTransaction:
         return self._wrote(int(revision))
 
     async def delete_domain(self, domain: Domain) -> int:
+        await self._remember(domain.name)
         revision = await self._append_event(
             EventType.DOMAIN_REMOVED,
             domain.name,

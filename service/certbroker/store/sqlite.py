@@ -26,6 +26,7 @@ import logging
 import os
 import sqlite3
 import stat
+import time
 from collections import OrderedDict
 from collections.abc import (
     AsyncIterator,
@@ -36,7 +37,7 @@ from collections.abc import (
     Iterable,
     Iterator,
 )
-from contextlib import asynccontextmanager
+from contextlib import AbstractContextManager, asynccontextmanager
 from dataclasses import replace
 from datetime import datetime, timedelta
 from importlib import resources
@@ -44,12 +45,19 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import aiosqlite
+from opentelemetry import trace
 
 from certbroker import delegation, limits
 from certbroker.errors import StoreUnavailable
 from certbroker.model import CertificateInfo, Domain, Event, EventType, RetryState
 from certbroker.priorities import Candidate, Kind
-from certbroker.store.base import NewCertificate, PendingOrder, names_key
+from certbroker.store.base import (
+    Change,
+    NewCertificate,
+    PendingOrder,
+    StoreObserver,
+    names_key,
+)
 from certbroker.store.codec import (
     DOMAIN_COLUMNS,
     SCHEDULE_COLUMNS,
@@ -227,6 +235,8 @@ class SqliteStore:
         self._compacted: int | None = None
         self._swept = False  # compact_certificates has looked for unmarked retired rows
         self._busy_failures = 0  # writes that found another process's lock, ever
+        self._observer: StoreObserver | None = None
+        self._tracer: trace.Tracer | None = None
 
     @classmethod
     async def open(
@@ -260,8 +270,39 @@ class SqliteStore:
     def on_commit(self, listener: Callable[[int], None]) -> None:
         self._listeners.append(listener)
 
+    def observe(self, observer: StoreObserver, tracer: trace.Tracer | None = None) -> None:
+        """Tell ``observer`` of every commit from now on (``StoreObserver``); with ``tracer``,
+        a write made inside a recorded trace is a ``store.write`` span of it."""
+        self._observer = observer
+        self._tracer = tracer
+
+    def _span(self) -> AbstractContextManager[trace.Span | None]:
+        """A ``store.write`` span inside a trace being recorded; none outside one (no orphans)."""
+        if self._tracer is None or not trace.get_current_span().is_recording():
+            return contextlib.nullcontext()
+        return self._tracer.start_as_current_span("store.write")
+
+    def _committed(self, tx: _SqliteTransaction, started: float, span: trace.Span | None) -> None:
+        if span is not None and len(tx.written) + len(tx.removed) == 1:
+            span.set_attribute("certbroker.domain", next(iter([*tx.written, *tx.removed])))
+        if self._observer is None:
+            return
+        try:
+            self._observer.committed(tx.changes(), time.perf_counter() - started)
+        except Exception:  # telemetry must never undo or block a commit
+            log.exception("the store observer failed")
+
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_SqliteTransaction]:
+        started = time.perf_counter()
+        with self._span() as span:
+            async with self._transaction(started, span) as tx:
+                yield tx
+
+    @asynccontextmanager
+    async def _transaction(
+        self, started: float, span: trace.Span | None
+    ) -> AsyncIterator[_SqliteTransaction]:
         busy_before = self._busy_failures
         async with self._write_lock:
             if self._busy_failures != busy_before:
@@ -298,6 +339,7 @@ class SqliteStore:
             if len(self._domains) > _CACHE_LIMIT:
                 self._domains.clear()
             self._domains.update(tx.written)
+            self._committed(tx, started, span)
         if tx.last_revision:
             for listener in self._listeners:
                 listener(tx.last_revision)
@@ -781,18 +823,36 @@ class _SqliteTransaction:
         self.removed_certificates: set[int] = set()
         self.added_certificates: set[int] = set()
         self.last_revision = 0
+        # Each domain as committed before this transaction (first read), for ``changes``.
+        self.before: dict[str, Domain | None] = {}
 
     async def get_domain(self, name: str) -> Domain | None:
         if name in self.written:
             return self.written[name]
         if name in self.removed:
             return None
-        cached = self._store.cached_domain(name)
-        if cached is not None:  # committed, and no other writer runs while we hold the lock
-            return cached
-        async with self._conn.execute(f"{_DOMAIN_SELECT} WHERE name = ?", (name,)) as cur:
-            row = await cur.fetchone()
-        return None if row is None else await self._store.decode_domain(row, self._conn)
+        # The cache is committed, and no other writer runs while we hold the lock.
+        found = self._store.cached_domain(name)
+        if found is None:
+            async with self._conn.execute(f"{_DOMAIN_SELECT} WHERE name = ?", (name,)) as cur:
+                row = await cur.fetchone()
+            found = None if row is None else await self._store.decode_domain(row, self._conn)
+        self.before.setdefault(name, found)
+        return found
+
+    async def _remember(self, name: str) -> None:
+        """Every path reads a domain before writing it; this covers one that did not."""
+        if name not in self.before and name not in self.written and name not in self.removed:
+            await self.get_domain(name)
+
+    def changes(self) -> list[Change]:
+        """What this transaction did to domains, each once (added then removed: nothing)."""
+        found = [Change(self.before.get(name), after) for name, after in self.written.items()]
+        for name in self.removed:
+            before = self.before.get(name)
+            if before is not None:
+                found.append(Change(before, None))
+        return found
 
     async def _append_event(
         self,
@@ -818,6 +878,7 @@ class _SqliteTransaction:
     ) -> Domain:
         # The payload leaves the revision out (it is the event's own id, filled in when
         # read), so the event is one INSERT: writes are serialised, round trips count.
+        await self._remember(domain.name)
         payload = json.dumps(domain_to_row(_with_revision(domain, 0)))
         revision = await self._append_event(event, domain.name, payload, domain.updated_at)
         stored = _with_revision(domain, revision)
@@ -857,6 +918,7 @@ class _SqliteTransaction:
     async def put_schedule(self, domain: Domain) -> Domain:
         # Only the columns a re-check moves (see lifecycle.worth_an_event); the row keeps
         # its revision, since no event was added, and names the same certificates.
+        await self._remember(domain.name)
         assigns = ", ".join(f"{c} = ?" for c in SCHEDULE_COLUMNS)
         row = domain_to_row(domain)
         await self._conn.execute(
@@ -867,6 +929,7 @@ class _SqliteTransaction:
         return domain
 
     async def delete_domain(self, domain: Domain) -> int:
+        await self._remember(domain.name)
         revision = await self._append_event(
             EventType.DOMAIN_REMOVED,
             domain.name,
