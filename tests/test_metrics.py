@@ -92,6 +92,8 @@ async def test_scrape_shows_expiry_states_rpcs_watchers_and_writes(tmp_path: Pat
     writes = value(text, "certbroker_store_write_duration_seconds_count")
     assert writes is not None and writes >= 3
     assert value(text, "certbroker_scheduler_busy_domains") == 0
+    assert value(text, "certbroker_ca_available") == 1  # no CA failure seen: orders not paused
+    assert value(text, "certbroker_ca_paused_seconds_total") == 0
     assert value(text, "certbroker_quota_limit", quota="registered_domain") == 50
     assert value(text, "certbroker_quota_held_domains", reason="QUOTA_NAME_SET") == 0
 

@@ -276,6 +276,21 @@ class Metrics:
             description="Domains the scheduler is working right now",
         )
 
+    def ca_health(self, available: Callable[[], bool], paused: Callable[[], float]) -> None:
+        """The CA as the scheduler sees it (``ca_health.CaHealth``): up, and time spent paused."""
+        self._gauge(
+            "certbroker_ca_available",
+            lambda: [Observation(1 if available() else 0)],
+            unit="1",
+            description="1 while the CA answers, 0 while orders are paused for a CA outage",
+        )
+        self._meter.create_observable_counter(
+            "certbroker_ca_paused_seconds",
+            callbacks=[lambda options: [Observation(paused())]],
+            unit="s",
+            description="Time spent with orders paused because the CA was unavailable",
+        )
+
     def quota_limits(self, registered_domain: int, name_set: int) -> None:
         """The configured bucket capacities, beside the held counts."""
         capacities = [

@@ -295,6 +295,7 @@ async def _start(
         tracer=tracer,
     )
     metrics.scheduler(lambda: scheduler.busy)
+    metrics.ca_health(lambda: scheduler.ca.available, lambda: scheduler.ca.paused(clock.now()))
     metrics.quota_limits(
         settings.quota_per_registered_domain.capacity, settings.quota_per_name_set.capacity
     )
