@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Protocol
 
 from certbroker.model import CertificateInfo, Domain, Event, EventType, RetryState, Source
@@ -195,6 +195,14 @@ class Transaction(LimitRecords, Protocol):
 
     async def set_meta(self, key: str, value: bytes) -> None: ...
 
+    async def lease_holder(self, name: str, now: datetime) -> str | None:
+        """Who holds ``name``'s lease at ``now`` (None: nobody, or it lapsed).
+
+        Read in the writing transaction, so a broker that lost a domain's lease
+        (stalled past it while another took over) notices before it writes.
+        """
+        ...
+
 
 class Store(LimitReads, Protocol):
     def transaction(self) -> AbstractAsyncContextManager[Transaction]:
@@ -295,5 +303,81 @@ class Store(LimitReads, Protocol):
     async def get_order(self, domain: str) -> PendingOrder | None: ...
 
     async def get_meta(self, key: str) -> bytes | None: ...
+
+    # -- claims and leases: several brokers on one store (see claim_due) -----------------
+
+    async def claim_due(
+        self,
+        owner: str,
+        now: datetime,
+        limit: int,
+        lease: timedelta,
+        exclude: Collection[str] = (),
+    ) -> list[str]:
+        """Lease up to ``limit`` due domains to ``owner`` until ``now + lease``; their names.
+
+        Claimable: ``next_run_at <= now`` and no lease held by another broker at
+        ``now`` (none, lapsed, or ``owner``'s own). Earliest due first; ``exclude``
+        (what the caller already works) is left out. Two brokers claiming at once
+        never get the same name (PostgreSQL: ``FOR UPDATE SKIP LOCKED``, so neither
+        waits for the other; SQLite: its single writer). A short transaction of its
+        own that writes no event and does not wait for the writers' lock.
+        """
+        ...
+
+    async def renew_leases(
+        self, owner: str, names: Collection[str], now: datetime, lease: timedelta
+    ) -> list[str]:
+        """Extend ``owner``'s leases on ``names`` to ``now + lease``; the names still held.
+
+        A name missing from the answer was taken over by another broker (this one
+        stalled past its lease): stop working it.
+        """
+        ...
+
+    async def release(self, owner: str, names: Collection[str]) -> None:
+        """Give up ``owner``'s leases on ``names`` (others may claim them at once)."""
+        ...
+
+    async def next_claim_time(
+        self, owner: str, now: datetime, exclude: Collection[str] = ()
+    ) -> datetime | None:
+        """When ``owner`` may next claim something: the earliest ``next_run_at`` of a domain
+        it could lease, or the earliest lapse of another broker's lease (which may be
+        that broker dying). ``exclude`` as for ``claim_due``."""
+        ...
+
+    async def take_lease(self, name: str, owner: str, now: datetime, lease: timedelta) -> bool:
+        """Take or extend the named lease (a job that runs once across the cluster, or a
+        presence mark) unless another owner holds it at ``now``; True if ``owner`` holds it."""
+        ...
+
+    async def drop_lease(self, name: str, owner: str) -> None:
+        """Give up the named lease if ``owner`` holds it."""
+        ...
+
+    async def lease_owners(self, prefix: str, now: datetime) -> list[str]:
+        """Owners of the named leases starting with ``prefix`` that hold at ``now``."""
+        ...
+
+    # -- HTTP-01 answers shared by every broker ------------------------------------------
+
+    async def put_challenge(
+        self, token: str, key_authorization: str, owner: str, expires: datetime
+    ) -> None:
+        """Publish an HTTP-01 answer for every broker's responder; returns once committed."""
+        ...
+
+    async def remove_challenge(self, token: str, owner: str) -> None:
+        """Withdraw ``owner``'s publication of ``token`` (another broker's stays)."""
+        ...
+
+    async def get_challenge(self, token: str, now: datetime) -> str | None:
+        """The key authorization any broker published for ``token``, unless expired."""
+        ...
+
+    async def purge_expired(self, now: datetime) -> int:
+        """Delete challenges and named leases that expired before ``now``; how many."""
+        ...
 
     async def close(self) -> None: ...

@@ -41,10 +41,19 @@ and from reads, and dropped when another broker's event names them; a read only
 fills the cache if nothing was dropped while it ran. A transaction never trusts
 the cache: it reads rows under the counter lock, so they are current.
 
-**Room for leases** (several brokers working due domains): a claim/lease table
-or columns outside ``codec.DOMAIN_COLUMNS`` can be written by short transactions
-that take row locks (``FOR UPDATE SKIP LOCKED``) without the counter lock; the
-domain upsert here writes only ``DOMAIN_COLUMNS`` and would leave them alone.
+**Claims and leases** (several brokers working due domains, ``claim_due``): the
+lease is two columns of the domain row outside ``codec.DOMAIN_COLUMNS``
+(``lease_owner``, ``lease_until``), so the domain upsert here leaves them alone and
+a cached ``Domain`` never goes stale because of them. A claim is one statement,
+``UPDATE ... WHERE name IN (SELECT ... FOR UPDATE SKIP LOCKED)``, in a transaction
+of its own that does *not* lock the revision counter: it writes no event, so it
+has no place in the commit order, and claiming must not queue behind every write
+of the cluster. Two brokers claiming at once lock disjoint rows (each skips what
+the other locked) and neither waits. A writer holding the counter that meets a
+row being claimed waits for that one-statement transaction, which waits for
+nothing the writer holds: no deadlock. Named leases (jobs that run once across
+the cluster, presence marks) and published HTTP-01 answers are rows of their own
+tables, written the same way.
 
 Deleted certificate rows (and their sealed keys) stay in the table's pages as dead
 tuples until (auto)vacuum reclaims them; SQLite's ``secure_delete`` has no
@@ -167,6 +176,27 @@ _PUT_SCHEDULE = (
     + f" WHERE name = ${len(SCHEDULE_COLUMNS) + 1} RETURNING name)"
     + f" SELECT pg_notify(${len(SCHEDULE_COLUMNS) + 2}, ${len(SCHEDULE_COLUMNS) + 3})"
     + " FROM moved"
+)
+
+# One statement: pick the due, unleased rows (skipping rows another claim or writer
+# has locked), lease them, return them. MATERIALIZED: the locking pick runs once.
+_CLAIM = (
+    "WITH picked AS MATERIALIZED (SELECT name FROM domains"
+    " WHERE next_run_at <= $2"
+    " AND (lease_until IS NULL OR lease_until <= $2 OR lease_owner = $1)"
+    " AND name <> ALL($5::text[])"
+    " ORDER BY next_run_at, name LIMIT $3 FOR UPDATE SKIP LOCKED)"
+    " UPDATE domains d SET lease_owner = $1, lease_until = $4 FROM picked"
+    " WHERE d.name = picked.name RETURNING d.name, d.next_run_at"
+)
+# Two index-driven looks: the first claimable due time (domains_due), the first lapse
+# of another broker's lease (domains_leased, which holds only leased rows).
+_NEXT_CLAIM = (
+    "SELECT (SELECT next_run_at FROM domains WHERE next_run_at IS NOT NULL"
+    " AND (lease_until IS NULL OR lease_until <= $2 OR lease_owner = $1)"
+    " AND name <> ALL($3::text[]) ORDER BY next_run_at LIMIT 1),"
+    " (SELECT MIN(lease_until) FROM domains WHERE lease_until > $2 AND lease_owner <> $1"
+    " AND next_run_at IS NOT NULL AND name <> ALL($3::text[]))"
 )
 
 P = ParamSpec("P")
@@ -905,6 +935,123 @@ class PostgresStore:
         value = await self._pool.fetchval("SELECT value FROM meta WHERE key = $1", key)
         return bytes(value) if value is not None else None
 
+    # -- claims and leases (no counter lock: see the module's docstring) --------------
+
+    @_translated
+    async def claim_due(
+        self,
+        owner: str,
+        now: datetime,
+        limit: int,
+        lease: timedelta,
+        exclude: Collection[str] = (),
+    ) -> list[str]:
+        rows = await self._pool.fetch(
+            _CLAIM, owner, to_micros(now), limit, to_micros(now + lease), list(exclude)
+        )
+        return [row[0] for row in sorted(rows, key=lambda r: (r[1], r[0]))]
+
+    @_translated
+    async def renew_leases(
+        self, owner: str, names: Collection[str], now: datetime, lease: timedelta
+    ) -> list[str]:
+        if not names:
+            return []
+        rows = await self._pool.fetch(
+            "UPDATE domains SET lease_until = $3 WHERE name = ANY($2::text[]) "
+            "AND lease_owner = $1 RETURNING name",
+            owner,
+            list(names),
+            to_micros(now + lease),
+        )
+        return [row[0] for row in rows]
+
+    @_translated
+    async def release(self, owner: str, names: Collection[str]) -> None:
+        if names:
+            await self._pool.execute(
+                "UPDATE domains SET lease_owner = '', lease_until = NULL "
+                "WHERE name = ANY($2::text[]) AND lease_owner = $1",
+                owner,
+                list(names),
+            )
+
+    @_translated
+    async def next_claim_time(
+        self, owner: str, now: datetime, exclude: Collection[str] = ()
+    ) -> datetime | None:
+        row = await self._pool.fetchrow(_NEXT_CLAIM, owner, to_micros(now), list(exclude))
+        assert row is not None
+        times = [t for t in (row[0], row[1]) if t is not None]
+        return from_micros(min(times)) if times else None
+
+    @_translated
+    async def take_lease(self, name: str, owner: str, now: datetime, lease: timedelta) -> bool:
+        taken = await self._pool.fetchval(
+            "INSERT INTO leases (name, owner, expires_at) VALUES ($1, $2, $4) "
+            "ON CONFLICT (name) DO UPDATE SET owner = EXCLUDED.owner, "
+            "expires_at = EXCLUDED.expires_at "
+            "WHERE leases.expires_at <= $3 OR leases.owner = EXCLUDED.owner RETURNING owner",
+            name,
+            owner,
+            to_micros(now),
+            to_micros(now + lease),
+        )
+        return taken is not None
+
+    @_translated
+    async def drop_lease(self, name: str, owner: str) -> None:
+        await self._pool.execute("DELETE FROM leases WHERE name = $1 AND owner = $2", name, owner)
+
+    @_translated
+    async def lease_owners(self, prefix: str, now: datetime) -> list[str]:
+        rows = await self._pool.fetch(
+            "SELECT owner FROM leases WHERE left(name, $1) = $2 AND expires_at > $3 ORDER BY owner",
+            len(prefix),
+            prefix,
+            to_micros(now),
+        )
+        return [row[0] for row in rows]
+
+    # -- HTTP-01 answers every broker serves --------------------------------------------
+
+    @_translated
+    async def put_challenge(
+        self, token: str, key_authorization: str, owner: str, expires: datetime
+    ) -> None:
+        await self._pool.execute(
+            "INSERT INTO challenges (token, owner, key_authorization, expires_at) "
+            "VALUES ($1, $2, $3, $4) ON CONFLICT (token, owner) DO UPDATE SET "
+            "key_authorization = EXCLUDED.key_authorization, expires_at = EXCLUDED.expires_at",
+            token,
+            owner,
+            key_authorization,
+            to_micros(expires),
+        )
+
+    @_translated
+    async def remove_challenge(self, token: str, owner: str) -> None:
+        await self._pool.execute(
+            "DELETE FROM challenges WHERE token = $1 AND owner = $2", token, owner
+        )
+
+    @_translated
+    async def get_challenge(self, token: str, now: datetime) -> str | None:
+        value = await self._pool.fetchval(
+            "SELECT key_authorization FROM challenges WHERE token = $1 AND expires_at > $2 LIMIT 1",
+            token,
+            to_micros(now),
+        )
+        return str(value) if value is not None else None
+
+    @_translated
+    async def purge_expired(self, now: datetime) -> int:
+        at = to_micros(now)
+        async with self._pool.acquire() as conn:
+            first = await conn.execute("DELETE FROM challenges WHERE expires_at <= $1", at)
+            second = await conn.execute("DELETE FROM leases WHERE expires_at <= $1", at)
+        return int(first.split()[-1]) + int(second.split()[-1])
+
 
 async def _mark_unnamed(conn: Conn, now: datetime) -> None:
     """Retire, as of ``now``, rows no domain names that carry no mark (an older version's)."""
@@ -1309,3 +1456,11 @@ class _PostgresTransaction:
             key,
             value,
         )
+
+    async def lease_holder(self, name: str, now: datetime) -> str | None:
+        row = await self._conn.fetchrow(
+            "SELECT lease_owner FROM domains WHERE name = $1 AND lease_until > $2",
+            name,
+            to_micros(now),
+        )
+        return None if row is None or not row[0] else str(row[0])

@@ -75,6 +75,13 @@ _CERT_SELECT = (
     "SELECT id, chain_pem, sans_json, subject, issuer, serial, not_before, not_after, "
     "fingerprint, key_algorithm, created_at FROM certificates"
 )
+# An upsert, not INSERT OR REPLACE: a replace deletes the row first, which would also
+# drop its lease columns (lease_owner, lease_until), and those are not the writer's.
+_PUT_DOMAIN = (
+    f"INSERT INTO domains ({', '.join(DOMAIN_COLUMNS)}) "  # noqa: S608 (column names only)
+    f"VALUES ({', '.join('?' for _ in DOMAIN_COLUMNS)}) ON CONFLICT (name) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in DOMAIN_COLUMNS if c != "name")
+)
 _CACHE_LIMIT = 200_000
 # Certificate infos (chain PEM included) decoded for rows and replayed events: room for
 # every cached domain's two current certificates; the least recently used go first.
@@ -718,6 +725,149 @@ class SqliteStore:
     async def names_issued_since(self, names: tuple[str, ...], since: datetime) -> bool:
         return await _names_issued_since(self._reader, names, since)
 
+    # -- claims and leases: the same semantics as PostgreSQL's, under the single writer --
+
+    async def _write(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
+        """One statement in a transaction of its own, behind the one writer; its rows."""
+        async with self._write_lock:
+            try:
+                async with self._writer.execute(sql, params) as cur:
+                    rows = list(await cur.fetchall())
+                await self._writer.commit()
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    await self._writer.rollback()
+                raise
+        return rows
+
+    @_translated
+    async def claim_due(
+        self,
+        owner: str,
+        now: datetime,
+        limit: int,
+        lease: timedelta,
+        exclude: Collection[str] = (),
+    ) -> list[str]:
+        skip = f" AND name NOT IN ({', '.join('?' for _ in exclude)})" if exclude else ""
+        at = to_micros(now)
+        rows = await self._write(
+            "UPDATE domains SET lease_owner = ?, lease_until = ? WHERE name IN ("  # noqa: S608
+            "SELECT name FROM domains WHERE next_run_at <= ? "
+            f"AND (lease_until IS NULL OR lease_until <= ? OR lease_owner = ?){skip} "
+            "ORDER BY next_run_at, name LIMIT ?) RETURNING name, next_run_at",
+            (owner, to_micros(now + lease), at, at, owner, *exclude, limit),
+        )
+        return [row[0] for row in sorted(rows, key=lambda r: (r[1], r[0]))]
+
+    @_translated
+    async def renew_leases(
+        self, owner: str, names: Collection[str], now: datetime, lease: timedelta
+    ) -> list[str]:
+        if not names:
+            return []
+        marks = ", ".join("?" for _ in names)
+        rows = await self._write(
+            f"UPDATE domains SET lease_until = ? WHERE name IN ({marks}) "  # noqa: S608
+            "AND lease_owner = ? RETURNING name",
+            (to_micros(now + lease), *names, owner),
+        )
+        return [row[0] for row in rows]
+
+    @_translated
+    async def release(self, owner: str, names: Collection[str]) -> None:
+        if names:
+            marks = ", ".join("?" for _ in names)
+            await self._write(
+                "UPDATE domains SET lease_owner = '', lease_until = NULL "  # noqa: S608
+                f"WHERE name IN ({marks}) AND lease_owner = ?",
+                (*names, owner),
+            )
+
+    @_translated
+    async def next_claim_time(
+        self, owner: str, now: datetime, exclude: Collection[str] = ()
+    ) -> datetime | None:
+        skip = f" AND name NOT IN ({', '.join('?' for _ in exclude)})" if exclude else ""
+        at = to_micros(now)
+        sql = (
+            "SELECT (SELECT next_run_at FROM domains WHERE next_run_at IS NOT NULL "  # noqa: S608
+            f"AND (lease_until IS NULL OR lease_until <= ? OR lease_owner = ?){skip} "
+            "ORDER BY next_run_at LIMIT 1), "
+            "(SELECT MIN(lease_until) FROM domains WHERE lease_until > ? AND lease_owner != ? "
+            f"AND next_run_at IS NOT NULL{skip})"
+        )
+        async with self._reader.execute(sql, (at, owner, *exclude, at, owner, *exclude)) as cur:
+            row = await cur.fetchone()
+        times = [t for t in (row[0], row[1]) if t is not None] if row is not None else []
+        return from_micros(min(times)) if times else None
+
+    @_translated
+    async def take_lease(self, name: str, owner: str, now: datetime, lease: timedelta) -> bool:
+        rows = await self._write(
+            "INSERT INTO leases (name, owner, expires_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, "
+            "expires_at = excluded.expires_at "
+            "WHERE leases.expires_at <= ? OR leases.owner = excluded.owner RETURNING owner",
+            (name, owner, to_micros(now + lease), to_micros(now)),
+        )
+        return bool(rows)
+
+    @_translated
+    async def drop_lease(self, name: str, owner: str) -> None:
+        await self._write("DELETE FROM leases WHERE name = ? AND owner = ?", (name, owner))
+
+    @_translated
+    async def lease_owners(self, prefix: str, now: datetime) -> list[str]:
+        async with self._reader.execute(
+            "SELECT owner FROM leases WHERE substr(name, 1, ?) = ? AND expires_at > ? "
+            "ORDER BY owner",
+            (len(prefix), prefix, to_micros(now)),
+        ) as cur:
+            return [row[0] for row in await cur.fetchall()]
+
+    @_translated
+    async def put_challenge(
+        self, token: str, key_authorization: str, owner: str, expires: datetime
+    ) -> None:
+        await self._write(
+            "INSERT INTO challenges (token, owner, key_authorization, expires_at) "
+            "VALUES (?, ?, ?, ?) ON CONFLICT (token, owner) DO UPDATE SET "
+            "key_authorization = excluded.key_authorization, expires_at = excluded.expires_at",
+            (token, owner, key_authorization, to_micros(expires)),
+        )
+
+    @_translated
+    async def remove_challenge(self, token: str, owner: str) -> None:
+        await self._write("DELETE FROM challenges WHERE token = ? AND owner = ?", (token, owner))
+
+    @_translated
+    async def get_challenge(self, token: str, now: datetime) -> str | None:
+        async with self._reader.execute(
+            "SELECT key_authorization FROM challenges WHERE token = ? AND expires_at > ? LIMIT 1",
+            (token, to_micros(now)),
+        ) as cur:
+            row = await cur.fetchone()
+        return str(row[0]) if row is not None else None
+
+    @_translated
+    async def purge_expired(self, now: datetime) -> int:
+        at = to_micros(now)
+        async with self._write_lock:
+            try:
+                first = await self._writer.execute(
+                    "DELETE FROM challenges WHERE expires_at <= ?", (at,)
+                )
+                second = await self._writer.execute(
+                    "DELETE FROM leases WHERE expires_at <= ?", (at,)
+                )
+                await self._writer.commit()
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    await self._writer.rollback()
+                raise
+        return int(first.rowcount) + int(second.rowcount)
+
 
 async def _names_issued_since(
     conn: aiosqlite.Connection, names: tuple[str, ...], since: datetime
@@ -883,12 +1033,7 @@ class _SqliteTransaction:
         revision = await self._append_event(event, domain.name, payload, domain.updated_at)
         stored = _with_revision(domain, revision)
         row = domain_to_row(stored)
-        columns = ", ".join(DOMAIN_COLUMNS)
-        marks = ", ".join("?" for _ in DOMAIN_COLUMNS)
-        await self._conn.execute(
-            f"INSERT OR REPLACE INTO domains ({columns}) VALUES ({marks})",  # noqa: S608
-            tuple(row[c] for c in DOMAIN_COLUMNS),
-        )
+        await self._conn.execute(_PUT_DOMAIN, tuple(row[c] for c in DOMAIN_COLUMNS))
         await self._retire_replaced(stored)
         self.written[domain.name] = stored
         self.removed.discard(domain.name)
@@ -1130,6 +1275,14 @@ class _SqliteTransaction:
             "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             (key, value),
         )
+
+    async def lease_holder(self, name: str, now: datetime) -> str | None:
+        async with self._conn.execute(
+            "SELECT lease_owner FROM domains WHERE name = ? AND lease_until > ?",
+            (name, to_micros(now)),
+        ) as cur:
+            row = await cur.fetchone()
+        return None if row is None or not row[0] else str(row[0])
 
 
 def _with_revision(domain: Domain, revision: int) -> Domain:
