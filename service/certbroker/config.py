@@ -10,6 +10,8 @@ import difflib
 import ipaddress
 import os
 import re
+import secrets
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
@@ -28,6 +30,7 @@ _KNOWN = (
     "ACME_WORKERS",
     "ADDR",
     "ALLOW_PLAINTEXT",
+    "BROKER_ID",
     "CAA_IDENTITY",
     "CLIENT_CA",
     "CLIENT_CERT",
@@ -53,6 +56,7 @@ _KNOWN = (
     "HTTP01_MAX_CONNECTIONS_PER_PEER",
     "KEK_FILE",
     "KEY_RETENTION",
+    "LEASE",
     "LISTEN",
     "LOG_FORMAT",
     "LOG_LEVEL",
@@ -85,6 +89,7 @@ _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 _MAX_DURATION = timedelta(days=3650)
 _ZONE_LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9])?"
 _ZONE = re.compile(rf"{_ZONE_LABEL}(?:\.{_ZONE_LABEL})+")
+_BROKER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,99}")
 
 
 class ConfigError(ValueError):
@@ -424,6 +429,12 @@ class Settings:
     doctor_http_port: int = 80
     doctor_timeout: timedelta = timedelta(seconds=10)
     doctor_interval: timedelta = timedelta(seconds=10)
+    # Several brokers on one database: a broker holds each domain it works for this long
+    # and renews it every third of it; a dead broker's domains are taken over after it.
+    lease: timedelta = timedelta(seconds=30)
+    # This broker's name in leases and shared challenge answers; "" = hostname-pid-random
+    # (``broker_id()``), unique per process.
+    broker_id: str = ""
 
     @property
     def tls_enabled(self) -> bool:
@@ -508,6 +519,7 @@ class Settings:
             ("router_report_interval", "CERTBROKER_ROUTER_REPORT_INTERVAL"),
             ("doctor_timeout", "CERTBROKER_DOCTOR_TIMEOUT"),
             ("doctor_interval", "CERTBROKER_DOCTOR_INTERVAL"),
+            ("lease", "CERTBROKER_LEASE"),
         ):
             if (raw := get(name)) is not None:
                 values[attr] = _duration(name, raw)
@@ -535,6 +547,13 @@ class Settings:
         ):
             if (raw := get(name)) is not None:
                 values[attr] = _bucket(name, raw, getattr(defaults, attr).period)
+        if (raw := get("CERTBROKER_BROKER_ID")) is not None:
+            if not _BROKER_ID.fullmatch(raw.strip()):
+                raise ConfigError(
+                    f"CERTBROKER_BROKER_ID={raw!r}: expected up to 100 letters, digits and "
+                    "._:@- (starting with a letter or digit), unique per running broker"
+                )
+            values["broker_id"] = raw.strip()
         if (raw := get("CERTBROKER_ROLES")) is not None:
             values["roles"] = _roles("CERTBROKER_ROLES", raw)
         if (raw := get("CERTBROKER_TRACES_EXPORTER")) is not None:
@@ -571,5 +590,22 @@ class Settings:
                 check_server_tls(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
             except PemFileError as error:
                 raise ConfigError(str(error)) from None
+        if settings.lease < timedelta(seconds=3):
+            raise ConfigError(
+                f"CERTBROKER_LEASE={get('CERTBROKER_LEASE')!r}: must be at least 3s "
+                "(it is renewed every third of it)"
+            )
         _transport(settings)
         return settings
+
+
+def broker_id(settings: Settings) -> str:
+    """``CERTBROKER_BROKER_ID``, or ``hostname-pid-random``: never the same for two processes.
+
+    The random part keeps a restarted process (same host, a recycled pid) from
+    taking its predecessor's leases for its own.
+    """
+    if settings.broker_id:
+        return settings.broker_id
+    host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:60] or "broker"
+    return f"{host}-{os.getpid()}-{secrets.token_hex(3)}"
