@@ -34,15 +34,16 @@ from prometheus_client import CollectorRegistry
 from certbroker import bounds, logs, names
 from certbroker.acme.dns01 import Dns01Publisher, Dns01Updater, TsigKey
 from certbroker.acme.http01 import Http01Responder, ResponderLimits
-from certbroker.acme.http01_probe import Http01Probe
+from certbroker.acme.http01_probe import Http01Probe, Publisher
 from certbroker.acme.issuer import AcmeIssuer
+from certbroker.acme.shared_challenges import SharedChallenges
 from certbroker.api import reflection
 from certbroker.api.auth import Authorizer
 from certbroker.api.malformed import MalformedRequests
 from certbroker.api.servicer import BrokerServicer
 from certbroker.app import Broker
 from certbroker.clock import Clock, SystemClock
-from certbroker.config import ConfigError, Settings, unknown_variables
+from certbroker.config import ConfigError, Settings, broker_id, unknown_variables
 from certbroker.delegation import LabelKey
 from certbroker.dns import DnsChecker, PlatformTargets
 from certbroker.doctor import Doctor, DoctorPolicy
@@ -239,10 +240,20 @@ async def _start(
     await hub.start()
     started.push_async_callback(hub.stop)
     extras: list[Any] = []
-    challenge_events = ChallengeEvents(store, clock)
+    # Several brokers on one (PostgreSQL) store: leases, shared answers and jobs need a
+    # name for this one; one broker on its SQLite file shares nothing with anyone.
+    shared = factory.parse(settings.db).backend == "postgresql"
+    owner = broker_id(settings)
+    challenge_events = ChallengeEvents(
+        store, clock, owner=owner if shared else None, lease=settings.lease
+    )
     responder = Http01Responder(
         on_change=challenge_events.on_change, limits=_responder_limits(settings, open_files)
     )
+    publisher: Http01Responder | SharedChallenges = responder
+    if shared:
+        publisher = SharedChallenges(store, clock, responder, owner)
+        responder.lookup = publisher.lookup
     if settings.http01_listen is not None:
         await _start_responder(responder, *settings.http01_listen)
         started.push_async_callback(responder.stop)
@@ -264,7 +275,7 @@ async def _start(
             ca_bundle=settings.acme_ca_bundle,
             email=settings.acme_email,
             account_store=StoredAccount(store, sealer, settings.acme_directory),
-            responder=responder,
+            responder=publisher,
             dns01=dns01,
             max_workers=settings.acme_workers,
             tracer=tracer,
@@ -340,7 +351,7 @@ async def _start(
         tracer=provider.get_tracer("certbroker") if provider else None,
         challenges=challenge_events,
         routers=RouterRegistry(clock, settings.router_report_interval, settings.max_routers),
-        doctor=_doctor(settings, store, clock, dns, targets, responder, dns01, labels, platform),
+        doctor=_doctor(settings, store, clock, dns, targets, publisher, dns01, labels, platform),
         metrics=metrics,
     )
     from certbroker.v1 import broker_pb2_grpc
@@ -384,6 +395,7 @@ async def _start(
         settings.event_retention,
         settings.compaction_interval,
         settings.key_retention,
+        owner=owner if shared else None,
     )
     await compactor.start()
     extras.extend([compactor, challenge_events])
@@ -408,7 +420,7 @@ def _doctor(
     clock: Clock,
     dns: DnsChecker,
     targets: PlatformTargets | None,
-    responder: Http01Responder,
+    publisher: Publisher,
     dns01: Dns01Publisher | None,
     labels: LabelKey,
     platform: Platform,
@@ -428,7 +440,7 @@ def _doctor(
             interval=settings.doctor_interval,
         ),
         probe=Http01Probe(
-            responder,
+            publisher,
             dns.addresses,
             port=settings.doctor_http_port,
             timeout=min(5.0, timeout),

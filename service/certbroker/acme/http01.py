@@ -13,6 +13,11 @@ share a pending authorization do not unpublish each other's answer, and the
 ``on_change`` hook reports the first add and the last remove so the broker
 can publish challenges to routers.
 
+Several brokers behind one load balancer: a token published by another broker
+is not here, so a local miss asks ``lookup`` (``certbroker.acme.shared_challenges``
+reads the store, with a small cache). Only a well-formed token (base64url, as
+RFC 8555 makes them) is looked up: a scanner's paths never reach the database.
+
 It listens where anyone may connect, so every connection is bounded (see
 ``ResponderLimits``): a total and a per-peer cap (over-cap connections are
 reset at once and counted in one log line per interval), a deadline for each
@@ -27,7 +32,8 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
-from collections.abc import Callable
+import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -38,6 +44,11 @@ _MAX_BODY_BYTES = 64 * 1024
 REPORT_INTERVAL = 60.0  # seconds between two "connections refused" log lines
 
 OnChange = Callable[[str, str | None], None]
+#: Where a token not published here is looked up (another broker's); None if unknown.
+Lookup = Callable[[str], Awaitable[str | None]]
+# RFC 8555 section 8.3: base64url, at least 128 bits of entropy (22 characters); CAs
+# use 43. Anything else cannot be a token, so it is never looked up.
+TOKEN = re.compile(r"[A-Za-z0-9_-]{22,128}")
 
 
 @dataclass(frozen=True)
@@ -62,9 +73,14 @@ class Http01Responder:
     """Serves key authorizations for published tokens. No I/O until ``start()``."""
 
     def __init__(
-        self, *, on_change: OnChange | None = None, limits: ResponderLimits | None = None
+        self,
+        *,
+        on_change: OnChange | None = None,
+        limits: ResponderLimits | None = None,
+        lookup: Lookup | None = None,
     ) -> None:
         self.on_change = on_change
+        self.lookup = lookup
         self.limits = limits or ResponderLimits()
         self._answers: dict[str, str] = {}
         self._refs: dict[str, int] = {}
@@ -101,6 +117,20 @@ class Http01Responder:
 
     def get(self, token: str) -> str | None:
         return self._answers.get(token)
+
+    async def publish(self, token: str, key_authorization: str) -> None:
+        """``add`` as the issuer calls it (``ChallengeResponder``): answered here at once."""
+        self.add(token, key_authorization)
+
+    async def unpublish(self, token: str) -> None:
+        self.remove(token)
+
+    async def answer(self, token: str) -> str | None:
+        """What a request for ``token`` gets: the local answer, else ``lookup``'s."""
+        found = self._answers.get(token)
+        if found is None and self.lookup is not None and TOKEN.fullmatch(token):
+            found = await self.lookup(token)
+        return found
 
     def __len__(self) -> int:
         return len(self._answers)
@@ -208,7 +238,7 @@ class Http01Responder:
                     return
                 method, target, version, headers = request
                 close = _wants_close(version, headers)
-                code, phrase, body = self._answer(method, target)
+                code, phrase, body = await self._answer(method, target)
                 await _respond(writer, code, phrase, body, close=close, head_only=method == "HEAD")
             if close:
                 return
@@ -230,12 +260,12 @@ class Http01Responder:
                 await reader.readexactly(length)
         return True
 
-    def _answer(self, method: str, target: str) -> tuple[int, str, bytes]:
+    async def _answer(self, method: str, target: str) -> tuple[int, str, bytes]:
         if method not in ("GET", "HEAD"):
             return 405, "Method Not Allowed", b""
         path = urlsplit(target).path if "://" in target else target.split("?", 1)[0]
         if path.startswith(PREFIX):
-            answer = self._answers.get(path[len(PREFIX) :])
+            answer = await self.answer(path[len(PREFIX) :])
             if answer is not None:
                 return 200, "OK", answer.encode("ascii")
         return 404, "Not Found", b""

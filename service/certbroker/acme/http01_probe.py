@@ -44,11 +44,13 @@ USER_AGENT = "certbroker-doctor"
 
 
 class Publisher(Protocol):
-    """Where the token is published: ``certbroker.acme.http01.Http01Responder``."""
+    """Where the token is published: ``certbroker.acme.http01.Http01Responder``, or
+    ``certbroker.acme.shared_challenges.SharedChallenges`` when several brokers share
+    a store (the probe's request may reach any of them, as the CA's would)."""
 
-    def add(self, token: str, key_authorization: str) -> None: ...
+    async def publish(self, token: str, key_authorization: str) -> None: ...
 
-    def remove(self, token: str) -> None: ...
+    async def unpublish(self, token: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -162,7 +164,7 @@ class Http01Probe:
             return addresses, []
         token = secrets.token_urlsafe(32)  # 43 characters, like a CA's token
         key_authorization = f"{token}.{secrets.token_urlsafe(32)}"
-        self._publisher.add(token, key_authorization)
+        await self._publisher.publish(token, key_authorization)
         try:
             fetches = await asyncio.gather(
                 *(
@@ -171,7 +173,7 @@ class Http01Probe:
                 )
             )
         finally:
-            self._publisher.remove(token)
+            await asyncio.shield(self._publisher.unpublish(token))
         return addresses, list(fetches)
 
     async def _fetch(self, name: str, ip: IPAddress, token: str, expected: str) -> Fetch:

@@ -119,11 +119,17 @@ class OrderSteps(Protocol):
 
 
 class ChallengeResponder(Protocol):
-    """Publishes HTTP-01 answers (``Http01Responder`` or a router fan-out); never raises."""
+    """Publishes HTTP-01 answers (``Http01Responder``, or ``SharedChallenges`` for every
+    broker on one store).
 
-    def add(self, token: str, key_authorization: str) -> None: ...
+    ``publish`` returns once the answer is served wherever the CA may ask (the
+    challenge is answered only then) and raises if it cannot be (the store is
+    down); ``unpublish`` never raises.
+    """
 
-    def remove(self, token: str) -> None: ...
+    async def publish(self, token: str, key_authorization: str) -> None: ...
+
+    async def unpublish(self, token: str) -> None: ...
 
 
 class Dns01Responder(Protocol):
@@ -296,8 +302,10 @@ class OrderMachine:
                     raise AcmeProblem(ORDER_INVALID, "order disappeared", retryable=True)
                 order = fetched
         finally:
-            for token in published:
-                self._responder.remove(token)
+            # shielded, like the DNS values: a cancelled order still withdraws its answers
+            if published:
+                responder = self._responder
+                await asyncio.shield(asyncio.gather(*(responder.unpublish(t) for t in published)))
             await self._unpublish_dns(published_dns)
 
     async def _authorize_all(
@@ -395,7 +403,7 @@ class OrderMachine:
                     await self._dns01.publish(how.label, str(validation))
                 else:
                     token = str(challb.chall.encode("token"))
-                    self._responder.add(token, str(validation))
+                    await self._responder.publish(token, str(validation))
                     published.append(token)
                 if challb.status == messages.STATUS_PENDING:
                     await self._steps.answer(challb, response)

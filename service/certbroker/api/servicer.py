@@ -339,7 +339,7 @@ class BrokerServicer(broker_pb2_grpc.CertificateBrokerServiceServicer):
         # Challenge events are only written while some router asks for them.
         challenges = self._challenges if request.include_challenges else None
         if challenges is not None:
-            challenges.listeners += 1
+            challenges.add_listener()
         self.watchers += 1
         cursor = _Cursor(request.after_revision or self._hub.revision)
         self._cursors.add(cursor)
@@ -349,7 +349,7 @@ class BrokerServicer(broker_pb2_grpc.CertificateBrokerServiceServicer):
             self._cursors.discard(cursor)
             self.watchers -= 1
             if challenges is not None:
-                challenges.listeners -= 1
+                challenges.remove_listener()
 
     async def _watch(
         self,
