@@ -20,6 +20,8 @@ from certbroker.store.sqlite import SqliteStore
 from tests.store.records import T0, make_domain
 
 LEASE = timedelta(seconds=30)
+A, B = "a.example.com", "b.example.com"
+BOTH = [A, B]
 
 
 @pytest.fixture
@@ -37,7 +39,7 @@ async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
 async def test_working_domains_stay_leased_while_renewed(store: SqliteStore) -> None:
     clock = FakeClock(T0)
     one, two = Claims(store, clock, "one", LEASE), Claims(store, clock, "two", LEASE)
-    assert await one.claim(10, ()) == ["a.example.com", "b.example.com"]
+    assert await one.claim(BOTH) == ["a.example.com", "b.example.com"]
     working = {"a.example.com": object()}  # b's step ended without a release
     lost: list[str] = []
     one.start_renewing(lambda: working, lost.append)
@@ -45,7 +47,7 @@ async def test_working_domains_stay_leased_while_renewed(store: SqliteStore) -> 
         for _ in range(6):  # two leases long, renewed every third
             clock.advance(LEASE / 3)
             await asyncio.sleep(0.05)  # the renewal runs (a real write)
-        assert await two.claim(10, ()) == ["b.example.com"]  # b lapsed, a did not
+        assert await two.claim(BOTH) == ["b.example.com"]  # b lapsed, a did not
         assert lost == []
     finally:
         await one.stop()
@@ -58,9 +60,9 @@ async def test_a_lease_taken_over_is_reported_unless_its_step_started_again(
 ) -> None:
     clock = FakeClock(T0)
     one, two = Claims(store, clock, "one", LEASE), Claims(store, clock, "two", LEASE)
-    await one.claim(10, ())
+    await one.claim(BOTH)
     clock.advance(LEASE)  # "one" stalled past its lease
-    assert await two.claim(1, ()) == ["a.example.com"]
+    assert await two.claim([A]) == ["a.example.com"]
     a_step, b_step = object(), object()
     working: dict[str, object] = {"a.example.com": a_step, "b.example.com": b_step}
     lost: list[str] = []
@@ -77,7 +79,7 @@ async def test_a_lease_taken_over_is_reported_unless_its_step_started_again(
 async def test_a_write_is_refused_once_the_lease_is_gone(store: SqliteStore) -> None:
     clock = FakeClock(T0)
     one, two = Claims(store, clock, "one", LEASE), Claims(store, clock, "two", LEASE)
-    await one.claim(1, ())
+    await one.claim([A])
     async with store.transaction() as tx:
         await one.check(tx, "a.example.com")
         with pytest.raises(LeaseLost, match="held by one"):
@@ -87,5 +89,5 @@ async def test_a_write_is_refused_once_the_lease_is_gone(store: SqliteStore) -> 
         with pytest.raises(LeaseLost):  # lapsed: not "one"'s any more either
             await one.check(tx, "a.example.com")
     await one.release("a.example.com")
-    assert await two.claim(1, ()) == ["a.example.com"]
+    assert await two.claim([A]) == ["a.example.com"]
     await one.release_all([])  # nothing to hand over: no write

@@ -29,10 +29,12 @@ def count_passes(w: World) -> Callable[[], int]:
     asked = 0
     real = w.store.due_candidates
 
-    async def counted(now: datetime, limit: int, exclude: Collection[str] = ()) -> list[Candidate]:
+    async def counted(
+        now: datetime, limit: int, exclude: Collection[str] = (), owner: str = ""
+    ) -> list[Candidate]:
         nonlocal asked
         asked += 1
-        return await real(now, limit, exclude)
+        return await real(now, limit, exclude, owner)
 
     w.store.due_candidates = counted  # type: ignore[method-assign]
     return lambda: asked

@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 
 from certbroker.clock import Clock
@@ -55,17 +55,16 @@ class Claims:
         self.lease = lease
         self._renewer: asyncio.Task[None] | None = None
 
-    async def claim(self, limit: int, exclude: Collection[str]) -> list[str]:
-        """Lease up to ``limit`` due domains not in ``exclude`` (already worked here)."""
-        if limit <= 0:
-            return []
-        return await self._store.claim_due(
-            self.owner, self._clock.now(), limit, self.lease, exclude=exclude
-        )
+    async def claim(self, names: Sequence[str]) -> list[str]:
+        """Lease those of ``names`` (chosen from ``due_candidates``) no other broker has."""
+        return await self._store.claim_due(self.owner, names, self._clock.now(), self.lease)
 
-    async def next_time(self, exclude: Collection[str]) -> datetime | None:
-        """When the next claim may find something (a due time, or another's lease lapsing)."""
-        return await self._store.next_claim_time(self.owner, self._clock.now(), exclude)
+    async def next_time(
+        self, exclude: Collection[str], after: datetime | None = None
+    ) -> datetime | None:
+        """When the next claim may find something (a due time later than ``after`` if
+        given, or another broker's lease lapsing)."""
+        return await self._store.next_claim_time(self.owner, self._clock.now(), exclude, after)
 
     async def release(self, name: str) -> None:
         """The step ended and its outcome is recorded: others may have the domain at once."""

@@ -45,6 +45,16 @@ first certificates ready to order than the account's new-orders bucket has
 tokens (``LimitsLedger.budget``); the others stay due, unworked and unwritten,
 and the loop sleeps until the next token instead of re-holding each of them.
 
+Several brokers on one store: "never one domain twice at once" holds across
+them. The due domains chosen are leased in the store (``certbroker.claims``:
+``Store.claim_due``; candidates leased to another broker are not offered),
+renewed while their steps run and released when they end; a dead broker's
+leases lapse and the others take its domains over, resuming any order from its
+row. The writes that cost the CA (the order reserved, its URL, the certificate,
+a failed order's row dropped) are made only while the lease holds
+(``Claims.check``); a step whose lease was lost stops without writing.
+``_inflight`` stays as the in-process guard: one task per name here.
+
 When the store cannot record a step (disk full, database locked), the step's
 domain is held back in memory with a growing delay, the whole loop pauses and
 probes (``store_health``), and ``on_store_health`` hears when the store turns
@@ -73,6 +83,7 @@ from certbroker.acme import ari
 from certbroker.acme.keys import generate_private_key
 from certbroker.acme.problems import AcmeProblem, rate_limit_scope
 from certbroker.ca_health import CaHealth
+from certbroker.claims import Claims, LeaseLost
 from certbroker.clock import Clock
 from certbroker.delegation import LabelKey
 from certbroker.dns import DnsLookupError, PlatformTargets
@@ -123,6 +134,8 @@ __all__ = ["Issued", "Ledger", "Policy", "Scheduler"]
 log = logging.getLogger(__name__)
 # real seconds: a safety net only; commits and wake() drive the loop
 _IDLE_POLL = 1.0
+# real seconds: a due domain a claim skipped (its row locked by a writer for a moment)
+_CLAIM_RETRY = 0.05
 #: A rateLimited answer without Retry-After pauses its bucket this long.
 _RATE_LIMIT_DEFAULT = timedelta(hours=1)
 #: Domains re-evaluated per transaction at start.
@@ -190,6 +203,9 @@ class Policy:
     caa_identity: str = "letsencrypt.org"
     limits: Limits = field(default_factory=Limits)
     max_concurrent: int = 32
+    # Several brokers on one store: look for domains other brokers added at least this
+    # often (their API calls wake only their own scheduler). None: one broker, no need.
+    claim_poll: timedelta | None = None
 
 
 class Scheduler:
@@ -210,7 +226,12 @@ class Scheduler:
         pick: Callable[[], float] = random.random,
         metrics: Metrics | None = None,
         tracer: trace.Tracer | None = None,
+        claims: Claims | None = None,
     ) -> None:
+        # a lone broker (tests, one SQLite file) gets an owner of its own
+        self._claims = claims or Claims(
+            store, clock, f"scheduler-{random.getrandbits(48):012x}", timedelta(seconds=30)
+        )
         self._metrics = metrics or Metrics()  # outcomes counted (certbroker.metrics)
         self._tracer = tracer or trace.NoOpTracer()  # each step a trace (@spanned)
         self._store = store
@@ -259,6 +280,7 @@ class Scheduler:
         self._wake.set()
 
     async def start(self) -> None:
+        self._claims.start_renewing(lambda: self._inflight, self._lost)
         self._loop_task = asyncio.create_task(self._run(), name="scheduler")
         if self._issuer is not None:
             self._probe_task = asyncio.create_task(self._probe_ca(), name="ca probe")
@@ -271,10 +293,19 @@ class Scheduler:
                 loop_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await loop_task
+        await self._claims.stop()
+        working = list(self._inflight)
         tasks = list(self._inflight.values())
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self._claims.release_all(working)  # the other brokers take them over now
+
+    def _lost(self, name: str) -> None:
+        """Another broker took ``name`` over (this one stalled past the lease): stop its step."""
+        task = self._inflight.get(name)
+        if task is not None:
+            task.cancel()
 
     @property
     def busy(self) -> int:
@@ -300,10 +331,10 @@ class Scheduler:
             try:
                 if not self._restarted:
                     await self._restart()
-                starved, token_at = await self._start_due()
+                started, starved, token_at = await self._start_due()
                 # Due domains left waiting for a token must not look due to the loop.
                 after = self._clock.now() if starved else None
-                next_due = await self._store.next_due_time(exclude=self._skipped(), after=after)
+                next_due = await self._claims.next_time(self._skipped(), after)
                 if token_at is not None and (next_due is None or token_at < next_due):
                     next_due = token_at
             except Exception as error:
@@ -316,9 +347,15 @@ class Scheduler:
             if release is not None and (next_due is None or release < next_due):
                 next_due = release
             now = self._clock.now()
+            poll = self._policy.claim_poll
+            if poll is not None and (next_due is None or next_due > now + poll):
+                next_due = now + poll  # what other brokers added
             if next_due is not None and next_due > now:
                 await self._clock.sleep_until(next_due, self._wake)
             elif next_due is not None and len(self._inflight) < self._policy.max_concurrent:
+                if not started:  # due but not claimable this instant (a row locked): a breath
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), _CLAIM_RETRY)
                 continue  # became due while we looked: start it now, not after an idle wait
             else:
                 # Nothing due, or no free slot: a finished step or a change wakes us.
@@ -343,24 +380,31 @@ class Scheduler:
                             await outbox.save(tx, latest, lifecycle.apply(latest, Restarted(), now))
         self._restarted = True
 
-    async def _start_due(self) -> tuple[bool, datetime | None]:
-        """Claim due work in priority order; ``(starved, next token)`` when first
-        certificates ready to order were left for lack of a token while slots were free."""
+    async def _start_due(self) -> tuple[int, bool, datetime | None]:
+        """Claim due work in priority order; ``(started, starved, next token)``: starved
+        when first certificates ready to order were left for lack of a token while
+        slots were free. What is chosen is leased in the store first (other brokers')."""
         free = self._policy.max_concurrent - len(self._inflight)
         if free <= 0:
-            return False, None
+            return 0, False, None
         # Each step reads its domain itself, and in-flight ones are skipped in SQL.
         now = self._clock.now()
-        due = await self._store.due_candidates(now, _CANDIDATES, exclude=self._skipped())
+        due = await self._store.due_candidates(
+            now, _CANDIDATES, exclude=self._skipped(), owner=self._claims.owner
+        )
         if not due:
-            return False, None
+            return 0, False, None
         budget = Budget(0, None)
         if any(c.needs_token for c in due):  # else the account's bucket is not read at all
             budget = await self._ledger.budget(self._store, now)
         tokens = budget.tokens - len(self._token_claims)
         claim = priorities.claim(priorities.order(due, self._served), free, tokens)
+        # Another broker may have claimed some since they were read: those are not ours.
+        granted = set(await self._claims.claim([c.name for c in claim.chosen]))
         for candidate in claim.chosen:
             name = candidate.name
+            if name not in granted:
+                continue
             if candidate.needs_token:
                 self._token_claims.add(name)
                 self._served[candidate.app] = now
@@ -369,13 +413,13 @@ class Scheduler:
         if len(self._served) > 4 * _CANDIDATES:  # bounded memory: forget the longest served
             for app in sorted(self._served, key=self._served.__getitem__)[:_CANDIDATES]:
                 del self._served[app]
-        return claim.starved, budget.next_at if claim.starved else None
+        return len(granted), claim.starved, budget.next_at if claim.starved else None
 
     async def _guarded_step(self, name: str) -> None:
         try:
             try:
                 await self.step(name)
-            except StoreUnavailable:
+            except (StoreUnavailable, LeaseLost):
                 raise
             except Exception as error:
                 # A bug or an unforeseen failure: recorded like a failed try, so it backs off.
@@ -385,13 +429,20 @@ class Scheduler:
             self._inflight.pop(name, None)
             self._token_claims.discard(name)
             raise
+        except LeaseLost as lost:
+            # Another broker works it now (this one stalled past the lease): write nothing.
+            log.warning("stopped the step for %s: %s", name, lost)
         except Exception as error:
-            # The outcome could not be recorded: neither retry at once nor lose the domain.
+            # The outcome could not be recorded: neither retry at once nor lose the domain
+            # (its lease lapses by itself: no other broker retries it sooner either).
             now = self._clock.now()
             self._holds.hold(name, now)
             self._health.failed(error, now)
         else:
             self._holds.release(name)
+            # Released while still in flight here: claimed again after this, never before.
+            with contextlib.suppress(Exception):  # else it lapses: the same, a lease later
+                await self._claims.release(name)
         self._inflight.pop(name, None)
         self._token_claims.discard(name)
         self._wake.set()
@@ -652,6 +703,7 @@ class Scheduler:
                 return  # removed (and maybe added again) while we looked: checks not its
             after = self._apply(latest, observations, now)
             if lifecycle.is_due_for_order(after, now):
+                await self._claims.check(tx, domain.name)  # the CA hears of it next
                 request = self._request(after, after.order_names)
                 hold = await self._ledger.reserve(tx, request, now)
                 if hold is not None:
@@ -878,6 +930,7 @@ class Scheduler:
         now = self._clock.now()
 
         async def book(tx: Transaction) -> None:
+            await self._claims.check(tx, request.domain)  # the row may be another's to resume
             await tx.delete_order(request.domain)
             await self._ledger.order_failed(tx, request, problem.failed_authorizations, now)
             if scope:
@@ -891,6 +944,9 @@ class Scheduler:
             async with self._transaction() as tx:
                 if not same_domain(domain, await tx.get_domain(order.domain)):
                     return  # removed meanwhile: no order row outlives its domain
+                # No challenge is answered before this: a broker that lost the lease
+                # abandons this order here, and the new holder orders afresh.
+                await self._claims.check(tx, order.domain)
                 await tx.put_order(replace(order, order_url=url))
 
         return save
@@ -907,6 +963,7 @@ class Scheduler:
         now = self._clock.now()
         assert self._issuer is not None
         async with self._transaction() as tx:
+            await self._claims.check(tx, name)  # else the new holder stores it, from the order
             latest = await tx.get_domain(name)
             await tx.delete_order(name)
             await tx.record_issuance(name, order.registered_domain, order.names, info.serial, now)

@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ from certbroker.api.auth import Authorizer
 from certbroker.api.malformed import MalformedRequests
 from certbroker.api.servicer import BrokerServicer
 from certbroker.app import Broker
+from certbroker.claims import Claims
 from certbroker.clock import Clock, SystemClock
 from certbroker.config import ConfigError, Settings, broker_id, unknown_variables
 from certbroker.delegation import LabelKey
@@ -75,6 +77,8 @@ _CANARY_AAD = "certbroker:kek-canary"
 _CANARY_TEXT = b"certbroker key-encryption key canary"
 _ROTATION_KEY = "kek_rotation"  # see ops/rotate.py
 GRACE_SECONDS = 5.0
+# Several brokers on one store: how often a scheduler looks for what others added.
+CLAIM_POLL = timedelta(seconds=1)
 
 
 class _Closing:
@@ -298,12 +302,14 @@ async def _start(
             caa_identity=settings.caa_identity,
             limits=settings.limits,
             max_concurrent=settings.max_concurrent_orders,
+            claim_poll=CLAIM_POLL if shared else None,
         ),
         dns01=dns01,
         labels=labels,
         on_store_health=store_health,
         metrics=metrics,
         tracer=tracer,
+        claims=Claims(store, clock, owner, settings.lease),
     )
     metrics.scheduler(lambda: scheduler.busy)
     metrics.ca_health(lambda: scheduler.ca.available, lambda: scheduler.ca.paused(clock.now()))

@@ -17,6 +17,7 @@ from datetime import timedelta
 
 from certbroker.model import Domain
 from tests.store.backends import AnyStore, Backend
+from tests.store.claiming import claim
 from tests.store.records import T0, make_domain
 
 LEASE = timedelta(seconds=30)
@@ -44,8 +45,8 @@ async def test_a_claim_leases_due_domains_earliest_first_up_to_the_limit(
     await put(store, make_domain("later.example.com", next_run_at=T0 + timedelta(hours=1)))
     await put(store, make_domain("idle.example.com"))  # never due
     now = T0 + 10 * SECOND
-    assert await store.claim_due("one", now, 2, LEASE) == ["b.example.com", "a.example.com"]
-    assert await store.claim_due("one", now, 10, LEASE, exclude=["b.example.com"]) == [
+    assert await claim(store, "one", now, 2) == ["b.example.com", "a.example.com"]
+    assert await claim(store, "one", now, 10, exclude=["b.example.com"]) == [
         "a.example.com",  # its own lease: claimable again by its owner (exclude says no)
         "c.example.com",
     ]
@@ -63,14 +64,12 @@ async def test_another_owner_gets_a_leased_domain_only_once_the_lease_lapsed(
     store: AnyStore,
 ) -> None:
     await due(store, "a.example.com", "b.example.com")
-    assert await store.claim_due("one", T0, 1, LEASE) == ["a.example.com"]
-    assert await store.claim_due("two", T0 + SECOND, 10, LEASE) == ["b.example.com"]
-    assert await store.claim_due("two", T0 + LEASE - SECOND, 10, LEASE) == ["b.example.com"]
+    assert await claim(store, "one", T0, 1) == ["a.example.com"]
+    assert await claim(store, "two", T0 + SECOND, 10) == ["b.example.com"]
+    assert await claim(store, "two", T0 + LEASE - SECOND, 10) == ["b.example.com"]
     # "one" stopped renewing (it died): its lease lapses by time alone
-    assert await store.claim_due("two", T0 + LEASE, 10, LEASE, exclude=["b.example.com"]) == [
-        "a.example.com"
-    ]
-    assert await store.claim_due("one", T0 + LEASE, 10, LEASE) == []
+    assert await claim(store, "two", T0 + LEASE, 10, exclude=["b.example.com"]) == ["a.example.com"]
+    assert await claim(store, "one", T0 + LEASE, 10) == []
 
 
 async def test_claims_write_no_event_and_domain_writes_keep_the_lease(
@@ -78,10 +77,10 @@ async def test_claims_write_no_event_and_domain_writes_keep_the_lease(
 ) -> None:
     await due(store, "a.example.com")
     revision = await store.current_revision()
-    assert await store.claim_due("one", T0, 10, LEASE) == ["a.example.com"]
+    assert await claim(store, "one", T0, 10) == ["a.example.com"]
     assert await store.renew_leases("one", ["a.example.com"], T0, LEASE) == ["a.example.com"]
     await store.release("one", ["a.example.com"])
-    assert await store.claim_due("one", T0, 10, LEASE) == ["a.example.com"]
+    assert await claim(store, "one", T0, 10) == ["a.example.com"]
     assert await store.current_revision() == revision
     assert await backend.rows("SELECT COUNT(*) FROM events") == [(revision,)]
     # the owner's step writes the domain (an event, the schedule): the lease stays
@@ -90,7 +89,7 @@ async def test_claims_write_no_event_and_domain_writes_keep_the_lease(
     await put(store, replace(stored, action_required="working"))
     async with store.transaction() as tx:
         await tx.put_schedule(replace(stored, next_run_at=T0 + 2 * SECOND))
-    assert await store.claim_due("two", T0 + 5 * SECOND, 10, LEASE) == []
+    assert await claim(store, "two", T0 + 5 * SECOND, 10) == []
     async with store.transaction() as tx:
         assert await tx.lease_holder("a.example.com", T0 + 5 * SECOND) == "one"
         assert await tx.lease_holder("a.example.com", T0 + LEASE) is None  # lapsed by then
@@ -102,11 +101,11 @@ async def test_renewal_extends_held_leases_and_reports_the_ones_taken_over(
 ) -> None:
     await due(store, "a.example.com", "b.example.com")
     start = T0 + SECOND
-    assert await store.claim_due("one", start, 10, LEASE) == ["a.example.com", "b.example.com"]
+    assert await claim(store, "one", start, 10) == ["a.example.com", "b.example.com"]
     later = start + LEASE - SECOND
     assert await store.renew_leases("one", ["a.example.com"], later, LEASE) == ["a.example.com"]
     # b lapsed at start + LEASE and "two" took it; a is held until later + LEASE
-    assert await store.claim_due("two", start + LEASE, 10, LEASE) == ["b.example.com"]
+    assert await claim(store, "two", start + LEASE, 10) == ["b.example.com"]
     assert await store.renew_leases(
         "one", ["a.example.com", "b.example.com"], start + LEASE, LEASE
     ) == ["a.example.com"]
@@ -115,23 +114,23 @@ async def test_renewal_extends_held_leases_and_reports_the_ones_taken_over(
 
 async def test_release_frees_a_domain_at_once_but_only_the_owners(store: AnyStore) -> None:
     await due(store, "a.example.com")
-    assert await store.claim_due("one", T0, 10, LEASE) == ["a.example.com"]
+    assert await claim(store, "one", T0, 10) == ["a.example.com"]
     await store.release("two", ["a.example.com"])  # not its lease: nothing happens
-    assert await store.claim_due("two", T0, 10, LEASE) == []
+    assert await claim(store, "two", T0, 10) == []
     await store.release("one", ["a.example.com"])
-    assert await store.claim_due("two", T0, 10, LEASE) == ["a.example.com"]
+    assert await claim(store, "two", T0, 10) == ["a.example.com"]
     await store.release("one", [])
 
 
 async def test_a_removed_and_re_added_domain_carries_no_old_lease(store: AnyStore) -> None:
     await due(store, "a.example.com")
-    assert await store.claim_due("one", T0, 10, LEASE) == ["a.example.com"]
+    assert await claim(store, "one", T0, 10) == ["a.example.com"]
     stored = await store.get_domain("a.example.com")
     assert stored is not None
     async with store.transaction() as tx:
         await tx.delete_domain(stored)
     await due(store, "a.example.com")
-    assert await store.claim_due("two", T0, 10, LEASE) == ["a.example.com"]
+    assert await claim(store, "two", T0, 10) == ["a.example.com"]
 
 
 async def test_next_claim_time_is_the_first_claimable_due_time_or_a_lease_lapse(
@@ -143,7 +142,7 @@ async def test_next_claim_time_is_the_first_claimable_due_time_or_a_lease_lapse(
     await due(store, "a.example.com", at=timedelta(minutes=5))
     await due(store, "b.example.com")
     assert await store.next_claim_time("one", T0) == T0
-    assert await store.claim_due("two", T0, 10, LEASE) == ["b.example.com"]
+    assert await claim(store, "two", T0, 10) == ["b.example.com"]
     # b is "two"'s until T0 + LEASE (then "one" may take it over); a is due later
     assert await store.next_claim_time("one", T0) == T0 + LEASE
     assert await store.next_claim_time("two", T0, exclude=["b.example.com"]) == T0 + timedelta(
@@ -165,7 +164,7 @@ async def test_concurrent_claims_of_several_stores_share_out_every_domain_once(
         got: dict[str, list[str]] = {f"b{i}": [] for i in range(3)}
 
         async def claim_all(owner: str, store: AnyStore) -> None:
-            while claimed := await store.claim_due(owner, now, 4, LEASE, exclude=got[owner]):
+            while claimed := await claim(store, owner, now, 4, exclude=got[owner]):
                 got[owner].extend(claimed)
                 await asyncio.sleep(0)
 
@@ -175,6 +174,32 @@ async def test_concurrent_claims_of_several_stores_share_out_every_domain_once(
     finally:
         for store in stores:
             await store.close()
+
+
+async def test_a_claim_leases_only_the_named_domains_still_due_and_free(store: AnyStore) -> None:
+    await due(store, "free.example.com", "taken.example.com")
+    await put(store, make_domain("later.example.com", next_run_at=T0 + timedelta(hours=1)))
+    now = T0 + SECOND
+    assert await store.claim_due("two", ["taken.example.com"], now, LEASE) == ["taken.example.com"]
+    names = ["taken.example.com", "later.example.com", "free.example.com", "gone.example.com"]
+    assert await store.claim_due("one", names, now, LEASE) == ["free.example.com"]
+    assert await store.claim_due("one", [], now, LEASE) == []
+
+
+async def test_candidates_leave_out_domains_leased_to_another_broker(store: AnyStore) -> None:
+    await due(store, "a.example.com", "b.example.com")
+    assert await store.claim_due("two", ["a.example.com"], T0, LEASE) == ["a.example.com"]
+    now = T0 + SECOND
+
+    async def offered(owner: str) -> list[str]:
+        return [c.name for c in await store.due_candidates(now, 10, owner=owner)]
+
+    assert await offered("one") == ["b.example.com"]
+    assert await offered("two") == ["a.example.com", "b.example.com"]  # its own stays
+    assert [c.name for c in await store.due_candidates(T0 + LEASE, 10, owner="one")] == [
+        "a.example.com",
+        "b.example.com",
+    ]  # lapsed
 
 
 # --- named leases -------------------------------------------------------------------------

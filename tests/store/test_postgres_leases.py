@@ -18,6 +18,7 @@ import pytest
 
 from certbroker.model import Domain
 from certbroker.store.postgres import PostgresStore
+from tests.store.claiming import claim
 from tests.store.records import T0, make_domain
 
 LEASE = timedelta(seconds=30)
@@ -58,7 +59,7 @@ async def test_claims_and_leases_do_not_wait_for_a_writer_holding_the_counter(
     try:
         await writing.wait()
         async with asyncio.timeout(PROMPTLY):
-            assert await b.claim_due("b", T0, 10, LEASE) == ["a.example.com", "b.example.com"]
+            assert await claim(b, "b", T0, 10) == ["a.example.com", "b.example.com"]
             assert await b.renew_leases("b", ["a.example.com"], T0, LEASE) == ["a.example.com"]
             await b.release("b", ["b.example.com"])
             assert await b.next_claim_time("b", T0, exclude=["a.example.com"]) == T0
@@ -83,8 +84,8 @@ async def test_a_claim_skips_a_row_another_transaction_holds_instead_of_waiting(
         async with other.transaction():  # another broker's claim (or write) in progress
             await other.execute("SELECT 1 FROM domains WHERE name = 'a.example.com' FOR UPDATE")
             async with asyncio.timeout(PROMPTLY):
-                assert await a.claim_due("a", T0 + SECOND, 10, LEASE) == ["b.example.com"]
-        assert await a.claim_due("a", T0 + SECOND, 10, LEASE) == [
+                assert await claim(a, "a", T0 + SECOND, 10) == ["b.example.com"]
+        assert await claim(a, "a", T0 + SECOND, 10) == [
             "a.example.com",
             "b.example.com",
         ]
@@ -99,6 +100,6 @@ async def test_a_claim_never_changes_what_another_broker_has_cached(
     a, b = brokers
     stored = await put(a, make_domain("a.example.com", next_run_at=T0))
     assert await b.get_domain("a.example.com") == stored  # cached on b
-    assert await a.claim_due("a", T0, 10, LEASE) == ["a.example.com"]
+    assert await claim(a, "a", T0, 10) == ["a.example.com"]
     assert await b.get_domain("a.example.com") == stored
     assert await a.current_revision() == stored.revision

@@ -242,9 +242,10 @@ class Store(LimitReads, Protocol):
         ...
 
     async def due_candidates(
-        self, now: datetime, limit: int, exclude: Collection[str] = ()
+        self, now: datetime, limit: int, exclude: Collection[str] = (), owner: str = ""
     ) -> list[Candidate]:
-        """Due domains (``next_run_at <= now``) not in ``exclude``, with what
+        """Due domains (``next_run_at <= now``) not in ``exclude`` and not leased to a
+        broker other than ``owner`` (see ``claim_due``), with what
         ``certbroker.priorities`` orders them by, at most ``limit``.
 
         Kind RENEWAL when the domain has a Let's Encrypt certificate (``expires_at``
@@ -307,21 +308,17 @@ class Store(LimitReads, Protocol):
     # -- claims and leases: several brokers on one store (see claim_due) -----------------
 
     async def claim_due(
-        self,
-        owner: str,
-        now: datetime,
-        limit: int,
-        lease: timedelta,
-        exclude: Collection[str] = (),
+        self, owner: str, names: Sequence[str], now: datetime, lease: timedelta
     ) -> list[str]:
-        """Lease up to ``limit`` due domains to ``owner`` until ``now + lease``; their names.
+        """Lease to ``owner`` until ``now + lease`` those of ``names`` it may work now; them.
 
-        Claimable: ``next_run_at <= now`` and no lease held by another broker at
-        ``now`` (none, lapsed, or ``owner``'s own). Earliest due first; ``exclude``
-        (what the caller already works) is left out. Two brokers claiming at once
-        never get the same name (PostgreSQL: ``FOR UPDATE SKIP LOCKED``, so neither
-        waits for the other; SQLite: its single writer). A short transaction of its
-        own that writes no event and does not wait for the writers' lock.
+        Claimable: due (``next_run_at <= now``) and no lease held by another broker
+        at ``now`` (none, lapsed, or ``owner``'s own). ``names`` are what the
+        scheduler chose from ``due_candidates(owner=...)``; one another broker
+        claimed or worked meanwhile is left out. Two brokers claiming at once never
+        get the same name (PostgreSQL: ``FOR UPDATE SKIP LOCKED``, so neither waits
+        for the other; SQLite: its single writer). A short transaction of its own
+        that writes no event and does not wait for the writers' lock.
         """
         ...
 
@@ -340,11 +337,16 @@ class Store(LimitReads, Protocol):
         ...
 
     async def next_claim_time(
-        self, owner: str, now: datetime, exclude: Collection[str] = ()
+        self,
+        owner: str,
+        now: datetime,
+        exclude: Collection[str] = (),
+        after: datetime | None = None,
     ) -> datetime | None:
         """When ``owner`` may next claim something: the earliest ``next_run_at`` of a domain
-        it could lease, or the earliest lapse of another broker's lease (which may be
-        that broker dying). ``exclude`` as for ``claim_due``."""
+        it could lease (later than ``after`` when given, as for ``next_due_time``), or
+        the earliest lapse of another broker's lease (which may be that broker dying).
+        ``exclude``: what the caller works already."""
         ...
 
     async def take_lease(self, name: str, owner: str, now: datetime, lease: timedelta) -> bool:

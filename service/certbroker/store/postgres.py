@@ -70,7 +70,7 @@ import logging
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -180,21 +180,23 @@ _PUT_SCHEDULE = (
 
 # One statement: pick the due, unleased rows (skipping rows another claim or writer
 # has locked), lease them, return them. MATERIALIZED: the locking pick runs once.
+# One statement: lock the chosen rows still due and unleased (skipping rows another
+# claim or a writer holds), lease them. MATERIALIZED: the locking pick runs once.
 _CLAIM = (
     "WITH picked AS MATERIALIZED (SELECT name FROM domains"
-    " WHERE next_run_at <= $2"
-    " AND (lease_until IS NULL OR lease_until <= $2 OR lease_owner = $1)"
-    " AND name <> ALL($5::text[])"
-    " ORDER BY next_run_at, name LIMIT $3 FOR UPDATE SKIP LOCKED)"
+    " WHERE name = ANY($2::text[]) AND next_run_at <= $3"
+    " AND (lease_until IS NULL OR lease_until <= $3 OR lease_owner = $1)"
+    " FOR UPDATE SKIP LOCKED)"
     " UPDATE domains d SET lease_owner = $1, lease_until = $4 FROM picked"
-    " WHERE d.name = picked.name RETURNING d.name, d.next_run_at"
+    " WHERE d.name = picked.name RETURNING d.name"
 )
 # Two index-driven looks: the first claimable due time (domains_due), the first lapse
 # of another broker's lease (domains_leased, which holds only leased rows).
 _NEXT_CLAIM = (
     "SELECT (SELECT next_run_at FROM domains WHERE next_run_at IS NOT NULL"
     " AND (lease_until IS NULL OR lease_until <= $2 OR lease_owner = $1)"
-    " AND name <> ALL($3::text[]) ORDER BY next_run_at LIMIT 1),"
+    " AND name <> ALL($3::text[]) AND ($4::bigint IS NULL OR next_run_at > $4)"
+    " ORDER BY next_run_at LIMIT 1),"
     " (SELECT MIN(lease_until) FROM domains WHERE lease_until > $2 AND lease_owner <> $1"
     " AND next_run_at IS NOT NULL AND name <> ALL($3::text[]))"
 )
@@ -742,7 +744,7 @@ class PostgresStore:
 
     @_translated
     async def due_candidates(
-        self, now: datetime, limit: int, exclude: Collection[str] = ()
+        self, now: datetime, limit: int, exclude: Collection[str] = (), owner: str = ""
     ) -> list[Candidate]:
         rows = await self._pool.fetch(
             "SELECT name, app, next_run_at, not_after, tier FROM ("
@@ -752,6 +754,7 @@ class PostgresStore:
             "    OR d.last_error_reason = ANY($1::text[])) THEN 2 ELSE 1 END AS tier"
             " FROM domains d LEFT JOIN certificates c ON c.id = d.le_cert_id"
             " WHERE d.next_run_at <= $2 AND d.name <> ALL($3::text[])"
+            "  AND (d.lease_until IS NULL OR d.lease_until <= $2 OR d.lease_owner = $5)"
             ") AS due ORDER BY tier, CASE WHEN tier = 0 THEN not_after END,"
             ' ROW_NUMBER() OVER (PARTITION BY app, tier ORDER BY next_run_at, name COLLATE "C"),'
             ' next_run_at, name COLLATE "C" LIMIT $4',
@@ -759,6 +762,7 @@ class PostgresStore:
             to_micros(now),
             list(exclude),
             limit,
+            owner,
         )
         return [
             Candidate(
@@ -939,17 +943,15 @@ class PostgresStore:
 
     @_translated
     async def claim_due(
-        self,
-        owner: str,
-        now: datetime,
-        limit: int,
-        lease: timedelta,
-        exclude: Collection[str] = (),
+        self, owner: str, names: Sequence[str], now: datetime, lease: timedelta
     ) -> list[str]:
+        if not names:
+            return []
         rows = await self._pool.fetch(
-            _CLAIM, owner, to_micros(now), limit, to_micros(now + lease), list(exclude)
+            _CLAIM, owner, list(names), to_micros(now), to_micros(now + lease)
         )
-        return [row[0] for row in sorted(rows, key=lambda r: (r[1], r[0]))]
+        granted = {row[0] for row in rows}
+        return [name for name in names if name in granted]
 
     @_translated
     async def renew_leases(
@@ -978,9 +980,15 @@ class PostgresStore:
 
     @_translated
     async def next_claim_time(
-        self, owner: str, now: datetime, exclude: Collection[str] = ()
+        self,
+        owner: str,
+        now: datetime,
+        exclude: Collection[str] = (),
+        after: datetime | None = None,
     ) -> datetime | None:
-        row = await self._pool.fetchrow(_NEXT_CLAIM, owner, to_micros(now), list(exclude))
+        row = await self._pool.fetchrow(
+            _NEXT_CLAIM, owner, to_micros(now), list(exclude), to_micros(after)
+        )
         assert row is not None
         times = [t for t in (row[0], row[1]) if t is not None]
         return from_micros(min(times)) if times else None

@@ -36,6 +36,7 @@ from collections.abc import (
     Coroutine,
     Iterable,
     Iterator,
+    Sequence,
 )
 from contextlib import AbstractContextManager, asynccontextmanager
 from dataclasses import replace
@@ -489,7 +490,7 @@ class SqliteStore:
 
     @_translated
     async def due_candidates(
-        self, now: datetime, limit: int, exclude: Collection[str] = ()
+        self, now: datetime, limit: int, exclude: Collection[str] = (), owner: str = ""
     ) -> list[Candidate]:
         # Only placeholders are formatted in; the names themselves are bound.
         skip = f" AND d.name NOT IN ({', '.join('?' for _ in exclude)})" if exclude else ""
@@ -502,11 +503,13 @@ class SqliteStore:
             "  AS tier"
             " FROM domains d LEFT JOIN certificates c ON c.id = d.le_cert_id"
             f" WHERE d.next_run_at <= ?{skip}"
+            "  AND (d.lease_until IS NULL OR d.lease_until <= ? OR d.lease_owner = ?)"
             ") ORDER BY tier, CASE WHEN tier = 0 THEN not_after END,"
             " ROW_NUMBER() OVER (PARTITION BY app, tier ORDER BY next_run_at, name),"
             " next_run_at, name LIMIT ?"
         )
-        params = (*_HOLD_REASONS, to_micros(now), *exclude, limit)
+        at = to_micros(now)
+        params = (*_HOLD_REASONS, at, *exclude, at, owner, limit)
         async with self._reader.execute(sql, params) as cur:
             rows = await cur.fetchall()
         return [
@@ -742,23 +745,20 @@ class SqliteStore:
 
     @_translated
     async def claim_due(
-        self,
-        owner: str,
-        now: datetime,
-        limit: int,
-        lease: timedelta,
-        exclude: Collection[str] = (),
+        self, owner: str, names: Sequence[str], now: datetime, lease: timedelta
     ) -> list[str]:
-        skip = f" AND name NOT IN ({', '.join('?' for _ in exclude)})" if exclude else ""
+        if not names:
+            return []
         at = to_micros(now)
+        marks = ", ".join("?" for _ in names)
         rows = await self._write(
-            "UPDATE domains SET lease_owner = ?, lease_until = ? WHERE name IN ("  # noqa: S608
-            "SELECT name FROM domains WHERE next_run_at <= ? "
-            f"AND (lease_until IS NULL OR lease_until <= ? OR lease_owner = ?){skip} "
-            "ORDER BY next_run_at, name LIMIT ?) RETURNING name, next_run_at",
-            (owner, to_micros(now + lease), at, at, owner, *exclude, limit),
+            "UPDATE domains SET lease_owner = ?, lease_until = ? "  # noqa: S608
+            f"WHERE name IN ({marks}) AND next_run_at <= ? "
+            "AND (lease_until IS NULL OR lease_until <= ? OR lease_owner = ?) RETURNING name",
+            (owner, to_micros(now + lease), *names, at, at, owner),
         )
-        return [row[0] for row in sorted(rows, key=lambda r: (r[1], r[0]))]
+        granted = {row[0] for row in rows}
+        return [name for name in names if name in granted]
 
     @_translated
     async def renew_leases(
@@ -786,18 +786,24 @@ class SqliteStore:
 
     @_translated
     async def next_claim_time(
-        self, owner: str, now: datetime, exclude: Collection[str] = ()
+        self,
+        owner: str,
+        now: datetime,
+        exclude: Collection[str] = (),
+        after: datetime | None = None,
     ) -> datetime | None:
         skip = f" AND name NOT IN ({', '.join('?' for _ in exclude)})" if exclude else ""
+        later = " AND next_run_at > ?" if after is not None else ""
         at = to_micros(now)
         sql = (
             "SELECT (SELECT next_run_at FROM domains WHERE next_run_at IS NOT NULL "  # noqa: S608
-            f"AND (lease_until IS NULL OR lease_until <= ? OR lease_owner = ?){skip} "
+            f"AND (lease_until IS NULL OR lease_until <= ? OR lease_owner = ?){skip}{later} "
             "ORDER BY next_run_at LIMIT 1), "
             "(SELECT MIN(lease_until) FROM domains WHERE lease_until > ? AND lease_owner != ? "
             f"AND next_run_at IS NOT NULL{skip})"
         )
-        async with self._reader.execute(sql, (at, owner, *exclude, at, owner, *exclude)) as cur:
+        first = (at, owner, *exclude, *([to_micros(after)] if after is not None else []))
+        async with self._reader.execute(sql, (*first, at, owner, *exclude)) as cur:
             row = await cur.fetchone()
         times = [t for t in (row[0], row[1]) if t is not None] if row is not None else []
         return from_micros(min(times)) if times else None
