@@ -1,0 +1,183 @@
+"""Several ``certbroker serve`` processes on one PostgreSQL database, and a router's view of them.
+
+``Cluster`` starts brokers as real processes (``kill -9`` must be real) with the
+same KEK, database, CA and DNS, each with its own broker id; only the first
+listens for HTTP-01 on the port Pebble validates on, so every order another
+broker places is answered through the store. ``FailoverWatch`` is a router
+that knows every broker's address: it follows WatchStatus on one and, when that
+stream ends, resumes on the next from the last revision it saw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import asyncpg
+import grpc
+
+from certbroker.config import Settings
+from certbroker.v1 import broker_pb2, broker_pb2_grpc
+from certbroker.x509.sealing import KeySealer
+from tests.infra.ports import free_port
+from tests.integration.lab import BrokerProcess, Lab
+
+SNAPSHOT_TYPES = (broker_pb2.EVENT_TYPE_SNAPSHOT, broker_pb2.EVENT_TYPE_SNAPSHOT_COMPLETE)
+
+
+class ClusterProcess(BrokerProcess):
+    """A broker process with the settings a cluster member needs beyond ``BrokerProcess``'s."""
+
+    def __init__(
+        self, settings: Settings, port: int, log_path: Path, extra: dict[str, str]
+    ) -> None:
+        super().__init__(settings, port, log_path)
+        self.extra = extra
+
+    def env(self) -> dict[str, str]:
+        env = super().env()
+        env.update(self.extra)
+        return env
+
+
+@dataclass
+class Member:
+    broker_id: str
+    process: ClusterProcess
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.process.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.process.proc is not None
+        return self.process.proc.pid
+
+
+class Cluster:
+    """``size`` brokers on ``dsn``; member 0 answers Pebble's HTTP-01 requests."""
+
+    def __init__(
+        self,
+        lab: Lab,
+        tmp: Path,
+        dsn: str,
+        *,
+        size: int = 3,
+        lease: str = "8s",
+        trust_bundle: str | None = None,
+    ) -> None:
+        base = lab.settings(tmp, db=dsn)
+        self.members: list[Member] = []
+        for i in range(size):
+            name = f"broker-{chr(ord('a') + i)}"
+            settings = replace(base, http01_listen=base.http01_listen if i == 0 else None)
+            extra = {
+                "CERTBROKER_LEASE": lease,
+                "CERTBROKER_BROKER_ID": name,
+                "CERTBROKER_TRUST_BUNDLE": trust_bundle or "",
+                # every test name is under example.test: not what these tests are about
+                "CERTBROKER_QUOTA_PER_REGISTERED_DOMAIN": "100000",
+            }
+            process = ClusterProcess(settings, free_port(), tmp / f"{name}.log", extra)
+            self.members.append(Member(name, process))
+        self.dsn = dsn
+
+    @property
+    def addresses(self) -> list[str]:
+        return [m.address for m in self.members]
+
+    async def start(self) -> None:
+        """All at once, as a deployment rolls out: they migrate and settle the canary together.
+
+        The KEK file is made first, as a deployment provides it to every broker.
+        """
+        kek = self.members[0].process.settings.kek_file
+        if not Path(kek).exists():
+            KeySealer.generate_file(kek)
+        await asyncio.gather(*(asyncio.to_thread(m.process.start) for m in self.members))
+
+    def kill(self, member: Member) -> None:
+        """``kill -9``: no shutdown, no released lease, no goodbye to the database."""
+        member.process.kill()
+
+    def stop(self) -> list[int | None]:
+        return [m.process.terminate() for m in self.members]
+
+    async def query(self, sql: str, *args: object) -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            return list(await conn.fetch(sql, *args))
+        finally:
+            await conn.close()
+
+
+def now_micros() -> int:
+    """The store's time format (microseconds since the epoch) for lease columns."""
+    return int(time.time() * 1_000_000)
+
+
+class FailoverWatch:
+    """A router's watch over several brokers: one stream, resumed elsewhere when it ends."""
+
+    def __init__(self, addresses: Sequence[str], first: int) -> None:
+        self.addresses = list(addresses)
+        self.index = first
+        self.events: list[broker_pb2.WatchEvent] = []
+        self.position = 0  # the newest revision seen; 0 until then (a snapshot first)
+        self.resumed_on: list[str] = []
+        self.following = asyncio.Event()
+        self._task = asyncio.create_task(self._run(), name=f"watch from {addresses[first]}")
+
+    async def _run(self) -> None:
+        while True:
+            address = self.addresses[self.index]
+            try:
+                async with grpc.aio.insecure_channel(address) as channel:
+                    stub = broker_pb2_grpc.CertificateBrokerServiceStub(channel)
+                    call = stub.WatchStatus(
+                        broker_pb2.WatchStatusRequest(after_revision=self.position)
+                    )
+                    async for response in call:
+                        self._take(response)
+            except grpc.aio.AioRpcError:
+                pass
+            # the broker went away (or refused): the next address, from where we were
+            self.index = (self.index + 1) % len(self.addresses)
+            self.resumed_on.append(self.addresses[self.index])
+            await asyncio.sleep(0.2)
+
+    def _take(self, response: broker_pb2.WatchStatusResponse) -> None:
+        if not response.HasField("event"):
+            return
+        event = response.event
+        if event.type == broker_pb2.EVENT_TYPE_SNAPSHOT_COMPLETE:
+            self.following.set()
+        if event.type in SNAPSHOT_TYPES:
+            return
+        self.events.append(event)
+        self.position = event.revision
+
+    async def close(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
+def projection(event: broker_pb2.WatchEvent) -> tuple[object, ...]:
+    """What a router acts on in an event; the same on every broker for one revision."""
+    d = event.domain
+    return (
+        event.revision,
+        event.type,
+        d.domain,
+        d.lets_encrypt_state,
+        d.serving_source,
+        d.lets_encrypt_certificate.serial,
+        d.custom_certificate.serial,
+    )
