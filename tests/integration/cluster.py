@@ -3,9 +3,10 @@
 ``Cluster`` starts brokers as real processes (``kill -9`` must be real) with the
 same KEK, database, CA and DNS, each with its own broker id; only the first
 listens for HTTP-01 on the port Pebble validates on, so every order another
-broker places is answered through the store. ``FailoverWatch`` is a router
-that knows every broker's address: it follows WatchStatus on one and, when that
-stream ends, resumes on the next from the last revision it saw.
+broker places is answered through the store. ``RouterWatch`` is a router that
+knows every broker's address (the client library on a multi-address target):
+it follows WatchStatus on one and, when that stream ends, resumes on the next
+from the last revision it saw.
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import asyncpg
-import grpc
 
 from certbroker.config import Settings
-from certbroker.v1 import broker_pb2, broker_pb2_grpc
+from certbroker.v1 import broker_pb2
 from certbroker.x509.sealing import KeySealer
+from certbroker_client.client import BrokerClient
 from tests.infra.ports import free_port
 from tests.integration.lab import BrokerProcess, Lab
 
@@ -122,51 +123,38 @@ def now_micros() -> int:
     return int(time.time() * 1_000_000)
 
 
-class FailoverWatch:
-    """A router's watch over several brokers: one stream, resumed elsewhere when it ends."""
+class RouterWatch:
+    """A router's watch over every broker: the client library on one channel to all of them.
+
+    The target lists every broker (``ipv4:a:p,b:p,c:p``, starting with ``first``);
+    gRPC's default ``pick_first`` connects to the first that answers, and when that
+    broker dies the client's ``watch()`` resumes from its last revision on the
+    next: what the README tells routers to do.
+    """
 
     def __init__(self, addresses: Sequence[str], first: int) -> None:
-        self.addresses = list(addresses)
-        self.index = first
+        order = [*addresses[first:], *addresses[:first]]
+        self.target = "ipv4:" + ",".join(order)
+        self.client = BrokerClient.connect(self.target)
         self.events: list[broker_pb2.WatchEvent] = []
-        self.position = 0  # the newest revision seen; 0 until then (a snapshot first)
-        self.resumed_on: list[str] = []
+        self.position = 0
         self.following = asyncio.Event()
-        self._task = asyncio.create_task(self._run(), name=f"watch from {addresses[first]}")
+        self._task = asyncio.create_task(self._run(), name=f"watch {self.target}")
 
     async def _run(self) -> None:
-        while True:
-            address = self.addresses[self.index]
-            try:
-                async with grpc.aio.insecure_channel(address) as channel:
-                    stub = broker_pb2_grpc.CertificateBrokerServiceStub(channel)
-                    call = stub.WatchStatus(
-                        broker_pb2.WatchStatusRequest(after_revision=self.position)
-                    )
-                    async for response in call:
-                        self._take(response)
-            except grpc.aio.AioRpcError:
-                pass
-            # the broker went away (or refused): the next address, from where we were
-            self.index = (self.index + 1) % len(self.addresses)
-            self.resumed_on.append(self.addresses[self.index])
-            await asyncio.sleep(0.2)
-
-    def _take(self, response: broker_pb2.WatchStatusResponse) -> None:
-        if not response.HasField("event"):
-            return
-        event = response.event
-        if event.type == broker_pb2.EVENT_TYPE_SNAPSHOT_COMPLETE:
-            self.following.set()
-        if event.type in SNAPSHOT_TYPES:
-            return
-        self.events.append(event)
-        self.position = event.revision
+        async for event in self.client.watch(0, idle_timeout=10.0):
+            if event.type == broker_pb2.EVENT_TYPE_SNAPSHOT_COMPLETE:
+                self.following.set()
+            if event.type in SNAPSHOT_TYPES:
+                continue
+            self.events.append(event)
+            self.position = event.revision
 
     async def close(self) -> None:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
+        await self.client.close()
 
 
 def projection(event: broker_pb2.WatchEvent) -> tuple[object, ...]:

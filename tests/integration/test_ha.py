@@ -33,7 +33,7 @@ import grpc
 import pytest
 
 from certbroker.v1 import broker_pb2, broker_pb2_grpc, domain_pb2
-from tests.integration.cluster import Cluster, FailoverWatch, Member, now_micros, projection
+from tests.integration.cluster import Cluster, Member, RouterWatch, now_micros, projection
 from tests.integration.lab import Lab
 from tests.pki import TestPKI
 
@@ -66,7 +66,7 @@ async def test_three_brokers_survive_a_kill_without_issuing_anything_twice(
     await cluster.start()
     channels = [grpc.aio.insecure_channel(a) for a in cluster.addresses]
     stubs = [broker_pb2_grpc.CertificateBrokerServiceStub(c) for c in channels]
-    watches = [FailoverWatch(cluster.addresses, i) for i in range(3)]
+    watches = [RouterWatch(cluster.addresses, i) for i in range(3)]
     try:
         for watch in watches:
             await asyncio.wait_for(watch.following.wait(), 30)
@@ -129,12 +129,12 @@ async def test_three_brokers_survive_a_kill_without_issuing_anything_twice(
         async def caught_up() -> bool:
             return all(w.position == revision for w in watches)
 
+        # (the victim's router got there through another broker: its own is dead)
         await deadline(caught_up, "every watcher at the database's revision", 30)
         streams = [[projection(e) for e in w.events] for w in watches]
         assert [e[0] for e in streams[0]] == list(range(1, revision + 1))
         assert streams[1] == streams[0]
         assert streams[2] == streams[0]
-        assert watches[cluster.members.index(victim)].resumed_on  # it lived through the kill
         swaps = [
             (before[4], after[4])
             for before, after in itertools.pairwise([e for e in streams[0] if e[2] == swap])
