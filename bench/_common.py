@@ -173,6 +173,19 @@ def broker_env(port: int, workdir: Path, extra: Mapping[str, str] | None = None)
     return env
 
 
+async def start_broker(
+    env: Mapping[str, str], log: Path, *, name: str = "broker", ready_timeout: float = 60.0
+) -> Process:
+    """A broker subprocess with ``env`` (``broker_env`` and more), once its health is SERVING.
+
+    The caller stops it (``Process.stop``), or kills it.
+    """
+    addr = env["CERTBROKER_LISTEN"]
+    proc = _start(name, [PYTHON, "-m", "certbroker.server"], env, log)
+    await _wait_ready(proc, lambda: _health_serving(addr), ready_timeout)
+    return proc
+
+
 @contextlib.asynccontextmanager
 async def broker(
     extra_env: Mapping[str, str] | None = None, *, ready_timeout: float = 30.0

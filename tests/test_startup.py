@@ -312,3 +312,15 @@ def test_the_effective_configuration_line_for_tls_dns01_and_no_ca() -> None:
         "KEK id 0badcafe; trust roots /etc/roots.pem"
     )
     assert "tsig" not in line and "key.pem" not in line  # file names of secrets stay out
+
+
+def test_the_started_line_names_the_broker_among_several() -> None:
+    from certbroker.config import Settings
+    from certbroker.startup import describe
+
+    settings = Settings(db="postgresql://cb:s3cret@db.internal/certbroker", acme_directory="")
+    line = describe(
+        settings, port=1, health_port=None, http01_port=None, kek_id="k", broker_id="broker-2"
+    )
+    assert "; broker id broker-2 (lease 30s); KEK id k;" in line
+    assert "s3cret" not in line

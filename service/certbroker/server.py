@@ -415,6 +415,7 @@ async def _start(
             health_port=running.health_port,
             http01_port=http01_port,
             kek_id=sealer.key_id,
+            broker_id=owner if shared else None,
         ),
     )
     return running

@@ -84,8 +84,12 @@ def describe(
     health_port: int | None,
     http01_port: int | None,
     kek_id: str,
+    broker_id: str | None = None,
 ) -> str:
-    """The effective configuration in one line (addresses with the ports actually bound)."""
+    """The effective configuration in one line (addresses with the ports actually bound).
+
+    ``broker_id``: this broker's name among several sharing the database (None: alone).
+    """
     s = settings
     if s.tls_enabled:
         tls = f"mTLS, {len(s.roles)} client roles" if s.roles else "mTLS"
@@ -115,6 +119,7 @@ def describe(
         parts.append(f"platform domains {', '.join(s.platform_domains)}{zone}")
     parts += [
         f"DB {redact(s.db)}",  # a PostgreSQL URL may carry a password
+        *([f"broker id {broker_id} (lease {s.lease.total_seconds():g}s)"] if broker_id else []),
         f"KEK id {kek_id}",
         f"trust roots {s.trust_bundle or 'system'}",
     ]
