@@ -135,3 +135,31 @@ async def test_list_domains_reads_the_page_certificates_in_one_query(db_path: Pa
         await store.close()
     assert len(statements) == 2  # the rows, then their 6 certificates together
     assert "FROM certificates WHERE id IN" in statements[1]
+
+
+async def test_claims_and_the_next_claim_time_use_the_indexes(
+    store: SqliteStore, db_path: Path
+) -> None:
+    """At 100,000 domains neither may scan them: a claim looks its names up by key, the
+    next claim time walks the due index (in order, stopping at once) and the leased one."""
+    for i in range(20):
+        await put(store, make_domain(f"d{i}.example.com", next_run_at=T0 + i * DAY))
+    writes: list[str] = []
+    reads: list[str] = []
+    await store._writer.set_trace_callback(writes.append)
+    await store._reader.set_trace_callback(reads.append)
+    try:
+        await store.claim_due("one", ["d0.example.com", "d1.example.com"], T0 + DAY, DAY)
+        await store.next_claim_time("one", T0, exclude=["d1.example.com"])
+    finally:
+        await store._writer.set_trace_callback(None)
+        await store._reader.set_trace_callback(None)
+    (claim,) = [s for s in writes if s.startswith("UPDATE domains")]
+    plan = " ".join(str(row[-1]) for row in raw(db_path, f"EXPLAIN QUERY PLAN {claim}"))
+    assert "USING INDEX sqlite_autoindex_domains_1 (name=?)" in plan
+    assert "SCAN" not in plan
+    (nxt,) = [s for s in reads if "lease_until" in s]
+    plan = " ".join(str(row[-1]) for row in raw(db_path, f"EXPLAIN QUERY PLAN {nxt}"))
+    assert "USING INDEX domains_due" in plan
+    assert "USING INDEX domains_leased (lease_until>?)" in plan
+    assert "SCAN domains " not in plan + " "
