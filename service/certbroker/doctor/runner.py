@@ -8,10 +8,12 @@ what only a real request can show (the HTTP-01 self-probe), and explains
 each result in plain words with the record to create.
 
 Read-only by construction: it reads the store, never writes a domain, an
-order or a certificate, and never contacts the CA. The one row a run can add
-is the probe token's challenge event, and only while a router watches with
+order or a certificate, and never contacts the CA. The rows a run can add are
+the probe token's challenge event, only while a router watches with
 ``include_challenges`` (so routers that answer challenges themselves are
-probed too; ``ChallengeEvents`` writes nothing when none listens). It works
+probed too; ``ChallengeEvents`` writes nothing when none listens), and, with
+several brokers on one store, the token's published answer (so whichever
+broker the probe's request reaches answers it), withdrawn when the probe ends. It works
 for a name not added yet (the checks run as for the domain that adding it
 would create).
 
