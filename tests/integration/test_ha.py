@@ -197,7 +197,9 @@ async def _takeovers(
     while len(taken) < len(held):
         if time.monotonic() > end:
             missing = sorted(set(held) - set(taken))
-            raise AssertionError(f"not taken over within {timeout} s: {missing}")
+            raise AssertionError(
+                f"not taken over within {timeout} s: {missing}\n{await _diagnose(cluster, missing)}"
+            )
         rows = await cluster.query(
             "SELECT name, lease_owner, lease_until FROM domains WHERE name = ANY($1::text[])",
             list(held),
@@ -232,6 +234,20 @@ async def _wait_in_use(
         stuck = [d for d in found.values() if d.lets_encrypt_state != IN_USE][:5]
         raise AssertionError(f"{error}; for example {stuck}") from None
     return dict(found)
+
+
+async def _diagnose(cluster: Cluster, names: list[str]) -> str:
+    """What the database says about stuck domains: their rows and every session."""
+    rows = await cluster.query(
+        "SELECT name, le_state, next_run_at, lease_owner, lease_until, last_error_reason "
+        "FROM domains WHERE name = ANY($1::text[])",
+        names,
+    )
+    sessions = await cluster.query(
+        "SELECT pid, state, wait_event_type, wait_event, left(query, 100), "
+        "now() - xact_start FROM pg_stat_activity WHERE datname = current_database()"
+    )
+    return "\n".join([f"now {now_micros()}", *map(str, rows), *map(str, sessions)])
 
 
 def _serial(text: str) -> str:
