@@ -175,7 +175,7 @@ async def test_a_step_whose_lease_another_broker_took_is_stopped(tmp_path: Path)
             await asyncio.wait_for(gated.entered.wait(), 10)
             assert a.scheduler.busy == 1
             # another broker whose clock says a's lease lapsed took the domain
-            assert await store.claim_due("b", clock.now() + LEASE, 10, LEASE) == [NAME]
+            assert await store.claim_due("b", [NAME], clock.now() + LEASE, LEASE) == [NAME]
             clock.advance(LEASE / 3)  # a's next renewal finds the lease gone
             await until(lambda: _idle(a.scheduler))
             domain = await store.get_domain(NAME)
@@ -202,7 +202,7 @@ async def test_two_live_brokers_issue_every_domain_once(tmp_path: Path) -> None:
             await until(all_in_use)
             ordered = [c.names[0] for n in nodes for c in n.issuer.calls]
             assert sorted(ordered) == sorted(names)  # each once, whichever broker
-            assert await store.claim_due("c", clock.now(), 100, LEASE) == []  # none left due
+            assert await store.claim_due("c", names, clock.now(), LEASE) == []  # none left due
         finally:
             for n in nodes:
                 await n.scheduler.stop()
@@ -216,7 +216,7 @@ async def test_a_stopping_broker_hands_its_domains_over_at_once(tmp_path: Path) 
         await a.app.issue_certificate(NAME, "shop")
         await asyncio.wait_for(gated.entered.wait(), 10)
         await a.scheduler.stop()  # SIGTERM: the step is cancelled, its lease released
-        assert await store.claim_due("b", clock.now(), 10, LEASE) == [NAME]
+        assert await store.claim_due("b", [NAME], clock.now(), LEASE) == [NAME]
 
 
 async def _idle(scheduler: Scheduler) -> bool:

@@ -153,6 +153,16 @@ async def test_next_claim_time_is_the_first_claimable_due_time_or_a_lease_lapse(
     assert await store.next_claim_time("one", T0) == T0
 
 
+async def test_next_claim_time_after_skips_what_is_due_already(store: AnyStore) -> None:
+    """Due domains waiting for a token must not look due (``after``, as next_due_time)."""
+    await due(store, "a.example.com")
+    await due(store, "b.example.com", at=timedelta(minutes=5))
+    assert await store.next_claim_time("one", T0 + SECOND) == T0
+    assert await store.next_claim_time("one", T0 + SECOND, after=T0 + SECOND) == T0 + timedelta(
+        minutes=5
+    )
+
+
 async def test_concurrent_claims_of_several_stores_share_out_every_domain_once(
     backend: Backend,
 ) -> None:
