@@ -105,13 +105,16 @@ class Compactor:
 
     async def _run(self) -> None:
         while True:
+            # From start to start: a run that took long (waiting for the writer) while the
+            # clock moved on does not push the next one a whole interval past that.
+            started = self._clock.now()
             try:
                 await self.run_if_due()
             except StoreUnavailable as error:  # a full disk, a lock: the health check says so
                 log.warning("compaction postponed: %s", error)
             except Exception:
                 log.exception("event compaction failed; will try again")
-            await self._clock.sleep_until(self._clock.now() + self._interval)
+            await self._clock.sleep_until(started + self._interval)
 
 
 class ChallengeEvents:
