@@ -226,6 +226,14 @@ async def issuance(lab: Lab, backend: str, count: int, args: argparse.Namespace)
         p50 = max(r["p50"] for r in rates) * 1000
         p99 = max(r["p99"] for r in rates) * 1000
         per = ", ".join(f"{r['rate']:.0f}" for r in rates)
+        for i, r in enumerate(rates):
+            if r["slow"] or r["errors"]:
+                print(
+                    f"   {'':<24} broker {i}: {r['slow']} calls over 1 s (the first "
+                    f"{r['first_slow_at']:.1f} s into the run, warm-up included), "
+                    f"errors {r['errors']}",
+                    flush=True,
+                )
         print(
             f"   {'':<24} GetStatus {total:7.0f} req/s summed ({per}); "
             f"p50 {p50:.1f} ms, p99 {p99:.1f} ms (worst broker)",
@@ -261,14 +269,23 @@ async def load(addr: str, names_file: str, duration: float) -> None:
     async with grpc.aio.insecure_channel(addr) as channel:
         stub = broker_pb2_grpc.CertificateBrokerServiceStub(channel)
 
+        slow: list[float] = []  # seconds into the run of each call over 1 s
+        began = time.monotonic()
+
         async def call(i: int) -> object:
-            return await stub.GetStatus(
+            started = time.monotonic()
+            reply = await stub.GetStatus(
                 broker_pb2.GetStatusRequest(domain=names[i % len(names)]), timeout=10
             )
+            if time.monotonic() - started > 1.0:
+                slow.append(started - began)
+            return reply
 
         result = await closed_loop(call, duration=duration, concurrency=32)
     lat = sorted(result.latencies)
-    print(json.dumps({"rate": result.rate, "p50": percentile(lat, 50), "p99": percentile(lat, 99)}))
+    figures = {"rate": result.rate, "p50": percentile(lat, 50), "p99": percentile(lat, 99)}
+    figures |= {"slow": len(slow), "first_slow_at": min(slow, default=0.0)}
+    print(json.dumps({**figures, "errors": result.errors}))
 
 
 async def takeover(lab: Lab, args: argparse.Namespace) -> None:
