@@ -12,7 +12,10 @@ STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
 
 def _make_run(**extra: str) -> list[str]:
     """What ``make run``'s recipe prints and the environment it gives the broker."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CERTBROKER_")}
+    # Under ``make test`` the parent make's MAKEFLAGS/MAKELEVEL would make the
+    # child print "make[1]: Entering directory" lines into the recipe we run.
+    inherited = ("CERTBROKER_", "MAKE", "MFLAGS")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(inherited)}
     env.update(extra)
 
     def sh(argv: list[str]) -> str:
@@ -22,7 +25,7 @@ def _make_run(**extra: str) -> list[str]:
         return done.stdout
 
     # -n: print the recipe, run nothing; -o python-deps: install nothing either
-    recipe = sh(["make", "-n", "-o", "python-deps", "run"])
+    recipe = sh(["make", "--no-print-directory", "-n", "-o", "python-deps", "run"])
     return sh(["bash", "-c", recipe.replace(".venv/bin/certbroker serve", "env")]).splitlines()
 
 
