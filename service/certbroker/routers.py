@@ -15,23 +15,53 @@ fleet inventing a new ``router_id`` per restart must not grow memory without
 end), ids are validated and length-bounded, and routers age out on the
 injected clock: silent for ``stale_after`` intervals, a router no longer
 counts as serving; silent for ``forget_after`` intervals, it is forgotten.
+
+Each ``router_id`` belongs to the caller identity (the mTLS client-certificate
+name) that first reported it, until it is forgotten. Why: without that, any
+router certificate (or a stolen one) could overwrite another router's entry,
+and ``ListRouters`` and ``Domain.serving_routers`` would say what the attacker
+likes. A report for an id another identity holds is refused
+(``ROUTER_ID_TAKEN``) and changes nothing; the message does not name the
+holder, so a caller cannot learn which certificate a router uses. Routers that
+share one certificate share one identity and can still overwrite each other:
+give each router its own certificate to tell them apart. In plaintext mode
+every caller is ``local``, so nothing changes there.
+
+Listing is paged in ``router_id`` order (:meth:`RouterRegistry.page`), so a
+reply stays bounded whatever ``capacity`` is.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import bisect
+import heapq
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Final
 
 from certbroker.clock import Clock
-from certbroker.errors import FieldViolation, InvalidArgument, ResourceExhausted
+from certbroker.errors import (
+    FieldViolation,
+    InvalidArgument,
+    PermissionDenied,
+    ResourceExhausted,
+)
 
 MAX_ROUTER_ID: Final = 128
 _ROUTER_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]*")
 STALE_AFTER: Final = 3
 FORGET_AFTER: Final = 10
+#: ListRouters page size when the caller names none, and the most it may ask for. A
+#: listed router is at most ~700 bytes (a 128-character id, the identity, times), so
+#: a full page stays well under 1 MB, far below the 4 MiB reply limit.
+DEFAULT_PAGE_SIZE: Final = 1000
+MAX_PAGE_SIZE: Final = 1000
+_TOKEN_PREFIX: Final = "router-after:"  # noqa: S105 (a page token, not a secret)
+#: The longest token :func:`encode_page_token` makes (base64 of prefix + a 128-character id).
+MAX_PAGE_TOKEN_LENGTH: Final = 4 * -(-(len(_TOKEN_PREFIX) + MAX_ROUTER_ID) // 3)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +82,14 @@ class RouterState:
 
     report: RouterReport
     live: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RouterPage:
+    """One page of :meth:`RouterRegistry.page`: ``next_page_token`` is empty on the last."""
+
+    routers: list[RouterState]
+    next_page_token: str
 
 
 class ServingCounts:
@@ -82,6 +120,35 @@ def check_router_id(router_id: str) -> str:
             reason="ROUTER_ID_INVALID",
         )
     return router_id
+
+
+def encode_page_token(after: str) -> str:
+    """Opaque to callers; the prefix tells our tokens (and ListDomains' apart) from others."""
+    return base64.urlsafe_b64encode(f"{_TOKEN_PREFIX}{after}".encode()).decode().rstrip("=")
+
+
+def decode_page_token(token: str) -> str:
+    """The router_id a page token continues after ("" for none); raises ``InvalidArgument``.
+
+    The length is checked before any decoding, and the id inside must be a valid
+    router_id, so a forged token costs no more than a real one.
+    """
+    if not token:
+        return ""
+    after = ""
+    if len(token) <= MAX_PAGE_TOKEN_LENGTH:
+        try:
+            padded = token + "=" * (-len(token) % 4)
+            text = base64.b64decode(padded, altchars=b"-_", validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            text = ""
+        if text.startswith(_TOKEN_PREFIX):
+            after = text.removeprefix(_TOKEN_PREFIX)
+    if len(after) > MAX_ROUTER_ID or not _ROUTER_ID.fullmatch(after):
+        raise InvalidArgument.one(
+            "page_token", "is not a token this server returned", reason="PAGE_TOKEN_INVALID"
+        )
+    return after
 
 
 class RouterRegistry:
@@ -115,7 +182,12 @@ class RouterRegistry:
     def report(
         self, router_id: str, identity: str, applied_revision: int, domain_count: int
     ) -> RouterReport:
-        """Record one report (validated first); ``ResourceExhausted`` when the registry is full."""
+        """Record one report (validated first) for ``identity``, the caller.
+
+        ``PermissionDenied`` (``ROUTER_ID_TAKEN``) when another identity holds
+        ``router_id`` (it is held until forgotten); ``ResourceExhausted`` when the
+        registry is full. Either way nothing is recorded.
+        """
         violations: list[FieldViolation] = []
         try:
             check_router_id(router_id)
@@ -129,6 +201,17 @@ class RouterRegistry:
             raise InvalidArgument(violations, reason="REPORT_INVALID")
         now = self._clock.now()
         previous = self._reports.get(router_id)
+        if previous is not None and now - previous.last_seen > self._forget:
+            del self._reports[router_id]  # forgotten: the id is free again
+            self._version += 1
+            previous = None
+        if previous is not None and previous.identity != identity:
+            raise PermissionDenied(
+                f"router_id {router_id!r} is held by another client certificate; "
+                "use this router's own id (an id is freed "
+                f"{self._forget.total_seconds():g}s after its holder's last report)",
+                reason="ROUTER_ID_TAKEN",
+            )
         if previous is None and len(self._reports) >= self.capacity:
             self._forget_silent(now)
             if len(self._reports) >= self.capacity:
@@ -159,6 +242,39 @@ class RouterRegistry:
             RouterState(report, now - report.last_seen <= self._stale)
             for _, report in sorted(self._reports.items())
         ]
+
+    def page(self, page_size: int, page_token: str) -> RouterPage:
+        """Up to ``page_size`` routers after the token's id, in id order.
+
+        ``page_size`` 0 means the default; more than the maximum is the maximum (as
+        ListDomains does). A negative size or a token this server did not make is
+        refused, both fields at once (``INVALID_ARGUMENT`` naming each).
+        Ids are unique and the order total, so following ``next_page_token`` lists
+        every router held throughout exactly once, whatever reports arrive between
+        pages (a router first seen meanwhile appears if its id sorts after the token).
+        """
+        violations: list[FieldViolation] = []
+        if page_size < 0:
+            violations.append(FieldViolation("page_size", "must not be negative"))
+        try:
+            after = decode_page_token(page_token)
+        except InvalidArgument as error:
+            violations.extend(error.violations)
+        if violations:  # the reasons ListDomains gives, for the first field refused
+            reason = "PAGE_SIZE_INVALID" if page_size < 0 else "PAGE_TOKEN_INVALID"
+            raise InvalidArgument(violations, reason=reason)
+        size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        now = self._clock.now()
+        self._forget_silent(now)
+        # O(n log size): no full sort of up to ``capacity`` ids per page.
+        ids = heapq.nsmallest(size + 1, (k for k in self._reports if k > after))
+        more = len(ids) > size
+        ids = ids[:size]
+        states = [
+            RouterState(report, now - report.last_seen <= self._stale)
+            for report in (self._reports[k] for k in ids)
+        ]
+        return RouterPage(states, encode_page_token(ids[-1]) if more else "")
 
     def counts(self) -> ServingCounts:
         """Counts over the live routers; cached until a report arrives or one goes stale."""

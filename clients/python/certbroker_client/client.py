@@ -427,12 +427,21 @@ class BrokerClient:
         """How often the broker wants reports, as its last ``ReportServing`` reply said."""
         return self._report_interval
 
-    async def list_routers(self) -> list[broker_pb2.RouterStatus]:
-        """The routers that reported recently (sorted by id), with their lag and liveness."""
-        response: broker_pb2.ListRoutersResponse = await self._unary(
-            "ListRouters", broker_pb2.ListRoutersRequest()
-        )
-        return list(response.routers)
+    async def list_routers(self, *, page_size: int = 0) -> list[broker_pb2.RouterStatus]:
+        """The routers that reported recently (sorted by id), with their lag and liveness.
+
+        Follows every page (``page_size`` per reply, 0: the broker's default of 1000):
+        each router appears once, its ``lag`` counted from the revision of its page.
+        """
+        routers: list[broker_pb2.RouterStatus] = []
+        token = ""
+        while True:
+            request = broker_pb2.ListRoutersRequest(page_size=page_size, page_token=token)
+            response: broker_pb2.ListRoutersResponse = await self._unary("ListRouters", request)
+            routers.extend(response.routers)
+            token = response.next_page_token
+            if not token:
+                return routers
 
     async def watch(
         self,

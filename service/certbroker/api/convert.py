@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
 from google.protobuf.duration_pb2 import Duration
@@ -22,7 +21,7 @@ from certbroker.model import (
     Material,
     Source,
 )
-from certbroker.routers import RouterState, ServingCounts
+from certbroker.routers import RouterPage, ServingCounts
 from certbroker.v1 import broker_pb2, domain_pb2
 
 _STATE = {
@@ -195,12 +194,14 @@ def report_reply(current_revision: int, interval: timedelta) -> broker_pb2.Repor
 
 
 def routers(
-    states: Iterable[RouterState], current_revision: int, interval: timedelta
+    page: RouterPage, current_revision: int, interval: timedelta
 ) -> broker_pb2.ListRoutersResponse:
     message = broker_pb2.ListRoutersResponse(
-        current_revision=current_revision, report_interval=_duration(interval)
+        current_revision=current_revision,
+        report_interval=_duration(interval),
+        next_page_token=page.next_page_token,
     )
-    for state in states:
+    for state in page.routers:
         report = state.report
         item = message.routers.add(
             router_id=report.router_id,

@@ -318,7 +318,8 @@ class BrokerServicer(broker_pb2_grpc.CertificateBrokerServiceServicer):
         self, request: broker_pb2.ListRoutersRequest, context: grpc.aio.ServicerContext
     ) -> broker_pb2.ListRoutersResponse:
         self._auth.require(context, Permission.READ)
-        return convert.routers(self._routers.routers(), self._hub.revision, self._routers.interval)
+        page = self._routers.page(request.page_size, request.page_token)
+        return convert.routers(page, self._hub.revision, self._routers.interval)
 
     @_unary
     async def CheckDomain(

@@ -231,8 +231,12 @@ class ReportServingResponse(_message.Message):
     def __init__(self, current_revision: _Optional[int] = ..., report_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class ListRoutersRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class RouterStatus(_message.Message):
     __slots__ = ("router_id", "identity", "applied_revision", "lag", "domain_count", "first_seen_time", "last_seen_time", "live")
@@ -255,14 +259,16 @@ class RouterStatus(_message.Message):
     def __init__(self, router_id: _Optional[str] = ..., identity: _Optional[str] = ..., applied_revision: _Optional[int] = ..., lag: _Optional[int] = ..., domain_count: _Optional[int] = ..., first_seen_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seen_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., live: _Optional[bool] = ...) -> None: ...
 
 class ListRoutersResponse(_message.Message):
-    __slots__ = ("routers", "current_revision", "report_interval")
+    __slots__ = ("routers", "current_revision", "report_interval", "next_page_token")
     ROUTERS_FIELD_NUMBER: _ClassVar[int]
     CURRENT_REVISION_FIELD_NUMBER: _ClassVar[int]
     REPORT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     routers: _containers.RepeatedCompositeFieldContainer[RouterStatus]
     current_revision: int
     report_interval: _duration_pb2.Duration
-    def __init__(self, routers: _Optional[_Iterable[_Union[RouterStatus, _Mapping]]] = ..., current_revision: _Optional[int] = ..., report_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, routers: _Optional[_Iterable[_Union[RouterStatus, _Mapping]]] = ..., current_revision: _Optional[int] = ..., report_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class CheckDomainRequest(_message.Message):
     __slots__ = ("domain", "app")

@@ -142,6 +142,9 @@ class CertificateBrokerServiceServicer:
     def ReportServing(self, request, context):
         """A router says which revision it has applied (router role; any caller in plaintext mode).
         Kept in memory only, never in the event log: a router that stops reporting ages out.
+        A router_id belongs to the client certificate that first reported it until it is
+        forgotten: a report for it from another certificate is PERMISSION_DENIED (reason
+        ROUTER_ID_TAKEN) and changes nothing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -149,6 +152,7 @@ class CertificateBrokerServiceServicer:
 
     def ListRouters(self, request, context):
         """The routers that reported recently: the revision each has applied and how far behind it is.
+        Paged in router_id order (at most 1000 per reply).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
