@@ -13,8 +13,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from certbroker.clock import FakeClock
 from certbroker_client.client import BrokerClient
+from tests.broker import broker_settings, started_broker
 from tests.client.conftest import RunningBroker
+from tests.pki import NOW
 
 _SCRIPT = Path(sys.executable).parent / "certbroker"
 CLI = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "certbroker_client.cli"]
@@ -73,3 +76,33 @@ def test_routers_table_json_and_status_line(broker: RunningBroker) -> None:
     status = run("status", domain, addr=broker.addr)
     assert status.returncode == 0, status.stderr
     assert "Routers:         1 of 2 serve this revision" in status.stdout
+
+
+async def test_routers_follows_every_page(tmp_path: Path) -> None:
+    """More routers than one ListRouters page (1000): the CLI lists them all, once each.
+
+    Its own in-process broker, so the session broker's router counts stay as other tests expect.
+    """
+    ids = sorted(f"page-edge-{n:04d}" for n in range(1005))
+    async with (
+        started_broker(broker_settings(tmp_path), FakeClock(NOW)) as broker,
+        BrokerClient.connect(broker.address, timeout=30) as client,
+    ):
+        for start in range(0, len(ids), 250):
+            await asyncio.gather(
+                *(client.report_serving(i, 0, 0) for i in ids[start : start + 250])
+            )
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CERTBROKER_")}
+        for extra in ([], ["--json"]):
+            cli = await asyncio.create_subprocess_exec(
+                *CLI, "--addr", broker.address, "routers", *extra,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+            )  # fmt: skip
+            async with asyncio.timeout(30):
+                out, err = await cli.communicate()
+            assert cli.returncode == 0, err.decode()
+            if extra:
+                listed = [r["routerId"] for r in json.loads(out)["routers"]]
+            else:
+                listed = [line.split()[0] for line in out.decode().splitlines()[1:]]
+            assert listed == ids
