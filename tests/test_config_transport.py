@@ -154,3 +154,14 @@ def test_http01_limits_are_settings_with_defaults() -> None:
 def test_bad_http01_limits_name_their_variable(name: str, raw: str) -> None:
     with pytest.raises(ConfigError, match=rf"^{name}="):
         Settings.from_env({name: raw})
+
+
+def test_router_id_is_identity_needs_tls_and_a_yes_or_no(tls: dict[str, str]) -> None:
+    assert Settings.from_env({}).router_id_is_identity is False
+    strict = Settings.from_env({**tls, "CERTBROKER_ROUTER_ID_IS_IDENTITY": "1"})
+    assert strict.router_id_is_identity is True
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"CERTBROKER_ROUTER_ID_IS_IDENTITY": "yes"})
+    assert str(caught.value).startswith("CERTBROKER_ROUTER_ID_IS_IDENTITY needs TLS")
+    with pytest.raises(ConfigError, match=r"^CERTBROKER_ROUTER_ID_IS_IDENTITY='strict'"):
+        Settings.from_env({**tls, "CERTBROKER_ROUTER_ID_IS_IDENTITY": "strict"})

@@ -204,3 +204,14 @@ def test_the_longest_id_makes_a_token_within_the_bound() -> None:
     token = encode_page_token("x" * MAX_ROUTER_ID)
     assert len(token) <= MAX_PAGE_TOKEN_LENGTH
     assert decode_page_token(token) == "x" * MAX_ROUTER_ID
+
+
+def test_strict_mode_takes_only_the_callers_own_name(clock: FakeClock) -> None:
+    registry = RouterRegistry(clock, INTERVAL, id_is_identity=True)
+    registry.report("router-1", "router-1", 1, 1)
+    with pytest.raises(PermissionDenied) as refused:
+        registry.report("edge-9", "router-1", 1, 1)
+    assert refused.value.reason == "ROUTER_ID_NOT_IDENTITY"
+    with pytest.raises(InvalidArgument):  # a bad id is still a bad id first
+        registry.report("bad id", "bad id", 1, 1)
+    assert [s.report.router_id for s in registry.routers()] == ["router-1"]

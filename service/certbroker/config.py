@@ -73,6 +73,7 @@ _KNOWN = (
     "QUOTA_PER_NAME_SET",
     "QUOTA_PER_REGISTERED_DOMAIN",
     "ROLES",
+    "ROUTER_ID_IS_IDENTITY",
     "ROUTER_REPORT_INTERVAL",
     "TLS_CERT",
     "TLS_CLIENT_CA",
@@ -315,6 +316,10 @@ def _transport(s: Settings) -> None:
     tls = "set CERTBROKER_TLS_CERT/_KEY/_CLIENT_CA"
     if s.roles and not s.tls_enabled:
         raise ConfigError(f"CERTBROKER_ROLES needs TLS (roles are client certificate names): {tls}")
+    if s.router_id_is_identity and not s.tls_enabled:
+        raise ConfigError(
+            f"CERTBROKER_ROUTER_ID_IS_IDENTITY needs TLS (ids are client certificate names): {tls}"
+        )
     host = parse_hostport("CERTBROKER_LISTEN", s.listen)[0]
     if not s.tls_enabled and not s.allow_plaintext and not is_loopback(host):
         raise ConfigError(
@@ -424,6 +429,8 @@ class Settings:
     # Routers report what they serve this often; silent for 3 intervals they stop counting.
     router_report_interval: timedelta = timedelta(seconds=10)
     max_routers: int = 10_000
+    # Stricter: a router may report only under its own client-certificate name (needs TLS).
+    router_id_is_identity: bool = False
     # `certbroker doctor` (CheckDomain): the port its HTTP-01 self-probe connects to (the
     # routers' port 80 in production), its deadline, and one run per domain per interval.
     doctor_http_port: int = 80
@@ -506,6 +513,10 @@ class Settings:
             if raw.strip().lower() not in ("0", "1", "true", "false", "yes", "no"):
                 raise ConfigError(f"CERTBROKER_ALLOW_PLAINTEXT={raw!r}: expected 1 or 0")
             values["allow_plaintext"] = raw.strip().lower() in ("1", "true", "yes")
+        if (raw := get("CERTBROKER_ROUTER_ID_IS_IDENTITY")) is not None:
+            if raw.strip().lower() not in ("0", "1", "true", "false", "yes", "no"):
+                raise ConfigError(f"CERTBROKER_ROUTER_ID_IS_IDENTITY={raw!r}: expected 1 or 0")
+            values["router_id_is_identity"] = raw.strip().lower() in ("1", "true", "yes")
         for attr, name in (
             ("dns_check_interval", "CERTBROKER_DNS_CHECK_INTERVAL"),
             ("forced_retry_interval", "CERTBROKER_FORCED_RETRY_INTERVAL"),

@@ -25,7 +25,10 @@ likes. A report for an id another identity holds is refused
 holder, so a caller cannot learn which certificate a router uses. Routers that
 share one certificate share one identity and can still overwrite each other:
 give each router its own certificate to tell them apart. In plaintext mode
-every caller is ``local``, so nothing changes there.
+every caller is ``local``, so nothing changes there. The stricter
+``id_is_identity`` (``CERTBROKER_ROUTER_ID_IS_IDENTITY``) accepts only the
+caller's own certificate name as its id, so a stolen certificate cannot even
+invent routers or claim an id its router left.
 
 Listing is paged in ``router_id`` order (:meth:`RouterRegistry.page`), so a
 reply stays bounded whatever ``capacity`` is.
@@ -162,11 +165,16 @@ class RouterRegistry:
         *,
         stale_after: int = STALE_AFTER,
         forget_after: int = FORGET_AFTER,
+        id_is_identity: bool = False,
     ) -> None:
-        """``interval``: how often routers are asked to report (told in every reply)."""
+        """``interval``: how often routers are asked to report (told in every reply).
+
+        ``id_is_identity``: a report's ``router_id`` must be the caller's identity.
+        """
         if interval <= timedelta(0) or capacity < 1 or not 0 < stale_after <= forget_after:
             raise ValueError("interval > 0, capacity >= 1 and 0 < stale_after <= forget_after")
         self._clock = clock
+        self._id_is_identity = id_is_identity
         self.interval = interval
         self.capacity = capacity
         self._stale = interval * stale_after
@@ -199,6 +207,12 @@ class RouterRegistry:
             violations.append(FieldViolation("domain_count", "must not be negative"))
         if violations:
             raise InvalidArgument(violations, reason="REPORT_INVALID")
+        if self._id_is_identity and router_id != identity:
+            raise PermissionDenied(
+                f"router_id must be {identity!r}, this client certificate's name "
+                "(CERTBROKER_ROUTER_ID_IS_IDENTITY is set)",
+                reason="ROUTER_ID_NOT_IDENTITY",
+            )
         now = self._clock.now()
         previous = self._reports.get(router_id)
         if previous is not None and now - previous.last_seen > self._forget:

@@ -356,7 +356,12 @@ async def _start(
         send_timeout=settings.watch_send_timeout,
         tracer=provider.get_tracer("certbroker") if provider else None,
         challenges=challenge_events,
-        routers=RouterRegistry(clock, settings.router_report_interval, settings.max_routers),
+        routers=RouterRegistry(
+            clock,
+            settings.router_report_interval,
+            settings.max_routers,
+            id_is_identity=settings.router_id_is_identity,
+        ),
         doctor=_doctor(settings, store, clock, dns, targets, publisher, dns01, labels, platform),
         metrics=metrics,
     )

@@ -91,3 +91,19 @@ async def test_plaintext_callers_share_the_local_identity_and_may_reuse_any_id(
         await second.report_serving("dev-box", 0, 2)  # the same "local" caller: as before
         [listed] = await first.list_routers()
         assert (listed.identity, listed.domain_count) == ("local", 2)
+
+
+async def test_strict_mode_refuses_any_id_but_the_certificates_name(tmp_path: Path) -> None:
+    settings, mtls = mtls_settings(broker_settings(tmp_path), tmp_path / "tls")
+    settings = replace(settings, router_id_is_identity=True)
+    async with (
+        role_stubs(settings, mtls, FakeClock(NOW)) as stubs,
+        _client(stubs.address, mtls, "router-1") as router,
+    ):
+        with pytest.raises(BrokerError) as caught:
+            await router.report_serving("edge-1", 0, 1)  # an unused id, but not its name
+        assert caught.value.code == grpc.StatusCode.PERMISSION_DENIED
+        assert caught.value.reason == "ROUTER_ID_NOT_IDENTITY"
+        await router.report_serving("router-1", 0, 1)
+        [listed] = (await stubs.api.ListRouters(B.ListRoutersRequest())).routers
+        assert (listed.router_id, listed.identity) == ("router-1", "router-1")
