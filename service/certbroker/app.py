@@ -334,8 +334,13 @@ class Broker:
         """A caller's domain name, normalised; the platform's own may be public suffixes."""
         return normalise_domain(domain, field, exempt=self._platform.names)
 
-    async def get_status(self, domain: str) -> Domain:
-        return await self._existing(self.normalise(domain))
+    async def get_status(self, domain: str, app: str = "") -> Domain:
+        """The domain's row; with ``app``, only if that app owns it (a tenant's read scope)."""
+        name = self.normalise(domain)
+        owner = tenancy.check_app(app) if app else None
+        record = await self._existing(name)
+        tenancy.check_owner(record, owner)
+        return record
 
     async def remove_domain(self, domain: str, app: str | None) -> int:
         """Remove the domain; a backoff in progress stays with the name (``_carried_backoff``)."""

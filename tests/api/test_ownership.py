@@ -105,6 +105,31 @@ async def owned_by_other(call: Awaitable[Any], other_app: str) -> None:
     assert other_app not in (error.details() or "")
 
 
+async def test_a_tenant_scoped_read_of_another_apps_domain_shows_nothing(
+    tenants: Tenants,
+) -> None:
+    """GetStatus with ``app``: the broker, not only the platform API, keeps tenants apart."""
+    name = f"www.{base()}"
+    await tenants.add(name, "alice")
+    mine = await tenants.api.GetStatus(broker_pb2.GetStatusRequest(domain=name, app="alice"))
+    assert mine.domain.app == "alice"
+    await owned_by_other(
+        tenants.api.GetStatus(broker_pb2.GetStatusRequest(domain=name, app="mallory")), "alice"
+    )
+    # a missing name is NOT_FOUND whoever asks; a bad app is refused before any lookup
+    await refused(
+        tenants.api.GetStatus(broker_pb2.GetStatusRequest(domain=f"x.{base()}", app="mallory")),
+        grpc.StatusCode.NOT_FOUND,
+    )
+    bad = await refused(
+        tenants.api.GetStatus(broker_pb2.GetStatusRequest(domain=name, app="Not An App")),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert "Not An App" not in (bad.details() or "")
+    # without app (operators, older callers) the status is shown as before
+    assert (await tenants.status(name)).app == "alice"
+
+
 async def test_every_mutation_of_another_apps_domain_is_refused_and_writes_nothing(
     tenants: Tenants,
 ) -> None:

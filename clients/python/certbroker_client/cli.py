@@ -478,7 +478,7 @@ async def _domains_renew(client: BrokerClient, args: argparse.Namespace, io: _Ou
     out of Let's Encrypt is said to have nothing to renew (IssueCertificate
     would opt it back in).
     """
-    current = await client.get_status(args.domain)
+    current = await client.get_status(args.domain, app=args.app or "")
     name = current.domain
     if current.disable_letsencrypt:
         io.error([f"error: {name} has Let's Encrypt disabled (--no-letsencrypt): nothing to renew"])
@@ -518,10 +518,7 @@ async def _domains(client: BrokerClient, args: argparse.Namespace, io: _Output) 
 
 
 async def _status(client: BrokerClient, args: argparse.Namespace, io: _Output) -> int:
-    domain = await client.get_status(args.domain)
-    if args.app and domain.app != args.app:
-        io.error([f"error: {domain.domain} belongs to app {domain.app!r}, not {args.app!r}"])
-        return EXIT_RPC
+    domain = await client.get_status(args.domain, app=args.app or "")
     if args.wait:
         return await _follow(client, domain, args, io)
     _show(domain, args, io)

@@ -368,9 +368,13 @@ class BrokerClient:
         response: broker_pb2.DeleteCustomResponse = await self._unary("DeleteCustom", request)
         return response.domain
 
-    async def get_status(self, domain: str) -> domain_pb2.Domain:
-        """The full status of one domain (NOT_FOUND when unknown)."""
-        request = broker_pb2.GetStatusRequest(domain=domain)
+    async def get_status(self, domain: str, *, app: str = "") -> domain_pb2.Domain:
+        """The full status of one domain (NOT_FOUND when unknown).
+
+        ``app``: the calling tenant; the broker then refuses a domain another app owns
+        (FAILED_PRECONDITION, DOMAIN_OWNED_BY_OTHER_APP) instead of showing it.
+        """
+        request = broker_pb2.GetStatusRequest(domain=domain, app=app)
         response: broker_pb2.GetStatusResponse = await self._unary("GetStatus", request)
         return response.domain
 

@@ -271,7 +271,7 @@ class BrokerServicer(broker_pb2_grpc.CertificateBrokerServiceServicer):
         self, request: broker_pb2.GetStatusRequest, context: grpc.aio.ServicerContext
     ) -> broker_pb2.GetStatusResponse:
         self._auth.require(context, Permission.READ)
-        record = await self._broker.get_status(request.domain)
+        record = await self._broker.get_status(request.domain, request.app)
         return broker_pb2.GetStatusResponse(domain=self._status(record))
 
     @_unary

@@ -27,17 +27,17 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63\x65rtbroker/v1/broker.proto\x12\rcertbroker.v1\x1a\x1a\x63\x65rtbroker/v1/domain.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe2\x01\n\x17IssueCertificateRequest\x12\x0e\n\x06\x64omain\x18\x01 \x01(\t\x12\x0b\n\x03\x61pp\x18\x02 \x01(\t\x12\x1b\n\x13\x64isable_letsencrypt\x18\x03 \x01(\x08\x12\x32\n\rkey_algorithm\x18\x04 \x01(\x0e\x32\x1b.certbroker.v1.KeyAlgorithm\x12\x34\n\x0e\x63hallenge_type\x18\x05 \x01(\x0e\x32\x1c.certbroker.v1.ChallengeType\x12\x14\n\x0cinclude_apex\x18\x06 \x01(\x08\x12\r\n\x05renew\x18\x07 \x01(\x08\"A\n\x18IssueCertificateResponse\x12%\n\x06\x64omain\x18\x01 \x01(\x0b\x32\x15.certbroker.v1.Domain\"\\\n\x13UploadCustomRequest\x12\x0e\n\x06\x64omain\x18\x01 \x01(\t\x12\x13\n\x0b\x63\x65rtificate\x18\x02 \x01(\x0c\x12\x13\n\x0bprivate_key\x18\x03 \x01(\x0c\x12\x0b\n\x03\x61pp\x18\x04 \x01(\t\"=\n\x14UploadCustomResponse\x12%\n\x06\x64omain\x18\x01 \x01(\x0b\x32\x15.certbroker.v1.Domain\"2\n\x13\x44\x65leteCustomRequest\x12\x0e\n\x06\x64omain\x18\x01 \x01(\t\x12\x0b\n\x03\x61pp\x18\x02 \x01(\t\"=\n\x14\x44\x65leteCustomResponse\x12%\n\x06\x64omain\x18\x01 \x01(\x0b\x32\x15.certbroker.v1.Domain\"\"\n\x10GetStatusRequest\x12\x0e\n\x06\x64omain\x18\x01 \x01(\t\":\n\x11GetStatusResponse\x12%\n\x06\x64omain\x18\x01 \x01(\x0b\x32\x15.certbroker.v1.Domain\"2\n\x13RemoveDomainRequest\x12\x0e\n\x06\x64omain\x18\x01 \x01(\t\x12\x0b\n\x03\x61pp\x18\x02 \x01(\t\"(\n\x14RemoveDomainResponse\x12\x10\n\x08revision\x18\x01 \x01(\x03\"H\n\x12ListDomainsRequest\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"V\n\x13ListDomainsResponse\x12&\n\x07\x64omains\x18\x01 \x03(\x0b\x32\x15.certbroker.v1.Domain\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x95\x01\n\x12WatchStatusRequest\x12\x16\n\x0e\x61\x66ter_revision\x18\x01 \x01(\x03\x12\x14\n\x0cinclude_keys\x18\x02 \x01(\x08\x12\x0c\n\x04\x61pps\x18\x03 \x03(\t\x12\x0f\n\x07\x64omains\x18\x04 \x03(\t\x12\x1a\n\x12include_challenges\x18\x05 \x01(\x08\x12\x16\n\x0e\x62\x61tch_snapshot\x18\x06 \x01(\x08\"o\n\x0fServingMaterial\x12\x30\n\x06source\x18\x01 \x01(\x0e\x32 .certbroker.v1.CertificateSource\x12\x11\n\tchain_pem\x18\x02 \x01(\t\x12\x17\n\x0fprivate_key_pem\x18\x03 \x01(\t\"5\n\tChallenge\x12\r\n\x05token\x18\x01 \x01(\t\x12\x19\n\x11key_authorization\x18\x02 \x01(\t\"\xcb\x01\n\nWatchEvent\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12&\n\x04type\x18\x02 \x01(\x0e\x32\x18.certbroker.v1.EventType\x12%\n\x06\x64omain\x18\x03 \x01(\x0b\x32\x15.certbroker.v1.Domain\x12/\n\x07serving\x18\x04 \x01(\x0b\x32\x1e.certbroker.v1.ServingMaterial\x12+\n\tchallenge\x18\x05 \x01(\x0b\x32\x18.certbroker.v1.Challenge\"\x1d\n\tHeartbeat\x12\x10\n\x08revision\x18\x01 \x01(\x03\"<\n\x0fWatchEventBatch\x12)\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x19.certbroker.v1.WatchEvent\"\xb2\x01\n\x13WatchStatusResponse\x12*\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x19.certbroker.v1.WatchEventH\x00\x12-\n\theartbeat\x18\x02 \x01(\x0b\x32\x18.certbroker.v1.HeartbeatH\x00\x12\x38\n\x0esnapshot_batch\x18\x03 \x01(\x0b\x32\x1e.certbroker.v1.WatchEventBatchH\x00\x42\x06\n\x04kind\"Y\n\x14ReportServingRequest\x12\x11\n\trouter_id\x18\x01 \x01(\t\x12\x18\n\x10\x61pplied_revision\x18\x02 \x01(\x03\x12\x14\n\x0c\x64omain_count\x18\x03 \x01(\x03\"e\n\x15ReportServingResponse\x12\x18\n\x10\x63urrent_revision\x18\x01 \x01(\x03\x12\x32\n\x0freport_interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\";\n\x12ListRoutersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"\xe7\x01\n\x0cRouterStatus\x12\x11\n\trouter_id\x18\x01 \x01(\t\x12\x10\n\x08identity\x18\x02 \x01(\t\x12\x18\n\x10\x61pplied_revision\x18\x03 \x01(\x03\x12\x0b\n\x03lag\x18\x04 \x01(\x03\x12\x14\n\x0c\x64omain_count\x18\x05 \x01(\x03\x12\x33\n\x0f\x66irst_seen_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0elast_seen_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04live\x18\x08 \x01(\x08\"\xaa\x01\n\x13ListRoutersResponse\x12,\n\x07routers\x18\x01 \x03(\x0b\x32\x1b.certbroker.v1.RouterStatus\x12\x18\n\x10\x63urrent_revision\x18\x02 \x01(\x03\x12\x32\n\x0freport_interval\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x17\n\x0fnext_page_token\x18\x04 \x01(\t\"1\n\x12\x43heckDomainRequest\x12\x0e\n\x06\x64omain\x18\x01 \x01(\t\x12\x0b\n\x03\x61pp\x18\x02 \x01(\t\"w\n\x0b\x44omainCheck\x12\x0c\n\x04name\x18\x01 \x01(\t\x12,\n\x07verdict\x18\x02 \x01(\x0e\x32\x1b.certbroker.v1.CheckVerdict\x12\x0f\n\x07summary\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\x12\x0b\n\x03\x66ix\x18\x05 \x01(\t\"\x81\x02\n\x13\x43heckDomainResponse\x12\x0e\n\x06\x64omain\x18\x01 \x01(\t\x12*\n\x06\x63hecks\x18\x02 \x03(\x0b\x32\x1a.certbroker.v1.DomainCheck\x12\x17\n\x0fwould_issue_now\x18\x03 \x01(\x08\x12\r\n\x05known\x18\x04 \x01(\x08\x12\x0b\n\x03\x61pp\x18\x05 \x01(\t\x12\x13\n\x0bnext_action\x18\x06 \x01(\t\x12\x34\n\x10next_action_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\ncheck_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xe2\x01\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x45VENT_TYPE_SNAPSHOT\x10\x01\x12 \n\x1c\x45VENT_TYPE_SNAPSHOT_COMPLETE\x10\x02\x12\x1d\n\x19\x45VENT_TYPE_DOMAIN_UPDATED\x10\x03\x12\x1d\n\x19\x45VENT_TYPE_DOMAIN_REMOVED\x10\x04\x12\x1e\n\x1a\x45VENT_TYPE_CHALLENGE_ADDED\x10\x05\x12 \n\x1c\x45VENT_TYPE_CHALLENGE_REMOVED\x10\x06*\x8e\x01\n\x0c\x43heckVerdict\x12\x1d\n\x19\x43HECK_VERDICT_UNSPECIFIED\x10\x00\x12\x14\n\x10\x43HECK_VERDICT_OK\x10\x01\x12\x16\n\x12\x43HECK_VERDICT_WARN\x10\x02\x12\x16\n\x12\x43HECK_VERDICT_FAIL\x10\x03\x12\x19\n\x15\x43HECK_VERDICT_SKIPPED\x10\x04\x32\x90\x07\n\x18\x43\x65rtificateBrokerService\x12\x63\n\x10IssueCertificate\x12&.certbroker.v1.IssueCertificateRequest\x1a\'.certbroker.v1.IssueCertificateResponse\x12W\n\x0cUploadCustom\x12\".certbroker.v1.UploadCustomRequest\x1a#.certbroker.v1.UploadCustomResponse\x12W\n\x0c\x44\x65leteCustom\x12\".certbroker.v1.DeleteCustomRequest\x1a#.certbroker.v1.DeleteCustomResponse\x12N\n\tGetStatus\x12\x1f.certbroker.v1.GetStatusRequest\x1a .certbroker.v1.GetStatusResponse\x12W\n\x0cRemoveDomain\x12\".certbroker.v1.RemoveDomainRequest\x1a#.certbroker.v1.RemoveDomainResponse\x12T\n\x0bListDomains\x12!.certbroker.v1.ListDomainsRequest\x1a\".certbroker.v1.ListDomainsResponse\x12V\n\x0bWatchStatus\x12!.certbroker.v1.WatchStatusRequest\x1a\".certbroker.v1.WatchStatusResponse0\x01\x12Z\n\rReportServing\x12#.certbroker.v1.ReportServingRequest\x1a$.certbroker.v1.ReportServingResponse\x12T\n\x0bListRouters\x12!.certbroker.v1.ListRoutersRequest\x1a\".certbroker.v1.ListRoutersResponse\x12T\n\x0b\x43heckDomain\x12!.certbroker.v1.CheckDomainRequest\x1a\".certbroker.v1.CheckDomainResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63\x65rtbroker/v1/broker.proto\x12\rcertbroker.v1\x1a\x1a\x63\x65rtbroker/v1/domain.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe2\x01\n\x17IssueCertificateRequest\x12\x0e\n\x06\x64omain\x18\x01 \x01(\t\x12\x0b\n\x03\x61pp\x18\x02 \x01(\t\x12\x1b\n\x13\x64isable_letsencrypt\x18\x03 \x01(\x08\x12\x32\n\rkey_algorithm\x18\x04 \x01(\x0e\x32\x1b.certbroker.v1.KeyAlgorithm\x12\x34\n\x0e\x63hallenge_type\x18\x05 \x01(\x0e\x32\x1c.certbroker.v1.ChallengeType\x12\x14\n\x0cinclude_apex\x18\x06 \x01(\x08\x12\r\n\x05renew\x18\x07 \x01(\x08\"A\n\x18IssueCertificateResponse\x12%\n\x06\x64omain\x18\x01 \x01(\x0b\x32\x15.certbroker.v1.Domain\"\\\n\x13UploadCustomRequest\x12\x0e\n\x06\x64omain\x18\x01 \x01(\t\x12\x13\n\x0b\x63\x65rtificate\x18\x02 \x01(\x0c\x12\x13\n\x0bprivate_key\x18\x03 \x01(\x0c\x12\x0b\n\x03\x61pp\x18\x04 \x01(\t\"=\n\x14UploadCustomResponse\x12%\n\x06\x64omain\x18\x01 \x01(\x0b\x32\x15.certbroker.v1.Domain\"2\n\x13\x44\x65leteCustomRequest\x12\x0e\n\x06\x64omain\x18\x01 \x01(\t\x12\x0b\n\x03\x61pp\x18\x02 \x01(\t\"=\n\x14\x44\x65leteCustomResponse\x12%\n\x06\x64omain\x18\x01 \x01(\x0b\x32\x15.certbroker.v1.Domain\"/\n\x10GetStatusRequest\x12\x0e\n\x06\x64omain\x18\x01 \x01(\t\x12\x0b\n\x03\x61pp\x18\x02 \x01(\t\":\n\x11GetStatusResponse\x12%\n\x06\x64omain\x18\x01 \x01(\x0b\x32\x15.certbroker.v1.Domain\"2\n\x13RemoveDomainRequest\x12\x0e\n\x06\x64omain\x18\x01 \x01(\t\x12\x0b\n\x03\x61pp\x18\x02 \x01(\t\"(\n\x14RemoveDomainResponse\x12\x10\n\x08revision\x18\x01 \x01(\x03\"H\n\x12ListDomainsRequest\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"V\n\x13ListDomainsResponse\x12&\n\x07\x64omains\x18\x01 \x03(\x0b\x32\x15.certbroker.v1.Domain\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x95\x01\n\x12WatchStatusRequest\x12\x16\n\x0e\x61\x66ter_revision\x18\x01 \x01(\x03\x12\x14\n\x0cinclude_keys\x18\x02 \x01(\x08\x12\x0c\n\x04\x61pps\x18\x03 \x03(\t\x12\x0f\n\x07\x64omains\x18\x04 \x03(\t\x12\x1a\n\x12include_challenges\x18\x05 \x01(\x08\x12\x16\n\x0e\x62\x61tch_snapshot\x18\x06 \x01(\x08\"o\n\x0fServingMaterial\x12\x30\n\x06source\x18\x01 \x01(\x0e\x32 .certbroker.v1.CertificateSource\x12\x11\n\tchain_pem\x18\x02 \x01(\t\x12\x17\n\x0fprivate_key_pem\x18\x03 \x01(\t\"5\n\tChallenge\x12\r\n\x05token\x18\x01 \x01(\t\x12\x19\n\x11key_authorization\x18\x02 \x01(\t\"\xcb\x01\n\nWatchEvent\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12&\n\x04type\x18\x02 \x01(\x0e\x32\x18.certbroker.v1.EventType\x12%\n\x06\x64omain\x18\x03 \x01(\x0b\x32\x15.certbroker.v1.Domain\x12/\n\x07serving\x18\x04 \x01(\x0b\x32\x1e.certbroker.v1.ServingMaterial\x12+\n\tchallenge\x18\x05 \x01(\x0b\x32\x18.certbroker.v1.Challenge\"\x1d\n\tHeartbeat\x12\x10\n\x08revision\x18\x01 \x01(\x03\"<\n\x0fWatchEventBatch\x12)\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x19.certbroker.v1.WatchEvent\"\xb2\x01\n\x13WatchStatusResponse\x12*\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x19.certbroker.v1.WatchEventH\x00\x12-\n\theartbeat\x18\x02 \x01(\x0b\x32\x18.certbroker.v1.HeartbeatH\x00\x12\x38\n\x0esnapshot_batch\x18\x03 \x01(\x0b\x32\x1e.certbroker.v1.WatchEventBatchH\x00\x42\x06\n\x04kind\"Y\n\x14ReportServingRequest\x12\x11\n\trouter_id\x18\x01 \x01(\t\x12\x18\n\x10\x61pplied_revision\x18\x02 \x01(\x03\x12\x14\n\x0c\x64omain_count\x18\x03 \x01(\x03\"e\n\x15ReportServingResponse\x12\x18\n\x10\x63urrent_revision\x18\x01 \x01(\x03\x12\x32\n\x0freport_interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\";\n\x12ListRoutersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"\xe7\x01\n\x0cRouterStatus\x12\x11\n\trouter_id\x18\x01 \x01(\t\x12\x10\n\x08identity\x18\x02 \x01(\t\x12\x18\n\x10\x61pplied_revision\x18\x03 \x01(\x03\x12\x0b\n\x03lag\x18\x04 \x01(\x03\x12\x14\n\x0c\x64omain_count\x18\x05 \x01(\x03\x12\x33\n\x0f\x66irst_seen_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0elast_seen_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04live\x18\x08 \x01(\x08\"\xaa\x01\n\x13ListRoutersResponse\x12,\n\x07routers\x18\x01 \x03(\x0b\x32\x1b.certbroker.v1.RouterStatus\x12\x18\n\x10\x63urrent_revision\x18\x02 \x01(\x03\x12\x32\n\x0freport_interval\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x17\n\x0fnext_page_token\x18\x04 \x01(\t\"1\n\x12\x43heckDomainRequest\x12\x0e\n\x06\x64omain\x18\x01 \x01(\t\x12\x0b\n\x03\x61pp\x18\x02 \x01(\t\"w\n\x0b\x44omainCheck\x12\x0c\n\x04name\x18\x01 \x01(\t\x12,\n\x07verdict\x18\x02 \x01(\x0e\x32\x1b.certbroker.v1.CheckVerdict\x12\x0f\n\x07summary\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\x12\x0b\n\x03\x66ix\x18\x05 \x01(\t\"\x81\x02\n\x13\x43heckDomainResponse\x12\x0e\n\x06\x64omain\x18\x01 \x01(\t\x12*\n\x06\x63hecks\x18\x02 \x03(\x0b\x32\x1a.certbroker.v1.DomainCheck\x12\x17\n\x0fwould_issue_now\x18\x03 \x01(\x08\x12\r\n\x05known\x18\x04 \x01(\x08\x12\x0b\n\x03\x61pp\x18\x05 \x01(\t\x12\x13\n\x0bnext_action\x18\x06 \x01(\t\x12\x34\n\x10next_action_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\ncheck_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xe2\x01\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x45VENT_TYPE_SNAPSHOT\x10\x01\x12 \n\x1c\x45VENT_TYPE_SNAPSHOT_COMPLETE\x10\x02\x12\x1d\n\x19\x45VENT_TYPE_DOMAIN_UPDATED\x10\x03\x12\x1d\n\x19\x45VENT_TYPE_DOMAIN_REMOVED\x10\x04\x12\x1e\n\x1a\x45VENT_TYPE_CHALLENGE_ADDED\x10\x05\x12 \n\x1c\x45VENT_TYPE_CHALLENGE_REMOVED\x10\x06*\x8e\x01\n\x0c\x43heckVerdict\x12\x1d\n\x19\x43HECK_VERDICT_UNSPECIFIED\x10\x00\x12\x14\n\x10\x43HECK_VERDICT_OK\x10\x01\x12\x16\n\x12\x43HECK_VERDICT_WARN\x10\x02\x12\x16\n\x12\x43HECK_VERDICT_FAIL\x10\x03\x12\x19\n\x15\x43HECK_VERDICT_SKIPPED\x10\x04\x32\x90\x07\n\x18\x43\x65rtificateBrokerService\x12\x63\n\x10IssueCertificate\x12&.certbroker.v1.IssueCertificateRequest\x1a\'.certbroker.v1.IssueCertificateResponse\x12W\n\x0cUploadCustom\x12\".certbroker.v1.UploadCustomRequest\x1a#.certbroker.v1.UploadCustomResponse\x12W\n\x0c\x44\x65leteCustom\x12\".certbroker.v1.DeleteCustomRequest\x1a#.certbroker.v1.DeleteCustomResponse\x12N\n\tGetStatus\x12\x1f.certbroker.v1.GetStatusRequest\x1a .certbroker.v1.GetStatusResponse\x12W\n\x0cRemoveDomain\x12\".certbroker.v1.RemoveDomainRequest\x1a#.certbroker.v1.RemoveDomainResponse\x12T\n\x0bListDomains\x12!.certbroker.v1.ListDomainsRequest\x1a\".certbroker.v1.ListDomainsResponse\x12V\n\x0bWatchStatus\x12!.certbroker.v1.WatchStatusRequest\x1a\".certbroker.v1.WatchStatusResponse0\x01\x12Z\n\rReportServing\x12#.certbroker.v1.ReportServingRequest\x1a$.certbroker.v1.ReportServingResponse\x12T\n\x0bListRouters\x12!.certbroker.v1.ListRoutersRequest\x1a\".certbroker.v1.ListRoutersResponse\x12T\n\x0b\x43heckDomain\x12!.certbroker.v1.CheckDomainRequest\x1a\".certbroker.v1.CheckDomainResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'certbroker.v1.broker_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_EVENTTYPE']._serialized_start=2953
-  _globals['_EVENTTYPE']._serialized_end=3179
-  _globals['_CHECKVERDICT']._serialized_start=3182
-  _globals['_CHECKVERDICT']._serialized_end=3324
+  _globals['_EVENTTYPE']._serialized_start=2966
+  _globals['_EVENTTYPE']._serialized_end=3192
+  _globals['_CHECKVERDICT']._serialized_start=3195
+  _globals['_CHECKVERDICT']._serialized_end=3337
   _globals['_ISSUECERTIFICATEREQUEST']._serialized_start=139
   _globals['_ISSUECERTIFICATEREQUEST']._serialized_end=365
   _globals['_ISSUECERTIFICATERESPONSE']._serialized_start=367
@@ -51,47 +51,47 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DELETECUSTOMRESPONSE']._serialized_start=643
   _globals['_DELETECUSTOMRESPONSE']._serialized_end=704
   _globals['_GETSTATUSREQUEST']._serialized_start=706
-  _globals['_GETSTATUSREQUEST']._serialized_end=740
-  _globals['_GETSTATUSRESPONSE']._serialized_start=742
-  _globals['_GETSTATUSRESPONSE']._serialized_end=800
-  _globals['_REMOVEDOMAINREQUEST']._serialized_start=802
-  _globals['_REMOVEDOMAINREQUEST']._serialized_end=852
-  _globals['_REMOVEDOMAINRESPONSE']._serialized_start=854
-  _globals['_REMOVEDOMAINRESPONSE']._serialized_end=894
-  _globals['_LISTDOMAINSREQUEST']._serialized_start=896
-  _globals['_LISTDOMAINSREQUEST']._serialized_end=968
-  _globals['_LISTDOMAINSRESPONSE']._serialized_start=970
-  _globals['_LISTDOMAINSRESPONSE']._serialized_end=1056
-  _globals['_WATCHSTATUSREQUEST']._serialized_start=1059
-  _globals['_WATCHSTATUSREQUEST']._serialized_end=1208
-  _globals['_SERVINGMATERIAL']._serialized_start=1210
-  _globals['_SERVINGMATERIAL']._serialized_end=1321
-  _globals['_CHALLENGE']._serialized_start=1323
-  _globals['_CHALLENGE']._serialized_end=1376
-  _globals['_WATCHEVENT']._serialized_start=1379
-  _globals['_WATCHEVENT']._serialized_end=1582
-  _globals['_HEARTBEAT']._serialized_start=1584
-  _globals['_HEARTBEAT']._serialized_end=1613
-  _globals['_WATCHEVENTBATCH']._serialized_start=1615
-  _globals['_WATCHEVENTBATCH']._serialized_end=1675
-  _globals['_WATCHSTATUSRESPONSE']._serialized_start=1678
-  _globals['_WATCHSTATUSRESPONSE']._serialized_end=1856
-  _globals['_REPORTSERVINGREQUEST']._serialized_start=1858
-  _globals['_REPORTSERVINGREQUEST']._serialized_end=1947
-  _globals['_REPORTSERVINGRESPONSE']._serialized_start=1949
-  _globals['_REPORTSERVINGRESPONSE']._serialized_end=2050
-  _globals['_LISTROUTERSREQUEST']._serialized_start=2052
-  _globals['_LISTROUTERSREQUEST']._serialized_end=2111
-  _globals['_ROUTERSTATUS']._serialized_start=2114
-  _globals['_ROUTERSTATUS']._serialized_end=2345
-  _globals['_LISTROUTERSRESPONSE']._serialized_start=2348
-  _globals['_LISTROUTERSRESPONSE']._serialized_end=2518
-  _globals['_CHECKDOMAINREQUEST']._serialized_start=2520
-  _globals['_CHECKDOMAINREQUEST']._serialized_end=2569
-  _globals['_DOMAINCHECK']._serialized_start=2571
-  _globals['_DOMAINCHECK']._serialized_end=2690
-  _globals['_CHECKDOMAINRESPONSE']._serialized_start=2693
-  _globals['_CHECKDOMAINRESPONSE']._serialized_end=2950
-  _globals['_CERTIFICATEBROKERSERVICE']._serialized_start=3327
-  _globals['_CERTIFICATEBROKERSERVICE']._serialized_end=4239
+  _globals['_GETSTATUSREQUEST']._serialized_end=753
+  _globals['_GETSTATUSRESPONSE']._serialized_start=755
+  _globals['_GETSTATUSRESPONSE']._serialized_end=813
+  _globals['_REMOVEDOMAINREQUEST']._serialized_start=815
+  _globals['_REMOVEDOMAINREQUEST']._serialized_end=865
+  _globals['_REMOVEDOMAINRESPONSE']._serialized_start=867
+  _globals['_REMOVEDOMAINRESPONSE']._serialized_end=907
+  _globals['_LISTDOMAINSREQUEST']._serialized_start=909
+  _globals['_LISTDOMAINSREQUEST']._serialized_end=981
+  _globals['_LISTDOMAINSRESPONSE']._serialized_start=983
+  _globals['_LISTDOMAINSRESPONSE']._serialized_end=1069
+  _globals['_WATCHSTATUSREQUEST']._serialized_start=1072
+  _globals['_WATCHSTATUSREQUEST']._serialized_end=1221
+  _globals['_SERVINGMATERIAL']._serialized_start=1223
+  _globals['_SERVINGMATERIAL']._serialized_end=1334
+  _globals['_CHALLENGE']._serialized_start=1336
+  _globals['_CHALLENGE']._serialized_end=1389
+  _globals['_WATCHEVENT']._serialized_start=1392
+  _globals['_WATCHEVENT']._serialized_end=1595
+  _globals['_HEARTBEAT']._serialized_start=1597
+  _globals['_HEARTBEAT']._serialized_end=1626
+  _globals['_WATCHEVENTBATCH']._serialized_start=1628
+  _globals['_WATCHEVENTBATCH']._serialized_end=1688
+  _globals['_WATCHSTATUSRESPONSE']._serialized_start=1691
+  _globals['_WATCHSTATUSRESPONSE']._serialized_end=1869
+  _globals['_REPORTSERVINGREQUEST']._serialized_start=1871
+  _globals['_REPORTSERVINGREQUEST']._serialized_end=1960
+  _globals['_REPORTSERVINGRESPONSE']._serialized_start=1962
+  _globals['_REPORTSERVINGRESPONSE']._serialized_end=2063
+  _globals['_LISTROUTERSREQUEST']._serialized_start=2065
+  _globals['_LISTROUTERSREQUEST']._serialized_end=2124
+  _globals['_ROUTERSTATUS']._serialized_start=2127
+  _globals['_ROUTERSTATUS']._serialized_end=2358
+  _globals['_LISTROUTERSRESPONSE']._serialized_start=2361
+  _globals['_LISTROUTERSRESPONSE']._serialized_end=2531
+  _globals['_CHECKDOMAINREQUEST']._serialized_start=2533
+  _globals['_CHECKDOMAINREQUEST']._serialized_end=2582
+  _globals['_DOMAINCHECK']._serialized_start=2584
+  _globals['_DOMAINCHECK']._serialized_end=2703
+  _globals['_CHECKDOMAINRESPONSE']._serialized_start=2706
+  _globals['_CHECKDOMAINRESPONSE']._serialized_end=2963
+  _globals['_CERTIFICATEBROKERSERVICE']._serialized_start=3340
+  _globals['_CERTIFICATEBROKERSERVICE']._serialized_end=4252
 # @@protoc_insertion_point(module_scope)

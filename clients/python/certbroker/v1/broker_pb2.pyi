@@ -99,10 +99,12 @@ class DeleteCustomResponse(_message.Message):
     def __init__(self, domain: _Optional[_Union[_domain_pb2.Domain, _Mapping]] = ...) -> None: ...
 
 class GetStatusRequest(_message.Message):
-    __slots__ = ("domain",)
+    __slots__ = ("domain", "app")
     DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    APP_FIELD_NUMBER: _ClassVar[int]
     domain: str
-    def __init__(self, domain: _Optional[str] = ...) -> None: ...
+    app: str
+    def __init__(self, domain: _Optional[str] = ..., app: _Optional[str] = ...) -> None: ...
 
 class GetStatusResponse(_message.Message):
     __slots__ = ("domain",)
