@@ -14,10 +14,12 @@ from collections.abc import Callable, Collection
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from certbroker.limits import Bucket, Limits
+from certbroker.acme.problems import AcmeProblem
+from certbroker.limits import Bucket, Limits, LimitsLedger
 from certbroker.priorities import Candidate
 from certbroker.scheduler import Policy
 from tests.fakes.ca import FakeCA, LimitedIssuer
+from tests.fakes.issuer import problem
 from tests.fakes.world import World, world
 
 LIMITS = Limits(account_orders=Bucket(2, timedelta(hours=1)))  # a token every 30 minutes
@@ -82,4 +84,81 @@ async def test_apps_take_turns_at_each_token_and_the_rest_wait_unworked(tmp_path
             await asyncio.sleep(0.3)
             assert passes() - before <= 2
         assert "s0.small.test" in issuer.issued[2:4]  # within the first two tokens
+    assert ca.refusals == {}
+
+
+def forgotten() -> AcmeProblem:
+    """A 404 on the new order's authorization: the CA forgot it (a crash, a reset)."""
+    gone = problem("ACME_MALFORMED", retryable=False)
+    gone.not_found = True
+    return gone
+
+
+async def limited(w: World) -> tuple[FakeCA, LimitedIssuer]:
+    ca = FakeCA(LIMITS)
+    issuer = LimitedIssuer(w.clock, ca)
+    await w.restart(issuer=issuer)
+    return ca, issuer
+
+
+async def test_an_order_placed_again_after_a_404_spends_a_new_orders_token(
+    tmp_path: Path,
+) -> None:
+    """The CA counts the replacement as a new order: so does the ledger, and the next
+    first certificate waits for the token instead of being refused by the CA."""
+    async with world(tmp_path, policy=Policy(limits=LIMITS)) as w:
+        ca, issuer = await limited(w)
+        start = w.clock.now()
+        issuer.fail("a.one.test", forgotten())
+        await w.add("a.one.test", "one")
+        await issued(w, issuer, 1)
+        assert [c.resume_url for c in issuer.orders_for("a.one.test")] == ["", ""]
+        await w.add("b.two.test", "two")
+        await asyncio.sleep(0.2)
+        held = await w.domain("b.two.test")
+        assert held.retry.last_error_reason == "QUOTA_ACCOUNT_ORDERS"
+        assert held.retry.attempt == 0
+        assert held.retry.next_attempt_at == start + timedelta(minutes=30)
+        assert ca.refusals == {}  # the CA was not asked for an order it would refuse
+        w.clock.set(start + timedelta(minutes=30))
+        await issued(w, issuer, 2)
+    assert ca.refusals == {}
+
+
+async def test_a_replacement_without_a_token_waits_for_one_and_counts_no_failure(
+    tmp_path: Path,
+) -> None:
+    async with world(tmp_path, policy=Policy(limits=LIMITS)) as w:
+        ca, issuer = await limited(w)
+        start = w.clock.now()
+        await w.add("b.two.test", "two")
+        await issued(w, issuer, 1)
+        issuer.fail("a.one.test", forgotten())
+        await w.add("a.one.test", "one")  # the second token; its order is forgotten
+        await asyncio.sleep(0.2)
+        held = await w.domain("a.one.test")
+        assert held.retry.last_error_reason == "QUOTA_ACCOUNT_ORDERS"
+        assert held.retry.attempt == 0
+        assert held.retry.next_attempt_at == start + timedelta(minutes=30)
+        assert await w.store.get_order("a.one.test") is None  # reserved afresh when due
+        assert len(issuer.orders_for("a.one.test")) == 1
+        assert ca.refusals == {}
+        w.clock.set(start + timedelta(minutes=30))
+        await issued(w, issuer, 2)
+        assert (await w.domain("a.one.test")).retry.attempt == 0
+    assert ca.refusals == {}
+
+
+async def test_an_order_placed_again_on_a_recovered_account_is_reserved_too(
+    tmp_path: Path,
+) -> None:
+    """Counted on the one local bucket: at least what the new account spent (safe side)."""
+    async with world(tmp_path, policy=Policy(limits=LIMITS)) as w:
+        ca, issuer = await limited(w)
+        issuer.account_lost = True
+        await w.add("a.one.test", "one")
+        await issued(w, issuer, 1)
+        assert issuer.recoveries == [False]
+        budget = await LimitsLedger(LIMITS).budget(w.store, w.clock.now())
+        assert budget.tokens == 0  # the first order's token and the replacement's
     assert ca.refusals == {}

@@ -279,6 +279,38 @@ class LimitsLedger:
             await tx.add_limit_spend(bucket, key, request.domain, now)
         return None
 
+    async def reorder(self, tx: LimitRecords, request: OrderRequest, now: datetime) -> Hold | None:
+        """A reserved order is placed again (the CA forgot the order, or the account it was
+        bound to): charge what a second new-order request costs at the CA, or say what
+        holds it.
+
+        The CA counts every new-order request on the account's new-orders bucket
+        (renewals and ARI renewals exempt, as in ``reserve``), so the replacement
+        spends a token of its own. The certificate buckets (registered domain, name
+        set) are not charged again: the CA spends them only at issuance, and the
+        order row's reservation, still open (not refunded), covers the one
+        certificate this row can yield. Failed authorizations and pauses are checked
+        as for any order; the certificate buckets' own tokens are not (our open
+        reservation is one of them: the CA has not spent it yet).
+        """
+        if request.replaces:
+            return None
+        renewal = await tx.names_issued_since(request.names, now - RENEWAL_LOOKBACK)
+        charged = self._charged(request, renewal)
+        failed = [(FAILED_AUTHORIZATIONS, n) for n in request.names]
+        pauses = await tx.limit_pauses([(ACCOUNT, ""), *charged, *failed], now)
+        holds = [self._paused(bucket, key, until) for (bucket, key), until in pauses.items()]
+        counted = failed if renewal else [(ACCOUNT_ORDERS, ""), *failed]
+        for bucket, key in counted:
+            at = (await self._state(tx, bucket, key, now)).next_token_at(now)
+            if at is not None:
+                holds.append(self._exhausted(bucket, key, at))
+        if holds:
+            return max(holds, key=lambda h: h.until)
+        if not renewal:
+            await tx.add_limit_spend(ACCOUNT_ORDERS, "", request.domain, now)
+        return None
+
     async def outlook(self, reads: LimitReads, request: OrderRequest, now: datetime) -> Outlook:
         """What ``reserve`` would answer at ``now``, read-only (the doctor's report)."""
         if request.replaces:

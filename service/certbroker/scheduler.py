@@ -16,7 +16,9 @@ directory on a capped backoff; when it answers, the held domains are due at
 once, renewals first. An account the CA no longer knows (or reports
 deactivated) is recovered at most once per ``ACCOUNT_RECOVERY_INTERVAL`` and
 the order placed again; an order or authorization URL the CA forgot (404) is
-replaced by one new order in the same step, without counting a failure.
+replaced by one new order in the same step, without counting a failure; the
+replacement is reserved in the ledger like any order (``LimitsLedger.reorder``:
+the CA counts every new-order request), or held for its token.
 
 The actions and their writes::
 
@@ -174,6 +176,10 @@ class Ledger(Protocol):
     from the store)."""
 
     async def reserve(
+        self, tx: Transaction, request: OrderRequest, now: datetime
+    ) -> Hold | None: ...
+
+    async def reorder(
         self, tx: Transaction, request: OrderRequest, now: datetime
     ) -> Hold | None: ...
 
@@ -786,7 +792,8 @@ class Scheduler:
                     log.info("order for %s: %s; placing a new order", name, problem.reason)
                     replaced = True
                     resume_url = ""  # abandoned: bound to a forgotten account or order
-                    await self._saver(domain, order)("")
+                    if not await self._reorder(domain, order, request):
+                        return  # held for a token: the row went, the checks come first again
                     continue
                 log.warning(
                     "order for %s failed: %s (%s)",  # the CA's detail, not just the reason code
@@ -804,6 +811,33 @@ class Scheduler:
                 return
         self.ca.succeeded()
         await self._store_certificate(domain, order, issued.chain_pem)
+
+    async def _reorder(self, domain: Domain, order: PendingOrder, request: OrderRequest) -> bool:
+        """Reserve the replacement order in the ledger (``LimitsLedger.reorder``: the CA
+        counts every new-order request) and forget the abandoned URL, in one write; True
+        to place it now.
+
+        Held (no new-orders token, a pause): the order row is dropped and its
+        certificate reservation refunded, as for a failed order, and the domain waits
+        for the token like any other (``QuotaHeld``, no failure counted); when it is
+        due again its checks run and the order is reserved afresh.
+        """
+        now = self._clock.now()
+        async with self._transaction() as tx:
+            latest = await tx.get_domain(order.domain)
+            if latest is None or not same_domain(domain, latest):
+                return False  # removed meanwhile: no order row outlives its domain
+            await self._claims.check(tx, order.domain)
+            hold = await self._ledger.reorder(tx, request, now)
+            if hold is None:
+                await tx.put_order(replace(order, order_url=""))
+                return True
+            await tx.delete_order(order.domain)
+            await self._ledger.order_failed(tx, request, 0, now)
+            self._metrics.order_finished("held", hold.reason)
+            held = QuotaHeld(hold.reason, hold.message, hold.until)
+            await outbox.save(tx, latest, self._apply(latest, [held], now))
+        return False
 
     async def _replaceable(self, problem: AcmeProblem) -> bool:
         """A new order may fix it: the CA forgot the order (404), or the account, which
