@@ -162,3 +162,67 @@ async def test_an_order_placed_again_on_a_recovered_account_is_reserved_too(
         budget = await LimitsLedger(LIMITS).budget(w.store, w.clock.now())
         assert budget.tokens == 0  # the first order's token and the replacement's
     assert ca.refusals == {}
+
+
+async def events_for(w: World, name: str) -> int:
+    return sum(1 for e in await w.store.events_after(0, 10_000) if e.domain_name == name)
+
+
+async def test_domains_left_waiting_say_when_their_turn_can_come_without_an_event(
+    tmp_path: Path,
+) -> None:
+    """At each token one waiting domain takes it; the others' next attempt moves on to
+    when their turn can come (one token per waiting domain ahead), not left in the past,
+    and the move is a schedule write: watchers hear nothing."""
+    async with world(tmp_path, policy=Policy(limits=LIMITS)) as w:
+        _, issuer = await limited(w)
+        start = w.clock.now()
+        for name in BIG:
+            await w.add(name, "big")
+        await issued(w, issuer, 2)  # the burst: two tokens; four held until the next
+        waiting = [n for n in BIG if n not in issuer.issued]
+        for name in waiting:
+            held = await w.domain(name)
+            assert held.retry.next_attempt_at == start + timedelta(minutes=30)
+        events = {name: await events_for(w, name) for name in waiting}
+        w.clock.set(start + timedelta(minutes=30))
+        await issued(w, issuer, 3)
+        await asyncio.sleep(0.1)
+        left = [n for n in waiting if n not in issuer.issued]
+        assert len(left) == 3
+        for k, name in enumerate(sorted(left, key=BIG.index)):
+            domain = await w.domain(name)
+            assert domain.retry.next_attempt_at == start + (k + 2) * timedelta(minutes=30)
+            assert domain.retry.last_error_reason == "QUOTA_ACCOUNT_ORDERS"
+            assert domain.retry.attempt == 0
+            assert await events_for(w, name) == events[name]  # no event for the move
+        for token in range(2, 5):  # each turn comes when it said
+            w.clock.set(start + token * timedelta(minutes=30))
+            await issued(w, issuer, 2 + token)
+            assert issuer.issued[-1] == sorted(left, key=BIG.index)[token - 2]
+
+
+async def test_a_new_domain_checked_without_a_token_does_not_take_one_promised_to_another(
+    tmp_path: Path,
+) -> None:
+    """Same app: the domain waiting since the burst gets the next token, not the one added
+    later whose DNS check (claimed first: it costs the CA nothing) passed at that moment."""
+    async with world(tmp_path, policy=Policy(limits=LIMITS)) as w:
+        ca, issuer = await limited(w)
+        start = w.clock.now()
+        for name in BIG[:3]:
+            await w.add(name, "big")
+        await issued(w, issuer, 2)
+        (waiting,) = [n for n in BIG[:3] if n not in issuer.issued]
+        await w.scheduler.stop()  # both come due in the same pass
+        w.clock.set(start + timedelta(minutes=30))
+        await w.add("late.big9.test", "big")
+        await w.restart()
+        await issued(w, issuer, 3)
+        await asyncio.sleep(0.1)
+        assert issuer.issued[2] == waiting
+        late = await w.domain("late.big9.test")
+        assert late.retry.last_error_reason == "QUOTA_ACCOUNT_ORDERS"
+        assert late.retry.attempt == 0
+        assert late.retry.next_attempt_at == start + timedelta(minutes=60)
+    assert ca.refusals == {}

@@ -247,10 +247,15 @@ class Outlook:
 
 @dataclass(frozen=True)
 class Budget:
-    """How many non-renewal orders the account may start now; if none, when the next may."""
+    """How many non-renewal orders the account may start now; if none, when the next may.
+
+    ``wait``: what a first certificate waiting for one of these tokens is told (the
+    pause or the used-up bucket, until ``next_at``; ``None`` while tokens are left).
+    """
 
     tokens: int
     next_at: datetime | None
+    wait: Hold | None = None
 
 
 class LimitsLedger:
@@ -392,10 +397,14 @@ class LimitsLedger:
         most this many first certificates, so the rest wait without being worked."""
         pauses = await reads.limit_pauses([(ACCOUNT, ""), (ACCOUNT_ORDERS, "")], now)
         if pauses:
-            return Budget(0, max(pauses.values()))
+            (bucket, key), until = max(pauses.items(), key=lambda p: p[1])
+            return Budget(0, until, self._paused(bucket, key, until))
         state = await self._state(reads, ACCOUNT_ORDERS, "", now)
         tokens = state.tokens(now)
-        return Budget(tokens, None if tokens else state.next_token_at(now))
+        if tokens:
+            return Budget(tokens, None)
+        at = state.next_token_at(now) or now  # no token, so one is to come
+        return Budget(0, at, self._exhausted(ACCOUNT_ORDERS, "", at))
 
     def _charged(self, request: OrderRequest, renewal: bool) -> list[tuple[str, str]]:
         charged = [(NAME_SET, names_key(request.names))]
@@ -417,9 +426,11 @@ class LimitsLedger:
         limit = self.limits.of(bucket)
         return Hold(
             reason=_REASONS[bucket],
+            # No time in the text: it is the next attempt's, and a waiting domain's next
+            # attempt moves as others take tokens (a schedule write, not an event).
             message=(
                 f"{_what(bucket, key)}: {limit.describe()} used up (Let's Encrypt's limit, "
-                f"counted here); next token at {at.isoformat(timespec='seconds')}"
+                "counted here); the next attempt waits for a token"
             ),
             until=at,
         )
