@@ -869,17 +869,13 @@ def apply(
         case Ticked():
             return tick(domain, now)
         case Restarted():
-            if not held_until_restart(domain):
-                return domain
-            return settle(replace(domain, retry=replace(domain.retry, next_attempt_at=now)), now)
+            return released(domain, now)
         case NotConfigured(missing):
             return not_configured(domain, missing, now)
         case CaUnavailable(reason, detail, next_probe):
             return ca_unavailable(domain, reason, detail, next_probe, now)
         case CaAvailable():
-            if domain.retry.last_error_reason != CA_UNAVAILABLE or not held_until_restart(domain):
-                return domain
-            return settle(replace(domain, retry=replace(domain.retry, next_attempt_at=now)), now)
+            return released(domain, now, CA_UNAVAILABLE)
         case DnsChecked(result) if not result.points:
             observed = to_observation(result, now)
             return dns_not_ready(domain, observed, result.reason, result.message, now, interval)
@@ -942,6 +938,14 @@ def _creating(domain: Domain) -> Domain:
     if domain.le_state is LetsEncryptState.PENDING_DNS:
         return replace(domain, le_state=LetsEncryptState.CREATING)
     return domain
+
+
+def released(domain: Domain, now: datetime, reason: str = "") -> Domain:
+    """A hold without a time ends (``held_until_restart``; only the one for ``reason``,
+    if given): the domain is due at once, nothing else changes."""
+    if not held_until_restart(domain) or reason not in ("", domain.retry.last_error_reason):
+        return domain
+    return settle(replace(domain, retry=replace(domain.retry, next_attempt_at=now)), now)
 
 
 def not_configured(domain: Domain, missing: str, now: datetime) -> Domain:

@@ -247,10 +247,15 @@ class Outlook:
 
 @dataclass(frozen=True)
 class Budget:
-    """How many non-renewal orders the account may start now; if none, when the next may."""
+    """How many non-renewal orders the account may start now; if none, when the next may.
+
+    ``wait``: what a first certificate waiting for one of these tokens is told (the
+    pause or the used-up bucket, until ``next_at``; ``None`` while tokens are left).
+    """
 
     tokens: int
     next_at: datetime | None
+    wait: Hold | None = None
 
 
 class LimitsLedger:
@@ -277,6 +282,38 @@ class LimitsLedger:
             return None
         for bucket, key in self._charged(request, outlook.renewal):
             await tx.add_limit_spend(bucket, key, request.domain, now)
+        return None
+
+    async def reorder(self, tx: LimitRecords, request: OrderRequest, now: datetime) -> Hold | None:
+        """A reserved order is placed again (the CA forgot the order, or the account it was
+        bound to): charge what a second new-order request costs at the CA, or say what
+        holds it.
+
+        The CA counts every new-order request on the account's new-orders bucket
+        (renewals and ARI renewals exempt, as in ``reserve``), so the replacement
+        spends a token of its own. The certificate buckets (registered domain, name
+        set) are not charged again: the CA spends them only at issuance, and the
+        order row's reservation, still open (not refunded), covers the one
+        certificate this row can yield. Failed authorizations and pauses are checked
+        as for any order; the certificate buckets' own tokens are not (our open
+        reservation is one of them: the CA has not spent it yet).
+        """
+        if request.replaces:
+            return None
+        renewal = await tx.names_issued_since(request.names, now - RENEWAL_LOOKBACK)
+        charged = self._charged(request, renewal)
+        failed = [(FAILED_AUTHORIZATIONS, n) for n in request.names]
+        pauses = await tx.limit_pauses([(ACCOUNT, ""), *charged, *failed], now)
+        holds = [self._paused(bucket, key, until) for (bucket, key), until in pauses.items()]
+        counted = failed if renewal else [(ACCOUNT_ORDERS, ""), *failed]
+        for bucket, key in counted:
+            at = (await self._state(tx, bucket, key, now)).next_token_at(now)
+            if at is not None:
+                holds.append(self._exhausted(bucket, key, at))
+        if holds:
+            return max(holds, key=lambda h: h.until)
+        if not renewal:
+            await tx.add_limit_spend(ACCOUNT_ORDERS, "", request.domain, now)
         return None
 
     async def outlook(self, reads: LimitReads, request: OrderRequest, now: datetime) -> Outlook:
@@ -360,10 +397,14 @@ class LimitsLedger:
         most this many first certificates, so the rest wait without being worked."""
         pauses = await reads.limit_pauses([(ACCOUNT, ""), (ACCOUNT_ORDERS, "")], now)
         if pauses:
-            return Budget(0, max(pauses.values()))
+            (bucket, key), until = max(pauses.items(), key=lambda p: p[1])
+            return Budget(0, until, self._paused(bucket, key, until))
         state = await self._state(reads, ACCOUNT_ORDERS, "", now)
         tokens = state.tokens(now)
-        return Budget(tokens, None if tokens else state.next_token_at(now))
+        if tokens:
+            return Budget(tokens, None)
+        at = state.next_token_at(now) or now  # no token, so one is to come
+        return Budget(0, at, self._exhausted(ACCOUNT_ORDERS, "", at))
 
     def _charged(self, request: OrderRequest, renewal: bool) -> list[tuple[str, str]]:
         charged = [(NAME_SET, names_key(request.names))]
@@ -385,9 +426,11 @@ class LimitsLedger:
         limit = self.limits.of(bucket)
         return Hold(
             reason=_REASONS[bucket],
+            # No time in the text: it is the next attempt's, and a waiting domain's next
+            # attempt moves as others take tokens (a schedule write, not an event).
             message=(
                 f"{_what(bucket, key)}: {limit.describe()} used up (Let's Encrypt's limit, "
-                f"counted here); next token at {at.isoformat(timespec='seconds')}"
+                "counted here); the next attempt waits for a token"
             ),
             until=at,
         )

@@ -16,7 +16,9 @@ directory on a capped backoff; when it answers, the held domains are due at
 once, renewals first. An account the CA no longer knows (or reports
 deactivated) is recovered at most once per ``ACCOUNT_RECOVERY_INTERVAL`` and
 the order placed again; an order or authorization URL the CA forgot (404) is
-replaced by one new order in the same step, without counting a failure.
+replaced by one new order in the same step, without counting a failure; the
+replacement is reserved in the ledger like any order (``LimitsLedger.reorder``:
+the CA counts every new-order request), or held for its token.
 
 The actions and their writes::
 
@@ -119,7 +121,14 @@ from certbroker.lifecycle import (
     StepCrashed,
     Ticked,
 )
-from certbroker.limits import Budget, Hold, Limits, LimitsLedger, OrderRequest
+from certbroker.limits import (
+    QUOTA_ACCOUNT_ORDERS,
+    Budget,
+    Hold,
+    Limits,
+    LimitsLedger,
+    OrderRequest,
+)
 from certbroker.metrics import Metrics
 from certbroker.model import Domain, Source
 from certbroker.names import registered_domain
@@ -146,6 +155,11 @@ ACCOUNT_RECOVERY_INTERVAL = timedelta(minutes=5)
 _ACCOUNT_FRESH = timedelta(seconds=30)
 #: After an outage, renewals are due this much before first certificates (due order).
 _RENEWALS_FIRST = timedelta(milliseconds=1)
+#: A first certificate whose checks passed while the account's tokens were promised.
+_QUEUED = (
+    "new orders of the ACME account: the tokens left are taken by domains ahead of it "
+    "(Let's Encrypt's limit, counted here); the next attempt waits for its turn"
+)
 #: Due domains a pass chooses from (priorities.order): enough for every app's most
 #: overdue domain in a busy hour, bounded so a pass stays one small query.
 _CANDIDATES = 512
@@ -174,6 +188,10 @@ class Ledger(Protocol):
     from the store)."""
 
     async def reserve(
+        self, tx: Transaction, request: OrderRequest, now: datetime
+    ) -> Hold | None: ...
+
+    async def reorder(
         self, tx: Transaction, request: OrderRequest, now: datetime
     ) -> Hold | None: ...
 
@@ -398,7 +416,8 @@ class Scheduler:
         if any(c.needs_token for c in due):  # else the account's bucket is not read at all
             budget = await self._ledger.budget(self._store, now)
         tokens = budget.tokens - len(self._token_claims)
-        claim = priorities.claim(priorities.order(due, self._served), free, tokens)
+        ordered = priorities.order(due, self._served)
+        claim = priorities.claim(ordered, free, tokens)
         # Another broker may have claimed some since they were read: those are not ours.
         granted = set(await self._claims.claim([c.name for c in claim.chosen]))
         for candidate in claim.chosen:
@@ -413,7 +432,34 @@ class Scheduler:
         if len(self._served) > 4 * _CANDIDATES:  # bounded memory: forget the longest served
             for app in sorted(self._served, key=self._served.__getitem__)[:_CANDIDATES]:
                 del self._served[app]
+        if claim.starved and budget.wait is not None:
+            chosen = {c.name for c in claim.chosen}
+            waiting = [c for c in ordered if c.needs_token and c.name not in chosen]
+            await self._await_tokens(waiting, budget.wait)
         return len(granted), claim.starved, budget.next_at if claim.starved else None
+
+    async def _await_tokens(self, waiting: Sequence[priorities.Candidate], wait: Hold) -> None:
+        """First certificates left for lack of a token: their next attempt, honestly.
+
+        Each says which bucket holds it and when its turn can come at the earliest:
+        the ``k``-th in priority order needs ``k + 1`` more tokens, the first at
+        ``wait.until``, then one per refill interval (later arrivals of other apps
+        may still go first: the round-robin). Written to the scheduling columns
+        only (the reason and message do not change while it waits: no event), and
+        only for domains still due, so each is written once per wait rather than
+        once per token; the order between them stays the priority order.
+        """
+        interval = self._policy.limits.account_orders.interval
+        now = self._clock.now()
+        async with self._transaction() as tx:
+            for k, candidate in enumerate(waiting):
+                latest = await tx.get_domain(candidate.name)
+                if latest is None:
+                    continue
+                if not lifecycle.is_due_for_order(lifecycle.apply(latest, Ticked(), now), now):
+                    continue  # another broker worked it meanwhile
+                held = QuotaHeld(wait.reason, wait.message, wait.until + k * interval)
+                await outbox.save(tx, latest, self._apply(latest, [held], now))
 
     async def _guarded_step(self, name: str) -> None:
         try:
@@ -705,7 +751,9 @@ class Scheduler:
             if lifecycle.is_due_for_order(after, now):
                 await self._claims.check(tx, domain.name)  # the CA hears of it next
                 request = self._request(after, after.order_names)
-                hold = await self._ledger.reserve(tx, request, now)
+                hold = await self._queued(tx, domain.name, request, now)
+                if hold is None:
+                    hold = await self._ledger.reserve(tx, request, now)
                 if hold is not None:
                     self._metrics.order_finished("held", hold.reason)
                     after = lifecycle.apply(
@@ -724,6 +772,24 @@ class Scheduler:
             saved = await outbox.save(tx, latest, after)
         if order is not None:
             await self._order(saved, order, key_pem)
+
+    async def _queued(
+        self, tx: Transaction, name: str, request: OrderRequest, now: datetime
+    ) -> Hold | None:
+        """A first certificate whose step was claimed without a new-orders token (its DNS
+        check came first, which costs the CA nothing) does not take a token promised to
+        a domain claimed with one: it waits for its turn in the priority order instead.
+        """
+        if request.renewal or name in self._token_claims:
+            return None
+        budget = await self._ledger.budget(tx, now)
+        if budget.tokens - len(self._token_claims) > 0:
+            self._served[request.app] = now  # it takes a token: the round-robin's turn
+            return None
+        if budget.wait is not None:
+            return budget.wait
+        # The tokens left are promised to steps under way: its turn comes after theirs.
+        return Hold(QUOTA_ACCOUNT_ORDERS, _QUEUED, now)
 
     def _request(self, domain: Domain, names: tuple[str, ...]) -> OrderRequest:
         """What the ledger counts: a renewal when the certificate it replaces has these names."""
@@ -786,7 +852,8 @@ class Scheduler:
                     log.info("order for %s: %s; placing a new order", name, problem.reason)
                     replaced = True
                     resume_url = ""  # abandoned: bound to a forgotten account or order
-                    await self._saver(domain, order)("")
+                    if not await self._reorder(domain, order, request):
+                        return  # held for a token: the row went, the checks come first again
                     continue
                 log.warning(
                     "order for %s failed: %s (%s)",  # the CA's detail, not just the reason code
@@ -804,6 +871,33 @@ class Scheduler:
                 return
         self.ca.succeeded()
         await self._store_certificate(domain, order, issued.chain_pem)
+
+    async def _reorder(self, domain: Domain, order: PendingOrder, request: OrderRequest) -> bool:
+        """Reserve the replacement order in the ledger (``LimitsLedger.reorder``: the CA
+        counts every new-order request) and forget the abandoned URL, in one write; True
+        to place it now.
+
+        Held (no new-orders token, a pause): the order row is dropped and its
+        certificate reservation refunded, as for a failed order, and the domain waits
+        for the token like any other (``QuotaHeld``, no failure counted); when it is
+        due again its checks run and the order is reserved afresh.
+        """
+        now = self._clock.now()
+        async with self._transaction() as tx:
+            latest = await tx.get_domain(order.domain)
+            if latest is None or not same_domain(domain, latest):
+                return False  # removed meanwhile: no order row outlives its domain
+            await self._claims.check(tx, order.domain)
+            hold = await self._ledger.reorder(tx, request, now)
+            if hold is None:
+                await tx.put_order(replace(order, order_url=""))
+                return True
+            await tx.delete_order(order.domain)
+            await self._ledger.order_failed(tx, request, 0, now)
+            self._metrics.order_finished("held", hold.reason)
+            held = QuotaHeld(hold.reason, hold.message, hold.until)
+            await outbox.save(tx, latest, self._apply(latest, [held], now))
+        return False
 
     async def _replaceable(self, problem: AcmeProblem) -> bool:
         """A new order may fix it: the CA forgot the order (404), or the account, which

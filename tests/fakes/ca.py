@@ -69,11 +69,14 @@ class FakeCA:
         now: datetime,
         *,
         replaces: str | None = None,
+        resumed: bool = False,
     ) -> FakeOrder:
         key = names_key(names)
         last = self._issued.get(key)
         renewal = last is not None and now - last < RENEWAL_LOOKBACK
         exempt = replaces is not None
+        if resumed:
+            return FakeOrder(names, registered_domain, renewal, exempt)
         if not exempt:
             for name in names:
                 self._check("failed_authorizations", name, now, spend=False)
@@ -164,8 +167,14 @@ class LimitedIssuer(FakeIssuer):
         on_order_created: Callable[[str], Awaitable[None]] | None = None,
     ) -> FakeCertificate:
         now = self.clock.now()
+        if self.down or self.account_lost:
+            # Refused before the CA's limits are asked (Boulder looks up the account first).
+            return await super().issue(names, key_pem, resume_url=resume_url)
         try:
-            order = self.ca.new_order(tuple(names), registered_domain(names[0]), now)
+            # Resuming an order the CA has costs no new-order token (it was spent).
+            order = self.ca.new_order(
+                tuple(names), registered_domain(names[0]), now, resumed=bool(resume_url)
+            )
         except RateLimited as refused:
             raise AcmeProblem(
                 "ACME_RATE_LIMITED", refused.detail, retryable=True, retry_after=refused.retry_after

@@ -73,7 +73,7 @@ async def test_first_certificates_beyond_the_accounts_tokens_wait_for_the_next_o
         # a hold, not a failure; the next token is 30 minutes after the two
         assert held.retry.attempt == 0
         assert held.retry.next_attempt_time.ToDatetime(UTC) == start + timedelta(minutes=30)
-        assert "next token at" in held.retry.last_error_message
+        assert "waits for a token" in held.retry.last_error_message
         assert lab.pebble.order_count() == orders  # the CA heard nothing
         clock.set(start + timedelta(minutes=30))
         await wait_status(broker.stub, names[2], in_use)

@@ -78,6 +78,17 @@ async def test_wildcard_asks_for_the_delegation_then_issues_renews_and_notices_r
         # the label is stable: asking again names the same record
         again = await broker.stub.IssueCertificate(issue(name))
         assert again.domain.action_required == record
+        # That was a retry-now: the re-check is due at once and runs in the scheduler.
+        # Wait until it has (its next check is 60 s away again) before the clock moves,
+        # or it could run on the moved clock (and find the record of step 2).
+        now = clock.now()
+        assert again.domain.retry.next_attempt_time.ToDatetime(UTC) == now
+        rechecked = await wait_status(
+            broker.stub,
+            name,
+            lambda d: d.retry.next_attempt_time.ToDatetime(UTC) == now + timedelta(seconds=60),
+        )
+        assert rechecked.action_required == record
 
         # 2. The customer creates the record; the next 60-second check moves on.
         bind.set_cname(f"_acme-challenge.{base}", target)
