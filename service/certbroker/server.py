@@ -173,6 +173,45 @@ async def _open_sealer(settings: Settings, store: Store) -> KeySealer:
     return sealer
 
 
+async def _serving_mark(settings: Settings, store: Store, owner: str) -> Any:
+    """Hold the PostgreSQL serving lock (``store/serving.py``): no KEK rotation beside us.
+
+    Should the holding connection drop and a rotation run in the gap, the broker
+    notices when it holds the lock again: the canary no longer opens with its KEK.
+    (Imported here, as the store factory does: a SQLite broker never loads asyncpg.)
+    """
+    import asyncpg
+
+    from certbroker.store.serving import RotationRunning, ServingMark
+
+    async def still_our_kek() -> None:
+        canary = await store.get_meta(_CANARY_KEY)
+        try:
+            if canary is not None:
+                KeySealer.load(settings.kek_file).open(canary, _CANARY_AAD)
+        except KekError:
+            raise StartupError(
+                f"CERTBROKER_KEK_FILE={settings.kek_file}: the database was re-sealed under "
+                f"KEK id {KeySealer.blob_key_id(canary or b'') or 'unknown'} while this broker's "
+                "connection was down; it cannot open new keys: restart it with the new KEK file"
+            ) from None
+
+    try:
+        return await ServingMark.take(settings.db, owner, still_our_kek)
+    except RotationRunning:
+        raise StartupError(
+            f"CERTBROKER_DB={factory.parse(settings.db).describe()}: a KEK rotation "
+            "(certbroker rotate-kek) is running on this database; start the broker when it "
+            "has finished, with the KEK file it names"
+        ) from None
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+        detail = " ".join(str(error).split()) or type(error).__name__
+        raise StartupError(
+            f"CERTBROKER_DB={factory.parse(settings.db).describe()}: cannot hold the serving "
+            f"lock: {detail}"
+        ) from None
+
+
 def _server_credentials(settings: Settings) -> grpc.ServerCredentials:
     assert settings.tls_cert and settings.tls_key and settings.tls_client_ca
     try:  # gRPC would only say "Failed to bind" about a bad file
@@ -233,6 +272,16 @@ async def _start(
         t0 = time.perf_counter()
         indexed = await metrics.fleet.load(store)
         log.info("metrics: %d domains indexed in %.1f s", indexed, time.perf_counter() - t0)
+    # Several brokers on one (PostgreSQL) store: leases, shared answers and jobs need a
+    # name for this one; one broker on its SQLite file shares nothing with anyone.
+    shared = factory.parse(settings.db).backend == "postgresql"
+    owner = broker_id(settings)
+    extras: list[Any] = []  # stopped in reverse order: the serving mark last
+    if shared:
+        # before the KEK check: from here on no KEK rotation runs until this broker stops
+        mark = await _serving_mark(settings, store, owner)
+        started.push_async_callback(mark.stop)
+        extras.append(mark)
     sealer = await _open_sealer(settings, store)
     try:
         labels = await load_label_key(store, sealer)
@@ -243,11 +292,6 @@ async def _start(
     hub = EventHub(store)
     await hub.start()
     started.push_async_callback(hub.stop)
-    extras: list[Any] = []
-    # Several brokers on one (PostgreSQL) store: leases, shared answers and jobs need a
-    # name for this one; one broker on its SQLite file shares nothing with anyone.
-    shared = factory.parse(settings.db).backend == "postgresql"
-    owner = broker_id(settings)
     challenge_events = ChallengeEvents(
         store, clock, owner=owner if shared else None, lease=settings.lease
     )

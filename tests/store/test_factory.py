@@ -98,11 +98,16 @@ def test_the_started_line_hides_the_password() -> None:
     assert "s3cret" not in line
 
 
-def test_the_sqlite_file_verbs_refuse_a_postgresql_database() -> None:
-    """backup and rotate-kek work on a SQLite file; a PostgreSQL URL is not one."""
+def test_the_ops_verbs_find_either_backend() -> None:
+    """backup and rotate-kek take a SQLite file or a PostgreSQL URL; errors hide the password."""
     from certbroker.ops import OpsError
     from certbroker.ops.commands import database_path
 
-    with pytest.raises(OpsError, match=r"postgresql://cb:\*\*\*@db/cb is PostgreSQL: .*pg_dump"):
-        database_path(None, {"CERTBROKER_DB": "postgresql://cb:s3cret@db/cb"})
-    assert database_path("sqlite:/data/x.db") == "/data/x.db"
+    location = database_path(None, {"CERTBROKER_DB": "postgresql://cb:s3cret@db/cb"})
+    assert location.backend == "postgresql"
+    assert location.describe() == "postgresql://cb:***@db/cb"
+    sqlite = database_path("sqlite:/data/x.db")
+    assert (sqlite.backend, sqlite.target) == ("sqlite", "/data/x.db")
+    with pytest.raises(OpsError, match=r"--db mysql://cb:\*\*\*@db/cb: expected") as caught:
+        database_path("mysql://cb:s3cret@db/cb")
+    assert "s3cret" not in str(caught.value)

@@ -20,23 +20,28 @@ OPS_COMMANDS = ("backup", "rotate-kek", "generate-kek")
 def add_ops_parsers(subparsers: Any) -> None:
     p: argparse.ArgumentParser = subparsers.add_parser(
         "backup",
-        help="copy the live database to PATH (safe while the broker serves)",
+        help="copy the live database to PATH (safe while brokers serve)",
         description=(
-            "Copy the broker's SQLite database with SQLite's online backup (a consistent "
-            "snapshot, safe while the broker serves) to PATH, mode 0600. The KEK file is "
-            "not included: back it up separately."
+            "Copy the broker's database to PATH, mode 0600, as one consistent snapshot, safe "
+            "while brokers serve: SQLite's online backup, or for PostgreSQL pg_dump "
+            "--format=custom (checked with pg_restore --list). The KEK file is not included: "
+            "back it up separately (the ids it needs are printed)."
         ),
     )
     p.add_argument("path", metavar="PATH")
     p.add_argument("--db", help="database (default: CERTBROKER_DB, else the broker's default)")
     p.add_argument("--force", action="store_true", help="overwrite PATH if it exists")
+    p.add_argument(
+        "--pg-dump", metavar="PATH", help="the pg_dump to run (PostgreSQL; default: on PATH)"
+    )
 
     p = subparsers.add_parser(
         "rotate-kek",
-        help="re-seal every stored key under a new key-encryption key (broker stopped)",
+        help="re-seal every stored key under a new key-encryption key (brokers stopped)",
         description=(
             "Re-seal every private key and secret under the KEK in --new-kek. Stop the broker "
-            "first. Interrupted? Run the same command again; it finishes where it stopped."
+            "(on PostgreSQL: every broker) first. Interrupted? Run the same command again; it "
+            "finishes where it stopped (PostgreSQL: one transaction, nothing to finish)."
         ),
     )
     p.add_argument("--new-kek", required=True, metavar="FILE", help="the new KEK file")
@@ -44,7 +49,7 @@ def add_ops_parsers(subparsers: Any) -> None:
         "--kek", metavar="FILE", help="the current KEK file (default: CERTBROKER_KEK_FILE)"
     )
     p.add_argument("--db", help="database (default: CERTBROKER_DB, else the broker's default)")
-    p.add_argument("--batch-size", type=int, default=200, help="rows per transaction")
+    p.add_argument("--batch-size", type=int, default=200, help="rows per transaction (SQLite only)")
 
     p = subparsers.add_parser(
         "generate-kek",
@@ -65,7 +70,7 @@ def run_ops(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     try:
         if args.command == "backup":
             lines = commands.backup_command(
-                commands.database_path(args.db), args.path, force=args.force
+                commands.database_path(args.db), args.path, force=args.force, pg_dump=args.pg_dump
             )
         elif args.command == "generate-kek":
             lines = commands.generate_kek_command(args.path)
