@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
-from itertools import count
+from datetime import datetime, timedelta
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -21,42 +20,11 @@ from certbroker.model import (
 )
 from certbroker.priorities import spread_renewal, spread_window
 from certbroker.store.codec import DOMAIN_COLUMNS, SCHEDULE_COLUMNS, domain_to_row
+from tests.fakes.values import DAY, NOW, cert, domain
 
-NOW = datetime(2026, 4, 1, 12, 0, tzinfo=UTC)
 MINUTE = timedelta(minutes=1)
-DAY = timedelta(days=1)
-_ids = count(1)
 
 S = LetsEncryptState
-
-
-def cert(not_before: datetime, lifetime: timedelta = timedelta(days=90)) -> CertificateInfo:
-    cert_id = next(_ids)
-    return CertificateInfo(
-        id=cert_id,
-        sans=("www.example.com",),
-        subject="CN=www.example.com",
-        issuer="CN=Test",
-        serial=f"{cert_id:x}",
-        not_before=not_before,
-        not_after=not_before + lifetime,
-        sha256_fingerprint=f"{cert_id:064x}",
-        chain_pem="",
-        key_algorithm="ECDSA_P256",
-    )
-
-
-def domain(**changes: object) -> Domain:
-    base = Domain(
-        name="www.example.com",
-        app="my-app",
-        letsencrypt_enabled=True,
-        le_state=S.PENDING_DNS,
-        serving=Source.NONE,
-        created_at=NOW - DAY,
-        updated_at=NOW - DAY,
-    )
-    return replace(base, **changes)  # type: ignore[arg-type]
 
 
 def fresh_le() -> CertificateInfo:

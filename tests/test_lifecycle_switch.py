@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
-from itertools import count
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -18,44 +17,19 @@ from certbroker.model import (
     LetsEncryptState,
     RenewalPlan,
     RetryState,
-    Source,
 )
+from tests.fakes import values
+from tests.fakes.values import NOW
+from tests.fakes.values import settled as domain
 
-NOW = datetime(2026, 4, 1, 12, 0, tzinfo=UTC)
 MINUTE = timedelta(minutes=1)
 S = LetsEncryptState
 SETUP = lc.Setup(acme=True, http01=True, dns01=True)
-_ids = count(1)
 
 
 def cert(not_before: datetime, lifetime: timedelta = timedelta(days=90)) -> CertificateInfo:
-    cert_id = next(_ids)
-    return CertificateInfo(
-        id=cert_id,
-        sans=("www.example.com",),
-        subject="CN=www.example.com",
-        issuer="CN=Test",
-        serial=f"{cert_id:x}",
-        not_before=not_before,
-        not_after=not_before + lifetime,
-        sha256_fingerprint=f"{cert_id:064x}",
-        chain_pem="",
-        key_algorithm="ECDSA_P256",
-        received_at=not_before,
-    )
-
-
-def domain(**changes: object) -> Domain:
-    base = Domain(
-        name="www.example.com",
-        app="shop",
-        letsencrypt_enabled=True,
-        le_state=S.PENDING_DNS,
-        serving=Source.NONE,
-        created_at=NOW - timedelta(days=1),
-        updated_at=NOW - timedelta(days=1),
-    )
-    return lc.settle(replace(base, **changes), NOW)  # type: ignore[arg-type]
+    """As the broker records a certificate it just received: at its notBefore."""
+    return values.cert(not_before, lifetime, received_at=not_before)
 
 
 def serving(**changes: object) -> Domain:

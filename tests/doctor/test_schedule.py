@@ -2,57 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-from datetime import UTC, datetime, timedelta
-from itertools import count
+from datetime import timedelta
 
 import pytest
 
 from certbroker import lifecycle as lc
 from certbroker.doctor.schedule import next_action
 from certbroker.model import (
-    CertificateInfo,
     ChallengeType,
     DnsObservation,
     Domain,
     LetsEncryptState,
-    Source,
 )
 from certbroker.store.base import PendingOrder
-
-NOW = datetime(2026, 4, 1, 12, 0, tzinfo=UTC)
-DAY = timedelta(days=1)
-_ids = count(1)
-
-
-def cert(not_before: datetime, lifetime: timedelta = timedelta(days=90)) -> CertificateInfo:
-    cert_id = next(_ids)
-    return CertificateInfo(
-        id=cert_id,
-        sans=("www.example.com",),
-        subject="CN=www.example.com",
-        issuer="CN=Test",
-        serial=f"{cert_id:x}",
-        not_before=not_before,
-        not_after=not_before + lifetime,
-        sha256_fingerprint=f"{cert_id:064x}",
-        chain_pem="",
-        key_algorithm="ECDSA_P256",
-    )
-
-
-def new(**changes: object) -> Domain:
-    base = Domain(
-        name="www.example.com",
-        app="shop",
-        letsencrypt_enabled=True,
-        le_state=LetsEncryptState.PENDING_DNS,
-        serving=Source.NONE,
-        created_at=NOW - DAY,
-        updated_at=NOW - DAY,
-    )
-    return lc.settle(replace(base, **changes), NOW)  # type: ignore[arg-type]
-
+from tests.fakes.values import DAY, NOW, cert
+from tests.fakes.values import settled as new
 
 OBSERVED = DnsObservation(answered=("A 192.0.2.1",), expected=("A 127.0.0.1",))
 ORDER = PendingOrder("www.example.com", "example.com", ("www.example.com",), b"k", NOW, "u")
