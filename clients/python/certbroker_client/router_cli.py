@@ -16,14 +16,23 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from certbroker_client.client import DEFAULT_ADDR, TlsFiles
+from certbroker_client._agent_cli import (
+    EXIT_FAILED,
+    EXIT_OK,
+    UsageError,
+    add_connection_arguments,
+    connection,
+    run_until_stopped,
+    stop_on_signals,
+)
+from certbroker_client._agent_cli import EXIT_USAGE as EXIT_USAGE  # part of this module's API
+from certbroker_client.client import TlsFiles
 from certbroker_client.reference_router import HostPort, Limits, ReferenceRouter, RouterConfig
 from certbroker_client.router import (
     DEFAULT_MAX_CONTEXTS,
@@ -37,11 +46,6 @@ __all__ = ["add_router_parser", "main", "run_router"]
 
 log = logging.getLogger("certbroker.router")
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-
-
 # Limits' field names as the flags that set them, for error messages.
 _LIMIT_FLAGS = {
     "max_connections": "--max-connections",
@@ -51,14 +55,10 @@ _LIMIT_FLAGS = {
 }
 
 
-class _Usage(Exception):
-    """A bad flag value, reported as one line and exit 2."""
-
-
 def _hostport(raw: str, flag: str) -> HostPort:
     host, sep, port = raw.strip().rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise _Usage(f"{flag}={raw!r}: expected host:port")
+        raise UsageError(f"{flag}={raw!r}: expected host:port")
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
@@ -80,16 +80,7 @@ def add_router_parser(subparsers: Any) -> None:
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
-    s = argparse.SUPPRESS
-    p.add_argument(
-        "--addr", default=s, help=f"broker host:port (env CERTBROKER_ADDR, {DEFAULT_ADDR})"
-    )
-    p.add_argument("--tls-ca", default=s, help="CA of the broker (env CERTBROKER_CLIENT_CA)")
-    p.add_argument(
-        "--tls-cert", default=s, help="router client certificate (env CERTBROKER_CLIENT_CERT)"
-    )
-    p.add_argument("--tls-key", default=s, help="router client key (env CERTBROKER_CLIENT_KEY)")
-    p.add_argument("--tls-server-name", default=s, help="name to verify in the broker certificate")
+    add_connection_arguments(p)
     p.add_argument("--https-listen", default="127.0.0.1:8443", help="HTTPS host:port (8443)")
     p.add_argument(
         "--http-listen", default="127.0.0.1:8080", help="HTTP host:port, or 'off' (8080)"
@@ -155,34 +146,10 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _config(args: argparse.Namespace) -> tuple[RouterConfig, str, TlsFiles | None]:
-    env = os.environ
-
-    def pick(name: str, var: str) -> str | None:
-        value = getattr(args, name, None) or env.get(var)
-        return value or None
-
-    addr = pick("addr", "CERTBROKER_ADDR") or DEFAULT_ADDR
-    paths = {
-        "ca": pick("tls_ca", "CERTBROKER_CLIENT_CA"),
-        "cert": pick("tls_cert", "CERTBROKER_CLIENT_CERT"),
-        "key": pick("tls_key", "CERTBROKER_CLIENT_KEY"),
-    }
-    tls: TlsFiles | None = None
-    if any(paths.values()):
-        if (paths["cert"] is None) != (paths["key"] is None):
-            raise _Usage("--tls-cert and --tls-key go together")
-        for what, path in paths.items():
-            if path is not None and not os.path.isfile(path):
-                raise _Usage(f"--tls-{what} {path!r}: no such file")
-        tls = TlsFiles(
-            ca=Path(paths["ca"]) if paths["ca"] else None,
-            cert=Path(paths["cert"]) if paths["cert"] else None,
-            key=Path(paths["key"]) if paths["key"] else None,
-            server_name=getattr(args, "tls_server_name", None),
-        )
-    http01 = args.http01_forward or env.get("CERTBROKER_HTTP01_LISTEN") or "127.0.0.1:8402"
+    addr, tls = connection(args)
+    http01 = args.http01_forward or os.environ.get("CERTBROKER_HTTP01_LISTEN") or "127.0.0.1:8402"
     if (args.default_cert is None) != (args.default_key is None):
-        raise _Usage("--default-cert and --default-key go together")
+        raise UsageError("--default-cert and --default-key go together")
     try:
         limits = Limits(
             max_connections=args.max_connections,
@@ -194,7 +161,7 @@ def _config(args: argparse.Namespace) -> tuple[RouterConfig, str, TlsFiles | Non
         message = str(err)
         for name, flag in _LIMIT_FLAGS.items():
             message = message.replace(name, flag)
-        raise _Usage(message) from None
+        raise UsageError(message) from None
     config = RouterConfig(
         https_listen=_hostport(args.https_listen, "--https-listen"),
         http_listen=None
@@ -224,12 +191,12 @@ async def _serve(args: argparse.Namespace) -> int:
     if tls is None:
         log.warning("no --tls-* given: a plaintext broker never sends keys, nothing will be served")
     if args.max_contexts < 1:
-        raise _Usage("--max-contexts must be at least 1")
+        raise UsageError("--max-contexts must be at least 1")
     router_id = args.router_id or socket.gethostname()
     try:
         check_router_id(router_id)
     except ValueError as err:
-        raise _Usage(f"--router-id {router_id!r}: {err}") from None
+        raise UsageError(f"--router-id {router_id!r}: {err}") from None
     certificates = CertificateMap(max_contexts=args.max_contexts)
     watcher = RouterWatcher.connect(
         addr,
@@ -256,11 +223,7 @@ async def _serve(args: argparse.Namespace) -> int:
         f"{config.http_listen[0]}:{router.http_port}" if config.http_listen else "off",
         addr,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     watching = asyncio.create_task(watcher.run())
     try:
         await stop.wait()
@@ -275,17 +238,7 @@ async def _serve(args: argparse.Namespace) -> int:
 
 def run_router(args: argparse.Namespace) -> int:
     """Run the router until SIGINT/SIGTERM; the exit code."""
-    if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
-    try:
-        return asyncio.run(_serve(args))
-    except _Usage as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        return EXIT_OK
+    return run_until_stopped(_serve, args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -13,17 +13,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
-import os
-import signal
 import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from certbroker_client.client import DEFAULT_ADDR, BrokerClient, TlsFiles
+from certbroker_client._agent_cli import (
+    EXIT_FAILED,
+    EXIT_OK,
+    UsageError,
+    add_connection_arguments,
+    connection,
+    run_until_stopped,
+    stop_on_signals,
+)
+from certbroker_client.client import BrokerClient
 from certbroker_client.sync.follow import ReportHook, Syncer, SyncTarget
 from certbroker_client.sync.haproxy import DEFAULT_PREFIX, HAProxyRuntime, HAProxyTarget
 from certbroker_client.sync.nginx import NginxTarget
@@ -31,14 +37,6 @@ from certbroker_client.sync.nginx import NginxTarget
 __all__ = ["add_sync_parser", "main", "run_sync"]
 
 log = logging.getLogger("certbroker.sync")
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-
-
-class _Usage(Exception):
-    """A bad flag value, reported as one line and exit 2."""
 
 
 def add_sync_parser(subparsers: Any) -> None:
@@ -91,16 +89,7 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    s = argparse.SUPPRESS
-    p.add_argument(
-        "--addr", default=s, help=f"broker host:port (env CERTBROKER_ADDR, {DEFAULT_ADDR})"
-    )
-    p.add_argument("--tls-ca", default=s, help="CA of the broker (env CERTBROKER_CLIENT_CA)")
-    p.add_argument(
-        "--tls-cert", default=s, help="router client certificate (env CERTBROKER_CLIENT_CERT)"
-    )
-    p.add_argument("--tls-key", default=s, help="router client key (env CERTBROKER_CLIENT_KEY)")
-    p.add_argument("--tls-server-name", default=s, help="name to verify in the broker certificate")
+    add_connection_arguments(p)
     p.add_argument(
         "--router-id",
         default=None,
@@ -135,40 +124,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _tls(args: argparse.Namespace) -> tuple[str, TlsFiles | None]:
-    env = os.environ
-
-    def pick(name: str, var: str) -> str | None:
-        value = getattr(args, name, None) or env.get(var)
-        return value or None
-
-    addr = pick("addr", "CERTBROKER_ADDR") or DEFAULT_ADDR
-    paths = {
-        "ca": pick("tls_ca", "CERTBROKER_CLIENT_CA"),
-        "cert": pick("tls_cert", "CERTBROKER_CLIENT_CERT"),
-        "key": pick("tls_key", "CERTBROKER_CLIENT_KEY"),
-    }
-    if not any(paths.values()):
-        return addr, None
-    if (paths["cert"] is None) != (paths["key"] is None):
-        raise _Usage("--tls-cert and --tls-key go together")
-    for what, path in paths.items():
-        if path is not None and not os.path.isfile(path):
-            raise _Usage(f"--tls-{what} {path!r}: no such file")
-    return addr, TlsFiles(
-        ca=Path(paths["ca"]) if paths["ca"] else None,
-        cert=Path(paths["cert"]) if paths["cert"] else None,
-        key=Path(paths["key"]) if paths["key"] else None,
-        server_name=getattr(args, "tls_server_name", None),
-    )
-
-
 def _target(args: argparse.Namespace) -> SyncTarget:
     try:
         if args.sync_target == "haproxy":
             return HAProxyTarget(HAProxyRuntime(args.socket), args.crt_list, args.prefix)
         if not args.dir.is_dir():
-            raise _Usage(f"--dir {str(args.dir)!r}: not a directory")
+            raise UsageError(f"--dir {str(args.dir)!r}: not a directory")
         return NginxTarget(
             args.dir,
             group=args.group,
@@ -176,13 +137,13 @@ def _target(args: argparse.Namespace) -> SyncTarget:
             reload_command=args.reload_command,
         )
     except (ValueError, KeyError) as error:  # a bad prefix, an unknown --group
-        raise _Usage(str(error).strip("'\"")) from None
+        raise UsageError(str(error).strip("'\"")) from None
 
 
 def _intervals(args: argparse.Namespace) -> None:
     for flag in ("idle_timeout", "check_interval", "resync_interval", "report_interval"):
         if getattr(args, flag) <= 0:
-            raise _Usage(f"--{flag.replace('_', '-')} must be more than 0")
+            raise UsageError(f"--{flag.replace('_', '-')} must be more than 0")
 
 
 def report_hook(client: BrokerClient, router_id: str) -> ReportHook:
@@ -199,7 +160,7 @@ def report_hook(client: BrokerClient, router_id: str) -> ReportHook:
 
 async def _serve(args: argparse.Namespace) -> int:
     _intervals(args)
-    addr, tls = _tls(args)
+    addr, tls = connection(args)
     target = _target(args)
     router_id = args.router_id or socket.gethostname()
     if tls is None:
@@ -217,11 +178,7 @@ async def _serve(args: argparse.Namespace) -> int:
         report=report_hook(client, router_id),
     )
     log.info("sync %s as %s from broker %s", target.kind, router_id, addr)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     running = asyncio.create_task(syncer.run())
     stopping = asyncio.create_task(stop.wait())
     try:
@@ -240,17 +197,7 @@ async def _serve(args: argparse.Namespace) -> int:
 
 def run_sync(args: argparse.Namespace) -> int:
     """Run the agent until SIGINT/SIGTERM; the exit code."""
-    if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
-    try:
-        return asyncio.run(_serve(args))
-    except _Usage as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        return EXIT_OK
+    return run_until_stopped(_serve, args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
