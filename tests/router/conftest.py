@@ -24,28 +24,15 @@ from certbroker.v1 import domain_pb2
 from certbroker_client.client import BrokerClient, TlsFiles
 from certbroker_client.reference_router import ReferenceRouter, RouterConfig
 from certbroker_client.router import MapChange, RouterWatcher
-from tests.broker import broker_settings
 from tests.infra.challtestsrv import ChallTestSrv
 from tests.infra.pebble import Pebble
 from tests.infra.ports import free_port
-from tests.integration.lab import NINETY_DAYS, BrokerProcess
+from tests.integration.lab import NINETY_DAYS
 from tests.pki import TestPKI
+from tests.routing_lab import MtlsBroker, mtls_lab
 from tests.tls import MtlsFiles
 
 CUSTOM_PKI = TestPKI("Router E2E", key_slot=3)
-
-
-class MtlsBrokerProcess(BrokerProcess):
-    """``BrokerProcess`` with mTLS, roles, a trust bundle and quick heartbeats."""
-
-    def __init__(self, *args: object, extra_env: dict[str, str], **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self.extra_env = extra_env
-
-    def env(self) -> dict[str, str]:
-        env = super().env()
-        env.update(self.extra_env)
-        return env
 
 
 @dataclass
@@ -54,7 +41,7 @@ class Topology:
 
     pebble: Pebble
     dns: ChallTestSrv
-    broker: MtlsBrokerProcess
+    broker: MtlsBroker
     mtls: MtlsFiles
     api: BrokerClient
     watcher: RouterWatcher
@@ -100,60 +87,21 @@ async def topology(
     workdir: Path, dns: ChallTestSrv, validity_seconds: int = NINETY_DAYS
 ) -> AsyncIterator[Topology]:
     """Start Pebble, the broker (a process) and the router (in this loop); stop all by PID."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    router_http, http01_port, broker_port = free_port(), free_port(), free_port()
-    mtls = MtlsFiles(workdir / "mtls")
-    server_id, router_id, api_id = (
-        mtls.issue("broker", server=True),
-        mtls.issue("router-1"),
-        mtls.issue("api-1"),
-    )
-    trust = workdir / "trust.pem"
-    trust.write_bytes(CUSTOM_PKI.root.pem)
+    router_http = free_port()
     async with contextlib.AsyncExitStack() as stack:
-        pebble = stack.enter_context(
-            Pebble.running(
-                http_port=router_http,
-                dns_server=dns.dns_address,
-                nonce_reject_percent=0,
-                authz_reuse_percent=0,
+        base = await stack.enter_async_context(
+            mtls_lab(
+                workdir,
+                dns,
+                pebble_http_port=router_http,
+                trust_root=CUSTOM_PKI.root.pem,
                 validity_seconds=validity_seconds,
             )
         )
-        settings = broker_settings(
-            workdir,
-            acme_directory=pebble.directory_url,
-            acme_ca_bundle=pebble.ca_bundle_path,
-            dns_servers=(("127.0.0.1", dns.dns_port),),
-            platform_targets=("127.0.0.1",),
-            http01_listen=("127.0.0.1", http01_port),
-        )
-        broker = MtlsBrokerProcess(
-            settings,
-            broker_port,
-            workdir / "broker.log",
-            extra_env={
-                "CERTBROKER_TLS_CERT": str(server_id.cert),
-                "CERTBROKER_TLS_KEY": str(server_id.key),
-                "CERTBROKER_TLS_CLIENT_CA": str(mtls.ca),
-                "CERTBROKER_ROLES": "router-1=router,api-1=api",
-                "CERTBROKER_TRUST_BUNDLE": str(trust),
-                "CERTBROKER_HEARTBEAT_INTERVAL": "1s",
-            },
-        )
-        await asyncio.to_thread(broker.start)
-        stack.callback(broker.terminate)
-        api = BrokerClient.connect(
-            f"127.0.0.1:{broker_port}",
-            tls=TlsFiles(ca=mtls.ca, cert=api_id.cert, key=api_id.key),
-            timeout=10,
-        )
-        stack.push_async_callback(api.close)
-        router_tls = TlsFiles(ca=mtls.ca, cert=router_id.cert, key=router_id.key)
         changes: list[MapChange] = []
         watcher = RouterWatcher.connect(
-            f"127.0.0.1:{broker_port}",
-            router_tls,
+            base.broker_addr,
+            base.router_tls,
             on_change=changes.append,
             idle_timeout=5.0,
             max_backoff=0.5,
@@ -164,7 +112,7 @@ async def topology(
             RouterConfig(
                 https_listen=("127.0.0.1", 0),
                 http_listen=("127.0.0.1", router_http),
-                http01_forward=("127.0.0.1", http01_port),
+                http01_forward=("127.0.0.1", base.http01_port),
             ),
         )
         await router.start()
@@ -179,15 +127,15 @@ async def topology(
         async with asyncio.timeout(15):
             await watcher.ready.wait()
         yield Topology(
-            pebble=pebble,
+            pebble=base.pebble,
             dns=dns,
-            broker=broker,
-            mtls=mtls,
-            api=api,
+            broker=base.broker,
+            mtls=base.mtls,
+            api=base.api,
             watcher=watcher,
             router=router,
-            router_tls=router_tls,
-            http01_port=http01_port,
+            router_tls=base.router_tls,
+            http01_port=base.http01_port,
             workdir=workdir,
             changes=changes,
             watching=watching,

@@ -25,15 +25,13 @@ from pathlib import Path
 
 from certbroker.v1 import domain_pb2
 from certbroker_client.client import BrokerClient, TlsFiles
-from tests.broker import broker_settings
 from tests.infra.challtestsrv import ChallTestSrv
 from tests.infra.pebble import Pebble
 from tests.infra.ports import free_port
 from tests.infra.process import ServerProcess
-from tests.integration.lab import NINETY_DAYS, BrokerProcess
 from tests.pki import Issued, TestPKI
 from tests.router.support import fingerprint, served
-from tests.tls import MtlsFiles
+from tests.routing_lab import MtlsBroker, mtls_lab
 
 ROOT = Path(__file__).resolve().parents[2]
 CUSTOM_PKI = TestPKI("Sync", key_slot=4)
@@ -64,19 +62,6 @@ def default_pem() -> tuple[bytes, Issued]:
 
 DEFAULT_PEM, DEFAULT_LEAF = default_pem()
 PREFIX = "certbroker/"
-
-
-class MtlsBroker(BrokerProcess):
-    """The broker with mTLS, roles, a trust bundle for ``CUSTOM_PKI`` and quick heartbeats."""
-
-    def __init__(self, *args: object, extra_env: dict[str, str], **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self.extra_env = extra_env
-
-    def env(self) -> dict[str, str]:
-        env = super().env()
-        env.update(self.extra_env)
-        return env
 
 
 @dataclass
@@ -124,62 +109,17 @@ class SyncLab:
 @contextlib.asynccontextmanager
 async def sync_lab(workdir: Path, dns: ChallTestSrv) -> AsyncIterator[SyncLab]:
     """Start Pebble (validating through ``http_port``) and the broker; stop both by PID."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    http_port, http01_port, broker_port = free_port(), free_port(), free_port()
-    mtls = MtlsFiles(workdir / "mtls")
-    server_id, router_id, api_id = (
-        mtls.issue("broker", server=True),
-        mtls.issue("router-1"),
-        mtls.issue("api-1"),
-    )
-    trust = workdir / "trust.pem"
-    trust.write_bytes(CUSTOM_PKI.root.pem)
-    async with contextlib.AsyncExitStack() as stack:
-        pebble = stack.enter_context(
-            Pebble.running(
-                http_port=http_port,
-                dns_server=dns.dns_address,
-                nonce_reject_percent=0,
-                authz_reuse_percent=0,
-                validity_seconds=NINETY_DAYS,
-            )
-        )
-        settings = broker_settings(
-            workdir,
-            acme_directory=pebble.directory_url,
-            acme_ca_bundle=pebble.ca_bundle_path,
-            dns_servers=(("127.0.0.1", dns.dns_port),),
-            platform_targets=("127.0.0.1",),
-            http01_listen=("127.0.0.1", http01_port),
-        )
-        broker = MtlsBroker(
-            settings,
-            broker_port,
-            workdir / "broker.log",
-            extra_env={
-                "CERTBROKER_TLS_CERT": str(server_id.cert),
-                "CERTBROKER_TLS_KEY": str(server_id.key),
-                "CERTBROKER_TLS_CLIENT_CA": str(mtls.ca),
-                "CERTBROKER_ROLES": "router-1=router,api-1=api",
-                "CERTBROKER_TRUST_BUNDLE": str(trust),
-                "CERTBROKER_HEARTBEAT_INTERVAL": "1s",
-            },
-        )
-        await asyncio.to_thread(broker.start)
-        stack.callback(broker.terminate)
-        api = BrokerClient.connect(
-            f"127.0.0.1:{broker_port}",
-            tls=TlsFiles(ca=mtls.ca, cert=api_id.cert, key=api_id.key),
-            timeout=10,
-        )
-        stack.push_async_callback(api.close)
+    http_port = free_port()
+    async with mtls_lab(
+        workdir, dns, pebble_http_port=http_port, trust_root=CUSTOM_PKI.root.pem
+    ) as base:
         yield SyncLab(
-            pebble=pebble,
-            broker=broker,
-            api=api,
-            router_tls=TlsFiles(ca=mtls.ca, cert=router_id.cert, key=router_id.key),
+            pebble=base.pebble,
+            broker=base.broker,
+            api=base.api,
+            router_tls=base.router_tls,
             http_port=http_port,
-            http01_port=http01_port,
+            http01_port=base.http01_port,
             workdir=workdir,
         )
 
