@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
-import pytest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -15,7 +13,6 @@ from certbroker.server import run
 from certbroker.v1 import broker_pb2, broker_pb2_grpc
 from tests.broker import started_broker
 from tests.infra.pebble import Pebble
-from tests.infra.ports import free_port
 from tests.integration.lab import Lab, in_use, unique_domain, wait_status
 from tests.observe import attribute, captured_logs, json_lines, samples, scrape, value
 
@@ -34,18 +31,6 @@ STEPS = {
     "store.certificate",
     "store.write",
 }
-
-
-@pytest.fixture
-def failing_ca(lab: Lab) -> Iterator[Pebble]:
-    """A CA whose validations always fail: its HTTP-01 port has nothing behind it."""
-    with Pebble.running(
-        http_port=free_port(),
-        dns_server=lab.dns.dns_address,
-        nonce_reject_percent=0,
-        authz_reuse_percent=0,
-    ) as pebble:
-        yield pebble
 
 
 async def test_scrape_after_an_issuance_shows_its_expiry_and_the_counts(
