@@ -23,6 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.infra.ports import free_port
 from tests.pki import TestPKI
+from tests.tls import Identity, MtlsFiles
 
 ROOT = Path(__file__).resolve().parents[2]
 START_DEADLINE_S = 30.0
@@ -37,8 +38,14 @@ class RunningBroker:
     log: Path
 
 
-def _serving(addr: str) -> bool:
-    with grpc.insecure_channel(addr) as channel:
+def _serving(addr: str, credentials: grpc.ChannelCredentials | None = None) -> bool:
+    """The broker at ``addr`` answers SERVING (over TLS with ``credentials`` if given)."""
+    channel = (
+        grpc.secure_channel(addr, credentials)
+        if credentials is not None
+        else grpc.insecure_channel(addr)
+    )
+    with channel:
         try:
             resp = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(), timeout=1
@@ -96,6 +103,31 @@ def start_broker(
             time.sleep(0.05)
         stop_broker(proc)
     pytest.fail(f"broker did not start:\n{log.read_text(errors='replace')[-3000:]}")
+
+
+def start_mtls_broker(
+    workdir: Path, trust: Path, files: MtlsFiles
+) -> tuple[subprocess.Popen[bytes], str, Identity]:
+    """``start_broker`` requiring client certificates of ``files``' CA.
+
+    Returns the process, its address and the ``cli-api`` identity (role ``api``),
+    through which the broker is probed for SERVING.
+    """
+    server = files.issue("broker", server=True)
+    client = files.issue("cli-api")
+    credentials = grpc.ssl_channel_credentials(
+        files.ca.read_bytes(), client.key.read_bytes(), client.cert.read_bytes()
+    )
+    env = {
+        "CERTBROKER_TLS_CERT": str(server.cert),
+        "CERTBROKER_TLS_KEY": str(server.key),
+        "CERTBROKER_TLS_CLIENT_CA": str(files.ca),
+        "CERTBROKER_ROLES": "cli-api=api",
+    }
+    proc, addr = start_broker(
+        workdir, trust, extra_env=env, serving=lambda addr: _serving(addr, credentials)
+    )
+    return proc, addr, client
 
 
 def stop_broker(proc: subprocess.Popen[bytes]) -> None:

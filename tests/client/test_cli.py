@@ -15,11 +15,8 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from tests.client.clirun import CLI, Lines, assert_clean_error, run
-from tests.client.conftest import RunningBroker, start_broker, stop_broker
+from tests.client.conftest import RunningBroker, start_mtls_broker, stop_broker
 from tests.infra.ports import free_port
 from tests.tls import MtlsFiles
 
@@ -211,29 +208,7 @@ def test_failed_upload_after_add_says_what_happened(broker: RunningBroker, tmp_p
 def test_mtls_flags_and_environment(broker_dir: tuple[Path, Path]) -> None:
     workdir, trust = broker_dir
     files = MtlsFiles(workdir / "mtls")
-    server = files.issue("broker", server=True)
-    api = files.issue("cli-api")
-
-    def tls_serving(addr: str) -> bool:
-        creds = grpc.ssl_channel_credentials(
-            files.ca.read_bytes(), api.key.read_bytes(), api.cert.read_bytes()
-        )
-        with grpc.secure_channel(addr, creds) as channel:
-            try:
-                resp = health_pb2_grpc.HealthStub(channel).Check(
-                    health_pb2.HealthCheckRequest(), timeout=1
-                )
-            except grpc.RpcError:
-                return False
-        return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
-
-    env = {
-        "CERTBROKER_TLS_CERT": str(server.cert),
-        "CERTBROKER_TLS_KEY": str(server.key),
-        "CERTBROKER_TLS_CLIENT_CA": str(files.ca),
-        "CERTBROKER_ROLES": "cli-api=api",
-    }
-    proc, addr = start_broker(workdir, trust, extra_env=env, serving=tls_serving)
+    proc, addr, api = start_mtls_broker(workdir, trust, files)
     try:
         flags = ["--tls-ca", str(files.ca), "--tls-cert", str(api.cert), "--tls-key", str(api.key)]
         added = run(*flags, "domains-add", "tls.cli.example.com", "--app", "t", "--no-letsencrypt",

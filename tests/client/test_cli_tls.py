@@ -15,12 +15,10 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.client.clirun import assert_clean_error, run
-from tests.client.conftest import RunningBroker, start_broker, stop_broker
+from tests.client.conftest import RunningBroker, start_mtls_broker, stop_broker
 from tests.pki import TestPKI
 from tests.tls import Identity, MtlsFiles
 
@@ -40,32 +38,10 @@ class TlsBroker:
 def tls_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsBroker]:
     workdir = tmp_path_factory.mktemp("tls-broker")
     files = MtlsFiles(workdir / "mtls")
-    server = files.issue("broker", server=True)
-    client = files.issue("cli-api")
     stranger = MtlsFiles(workdir / "stranger", ca_name="someone else's CA")
     trust = workdir / "trust.pem"
     trust.write_bytes(TestPKI(prefix="TLS").root.pem)
-
-    def serving(addr: str) -> bool:
-        creds = grpc.ssl_channel_credentials(
-            files.ca.read_bytes(), client.key.read_bytes(), client.cert.read_bytes()
-        )
-        with grpc.secure_channel(addr, creds) as channel:
-            try:
-                resp = health_pb2_grpc.HealthStub(channel).Check(
-                    health_pb2.HealthCheckRequest(), timeout=1
-                )
-            except grpc.RpcError:
-                return False
-        return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
-
-    env = {
-        "CERTBROKER_TLS_CERT": str(server.cert),
-        "CERTBROKER_TLS_KEY": str(server.key),
-        "CERTBROKER_TLS_CLIENT_CA": str(files.ca),
-        "CERTBROKER_ROLES": "cli-api=api",
-    }
-    proc, addr = start_broker(workdir, trust, extra_env=env, serving=serving)
+    proc, addr, client = start_mtls_broker(workdir, trust, files)
     try:
         yield TlsBroker(addr, files, client, stranger)
     finally:
