@@ -26,25 +26,12 @@ from tests.integration.lab import NINETY_DAYS, BrokerProcess
 from tests.tls import MtlsFiles
 
 
-class MtlsBroker(BrokerProcess):
-    """``BrokerProcess`` with mTLS, roles, a trust bundle and quick heartbeats."""
-
-    def __init__(self, *args: object, extra_env: dict[str, str], **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self.extra_env = extra_env
-
-    def env(self) -> dict[str, str]:
-        env = super().env()
-        env.update(self.extra_env)
-        return env
-
-
 @dataclass
 class MtlsLab:
     """The running CA and broker, and the identities to reach the broker with."""
 
     pebble: Pebble
-    broker: MtlsBroker
+    broker: BrokerProcess
     mtls: MtlsFiles
     api: BrokerClient
     router_tls: TlsFiles
@@ -97,7 +84,7 @@ async def mtls_lab(
             platform_targets=("127.0.0.1",),
             http01_listen=("127.0.0.1", http01_port),
         )
-        broker = MtlsBroker(
+        broker = BrokerProcess(
             settings,
             broker_port,
             workdir / "broker.log",

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import asyncpg
 
-from certbroker.config import Settings
 from certbroker.v1 import broker_pb2
 from certbroker.x509.sealing import KeySealer
 from certbroker_client.client import BrokerClient
@@ -30,25 +29,10 @@ from tests.integration.lab import BrokerProcess, Lab
 SNAPSHOT_TYPES = (broker_pb2.EVENT_TYPE_SNAPSHOT, broker_pb2.EVENT_TYPE_SNAPSHOT_COMPLETE)
 
 
-class ClusterProcess(BrokerProcess):
-    """A broker process with the settings a cluster member needs beyond ``BrokerProcess``'s."""
-
-    def __init__(
-        self, settings: Settings, port: int, log_path: Path, extra: dict[str, str]
-    ) -> None:
-        super().__init__(settings, port, log_path)
-        self.extra = extra
-
-    def env(self) -> dict[str, str]:
-        env = super().env()
-        env.update(self.extra)
-        return env
-
-
 @dataclass
 class Member:
     broker_id: str
-    process: ClusterProcess
+    process: BrokerProcess
 
     @property
     def address(self) -> str:
@@ -85,7 +69,7 @@ class Cluster:
                 # every test name is under example.test: not what these tests are about
                 "CERTBROKER_QUOTA_PER_REGISTERED_DOMAIN": "100000",
             }
-            process = ClusterProcess(settings, free_port(), tmp / f"{name}.log", extra)
+            process = BrokerProcess(settings, free_port(), tmp / f"{name}.log", extra)
             self.members.append(Member(name, process))
         self.dsn = dsn
 

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -89,12 +89,23 @@ def verify_chain(chain_pem: str, root_pem: bytes, name: str, when: datetime | No
 
 
 class BrokerProcess:
-    """The broker as a real process (``python -m certbroker.server``), for crash tests."""
+    """The broker as a real process (``python -m certbroker.server``), for crash tests.
 
-    def __init__(self, settings: Settings, port: int, log_path: Path) -> None:
+    ``extra_env`` is laid over the environment made from ``settings``, for what
+    ``Settings`` does not carry here (TLS files, roles, a broker id...).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        port: int,
+        log_path: Path,
+        extra_env: Mapping[str, str] | None = None,
+    ) -> None:
         self.settings = settings
         self.port = port
         self.log_path = log_path
+        self.extra_env = dict(extra_env or {})
         self.proc: subprocess.Popen[bytes] | None = None
 
     def env(self) -> dict[str, str]:
@@ -115,6 +126,7 @@ class BrokerProcess:
                 "CERTBROKER_HEALTH_LISTEN": "off",  # parallel brokers never share 50052
             }
         )
+        env.update(self.extra_env)
         return env
 
     def start(self) -> None:

@@ -393,18 +393,6 @@ async def test_expiring_flag_flips_at_fourteen_days_with_a_watch_event(tmp_path:
 # -- the seed's CLI against the broker as a process ---------------------------------------
 
 
-class _TrustingBroker(BrokerProcess):
-    def __init__(self, *args: object, trust: Path) -> None:
-        super().__init__(*args)  # type: ignore[arg-type]
-        self.trust = trust
-
-    def env(self) -> dict[str, str]:
-        env = super().env()
-        env["CERTBROKER_TRUST_BUNDLE"] = str(self.trust)
-        env["CERTBROKER_ACME_DIRECTORY"] = "https://127.0.0.1:9/directory"  # never reached
-        return env
-
-
 def _cli(addr: str, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CERTBROKER_")}
     return subprocess.run(
@@ -421,11 +409,14 @@ def test_cli_domains_add_and_ssl_with_the_broker_as_a_process(tmp_path: Path) ->
     now = datetime.now(UTC)
     port = free_port()
     trust = trust_file(tmp_path, PKI)
-    proc = _TrustingBroker(
+    proc = BrokerProcess(
         broker_settings(tmp_path, dns_servers=(("127.0.0.1", 9),)),
         port,
         tmp_path / "broker.log",
-        trust=trust,
+        {
+            "CERTBROKER_TRUST_BUNDLE": str(trust),
+            "CERTBROKER_ACME_DIRECTORY": "https://127.0.0.1:9/directory",  # never reached
+        },
     )
     addr = f"127.0.0.1:{port}"
     first = PKI.leaf(

@@ -27,9 +27,9 @@ from certbroker_client.router import MapChange, RouterWatcher
 from tests.infra.challtestsrv import ChallTestSrv
 from tests.infra.pebble import Pebble
 from tests.infra.ports import free_port
-from tests.integration.lab import NINETY_DAYS
+from tests.integration.lab import NINETY_DAYS, BrokerProcess
 from tests.pki import TestPKI
-from tests.routing_lab import MtlsBroker, mtls_lab
+from tests.routing_lab import mtls_lab
 from tests.tls import MtlsFiles
 
 CUSTOM_PKI = TestPKI("Router E2E", key_slot=3)
@@ -41,7 +41,7 @@ class Topology:
 
     pebble: Pebble
     dns: ChallTestSrv
-    broker: MtlsBroker
+    broker: BrokerProcess
     mtls: MtlsFiles
     api: BrokerClient
     watcher: RouterWatcher

@@ -29,9 +29,10 @@ from tests.infra.challtestsrv import ChallTestSrv
 from tests.infra.pebble import Pebble
 from tests.infra.ports import free_port
 from tests.infra.process import ServerProcess
+from tests.integration.lab import BrokerProcess
 from tests.pki import Issued, TestPKI
 from tests.router.support import fingerprint, served
-from tests.routing_lab import MtlsBroker, mtls_lab
+from tests.routing_lab import mtls_lab
 
 ROOT = Path(__file__).resolve().parents[2]
 CUSTOM_PKI = TestPKI("Sync", key_slot=4)
@@ -69,7 +70,7 @@ class SyncLab:
     """Pebble and the broker for one test module, and the identities to reach it."""
 
     pebble: Pebble
-    broker: MtlsBroker
+    broker: BrokerProcess
     api: BrokerClient
     router_tls: TlsFiles
     http_port: int
