@@ -89,6 +89,7 @@ from certbroker.store.base import (
     NewCertificate,
     PendingOrder,
     StoreObserver,
+    in_family_order,
     names_key,
 )
 from certbroker.store.codec import (
@@ -1446,6 +1447,22 @@ class _PostgresTransaction:
             suffix,
         )
         return [await self._store.decode_domain(row, self._conn) for row in rows]
+
+    async def family_rows(
+        self, names: Sequence[str], covered_by: str | None, other_than_app: str, limit: int
+    ) -> list[Domain]:
+        # One round trip, each part an index scan (the primary key; domains_exact_parent
+        # as two ranges of app, so an app's own rows under covered_by are never walked).
+        parts = [f"{_DOMAIN_SELECT} WHERE app <> $1 AND name = ANY($2::text[])"]
+        params: list[Any] = [other_than_app, list(names)]
+        if covered_by is not None:
+            parts.append(
+                f"({_DOMAIN_SELECT} WHERE exact_parent = $3 AND (app < $1 OR app > $1) LIMIT $4)"
+            )
+            params += [covered_by, limit]
+        rows = await self._conn.fetch(" UNION ALL ".join(parts), *params)
+        found = [await self._store.decode_domain(row, self._conn) for row in rows]
+        return in_family_order(found, names)
 
     async def ensure_meta(self, key: str, value: bytes) -> bytes:
         await self._conn.execute(
