@@ -407,4 +407,3 @@ def in_family_order(rows: Sequence[Domain], names: Sequence[str]) -> list[Domain
     """
     rank = {name: i for i, name in enumerate(names)}
     return sorted(rows, key=lambda row: rank.get(row.name, len(names)))
-

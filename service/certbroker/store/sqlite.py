@@ -1280,7 +1280,7 @@ class _SqliteTransaction:
             params += [other_than_app, *names]
         if covered_by is not None:
             parts.append(
-                f"SELECT * FROM ({_DOMAIN_SELECT} WHERE exact_parent = ? "
+                f"SELECT * FROM ({_DOMAIN_SELECT} WHERE exact_parent = ? "  # noqa: S608
                 "AND (app < ? OR app > ?) LIMIT ?)"
             )
             params += [covered_by, other_than_app, other_than_app, limit]
