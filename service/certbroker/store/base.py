@@ -399,11 +399,14 @@ class Store(LimitReads, Protocol):
     async def close(self) -> None: ...
 
 
-def in_family_order(rows: Sequence[Domain], names: Sequence[str]) -> list[Domain]:
-    """``rows`` with those named in ``names`` first, in that order (``family_rows``).
+def in_family_order(rows: Sequence[Domain], names: Sequence[str], limit: int) -> list[Domain]:
+    """``rows`` named in ``names`` first, in that order, then at most ``limit`` others.
 
-    The family refusal names the first conflicting row: the apex before its wildcard,
-    as the rule is explained, whatever order the database returned them in.
+    For ``family_rows``, whose covered rows come from two ranges of apps. The family
+    refusal names the first conflicting row: the apex before its wildcard, as the rule
+    is explained, whatever order the database returned them in.
     """
     rank = {name: i for i, name in enumerate(names)}
-    return sorted(rows, key=lambda row: rank.get(row.name, len(names)))
+    ordered = sorted(rows, key=lambda row: rank.get(row.name, len(names)))
+    named = sum(row.name in rank for row in ordered)
+    return ordered[: named + limit]
