@@ -465,10 +465,10 @@ class Broker:
     @staticmethod
     async def _check_family(tx: Transaction, claim: tenancy.Claim, app: str) -> None:
         """Refuse ``claim`` if a row of another app overlaps it (``tenancy``'s family rule)."""
-        names, below = tenancy.neighbours(claim)
-        rows = [row for row in [await tx.get_domain(n) for n in names] if row is not None]
-        if below is not None:
-            rows.extend(await tx.domains_under(below, app))
+        names, covered_by = tenancy.neighbours(claim)
+        # Every covered row overlaps the claim, so one is enough to refuse: a wildcard
+        # over many other apps' names reads one of them, under the write lock.
+        rows = await tx.family_rows(names, covered_by, app, limit=1)
         tenancy.check_family(claim, app, rows)
 
     async def _existing(self, name: str) -> Domain:

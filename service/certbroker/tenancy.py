@@ -154,11 +154,17 @@ def overlap(a: Claim, b: Claim) -> bool:
 
 
 def neighbours(claim: Claim) -> tuple[tuple[str, ...], str | None]:
-    """Where rows overlapping ``claim`` can be: names to look up, and a base to search below.
+    """Where rows overlapping ``claim`` can be: names to look up, and a wildcard's base.
 
     A superset (``overlap`` decides). For ``x.b``: ``x.b``, ``*.x.b`` and ``*.b``.
-    For ``*.b``: ``b``, ``*.b``, ``*.<parent of b>`` (covers the apex) and every
-    row below ``b`` (``y.b``, ``*.y.b``), which only a search can find.
+    For ``*.b`` (apex or not): ``b``, ``*.b``, ``*.<parent of b>`` (covers the apex),
+    and ``b`` as the second value: the rows a certificate for ``*.b`` is valid for,
+    ``y.b`` and ``*.y.b`` with its apex, whatever ``y`` is. The store finds those by
+    the parent of the exact name each row's certificate holds (``Transaction.family_rows``):
+    every case is an exact lookup, none a search, since the check holds the write lock.
+    Nothing else can overlap: an exact name's certificate covers only itself, a
+    wildcard's covers nothing two labels down, and ``*.y.b`` without its apex holds
+    no name ``*.b`` covers and validates at ``_acme-challenge.y.b``.
     """
     base = base_name(claim.name)
     names = [base, f"*.{base}"]

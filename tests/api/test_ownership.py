@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import pytest
 from certbroker.clock import FakeClock
 from certbroker.v1 import broker_pb2, broker_pb2_grpc, domain_pb2
 from tests.broker import BrokerHandle, broker_settings, started_broker
+from tests.infra.postgres import Postgres, create_database, drop_database
 from tests.pki import NOW, TestPKI
 from tests.rpc import details
 from tests.tls import Identity, MtlsFiles
@@ -59,9 +61,8 @@ def _channel(port: int, mtls: MtlsFiles, who: Identity) -> grpc.aio.Channel:
     return grpc.aio.secure_channel(f"127.0.0.1:{port}", credentials)
 
 
-@pytest.fixture(scope="module")
-async def tenants(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Tenants]:
-    tmp = tmp_path_factory.mktemp("ownership")
+@asynccontextmanager
+async def _tenants(tmp: Path, db: str) -> AsyncIterator[Tenants]:
     mtls = MtlsFiles(tmp / "tls")
     server, api, admin = (
         mtls.issue("broker", server=True),
@@ -72,6 +73,7 @@ async def tenants(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Ten
     trust.write_bytes(PKI.root.pem)
     settings = broker_settings(
         tmp,
+        db=db,
         trust_bundle=str(trust),
         tls_cert=str(server.cert),
         tls_key=str(server.key),
@@ -86,6 +88,33 @@ async def tenants(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Ten
                 broker_pb2_grpc.CertificateBrokerServiceStub(a),
                 broker_pb2_grpc.CertificateBrokerServiceStub(b),
             )
+
+
+@pytest.fixture(scope="module")
+async def tenants(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Tenants]:
+    tmp = tmp_path_factory.mktemp("ownership")
+    async with _tenants(tmp, str(tmp / "broker.sqlite3")) as found:
+        yield found
+
+
+@pytest.fixture(scope="module")
+async def pg_tenants(
+    tmp_path_factory: pytest.TempPathFactory, postgres_server: Postgres
+) -> AsyncIterator[Tenants]:
+    """The same broker on PostgreSQL: its family lookups are the other store's SQL."""
+    dsn = await create_database(postgres_server, "ownership")
+    try:
+        async with _tenants(tmp_path_factory.mktemp("ownership-pg"), dsn) as found:
+            yield found
+    finally:
+        await drop_database(postgres_server, dsn)
+
+
+@pytest.fixture(params=["tenants", "pg_tenants"])
+def either_tenants(request: pytest.FixtureRequest) -> Tenants:
+    """The SQLite broker, then the PostgreSQL one (for the family rule's lookups)."""
+    found: Tenants = request.getfixturevalue(request.param)
+    return found
 
 
 def base() -> str:
@@ -177,8 +206,9 @@ async def test_every_mutation_of_another_apps_domain_is_refused_and_writes_nothi
 
 
 async def test_a_wildcard_its_apex_and_the_names_under_it_have_one_owner(
-    tenants: Tenants,
+    either_tenants: Tenants,
 ) -> None:
+    tenants = either_tenants
     w, v, t = base(), base(), base()
     await tenants.add(w, "alice")
     await tenants.add(f"*.{v}", "alice", include_apex=True)

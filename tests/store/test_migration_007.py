@@ -7,26 +7,17 @@ SQLite and on PostgreSQL.
 
 from __future__ import annotations
 
-import sqlite3
 from datetime import UTC, datetime, timedelta
-from importlib import resources
 from pathlib import Path
 
-import asyncpg
-
-from certbroker import delegation
 from certbroker.limits import ACCOUNT_ORDERS, NAME_SET, REGISTERED_DOMAIN
 from certbroker.store.postgres import PostgresStore
 from certbroker.store.sqlite import SqliteStore
-from tests.store.backends import AnyStore, numbered
+from tests.store.backends import AnyStore
+from tests.store.legacy import postgres_before, sqlite_before
 
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
-
-
-def _files(folder: str) -> list[str]:
-    found = resources.files("certbroker.store").joinpath(*folder.split("/")).iterdir()
-    return [e.read_text() for e in sorted(found, key=lambda e: e.name) if e.name[:3] < "007"]
 
 
 def _micros(when: datetime) -> int:
@@ -54,33 +45,12 @@ def _rows(now: datetime) -> list[tuple[str, tuple[object, ...]]]:
 
 async def _sqlite_at_006(tmp_path: Path, now: datetime) -> AnyStore:
     path = tmp_path / "broker.sqlite3"
-    conn = sqlite3.connect(path)
-    conn.create_function("certbroker_legacy_label", 1, delegation.legacy_label)
-    conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT)")
-    for version, script in enumerate(_files("migrations"), start=1):
-        conn.executescript(script)
-        conn.execute("INSERT INTO schema_migrations VALUES (?, datetime('now'))", (version,))
-    for sql, params in _rows(now):
-        conn.execute(sql, params)
-    conn.commit()
-    conn.close()
+    sqlite_before(path, 7, _rows(now))
     return await SqliteStore.open(str(path))
 
 
 async def _postgres_at_006(dsn: str, now: datetime) -> AnyStore:
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(
-            "CREATE TABLE schema_migrations "
-            "(version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
-        )
-        for version, script in enumerate(_files("migrations/postgres"), start=1):
-            await conn.execute(script)
-            await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
-        for sql, params in _rows(now):
-            await conn.execute(numbered(sql), *params)
-    finally:
-        await conn.close()
+    await postgres_before(dsn, 7, _rows(now))
     return await PostgresStore.open(dsn)
 
 

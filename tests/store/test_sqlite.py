@@ -93,6 +93,32 @@ async def test_due_domains_uses_the_partial_index(store: SqliteStore, db_path: P
     assert "TEMP B-TREE" not in plan
 
 
+async def test_the_family_lookups_search_indexes_only(store: SqliteStore, db_path: Path) -> None:
+    """They run holding the write lock: at 100,000 domains a scan stalled every writer.
+    Another app's covered rows are the two ranges of app around the caller's in
+    domains_exact_parent, so an app's own names under its new wildcard are not walked
+    either, even when the statistics say most rows are there."""
+    async with store.transaction() as tx:
+        for i in range(2000):
+            await tx.put_domain(make_domain(f"d{i}.shop.example", app="mine" if i % 50 else "x"))
+    raw(db_path, "ANALYZE")
+    statements: list[str] = []
+    await store._writer.set_trace_callback(statements.append)
+    try:
+        async with store.transaction() as tx:
+            names = ("shop.example", "*.shop.example", "*.example")
+            await tx.family_rows(names, "shop.example", "mine", 1)
+    finally:
+        await store._writer.set_trace_callback(None)
+    (query,) = [s for s in statements if "exact_parent" in s]
+    plan = " ".join(str(row[-1]) for row in raw(db_path, f"EXPLAIN QUERY PLAN {query}"))
+    assert "USING INDEX sqlite_autoindex_domains_1 (name=?)" in plan
+    assert "USING INDEX domains_exact_parent (exact_parent=? AND app>?)" in plan
+    assert "USING INDEX domains_exact_parent (exact_parent=? AND app<?)" in plan
+    assert "SCAN domains" not in plan
+    assert "TEMP B-TREE" not in plan
+
+
 # --- a page costs a fixed number of queries ------------------------------------------------
 
 

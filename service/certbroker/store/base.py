@@ -182,7 +182,21 @@ class Transaction(LimitRecords, Protocol):
     async def domains_under(self, base: str, other_than_app: str) -> list[Domain]:
         """Domains of apps other than ``other_than_app`` whose name ends with ``.base``.
 
-        Any depth below ``base``; for the tenancy family check (``certbroker.tenancy``).
+        Any depth below ``base``, found by a scan of every row: for the platform
+        domains' check at start (``certbroker.platform.reconcile``), never per request.
+        """
+        ...
+
+    async def family_rows(
+        self, names: Sequence[str], covered_by: str | None, other_than_app: str, limit: int
+    ) -> list[Domain]:
+        """Rows of apps other than ``other_than_app`` that may share a claim's family.
+
+        Those named ``names`` (in that order), then up to ``limit`` of the rows a
+        certificate for ``*.covered_by`` would be valid for: ``y.covered_by``, and
+        ``*.y.covered_by`` with its apex. ``certbroker.tenancy.neighbours`` says what
+        to ask for and ``check_family`` decides. Only indexed lookups (the primary key,
+        and migration 010's ``exact_parent``), because it runs holding the write lock.
         """
         ...
 
@@ -383,3 +397,16 @@ class Store(LimitReads, Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+def in_family_order(rows: Sequence[Domain], names: Sequence[str], limit: int) -> list[Domain]:
+    """``rows`` named in ``names`` first, in that order, then at most ``limit`` others.
+
+    For ``family_rows``, whose covered rows come from two ranges of apps. The family
+    refusal names the first conflicting row: the apex before its wildcard, as the rule
+    is explained, whatever order the database returned them in.
+    """
+    rank = {name: i for i, name in enumerate(names)}
+    ordered = sorted(rows, key=lambda row: rank.get(row.name, len(names)))
+    named = sum(row.name in rank for row in ordered)
+    return ordered[: named + limit]

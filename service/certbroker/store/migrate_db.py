@@ -78,7 +78,8 @@ def _convert(kind: str) -> Callable[[Any], Any]:
 async def _columns(conn: asyncpg.Connection[asyncpg.Record], table: str) -> list[tuple[str, str]]:
     rows = await conn.fetch(
         "SELECT column_name, data_type FROM information_schema.columns "
-        "WHERE table_schema = current_schema() AND table_name = $1 ORDER BY ordinal_position",
+        "WHERE table_schema = current_schema() AND table_name = $1 "
+        "AND is_generated = 'NEVER' ORDER BY ordinal_position",  # the database computes those
         table,
     )
     return [(r[0], r[1]) for r in rows]

@@ -89,6 +89,7 @@ from certbroker.store.base import (
     NewCertificate,
     PendingOrder,
     StoreObserver,
+    in_family_order,
     names_key,
 )
 from certbroker.store.codec import (
@@ -164,6 +165,19 @@ def _put_domain_sql() -> str:
 
 
 _PUT_DOMAIN = _put_domain_sql()
+# Transaction.family_rows, in one round trip, each part an index scan: the primary key,
+# and domains_exact_parent as the two ranges of app around the caller's ($1), each in
+# index order. Without the ORDER BY, a LIMIT over a common exact_parent made the planner
+# pick a sequential scan "to stop at the first match", which read all 100,000 rows when
+# the matches were the caller's own (an app adding a wildcard over its names).
+_FAMILY_NAMED = f"{_DOMAIN_SELECT} WHERE app <> $1 AND name = ANY($2::text[])"
+_FAMILY_NAMED_AND_COVERED = " UNION ALL ".join(
+    [_FAMILY_NAMED]
+    + [
+        f"({_DOMAIN_SELECT} WHERE exact_parent = $3 AND {side} LIMIT $4)"
+        for side in ("app > $1 ORDER BY app", "app < $1 ORDER BY app DESC")
+    ]
+)
 _APPEND_EVENT = (
     f"WITH counter AS ({_NEXT_REVISION}) INSERT INTO events ({_EVENT_COLUMNS})"  # noqa: S608
     " SELECT value, $1::text, $2::text, $3::text, $4::text, $5::text, $6::bigint FROM counter"
@@ -1446,6 +1460,18 @@ class _PostgresTransaction:
             suffix,
         )
         return [await self._store.decode_domain(row, self._conn) for row in rows]
+
+    async def family_rows(
+        self, names: Sequence[str], covered_by: str | None, other_than_app: str, limit: int
+    ) -> list[Domain]:
+        if covered_by is None:
+            rows = await self._conn.fetch(_FAMILY_NAMED, other_than_app, list(names))
+        else:
+            rows = await self._conn.fetch(
+                _FAMILY_NAMED_AND_COVERED, other_than_app, list(names), covered_by, limit
+            )
+        found = [await self._store.decode_domain(row, self._conn) for row in rows]
+        return in_family_order(found, names, limit)
 
     async def ensure_meta(self, key: str, value: bytes) -> bytes:
         await self._conn.execute(

@@ -57,6 +57,7 @@ from certbroker.store.base import (
     NewCertificate,
     PendingOrder,
     StoreObserver,
+    in_family_order,
     names_key,
 )
 from certbroker.store.codec import (
@@ -1264,6 +1265,33 @@ class _SqliteTransaction:
             rows = await cur.fetchall()
         # This connection sees the transaction's own writes: nothing to merge.
         return [await self._store.decode_domain(row, self._conn) for row in rows]
+
+    async def family_rows(
+        self, names: Sequence[str], covered_by: str | None, other_than_app: str, limit: int
+    ) -> list[Domain]:
+        # One query, each part an index search: the primary key, and domains_exact_parent
+        # as the two ranges of app around the caller's, each in index order (an app's own
+        # rows under covered_by are never walked; the ORDER BY keeps a planner with
+        # statistics off a scan that a LIMIT makes look cheap). Sees this transaction's writes.
+        parts: list[str] = []
+        params: list[Any] = []
+        if names:
+            marks = ", ".join("?" for _ in names)
+            parts.append(f"{_DOMAIN_SELECT} WHERE app != ? AND name IN ({marks})")
+            params += [other_than_app, *names]
+        if covered_by is not None:
+            for side in ("app > ? ORDER BY app", "app < ? ORDER BY app DESC"):
+                parts.append(
+                    f"SELECT * FROM ({_DOMAIN_SELECT} WHERE exact_parent = ? "  # noqa: S608
+                    f"AND {side} LIMIT ?)"
+                )
+                params += [covered_by, other_than_app, limit]
+        if not parts:
+            return []
+        async with self._conn.execute(" UNION ALL ".join(parts), params) as cur:
+            rows = await cur.fetchall()
+        found = [await self._store.decode_domain(row, self._conn) for row in rows]
+        return in_family_order(found, names, limit)
 
     async def ensure_meta(self, key: str, value: bytes) -> bytes:
         await self._conn.execute(
