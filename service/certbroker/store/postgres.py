@@ -25,6 +25,22 @@ interleave on one domain), which is what SQLite's single writer gives: write
 transactions run one at a time across all brokers. They are short (no network
 call to a CA or DNS runs inside one), so that is not the bottleneck of issuance.
 
+**Read committed, always.** What makes the counter lock serialise the cluster's
+writes is that each statement after it takes a fresh snapshot (READ COMMITTED),
+so it sees every transaction that committed before the lock was granted. The
+limits ledger depends on that: ``LimitsLedger.reserve`` reads a bucket's spends
+and inserts its own in one transaction, and two brokers reserving at once must
+not both see the last token. Under REPEATABLE READ the snapshot would be taken
+by the locking statement itself, *before* it waited, so a broker would spend on
+a stale view (a transaction without an event leaves the counter row unchanged,
+so nothing fails: the bucket is overspent); under SERIALIZABLE concurrent
+writers would fail with serialization errors instead. A DBA may set either as
+the database's or role's default, so the store does not inherit it: every
+write transaction begins ``ISOLATION LEVEL READ COMMITTED`` and every
+connection sets ``default_transaction_isolation`` (the backup's snapshot asks
+for REPEATABLE READ explicitly and still gets it). Tested with racing brokers
+under each default in tests/store/test_postgres_ledger.py.
+
 **Commits of other brokers.** Each commit that wrote events sends
 ``NOTIFY certbroker_events, '<newest revision>'`` (delivered at commit, in commit
 order). A dedicated connection LISTENs; on a notification the store reads the
@@ -121,6 +137,8 @@ SERVER_SETTINGS = {
     "tcp_keepalives_interval": "10",
     "tcp_keepalives_count": "3",
     "application_name": "certbroker",
+    # claims, leases and reads too: see "Read committed, always" in the module doc
+    "default_transaction_isolation": "read committed",
 }
 _MIGRATION_LOCK = 0x63657274  # pg_advisory_lock key: one migrator at a time ("cert")
 _CACHE_LIMIT = 200_000
@@ -131,8 +149,12 @@ _CERT_SELECT = (
     "SELECT id, chain_pem, sans_json, subject, issuer, serial, not_before, not_after, "
     "fingerprint, key_algorithm, created_at FROM certificates"
 )
-# One round trip: open the transaction and take the writers' lock.
-_BEGIN = "BEGIN; SELECT value FROM revision_counter WHERE id = 1 FOR UPDATE"
+# One round trip: open the transaction and take the writers' lock. READ COMMITTED
+# whatever the database's default (see "Read committed, always" in the module doc).
+_BEGIN = (
+    "BEGIN ISOLATION LEVEL READ COMMITTED;"
+    " SELECT value FROM revision_counter WHERE id = 1 FOR UPDATE"
+)
 _NEXT_REVISION = "UPDATE revision_counter SET value = value + 1 WHERE id = 1 RETURNING value"
 _EVENT_COLUMNS = "revision, type, domain, payload, challenge_token, challenge_keyauth, at"
 # A domain held by one of these waits for a token (certbroker.limits), whatever its state.
