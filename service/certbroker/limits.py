@@ -50,6 +50,24 @@ contacted, so concurrent orders cannot overshoot) and refunded if the order
 fails without a certificate (``order_failed``); the CA only spends them at
 issuance. The new-orders token stays spent either way, as at the CA.
 
+Several brokers on one store spend the same buckets. ``reserve`` and ``reorder``
+read a bucket and record the spend in one store transaction, and the store runs
+write transactions one at a time across every broker (SQLite: one serving
+process per file, its single writer; PostgreSQL: the revision-counter lock taken
+at BEGIN, READ COMMITTED so every read after it sees every earlier spend), so two
+brokers can never both take the last token (tests/store/test_postgres_ledger.py).
+What is read outside a transaction (``budget``, ``outlook``) only decides what to
+try: the spend is checked again where it is made.
+
+Every new-order request is counted once: the reservation covers the order row's
+first; a replacement (the CA forgot the order or the account) and a row without
+an order URL that is resumed (the request that created the row may have reached
+the CA before its URL was saved: a crash, a lease lost, a failed write) are
+reserved again (``reorder``); a resumed order the CA can no longer complete,
+replaced inside the issuer, is counted as its URL is saved (``placed``). A crash
+between a reservation and its request therefore counts one order the CA never
+saw: the safe side.
+
 A ``rateLimited`` answer means our mirror and the CA disagree (another
 account, changed limits, a lost record): ``rate_limited`` pauses the bucket the
 CA named, for every domain that bucket covers, until its ``Retry-After``; an
@@ -315,6 +333,17 @@ class LimitsLedger:
         if not renewal:
             await tx.add_limit_spend(ACCOUNT_ORDERS, "", request.domain, now)
         return None
+
+    async def placed(self, tx: LimitRecords, request: OrderRequest, now: datetime) -> None:
+        """A new order the CA admitted without a reservation covering it (the issuer
+        replaced a resumed order the CA could no longer complete: invalid, expired,
+        unknown): count it as the CA did, on the account's new-orders bucket (renewals
+        and ARI renewals exempt). After the fact, so not checked: the CA said yes.
+        """
+        if request.replaces:
+            return
+        if not await tx.names_issued_since(request.names, now - RENEWAL_LOOKBACK):
+            await tx.add_limit_spend(ACCOUNT_ORDERS, "", request.domain, now)
 
     async def outlook(self, reads: LimitReads, request: OrderRequest, now: datetime) -> Outlook:
         """What ``reserve`` would answer at ``now``, read-only (the doctor's report)."""

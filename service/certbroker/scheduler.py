@@ -165,6 +165,18 @@ _QUEUED = (
 _CANDIDATES = 512
 
 
+@dataclass
+class _NewOrderToken:
+    """Whether a new-orders token was charged for the next new order an ``_order`` step
+    places and is still unused: by the reservation (``reserved``) or a replacement
+    (``_reorder``). The issuer's first new order uses it; any further one (a resumed
+    order replaced inside the issuer) is counted as it is saved (``LimitsLedger.placed``).
+    In memory for the step only: a row resumed by another step is charged anew.
+    """
+
+    unused: bool
+
+
 def same_domain(started: Domain, latest: Domain | None) -> bool:
     """Is ``latest`` the domain a step started on, not the name removed and added again?
 
@@ -194,6 +206,8 @@ class Ledger(Protocol):
     async def reorder(
         self, tx: Transaction, request: OrderRequest, now: datetime
     ) -> Hold | None: ...
+
+    async def placed(self, tx: Transaction, request: OrderRequest, now: datetime) -> None: ...
 
     async def order_failed(
         self, tx: Transaction, request: OrderRequest, failed_authorizations: int, now: datetime
@@ -771,7 +785,7 @@ class Scheduler:
                     after = lifecycle.apply(after, OrderStarted(), now, self._rules)
             saved = await outbox.save(tx, latest, after)
         if order is not None:
-            await self._order(saved, order, key_pem)
+            await self._order(saved, order, key_pem, reserved=True)
 
     async def _queued(
         self, tx: Transaction, name: str, request: OrderRequest, now: datetime
@@ -812,20 +826,39 @@ class Scheduler:
 
     @spanned("acme.order")
     async def _order(
-        self, domain: Domain, order: PendingOrder, key_pem: bytes | None = None
+        self,
+        domain: Domain,
+        order: PendingOrder,
+        key_pem: bytes | None = None,
+        *,
+        reserved: bool = False,
     ) -> None:
-        """Take the reserved order to a certificate (resuming it if the CA has it already)."""
+        """Take the reserved order to a certificate (resuming it if the CA has it already).
+
+        Every new-order request the CA hears is counted once in the ledger
+        (``_NewOrderToken``). ``reserved``: the caller has just reserved the row
+        (``_checked``), so its new-orders token is unused. Otherwise a row without an
+        order URL is resumed (after a crash, a lost lease, a URL that could not be
+        saved): the request that created the row may have reached the CA, which
+        counted it, and cannot be found again, so the new order placed now is a
+        replacement and reserved as one (``_reorder``; held if no token).
+        """
         assert self._issuer is not None
         name = domain.name
         failure = await self._account_failure()
         if failure is not None:
             await self._write(name, [failure], started=domain)  # the order row stays
             return
+        request = self._request(domain, order.names)
+        if not order.order_url and not reserved:
+            if not await self._reorder(domain, order, request):
+                return  # held for a token: the row went, the checks come first again
+            reserved = True
         if key_pem is None:
             key_pem = self._sealer.open(order.key_sealed, name)
-        request = self._request(domain, order.names)
         dns01 = lifecycle.uses_dns01(domain)
         resume_url = order.order_url
+        token = _NewOrderToken(unused=reserved)
         replaced = False  # at most one new order per step for a forgotten order or account
         while True:
             try:
@@ -836,7 +869,7 @@ class Scheduler:
                     dns01_label=self._label(domain) if dns01 else "",
                     replaces=request.replaces or "",
                     resume_url=resume_url,
-                    on_order_created=self._saver(domain, order),
+                    on_order_created=self._saver(domain, order, request, token),
                 )
                 break
             except AcmeProblem as problem:
@@ -854,6 +887,7 @@ class Scheduler:
                     resume_url = ""  # abandoned: bound to a forgotten account or order
                     if not await self._reorder(domain, order, request):
                         return  # held for a token: the row went, the checks come first again
+                    token.unused = True
                     continue
                 log.warning(
                     "order for %s failed: %s (%s)",  # the CA's detail, not just the reason code
@@ -1033,15 +1067,32 @@ class Scheduler:
 
         await self._write(request.domain, [failure], extra=book, started=domain)
 
-    def _saver(self, domain: Domain, order: PendingOrder) -> Callable[[str], Awaitable[None]]:
+    def _saver(
+        self, domain: Domain, order: PendingOrder, request: OrderRequest, token: _NewOrderToken
+    ) -> Callable[[str], Awaitable[None]]:
+        """Called by the issuer for each new order it placed: save its URL, and count it
+        if no unused token was charged for it (the issuer replaced a resumed order the
+        CA could no longer complete: invalid, expired, unknown)."""
+
         async def save(url: str) -> None:
+            unreserved, token.unused = not token.unused, False
+            now = self._clock.now()
+            lost: LeaseLost | None = None
             async with self._transaction() as tx:
+                if unreserved:  # the CA admitted it: counted whoever saves the URL
+                    await self._ledger.placed(tx, request, now)
                 if not same_domain(domain, await tx.get_domain(order.domain)):
                     return  # removed meanwhile: no order row outlives its domain
                 # No challenge is answered before this: a broker that lost the lease
                 # abandons this order here, and the new holder orders afresh.
-                await self._claims.check(tx, order.domain)
-                await tx.put_order(replace(order, order_url=url))
+                try:
+                    await self._claims.check(tx, order.domain)
+                except LeaseLost as error:
+                    lost = error  # the spend above is committed all the same
+                else:
+                    await tx.put_order(replace(order, order_url=url))
+            if lost is not None:
+                raise lost
 
         return save
 

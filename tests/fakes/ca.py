@@ -171,9 +171,11 @@ class LimitedIssuer(FakeIssuer):
             # Refused before the CA's limits are asked (Boulder looks up the account first).
             return await super().issue(names, key_pem, resume_url=resume_url)
         try:
-            # Resuming an order the CA has costs no new-order token (it was spent).
+            # Resuming an order the CA has costs no new-order token (it was spent);
+            # one it cannot complete is replaced by a new order, which does.
+            resumed = bool(resume_url) and resume_url not in self.unfinishable
             order = self.ca.new_order(
-                tuple(names), registered_domain(names[0]), now, resumed=bool(resume_url)
+                tuple(names), registered_domain(names[0]), now, resumed=resumed
             )
         except RateLimited as refused:
             raise AcmeProblem(

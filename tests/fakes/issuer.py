@@ -58,6 +58,9 @@ class FakeIssuer:
     #: Order URLs the CA answers 404 for (``forget_all``: every order URL, new ones too).
     forgotten: set[str] = field(default_factory=set)
     forget_all: bool = False
+    #: Order URLs the CA has but can no longer complete (invalid, expired): resuming one
+    #: places a new order instead, inside the issuer (``OrderGone`` in AcmeIssuer).
+    unfinishable: set[str] = field(default_factory=set)
     probes: int = 0
     recoveries: list[bool] = field(default_factory=list)  # new_key of each recovery
     _failures: dict[str, list[AcmeProblem]] = field(default_factory=dict)
@@ -122,7 +125,7 @@ class FakeIssuer:
             gone = problem("ACME_MALFORMED", retryable=False)
             gone.not_found = True
             raise gone
-        url = resume_url
+        url = "" if resume_url in self.unfinishable else resume_url
         if not url:
             url = f"https://fake-ca.test/order/{next(self._orders)}"
             if on_order_created is not None:
