@@ -18,7 +18,9 @@ deactivated) is recovered at most once per ``ACCOUNT_RECOVERY_INTERVAL`` and
 the order placed again; an order or authorization URL the CA forgot (404) is
 replaced by one new order in the same step, without counting a failure; the
 replacement is reserved in the ledger like any order (``LimitsLedger.reorder``:
-the CA counts every new-order request), or held for its token.
+the CA counts every new-order request), or held for its token. So is an order
+row without a URL that is resumed (its first request may have reached the CA
+before the URL was saved: a crash, a lease lost); see ``_order``.
 
 The actions and their writes::
 
