@@ -64,9 +64,10 @@ first; a replacement (the CA forgot the order or the account) and a row without
 an order URL that is resumed (the request that created the row may have reached
 the CA before its URL was saved: a crash, a lease lost, a failed write) are
 reserved again (``reorder``); a resumed order the CA can no longer complete,
-replaced inside the issuer, is counted as its URL is saved (``placed``). A crash
-between a reservation and its request therefore counts one order the CA never
-saw: the safe side.
+replaced inside the issuer, is counted as its URL is saved (``placed``). A row
+whose request never reached the CA (a crash before it, the CA unreachable) is
+therefore counted once more when resumed: an order the CA never saw, the safe
+side.
 
 A ``rateLimited`` answer means our mirror and the CA disagree (another
 account, changed limits, a lost record): ``rate_limited`` pauses the bucket the
