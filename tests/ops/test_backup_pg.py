@@ -96,3 +96,38 @@ async def test_bad_input_is_refused_precisely(tmp_path: Path, postgres_dsn: str)
     assert "pg_dump failed (exit 1): pg_dump: error: aborting because of server" in failed.err
     assert not os.path.exists(tmp_path / "c.dump")
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".certbroker-backup-")]
+
+
+async def test_pg_dump_gets_the_decoded_password_and_never_on_its_command_line(
+    tmp_path: Path, postgres_dsn: str
+) -> None:
+    """A password with URL-reserved characters is percent-encoded in CERTBROKER_DB (as
+    libpq and asyncpg require): pg_dump must get it decoded (libpq does not decode
+    PGPASSWORD), and one given as ``?password=`` must not reach its argv or our errors."""
+    await populated(tmp_path, postgres_dsn)
+    seen = tmp_path / "seen"
+    fake = tmp_path / "pg_dump"
+    fake.write_text(
+        f'#!/bin/sh\nprintf "%s\\n" "$PGPASSWORD" "$@" > {seen}\n'
+        "echo 'pg_dump: error: stop here' >&2\nexit 1\n"
+    )
+    fake.chmod(0o700)
+    user, _, rest = postgres_dsn.removeprefix("postgresql://").partition("@")
+    encoded = f"postgresql://{user}:p%40ss%3Aw%2Frd@{rest}"  # the password: p@ss:w/rd
+    failed = await certbroker(
+        "backup", str(tmp_path / "a.dump"), "--pg-dump", str(fake), env={"CERTBROKER_DB": encoded}
+    )
+    assert failed.code == 1 and "pg_dump failed (exit 1)" in failed.err, failed.err
+    password, *argv = seen.read_text().splitlines()
+    assert password == "p@ss:w/rd"
+    assert not [a for a in argv if "p%40ss" in a or "p@ss" in a]
+
+    in_query = f"{postgres_dsn}?password=qu3ry-s3cret"
+    failed = await certbroker(
+        "backup", str(tmp_path / "b.dump"), "--pg-dump", str(fake), env={"CERTBROKER_DB": in_query}
+    )
+    assert failed.code == 1 and "pg_dump failed (exit 1)" in failed.err, failed.err
+    password, *argv = seen.read_text().splitlines()
+    assert password == "qu3ry-s3cret"
+    assert not [a for a in argv if "qu3ry-s3cret" in a]
+    assert "qu3ry-s3cret" not in failed.err

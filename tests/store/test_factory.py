@@ -52,6 +52,9 @@ def test_a_bad_location_says_what_is_accepted(raw: str, message: str) -> None:
 def test_the_password_never_shows() -> None:
     assert redact("postgresql://cb:s3cret@db:5432/x") == "postgresql://cb:***@db:5432/x"
     assert redact("postgresql://cb@db/x") == "postgresql://cb@db/x"
+    assert redact("postgresql://cb@db/x?sslmode=require&password=s3cret") == (
+        "postgresql://cb@db/x?sslmode=require&password=***"
+    )
     assert Location("postgresql", "postgresql://u:pw@h/d").describe() == "postgresql://u:***@h/d"
 
 

@@ -30,7 +30,7 @@ import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
@@ -164,15 +164,23 @@ async def _inventory(conn: asyncpg.Connection[asyncpg.Record]) -> Inventory:
 
 def _libpq_target(dsn: str) -> tuple[str, dict[str, str]]:
     """The DSN without its password (command lines are visible to every local user),
-    and the environment that gives pg_dump the password instead."""
+    and the environment that gives pg_dump the password instead.
+
+    The URL's password is percent-encoded (as libpq and asyncpg read it) but
+    ``PGPASSWORD`` is taken literally, so it is decoded here; a ``password=`` query
+    parameter (which asyncpg and libpq also accept) is moved out of the URL too.
+    """
     parts = urlsplit(dsn)
     env = {k: v for k, v in os.environ.items() if k != "PGPASSWORD"}
-    if parts.password is None:
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    in_query = [v for k, v in query if k == "password"]
+    if parts.password is None and not in_query:
         return dsn, env
     host = parts.netloc.rpartition("@")[2]
     netloc = f"{parts.username}@{host}" if parts.username else host
-    env["PGPASSWORD"] = parts.password
-    return urlunsplit(parts._replace(netloc=netloc)), env
+    env["PGPASSWORD"] = in_query[-1] if in_query else unquote(parts.password or "")
+    rest = urlencode([(k, v) for k, v in query if k != "password"])
+    return urlunsplit(parts._replace(netloc=netloc, query=rest)), env
 
 
 async def _run_pg_dump(pg_dump: str, dsn: str, snapshot: str, tmp: str, where: str) -> None:

@@ -17,6 +17,7 @@ from certbroker.store.base import Store
 
 POSTGRES_SCHEMES = ("postgresql", "postgres")
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
+_QUERY_PASSWORD = re.compile(r"((?:^|&)password=)[^&]*")
 
 
 class StoreOpenError(Exception):
@@ -34,12 +35,14 @@ class Location:
 
 
 def redact(dsn: str) -> str:
+    """The DSN without its password, in the user part or a ``password=`` query parameter."""
     parts = urlsplit(dsn)
+    query = _QUERY_PASSWORD.sub(r"\1***", parts.query)
     if parts.password is None:
-        return dsn
+        return urlunsplit(parts._replace(query=query)) if query != parts.query else dsn
     host = parts.netloc.rpartition("@")[2]
     netloc = f"{parts.username}:***@{host}" if parts.username else f":***@{host}"
-    return urlunsplit(parts._replace(netloc=netloc))
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def parse(raw: str) -> Location:
