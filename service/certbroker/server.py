@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -70,6 +70,9 @@ from certbroker.x509.files import PemFileError, check_server_tls
 from certbroker.x509.sealing import KekError, KeySealer
 from certbroker.x509.validate import CustomCertificateValidator, TrustStoreError
 
+if TYPE_CHECKING:  # imported where used: a SQLite broker never loads asyncpg
+    from certbroker.store.serving import ServingMark
+
 log = logging.getLogger("certbroker")
 SERVICE_NAME = broker_pb2.DESCRIPTOR.services_by_name["CertificateBrokerService"].full_name
 _CANARY_KEY = "kek_canary"
@@ -79,6 +82,10 @@ _ROTATION_KEY = "kek_rotation"  # see ops/rotate.py
 GRACE_SECONDS = 5.0
 # Several brokers on one store: how often a scheduler looks for what others added.
 CLAIM_POLL = timedelta(seconds=1)
+
+
+class Stopped(Exception):
+    """The running broker stopped itself: serving on would be unsafe (the message says why)."""
 
 
 class _Closing:
@@ -112,6 +119,8 @@ class Running:
     db_lock: DatabaseLock | None = None
     metrics: Metrics = field(default_factory=Metrics)
     metrics_port: int | None = None  # the Prometheus scrape endpoint, when on
+    #: PostgreSQL: the serving lock (``store/serving.py``); its ``failed`` stops the broker
+    serving_mark: ServingMark | None = None
 
     async def stop(self, grace: float = GRACE_SECONDS) -> None:
         self.servicer.stopping = True
@@ -173,7 +182,7 @@ async def _open_sealer(settings: Settings, store: Store) -> KeySealer:
     return sealer
 
 
-async def _serving_mark(settings: Settings, store: Store, owner: str) -> Any:
+async def _serving_mark(settings: Settings, store: Store, owner: str) -> ServingMark:
     """Hold the PostgreSQL serving lock (``store/serving.py``): no KEK rotation beside us.
 
     Should the holding connection drop and a rotation run in the gap, the broker
@@ -277,6 +286,7 @@ async def _start(
     shared = factory.parse(settings.db).backend == "postgresql"
     owner = broker_id(settings)
     extras: list[Any] = []  # stopped in reverse order: the serving mark last
+    mark: ServingMark | None = None
     if shared:
         # before the KEK check: from here on no KEK rotation runs until this broker stops
         mark = await _serving_mark(settings, store, owner)
@@ -429,6 +439,7 @@ async def _start(
         provider,
         db_lock=db_lock,
         metrics=metrics,
+        serving_mark=mark,
     )
     started.pop_all()  # from here running.stop() undoes everything, in its order
     started.push_async_callback(running.stop, 0)
@@ -674,9 +685,19 @@ async def _serve(settings: Settings) -> None:
     # collector, whose full passes over it showed as pauses in watch fan-out.
     gc.collect()
     gc.freeze()
-    await stop.wait()
+    mark = running.serving_mark
+    waits = [asyncio.ensure_future(stop.wait())]
+    if mark is not None:
+        waits.append(asyncio.ensure_future(mark.failed.wait()))
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiting in waits:
+            waiting.cancel()
     log.info("stopping")
     await running.stop()
+    if mark is not None and mark.failed.is_set():
+        raise Stopped(mark.failure)
 
 
 def main() -> int:
@@ -694,6 +715,9 @@ def main() -> int:
     except StartupError as error:
         print(f"certbroker: cannot start: {error}", file=sys.stderr, flush=True)
         _exit_if_threads_linger(1, before)
+        return 1
+    except Stopped as error:
+        print(f"certbroker: stopped: {error}", file=sys.stderr, flush=True)
         return 1
     return 0
 

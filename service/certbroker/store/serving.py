@@ -97,7 +97,11 @@ class ServingMark:
     """This broker's hold on the serving lock; ``stop()`` lets go.
 
     ``check`` runs after the lock is taken again on a new connection (the old one
-    was lost): it must raise, or log, if the database's KEK changed meanwhile.
+    was lost): it raises if the database's KEK changed meanwhile (a rotation ran in
+    the gap, which the lock could not refuse). Then ``failed`` is set with the
+    reason in ``failure``: the broker must stop rather than serve on, since it seals
+    new keys with a KEK the operator is about to retire and opens none of the
+    re-sealed ones.
     """
 
     def __init__(
@@ -115,6 +119,8 @@ class ServingMark:
         self._check = check
         self._ping = ping_interval
         self._task: asyncio.Task[None] | None = None
+        self.failed = asyncio.Event()
+        self.failure = ""
 
     @classmethod
     async def take(
@@ -165,8 +171,10 @@ class ServingMark:
         log.info("holding the PostgreSQL serving lock again")
         try:
             await self._check()
-        except Exception as error:  # said loudly; serving goes on
+        except Exception as error:  # said loudly; the broker stops (``failed``)
             log.error("%s", error)
+            self.failure = " ".join(str(error).split()) or type(error).__name__
+            self.failed.set()
 
     async def stop(self) -> None:
         task, self._task = self._task, None
