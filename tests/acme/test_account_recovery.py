@@ -31,7 +31,7 @@ async def test_a_deactivated_account_is_refused_then_replaced_by_a_new_key(
 
         with pytest.raises(AcmeProblem) as refused:
             await iss.issue([unique_name], generate_private_key())
-        assert refused.value.account_gone and refused.value.account_deactivated
+        assert refused.value.unauthorized and not refused.value.account_gone
         assert not refused.value.ca_unavailable
 
         await iss.recover_account(new_key=True)
