@@ -11,10 +11,13 @@ included), ``unauthorized()`` refuses one request of a valid account,
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+
+import pytest
 
 from certbroker import lifecycle
 from certbroker.acme.keys import generate_private_key
@@ -237,11 +240,12 @@ async def test_an_order_the_ca_forgot_is_replaced_once_then_fails_normally(
 
 
 async def test_an_unauthorized_on_a_valid_account_is_the_domains_failure_not_a_new_account(
-    tmp_path: Path,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """At Let's Encrypt ``unauthorized`` also means an order or authorization of another
     account, or a name this account may not have: the account is looked at (once per
     interval) and, valid, kept; the domain backs off like any failure."""
+    caplog.set_level(logging.INFO, logger="certbroker.scheduler")
     async with world(tmp_path) as w:
         issuer(w).fail(NAME, unauthorized())
         issuer(w).fail("b.shop.test", unauthorized())
@@ -254,6 +258,10 @@ async def test_an_unauthorized_on_a_valid_account_is_the_domains_failure_not_a_n
         assert failing.retry.last_error_reason == "ACME_UNAUTHORIZED"
         assert failing.retry.next_attempt_at == w.clock.now() + timedelta(minutes=1)
         assert len(issuer(w).orders_for(NAME)) == 1  # not placed again in the same step
+        assert w.scheduler.ca.available and w.scheduler.ca.outages == 0  # nor the CA's fault
+        logged = caplog.text
+        assert "the ACME account is valid: the domain's failure" in logged
+        assert "recovering it" not in logged
 
         await w.add("b.shop.test")  # within the interval: the last look is reused
         await w.settled()
