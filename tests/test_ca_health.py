@@ -57,9 +57,11 @@ def test_only_request_level_ca_failures_are_outages() -> None:
     server = messages.Error(typ="urn:ietf:params:acme:error:serverInternal", detail="x")
     assert classify(server).ca_unavailable
     gone = messages.Error(typ="urn:ietf:params:acme:error:accountDoesNotExist", detail="x")
-    assert classify(gone).account_gone and not classify(gone).account_deactivated
+    assert classify(gone).account_gone and not classify(gone).unauthorized
     refused = messages.Error(typ="urn:ietf:params:acme:error:unauthorized", detail="x")
-    assert classify(refused).account_deactivated
+    refused.http_status = 403  # type: ignore[attr-defined]
+    # Not "the account is gone": only a look at the account tells (Issuer.account_status).
+    assert classify(refused).unauthorized and not classify(refused).account_gone
     missing = messages.Error(typ="urn:ietf:params:acme:error:malformed", detail="no order")
     missing.http_status = 404  # type: ignore[attr-defined]
     assert classify(missing).not_found and not classify(missing).ca_unavailable

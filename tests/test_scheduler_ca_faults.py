@@ -3,23 +3,28 @@ aging each domain's backoff; a lost account is recovered; a forgotten order is r
 
 The real scheduler and SQLite store, the fake CA (``tests.fakes.issuer``): ``down``
 makes every request fail as a connection refusal would, ``account_lost`` answers
-accountDoesNotExist, ``forgotten``/``forget_all`` answer 404 for order URLs.
+accountDoesNotExist, ``deactivated`` answers unauthorized (the account's own look-up
+included), ``unauthorized()`` refuses one request of a valid account,
+``forgotten``/``forget_all`` answer 404 for order URLs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+
+import pytest
 
 from certbroker import lifecycle
 from certbroker.acme.keys import generate_private_key
 from certbroker.model import LetsEncryptState
 from certbroker.scheduler import ACCOUNT_RECOVERY_INTERVAL
 from certbroker.store.base import PendingOrder
-from tests.fakes.issuer import FakeIssuer, problem
+from tests.fakes.issuer import FakeIssuer, problem, unauthorized
 from tests.fakes.world import World, world
 
 S = LetsEncryptState
@@ -64,11 +69,13 @@ async def test_domains_added_during_an_outage_are_held_once_and_issued_when_it_e
         for name in names:
             await w.add(name)
         await w.settled()
+        first = w.scheduler.ca.outage
+        assert first is not None
         for name in names:
             held = await w.domain(name)
             assert held.retry.last_error_reason == lifecycle.CA_UNAVAILABLE
             assert held.retry.attempt == 0
-            assert "next probe at" in held.retry.last_error_message
+            assert held.retry.next_attempt_at == first.next_probe  # shown: the next probe
             assert held.le_state is S.CREATING  # DNS passed; the hold changes no state
         assert issuer(w).calls == []
         events = [await events_for(w, n) for n in names]
@@ -79,8 +86,13 @@ async def test_domains_added_during_an_outage_are_held_once_and_issued_when_it_e
             outage = w.scheduler.ca.outage
             assert outage is not None
             waits.append((outage.next_probe - w.clock.now()).total_seconds())
+            for name in names:  # each held domain shows the new probe time ...
+                held = await w.domain(name)
+                assert held.retry.next_attempt_at == outage.next_probe
+                assert held.retry.last_error_reason == lifecycle.CA_UNAVAILABLE
         assert waits == [10, 20, 40, 80, 160, 300, 300, 300]
-        assert [await events_for(w, n) for n in names] == events  # no churn per probe
+        assert [await events_for(w, n) for n in names] == events  # ... with no event per probe
+        assert issuer(w).calls == []  # and is never due on its own, its time passed or not
         assert [(await w.domain(n)).retry.attempt for n in names] == [0, 0, 0]
 
         issuer(w).down = False
@@ -178,7 +190,7 @@ async def test_an_account_the_ca_forgot_is_registered_again_once_per_interval(
         assert issuer(w).recoveries == [False]
 
         # After the interval, recovered again; a deactivated account gets a new key.
-        issuer(w).account_lost = issuer(w).deactivated = True
+        issuer(w).deactivated = True
         await w.advance(ACCOUNT_RECOVERY_INTERVAL)
         await w.add("c.shop.test")
         await w.settled()
@@ -225,3 +237,67 @@ async def test_an_order_the_ca_forgot_is_replaced_once_then_fails_normally(
         await w.advance(timedelta(seconds=1))
         assert len(issuer(w).orders_for("b.shop.test")) == 4
         assert (await w.domain("b.shop.test")).retry.attempt == 2
+
+
+async def test_an_unauthorized_on_a_valid_account_is_the_domains_failure_not_a_new_account(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """At Let's Encrypt ``unauthorized`` also means an order or authorization of another
+    account, or a name this account may not have: the account is looked at (once per
+    interval) and, valid, kept; the domain backs off like any failure."""
+    caplog.set_level(logging.INFO, logger="certbroker.scheduler")
+    async with world(tmp_path) as w:
+        issuer(w).fail(NAME, unauthorized())
+        issuer(w).fail("b.shop.test", unauthorized())
+        await w.add(NAME)
+        await w.settled()
+        failing = await w.domain(NAME)
+        assert issuer(w).recoveries == []  # no new account registered
+        assert issuer(w).status_checks == 1  # the account was looked at
+        assert failing.retry.attempt == 1
+        assert failing.retry.last_error_reason == "ACME_UNAUTHORIZED"
+        assert failing.retry.next_attempt_at == w.clock.now() + timedelta(minutes=1)
+        assert len(issuer(w).orders_for(NAME)) == 1  # not placed again in the same step
+        assert w.scheduler.ca.available and w.scheduler.ca.outages == 0  # nor the CA's fault
+        logged = caplog.text
+        assert "the ACME account is valid: the domain's failure" in logged
+        assert "recovering it" not in logged
+
+        await w.add("b.shop.test")  # within the interval: the last look is reused
+        await w.settled()
+        assert (await w.domain("b.shop.test")).retry.attempt == 1
+        assert issuer(w).status_checks == 1 and issuer(w).recoveries == []
+
+        await w.advance(timedelta(minutes=1))  # the backoff over: ordered again, issued
+        done = await w.domain(NAME)
+        assert done.le_state is S.IN_USE and done.retry.attempt == 0
+        assert len(issuer(w).orders_for(NAME)) == 2
+        assert issuer(w).recoveries == []
+
+
+async def test_a_deactivated_account_is_confirmed_then_replaced_with_a_new_key(
+    tmp_path: Path,
+) -> None:
+    async with world(tmp_path) as w:
+        issuer(w).deactivated = True
+        await w.add(NAME)
+        await w.settled()
+        done = await w.domain(NAME)
+        assert done.le_state is S.IN_USE and done.retry.attempt == 0
+        assert issuer(w).status_checks == 1
+        assert issuer(w).recoveries == [True]  # a new key: the old one cannot register again
+
+
+async def test_a_hold_written_after_the_probe_found_the_ca_back_wakes_itself(
+    tmp_path: Path,
+) -> None:
+    """A step that saw the outage but wrote its hold after the probe woke the held
+    domains must not stay held until the end of the next outage."""
+    async with world(tmp_path) as w:
+        await w.scheduler.stop()
+        await w.add(NAME)
+        assert w.scheduler.ca.available
+        late = lifecycle.CaUnavailable("ACME_NETWORK", "refused", w.clock.now())
+        written = await w.scheduler._write(NAME, [late])
+        assert written is not None and not lifecycle.held_for_ca(written)
+        assert written.retry.next_attempt_at == w.clock.now()  # due at once

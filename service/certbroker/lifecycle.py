@@ -79,8 +79,6 @@ DELEGATION_RECHECK = timedelta(days=1)
 NOT_CONFIGURED = "NOT_CONFIGURED"
 #: The CA is unreachable or failing for everyone (``certbroker.ca_health``): held, not failed.
 CA_UNAVAILABLE = "CA_UNAVAILABLE"
-#: Reasons a domain is held without a time: something outside it wakes it.
-_HELD_REASONS = frozenset({NOT_CONFIGURED, CA_UNAVAILABLE})
 #: However soon the CA says to ask again, not sooner than this.
 RENEWAL_INFO_MIN_WAIT = timedelta(minutes=1)
 #: The CA's renewal window could not be fetched: ask again this much later.
@@ -151,16 +149,28 @@ def needs_issuance(domain: Domain, now: datetime) -> bool:
 
 
 def held_until_restart(domain: Domain) -> bool:
-    """Held without a time: a setting is missing (until a restart with it), or the CA is
-    unavailable (until the scheduler's probe finds it back: ``CaAvailable``).
+    """Held until something outside the domain wakes it: a setting is missing (until a
+    restart with it), or the CA is unavailable (``held_for_ca``).
 
     Settings are read once at start, so a timer would only repeat the same
     verdict; the scheduler re-evaluates these domains at every start
-    (``Restarted``), and IssueCertificate (retry now) does at once. A CA outage
-    has one shared probe (``ca_health``), not a timer per domain: a held domain
-    is written once, not once per probe.
+    (``Restarted``), and IssueCertificate (retry now) does at once.
     """
-    return domain.retry.last_error_reason in _HELD_REASONS and domain.retry.next_attempt_at is None
+    if held_for_ca(domain):
+        return True
+    return domain.retry.last_error_reason == NOT_CONFIGURED and domain.retry.next_attempt_at is None
+
+
+def held_for_ca(domain: Domain) -> bool:
+    """Held for a CA outage until the scheduler's probe finds the CA back (``CaAvailable``),
+    a restart (``Restarted``) or a retry-now, each of which clears the reason.
+
+    A CA outage has one shared probe (``ca_health``), not a timer per domain: the
+    domain is never due on its own, and ``next_attempt_at`` only shows when the
+    next probe runs (moved at each failed probe by ``CaStillUnavailable``, in the
+    scheduling columns alone: no event per probe).
+    """
+    return domain.retry.last_error_reason == CA_UNAVAILABLE
 
 
 def is_due_for_order(domain: Domain, now: datetime) -> bool:
@@ -433,6 +443,7 @@ def backing_off(domain: Domain, now: datetime) -> bool:
         and next_attempt is not None
         and next_attempt > now
         and needs_issuance(domain, now)
+        and not held_for_ca(domain)  # its time is the CA's next probe, not a backoff
     )
 
 
@@ -452,7 +463,7 @@ def retry_now(domain: Domain, now: datetime) -> Domain:
     """
     if not needs_issuance(domain, now):
         return settle(domain, now)
-    retry = replace(domain.retry, next_attempt_at=now)
+    retry = _unheld(domain.retry, now)
     if backing_off(domain, now):
         retry = replace(retry, forced_at=now)
     return settle(replace(domain, retry=retry), now)
@@ -520,6 +531,7 @@ def tick(domain: Domain, now: datetime) -> Domain:
         and not is_valid_at(domain.custom_cert, now)
         and domain.letsencrypt_enabled
         and not _has_usable_le(domain, now)
+        and not held_for_ca(domain)  # the probe wakes it; its time stays the probe's
     ):
         # Once per custom certificate and driven by time alone: not a forced retry.
         domain = replace(domain, retry=replace(domain.retry, next_attempt_at=now))
@@ -708,12 +720,20 @@ class NotConfigured:
 class CaUnavailable:
     """The CA is down for everyone: held (state and attempt unchanged) until it is back.
 
-    ``reason``/``detail``: the failure that showed it; ``next_probe``: when the
-    shared probe runs next (shown in the message, written once).
+    ``reason``/``detail``: the failure that showed it (in the message, written
+    once); ``next_probe``: when the shared probe runs next (``next_attempt_at``).
     """
 
     reason: str
     detail: str
+    next_probe: datetime
+
+
+@dataclass(frozen=True)
+class CaStillUnavailable:
+    """A probe found the CA still down: a domain held for it shows the next probe's time
+    (a scheduling change only, written without an event)."""
+
     next_probe: datetime
 
 
@@ -837,6 +857,7 @@ Observation = (
     | Restarted
     | NotConfigured
     | CaUnavailable
+    | CaStillUnavailable
     | CaAvailable
     | DnsChecked
     | CaaChecked
@@ -874,6 +895,8 @@ def apply(
             return not_configured(domain, missing, now)
         case CaUnavailable(reason, detail, next_probe):
             return ca_unavailable(domain, reason, detail, next_probe, now)
+        case CaStillUnavailable(next_probe):
+            return ca_probe_rescheduled(domain, next_probe, now)
         case CaAvailable():
             return released(domain, now, CA_UNAVAILABLE)
         case DnsChecked(result) if not result.points:
@@ -941,11 +964,21 @@ def _creating(domain: Domain) -> Domain:
 
 
 def released(domain: Domain, now: datetime, reason: str = "") -> Domain:
-    """A hold without a time ends (``held_until_restart``; only the one for ``reason``,
-    if given): the domain is due at once, nothing else changes."""
+    """A hold ends (``held_until_restart``; only the one for ``reason``, if given): the
+    domain is due at once. A CA hold's reason goes too (it is what holds the domain,
+    and the CA's outage is no longer what the domain waits for); the attempt count stays.
+    """
     if not held_until_restart(domain) or reason not in ("", domain.retry.last_error_reason):
         return domain
-    return settle(replace(domain, retry=replace(domain.retry, next_attempt_at=now)), now)
+    return settle(replace(domain, retry=_unheld(domain.retry, now)), now)
+
+
+def _unheld(retry: RetryState, now: datetime) -> RetryState:
+    """Due at ``now``; a CA hold's reason and message cleared (``held_for_ca``)."""
+    retry = replace(retry, next_attempt_at=now)
+    if retry.last_error_reason == CA_UNAVAILABLE:
+        retry = replace(retry, last_error_reason="", last_error_message="")
+    return retry
 
 
 def not_configured(domain: Domain, missing: str, now: datetime) -> Domain:
@@ -966,18 +999,30 @@ def not_configured(domain: Domain, missing: str, now: datetime) -> Domain:
 def ca_unavailable(
     domain: Domain, reason: str, detail: str, next_probe: datetime, now: datetime
 ) -> Domain:
-    """Held for a CA-wide outage: no attempt counted, the state kept, woken by the probe."""
+    """Held for a CA-wide outage: no attempt counted, the state kept, woken by the probe.
+
+    ``next_attempt_at`` is the next probe (honest, and moved at each failed probe by
+    ``ca_probe_rescheduled``); the message says what the time is, not the time itself,
+    so that moving it stays a scheduling-only write.
+    """
     retry = replace(
         domain.retry,
-        next_attempt_at=None,
+        next_attempt_at=next_probe,
         last_error_reason=CA_UNAVAILABLE,
         last_error_message=(
             f"the CA is unavailable ({reason}: {detail}); orders are paused for every "
-            f"domain and resume when it answers (next probe at {next_probe.isoformat()})"
+            "domain and resume when it answers (next_attempt_time: the next probe)"
         ),
         last_error_at=now,
     )
     return settle(replace(domain, retry=retry), now)
+
+
+def ca_probe_rescheduled(domain: Domain, next_probe: datetime, now: datetime) -> Domain:
+    """A domain held for the CA shows the next probe's time; any other is left alone."""
+    if not held_for_ca(domain) or domain.retry.next_attempt_at == next_probe:
+        return domain
+    return settle(replace(domain, retry=replace(domain.retry, next_attempt_at=next_probe)), now)
 
 
 def caa_allowed(domain: Domain, now: datetime) -> Domain:

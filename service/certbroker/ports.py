@@ -86,6 +86,15 @@ class Issuer(Protocol):
         raises ``AcmeProblem`` (``ca_unavailable`` when it is down)."""
         ...
 
+    async def account_status(self) -> str:
+        """The account as the CA reports it: one POST-as-GET of its URL (RFC 8555
+        §7.3.2), ``"valid"``, ``"deactivated"`` or ``"revoked"`` (§7.1.6); ``"deactivated"``
+        also when the CA refuses the look-up itself (``unauthorized``: a deactivated
+        account may sign nothing, §7.3.6), ``"gone"`` when it does not know the account
+        (``accountDoesNotExist``). Idempotent, safe to cancel. Raises ``AcmeProblem``
+        when the CA cannot tell (unavailable, anything else)."""
+        ...
+
     async def recover_account(self, *, new_key: bool) -> None:
         """The CA forgot the account (``new_key`` False: find the stored key's account with
         ``onlyReturnExisting``, else register that key again) or deactivated it (``new_key``

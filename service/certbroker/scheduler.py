@@ -12,10 +12,13 @@ pacing when the store fails, the CA's shared health (``ca_health``), and stoppin
 When the CA is unavailable (network, timeouts, 5xx) no order starts: a
 domain that wants one is held once (``CaUnavailable``: reason
 ``CA_UNAVAILABLE``, no attempt counted) and one probe task asks the CA's
-directory on a capped backoff; when it answers, the held domains are due at
-once, renewals first. An account the CA no longer knows (or reports
-deactivated) is recovered at most once per ``ACCOUNT_RECOVERY_INTERVAL`` and
-the order placed again; an order or authorization URL the CA forgot (404) is
+directory on a capped backoff; a held domain's ``next_attempt_at`` shows the
+next probe (moved at each failed probe without an event); when it answers, the
+held domains are due at once, renewals first. An account the CA no longer knows
+(or, looked at after an ``unauthorized``, reports deactivated) is recovered at
+most once per ``ACCOUNT_RECOVERY_INTERVAL`` and the order placed again; an
+``unauthorized`` while the account is valid is the domain's own failure; an
+order or authorization URL the CA forgot (404) is
 replaced by one new order in the same step, without counting a failure; the
 replacement is reserved in the ledger like any order (``LimitsLedger.reorder``:
 the CA counts every new-order request), or held for its token. So is an order
@@ -95,6 +98,7 @@ from certbroker.errors import StoreUnavailable
 from certbroker.lifecycle import (
     CaaChecked,
     CaAvailable,
+    CaStillUnavailable,
     CaUnavailable,
     CertificateIssued,
     CheckDelegation,
@@ -151,7 +155,8 @@ _CLAIM_RETRY = 0.05
 _RATE_LIMIT_DEFAULT = timedelta(hours=1)
 #: Domains re-evaluated per transaction at start.
 _RESTART_BATCH = 500
-#: An account the CA forgot or deactivated is recovered at most this often.
+#: An account the CA forgot or deactivated is recovered at most this often, and looked
+#: at (after an ``unauthorized``: deactivated, or not the account's fault?) at most as often.
 ACCOUNT_RECOVERY_INTERVAL = timedelta(minutes=5)
 #: Orders that met the old account within this of a recovery retry on the new one.
 _ACCOUNT_FRESH = timedelta(seconds=30)
@@ -305,6 +310,9 @@ class Scheduler:
         self._probe_task: asyncio.Task[None] | None = None
         self._account_recovered_at: datetime | None = None
         self._account_ok = False
+        # The last look at the account (``_account_status``): when, and what the CA said.
+        self._account_checked_at: datetime | None = None
+        self._account_status = ""
         self._account_lock = asyncio.Lock()
 
     # -- the loop -----------------------------------------------------------------------
@@ -543,6 +551,26 @@ class Scheduler:
         return domain
 
     async def _write(
+        self,
+        name: str,
+        observations: Sequence[Observation],
+        extra: Callable[[Transaction], Awaitable[None]] | None = None,
+        started: Domain | None = None,
+    ) -> Domain | None:
+        """``_write_observed``; a domain held for the CA while the probe found it back (and
+        maybe woke the held domains before this write) wakes itself at once rather than
+        wait for the end of the next outage."""
+        written = await self._write_observed(name, observations, extra, started)
+        if (
+            written is not None
+            and lifecycle.held_for_ca(written)
+            and self.ca.available
+            and any(isinstance(o, CaUnavailable) for o in observations)
+        ):
+            written = await self._write_observed(name, [CaAvailable()], None, started)
+        return written
+
+    async def _write_observed(
         self,
         name: str,
         observations: Sequence[Observation],
@@ -891,6 +919,12 @@ class Scheduler:
                         return  # held for a token: the row went, the checks come first again
                     token.unused = True
                     continue
+                held = self._ca_held()
+                if held is not None and _account_problem(problem):
+                    # The CA went down while the account was looked at or recovered.
+                    self._metrics.order_finished("held", problem.reason)
+                    await self._write(name, [held], started=domain)  # the order row stays
+                    return
                 log.warning(
                     "order for %s failed: %s (%s)",  # the CA's detail, not just the reason code
                     name,
@@ -938,17 +972,23 @@ class Scheduler:
     async def _replaceable(self, problem: AcmeProblem) -> bool:
         """A new order may fix it: the CA forgot the order (404), or the account, which
         is then recovered (at most once per ``ACCOUNT_RECOVERY_INTERVAL``)."""
-        if problem.account_gone:
+        if _account_problem(problem):
             return await self._recover_account(problem)
         return problem.not_found
 
     async def _recover_account(self, problem: AcmeProblem) -> bool:
-        """Find the account again or register one; False when recovered too recently.
+        """Find the account again or register one; False when recovered too recently, or
+        when the account is fine (the failure is then the domain's own).
 
         accountDoesNotExist: the CA forgot the key too (a reset), so the stored key
-        is found or registered again (one key per directory). A deactivated account
-        (unauthorized on a signed request): its key can never register again at
-        Let's Encrypt, so a new key is made.
+        is found or registered again (one key per directory). ``unauthorized`` on a
+        signed request may mean a deactivated account, but at Let's Encrypt also an
+        order or authorization of another account or a name this account may not
+        have: the account is looked at first (``_account_status``), and only one the
+        CA reports deactivated (or revoked, or refuses to show) is replaced, with a
+        new key (a deactivated account's key can never register again at Let's
+        Encrypt). Registering a new account for nothing would cost one of the CA's
+        few new registrations (10 per IP per 3 hours) and strand every pending order.
         """
         assert self._issuer is not None
         async with self._account_lock:
@@ -958,12 +998,23 @@ class Scheduler:
                 # Orders already under way met the old account: retry on the new one.
                 # Later, the new account failing too is a normal failure (no loop).
                 return self._account_ok and now - last <= _ACCOUNT_FRESH
+            status = "gone"
+            if problem.unauthorized:
+                status = await self._account_verdict(now)
+                if status not in ("deactivated", "revoked", "gone"):
+                    log.info(
+                        "the CA refused a request (%s) but the ACME account is %s: "
+                        "the domain's failure, not the account's",
+                        problem.detail or problem.reason,
+                        status or "of unknown status",
+                    )
+                    return False
+            new_key = status != "gone"
             self._account_recovered_at = now
             self._account_ok = False
-            new_key = problem.account_deactivated
             log.warning(
                 "the CA says the ACME account is %s; recovering it (%s key)",
-                "deactivated" if new_key else "gone",
+                status,
                 "new" if new_key else "stored",
             )
             try:
@@ -975,6 +1026,25 @@ class Scheduler:
                 return False
             self._account_ok = True
             return True
+
+    async def _account_verdict(self, now: datetime) -> str:
+        """What the CA says of the account (``Issuer.account_status``), asked at most once
+        per ``ACCOUNT_RECOVERY_INTERVAL`` (else the last answer); "" when it could not tell
+        (the CA is then marked unavailable if that is why)."""
+        assert self._issuer is not None
+        checked = self._account_checked_at
+        if checked is not None and now - checked < ACCOUNT_RECOVERY_INTERVAL:
+            return self._account_status
+        self._account_checked_at = now
+        try:
+            status = await self._issuer.account_status()
+        except AcmeProblem as failure:
+            log.warning("could not look at the ACME account: %s", failure)
+            if self.ca.is_outage(failure):
+                self._ca_failed(failure)
+            status = ""
+        self._account_status = status
+        return status
 
     # -- the CA's shared health ----------------------------------------------------------
 
@@ -1012,12 +1082,14 @@ class Scheduler:
             except AcmeProblem as problem:
                 later = self.ca.probe_failed(problem, self._clock.now())
                 log.info("the CA is still unavailable; next probe at %s", later.next_probe)
+                await self._reschedule_held(later.next_probe)
                 continue
             except Exception:
                 log.exception("CA probe crashed")
-                self.ca.probe_failed(
+                later = self.ca.probe_failed(
                     AcmeProblem("INTERNAL", "probe crashed", retryable=True), self._clock.now()
                 )
+                await self._reschedule_held(later.next_probe)
                 continue
             self.ca.probe_succeeded(self._clock.now())
             self._ca_down.clear()
@@ -1028,6 +1100,23 @@ class Scheduler:
                 # The store failed: the held domains wake at the next start or probe.
                 log.warning("could not wake the domains held for the CA", exc_info=True)
             self._wake.set()
+
+    async def _reschedule_held(self, next_probe: datetime) -> None:
+        """Held domains show the next probe as their next attempt: the scheduling columns
+        alone (``outbox.save``: no event, a router sees no churn); a status page reads it.
+        A store failure only leaves the previous probe's time shown."""
+        try:
+            names = await self._store.names_with_last_error(lifecycle.CA_UNAVAILABLE)
+            moved = CaStillUnavailable(next_probe)
+            for first in range(0, len(names), _RESTART_BATCH):
+                now = self._clock.now()
+                async with self._transaction() as tx:
+                    for name in names[first : first + _RESTART_BATCH]:
+                        latest = await tx.get_domain(name)
+                        if latest is not None:
+                            await outbox.save(tx, latest, lifecycle.apply(latest, moved, now))
+        except Exception:
+            log.warning("could not show the next CA probe on the held domains", exc_info=True)
 
     async def _wake_held(self) -> None:
         """Held domains due now: renewals (a certificate to keep alive) before first ones."""
@@ -1145,3 +1234,8 @@ class Scheduler:
         if self._labels is None:
             raise RuntimeError(f"{domain.name} has no delegation label and no label key is set")
         return self._labels.label(domain.app, domain.name)
+
+
+def _account_problem(problem: AcmeProblem) -> bool:
+    """The CA refused the account (accountDoesNotExist) or the signed request (unauthorized)."""
+    return problem.account_gone or problem.unauthorized

@@ -2,7 +2,8 @@
 
 Each order is recorded (names, ``replaces``, ``resume_url``, DNS-01 label), so a
 test can assert what the CA was asked; outcomes are scripted per name
-(``fail``), and renewal windows (ARI) come from ``window``.
+(``fail``; ``unauthorized()`` is the CA refusing one request while the
+account is fine), and renewal windows (ARI) come from ``window``.
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from acme import messages
 from cryptography.hazmat.primitives import serialization
 
 from certbroker.acme import ari
-from certbroker.acme.problems import AcmeProblem
+from certbroker.acme.problems import ERROR_PREFIX, AcmeProblem, classify
 from certbroker.clock import Clock
 from certbroker.ports import RenewalWindow
 from tests.pki import TestPKI, make_leaf
@@ -52,7 +54,9 @@ class FakeIssuer:
     start_failures: list[AcmeProblem] = field(default_factory=list)
     #: The CA is unreachable: every request raises ``outage()``.
     down: bool = False
-    #: The CA forgot (or, with ``deactivated``, refused) the account until it is recovered.
+    #: The CA forgot the account (accountDoesNotExist), or it was deactivated (every
+    #: signed request, the account's own look-up included, is ``unauthorized``), until
+    #: it is recovered.
     account_lost: bool = False
     deactivated: bool = False
     #: Order URLs the CA answers 404 for (``forget_all``: every order URL, new ones too).
@@ -62,6 +66,7 @@ class FakeIssuer:
     #: places a new order instead, inside the issuer (``OrderGone`` in AcmeIssuer).
     unfinishable: set[str] = field(default_factory=set)
     probes: int = 0
+    status_checks: int = 0  # account_status calls
     recoveries: list[bool] = field(default_factory=list)  # new_key of each recovery
     _failures: dict[str, list[AcmeProblem]] = field(default_factory=dict)
     _orders: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
@@ -86,6 +91,14 @@ class FakeIssuer:
         self.probes += 1
         if self.down:
             raise outage()
+
+    async def account_status(self) -> str:
+        self.status_checks += 1
+        if self.down:
+            raise outage()
+        if self.deactivated:
+            return "deactivated"
+        return "gone" if self.account_lost else "valid"
 
     async def recover_account(self, *, new_key: bool) -> None:
         if self.down:
@@ -114,13 +127,10 @@ class FakeIssuer:
         )
         if self.down:
             raise outage()
+        if self.deactivated:
+            raise unauthorized()
         if self.account_lost:
-            lost = problem("ACME_ACCOUNT_DOES_NOT_EXIST", retryable=False)
-            if self.deactivated:
-                lost = problem("ACME_UNAUTHORIZED", retryable=True)
-                lost.account_deactivated = True
-            lost.account_gone = True
-            raise lost
+            raise _refused("accountDoesNotExist", 400)
         if resume_url and (self.forget_all or resume_url in self.forgotten):
             gone = problem("ACME_MALFORMED", retryable=False)
             gone.not_found = True
@@ -173,3 +183,16 @@ def outage(reason: str = "ACME_NETWORK") -> AcmeProblem:
     down = problem(reason, retryable=True)
     down.ca_unavailable = True
     return down
+
+
+def unauthorized() -> AcmeProblem:
+    """``unauthorized`` on a signed request, marked as ``problems.classify`` marks it: a
+    deactivated account's every request, or one request this account may not make."""
+    return _refused("unauthorized", 403)
+
+
+def _refused(code: str, status: int) -> AcmeProblem:
+    """A signed request refused with problem ``code``, classified by the real ``classify``."""
+    error = messages.Error(typ=f"{ERROR_PREFIX}{code}", detail=f"the fake CA says {code}")
+    error.http_status = status  # what the issuer's network layer attaches
+    return classify(error)

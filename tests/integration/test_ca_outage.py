@@ -19,6 +19,7 @@ from tests.broker import started_broker
 from tests.infra.pebble import Pebble
 from tests.infra.ports import free_port
 from tests.integration.lab import NINETY_DAYS, Lab, in_use, unique_domain, verify_chain, wait_status
+from tests.observe import scrape, value
 
 
 @pytest.fixture
@@ -45,7 +46,10 @@ async def test_domains_added_while_the_ca_is_down_are_held_then_issued_after_a_r
     pebble = own_ca.pebble
     before = [unique_domain() for _ in range(3)]
     during = [unique_domain() for _ in range(3)]
-    async with started_broker(own_ca.settings(tmp_path)) as broker:
+    settings = own_ca.settings(tmp_path, metrics_listen=("127.0.0.1", 0))
+    async with started_broker(settings) as broker:
+        port = broker.running.metrics_port
+        assert port is not None
         for name in before:
             await broker.stub.IssueCertificate(
                 broker_pb2.IssueCertificateRequest(domain=name, app="shop")
@@ -61,8 +65,13 @@ async def test_domains_added_while_the_ca_is_down_are_held_then_issued_after_a_r
         for name in during:
             held = await wait_status(broker.stub, name, held_for_ca)
             assert held.retry.attempt == 0
-            assert "next probe at" in held.retry.last_error_message
+            # GetStatus shows when the shared probe runs next (a moment after the hold).
+            assert held.retry.HasField("next_attempt_time")
+            probe = held.retry.next_attempt_time.ToDatetime()
+            assert probe > held.retry.last_error_time.ToDatetime()
             assert held.lets_encrypt_state != domain_pb2.LETS_ENCRYPT_STATE_ACTION_REQUIRED
+        metrics = await scrape(port)  # the operator sees the pause
+        assert value(metrics, "certbroker_ca_available") == 0
         for name in before:  # what serves keeps serving
             status = await broker.stub.GetStatus(broker_pb2.GetStatusRequest(domain=name))
             assert in_use(status.domain)
@@ -74,3 +83,7 @@ async def test_domains_added_while_the_ca_is_down_are_held_then_issued_after_a_r
             done = await wait_status(broker.stub, name, in_use, timeout=30)
             assert done.retry.attempt == 0
             verify_chain(done.lets_encrypt_certificate.chain_pem, root, name)
+        metrics = await scrape(port)
+        assert value(metrics, "certbroker_ca_available") == 1
+        paused = value(metrics, "certbroker_ca_paused_seconds_total")
+        assert paused is not None and paused > 0

@@ -133,6 +133,15 @@ def _finalize(
     return body
 
 
+def _account_status(acme: client.ClientV2, account_url: str) -> str:
+    """POST-as-GET of the account URL (RFC 8555 §7.3.2): its ``status`` field."""
+    body = acme._post_as_get(account_url).json()
+    status = body.get("status") if isinstance(body, dict) else None
+    if not isinstance(status, str):
+        raise AcmeProblem("ACME_PROTOCOL", "the account has no status", retryable=True)
+    return status
+
+
 def _download(acme: client.ClientV2, cert_url: str) -> str:
     text: str = acme._post_as_get(cert_url).text
     return text if text.endswith("\n") else text + "\n"
@@ -236,6 +245,18 @@ class AcmeIssuer:
     async def probe(self) -> None:
         """One GET of the directory: raises ``AcmeProblem`` while the CA is unavailable."""
         await self._opener.probe()
+
+    async def account_status(self) -> str:
+        """The account as the CA reports it (``ports.Issuer.account_status``)."""
+        account = self._require_started()
+        try:
+            return await self._transport.with_client(_account_status, account.url)
+        except AcmeProblem as problem:
+            if problem.unauthorized:  # a deactivated account may not even look at itself
+                return "deactivated"
+            if problem.account_gone:
+                return "gone"
+            raise
 
     async def recover_account(self, *, new_key: bool) -> None:
         """Find or register the account again (``ports.Issuer.recover_account``)."""

@@ -157,11 +157,14 @@ class AcmeProblem(Exception):
         self.failed_authorizations = failed_authorizations
         # Set by ``classify`` (request-level failures only, never a challenge's verdict):
         # the CA itself is unreachable or failing (network, timeout, 5xx, serverInternal);
-        # the account is gone (accountDoesNotExist) or refused (unauthorized on a signed
-        # request: a deactivated account); the requested URL is unknown (404).
+        # the account is gone (accountDoesNotExist); the signed request was refused
+        # (``unauthorized``: a deactivated account, but at Let's Encrypt just as well an
+        # order or authorization of another account, or a name it may not have, so only
+        # a look at the account itself tells: ``Issuer.account_status``); the requested
+        # URL is unknown (404).
         self.ca_unavailable = False
         self.account_gone = False
-        self.account_deactivated = False
+        self.unauthorized = False
         self.not_found = False
 
     def __repr__(self) -> str:
@@ -266,7 +269,8 @@ def from_acme_error(
 
 def classify(exc: BaseException) -> AcmeProblem:
     """Any exception an ACME *request* can raise, as an ``AcmeProblem`` (by type only),
-    with the request-level marks (``ca_unavailable``, ``account_gone``, ``not_found``)."""
+    with the request-level marks (``ca_unavailable``, ``account_gone``, ``unauthorized``,
+    ``not_found``)."""
     problem = _classify(exc)
     if isinstance(exc, AcmeProblem):
         return problem
@@ -277,9 +281,9 @@ def classify(exc: BaseException) -> AcmeProblem:
     problem.ca_unavailable = problem.reason in _CA_DOWN_REASONS or (
         status is not None and status >= 500
     )
-    problem.account_gone = code in ("accountDoesNotExist", "unauthorized")
-    problem.account_deactivated = code == "unauthorized"
-    problem.not_found = status == 404 and not problem.account_gone
+    problem.account_gone = code == "accountDoesNotExist"
+    problem.unauthorized = code == "unauthorized"
+    problem.not_found = status == 404 and not (problem.account_gone or problem.unauthorized)
     return problem
 
 
