@@ -205,6 +205,7 @@ def test_hostport_port_out_of_range_is_refused() -> None:
         ("CERTBROKER_MAX_PENDING_REQUESTS", "0"),
         ("CERTBROKER_ROUTER_REPORT_INTERVAL", "0s"),
         ("CERTBROKER_MAX_ROUTERS", "0"),
+        ("CERTBROKER_MAX_ROUTERS_PER_IDENTITY", "0"),
         ("CERTBROKER_ROLES", "router-1=superuser"),
         ("CERTBROKER_ROLES", "router-1"),
         ("CERTBROKER_ROLES", "=router"),
@@ -274,3 +275,6 @@ def test_router_reports_settings() -> None:
         {"CERTBROKER_ROUTER_REPORT_INTERVAL": "30s", "CERTBROKER_MAX_ROUTERS": "500"}
     )
     assert (settings.router_report_interval, settings.max_routers) == (timedelta(seconds=30), 500)
+    assert Settings().max_routers_per_identity is None  # half of max_routers
+    shared = Settings.from_env({"CERTBROKER_MAX_ROUTERS_PER_IDENTITY": "4000"})
+    assert shared.max_routers_per_identity == 4000

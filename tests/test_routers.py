@@ -31,7 +31,7 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def registry(clock: FakeClock) -> RouterRegistry:
-    return RouterRegistry(clock, INTERVAL, capacity=3)
+    return RouterRegistry(clock, INTERVAL, capacity=3, per_identity=3)
 
 
 def test_counts_routers_at_or_past_a_revision(registry: RouterRegistry) -> None:
@@ -142,7 +142,7 @@ def test_an_id_belongs_to_its_first_identity_until_forgotten(
 def test_pages_list_every_router_once_in_id_order(
     clock: FakeClock,
 ) -> None:
-    registry = RouterRegistry(clock, INTERVAL, capacity=5000)
+    registry = RouterRegistry(clock, INTERVAL, capacity=5000, per_identity=5000)
     ids = [f"edge-{n:04d}" for n in range(2500)]
     for router_id in reversed(ids):
         registry.report(router_id, "router-1", 1, 1)
@@ -215,3 +215,18 @@ def test_strict_mode_takes_only_the_callers_own_name(clock: FakeClock) -> None:
     with pytest.raises(InvalidArgument):  # a bad id is still a bad id first
         registry.report("bad id", "bad id", 1, 1)
     assert [s.report.router_id for s in registry.routers()] == ["router-1"]
+
+
+def test_an_identitys_share_frees_as_its_routers_are_forgotten(clock: FakeClock) -> None:
+    registry = RouterRegistry(clock, INTERVAL, capacity=10, per_identity=2)
+    registry.report("a-1", "router-1", 0, 1)
+    registry.report("a-2", "router-1", 0, 1)
+    with pytest.raises(ResourceExhausted) as caught:
+        registry.report("a-3", "router-1", 0, 1)
+    assert caught.value.reason == "TOO_MANY_ROUTERS_FOR_IDENTITY"
+    for n in range(5):  # others and the plaintext identity are not held to router-1's share
+        registry.report(f"b-{n}", "router-2" if n < 2 else "local", 0, 1)
+    clock.advance(INTERVAL * 10 + timedelta(seconds=1))  # all forgotten
+    registry.report("a-3", "router-1", 0, 1)
+    registry.report("a-4", "router-1", 0, 1)
+    assert [state.report.router_id for state in registry.routers()] == ["a-3", "a-4"]

@@ -64,6 +64,7 @@ _KNOWN = (
     "MAX_CONCURRENT_ORDERS",
     "MAX_PENDING_REQUESTS",
     "MAX_ROUTERS",
+    "MAX_ROUTERS_PER_IDENTITY",
     "METRICS_LISTEN",
     "PLATFORM_DOMAINS",
     "PLATFORM_TARGETS",
@@ -429,6 +430,8 @@ class Settings:
     # Routers report what they serve this often; silent for 3 intervals they stop counting.
     router_report_interval: timedelta = timedelta(seconds=10)
     max_routers: int = 10_000
+    # Router ids one client certificate may hold; None: half of max_routers.
+    max_routers_per_identity: int | None = None
     # Stricter: a router may report only under its own client-certificate name (needs TLS).
     router_id_is_identity: bool = False
     # `certbroker doctor` (CheckDomain): the port its HTTP-01 self-probe connects to (the
@@ -542,6 +545,7 @@ class Settings:
             ("http01_max_connections", "CERTBROKER_HTTP01_MAX_CONNECTIONS", 1),
             ("http01_max_connections_per_peer", "CERTBROKER_HTTP01_MAX_CONNECTIONS_PER_PEER", 1),
             ("max_routers", "CERTBROKER_MAX_ROUTERS", 1),
+            ("max_routers_per_identity", "CERTBROKER_MAX_ROUTERS_PER_IDENTITY", 1),
         ):
             if (raw := get(name)) is not None:
                 values[attr] = _int(name, raw, minimum)

@@ -41,6 +41,7 @@ import binascii
 import bisect
 import heapq
 import re
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Final
@@ -65,6 +66,11 @@ MAX_PAGE_SIZE: Final = 1000
 _TOKEN_PREFIX: Final = "router-after:"  # noqa: S105 (a page token, not a secret)
 #: The longest token :func:`encode_page_token` makes (base64 of prefix + a 128-character id).
 MAX_PAGE_TOKEN_LENGTH: Final = 4 * -(-(len(_TOKEN_PREFIX) + MAX_ROUTER_ID) // 3)
+
+
+#: The identity ``api.auth`` gives every plaintext caller (its ``Role.LOCAL``): one
+#: trusted operator, so the per-identity cap does not apply to it.
+LOCAL_IDENTITY: Final = "local"
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,15 +172,24 @@ class RouterRegistry:
         stale_after: int = STALE_AFTER,
         forget_after: int = FORGET_AFTER,
         id_is_identity: bool = False,
+        per_identity: int | None = None,
     ) -> None:
         """``interval``: how often routers are asked to report (told in every reply).
 
         ``id_is_identity``: a report's ``router_id`` must be the caller's identity.
+        ``per_identity``: how many ids one client certificate may hold (default half
+        of ``capacity``), so one stolen or runaway certificate cannot fill the whole
+        registry and lock every other router out; plaintext ``local`` callers, all
+        one trusted identity, are held only to ``capacity``.
         """
         if interval <= timedelta(0) or capacity < 1 or not 0 < stale_after <= forget_after:
             raise ValueError("interval > 0, capacity >= 1 and 0 < stale_after <= forget_after")
+        if per_identity is not None and per_identity < 1:
+            raise ValueError("per_identity >= 1")
         self._clock = clock
         self._id_is_identity = id_is_identity
+        self.per_identity = per_identity if per_identity is not None else max(1, capacity // 2)
+        self._held: Counter[str] = Counter()  # ids held, by identity
         self.interval = interval
         self.capacity = capacity
         self._stale = interval * stale_after
@@ -216,7 +231,7 @@ class RouterRegistry:
         now = self._clock.now()
         previous = self._reports.get(router_id)
         if previous is not None and now - previous.last_seen > self._forget:
-            del self._reports[router_id]  # forgotten: the id is free again
+            self._drop(router_id)  # forgotten: the id is free again
             self._version += 1
             previous = None
         if previous is not None and previous.identity != identity:
@@ -236,6 +251,17 @@ class RouterRegistry:
                     retry_after=self.interval,
                     reason="TOO_MANY_ROUTERS",
                 )
+        if previous is None and identity != LOCAL_IDENTITY:
+            if self._held[identity] >= self.per_identity:
+                self._forget_silent(now)
+            if self._held[identity] >= self.per_identity:
+                raise ResourceExhausted(
+                    f"this client certificate already holds {self.per_identity} router ids "
+                    "(CERTBROKER_MAX_ROUTERS_PER_IDENTITY); silent ones are forgotten "
+                    f"after {self._forget.total_seconds():g}s",
+                    retry_after=self.interval,
+                    reason="TOO_MANY_ROUTERS_FOR_IDENTITY",
+                )
         report = RouterReport(
             router_id=router_id,
             identity=identity,
@@ -244,6 +270,8 @@ class RouterRegistry:
             first_seen=previous.first_seen if previous is not None else now,
             last_seen=now,
         )
+        if previous is None:
+            self._held[identity] += 1
         self._reports[router_id] = report
         self._version += 1
         return report
@@ -307,6 +335,12 @@ class RouterRegistry:
     def _forget_silent(self, now: datetime) -> None:
         silent = [k for k, r in self._reports.items() if now - r.last_seen > self._forget]
         for router_id in silent:
-            del self._reports[router_id]
+            self._drop(router_id)
         if silent:
             self._version += 1
+
+    def _drop(self, router_id: str) -> None:
+        identity = self._reports.pop(router_id).identity
+        self._held[identity] -= 1
+        if self._held[identity] <= 0:
+            del self._held[identity]

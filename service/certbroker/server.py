@@ -415,6 +415,7 @@ async def _start(
             settings.router_report_interval,
             settings.max_routers,
             id_is_identity=settings.router_id_is_identity,
+            per_identity=settings.max_routers_per_identity,
         ),
         doctor=_doctor(settings, store, clock, dns, targets, publisher, dns01, labels, platform),
         metrics=metrics,

@@ -107,3 +107,45 @@ async def test_strict_mode_refuses_any_id_but_the_certificates_name(tmp_path: Pa
         await router.report_serving("router-1", 0, 1)
         [listed] = (await stubs.api.ListRouters(B.ListRoutersRequest())).routers
         assert (listed.router_id, listed.identity) == ("router-1", "router-1")
+
+
+async def test_one_certificate_cannot_fill_the_registry(tmp_path: Path) -> None:
+    """A stolen or runaway router certificate is held to its share; other routers still report."""
+    settings, mtls = mtls_settings(
+        broker_settings(tmp_path, router_report_interval=INTERVAL, max_routers=6),
+        tmp_path / "tls",
+    )
+    settings = replace(settings, roles={**ROLES, "router-2": "router"})
+    async with (
+        role_stubs(settings, mtls, FakeClock(NOW)) as stubs,
+        _client(stubs.address, mtls, "router-1") as runaway,
+        _client(stubs.address, mtls, "router-2") as other,
+    ):
+        for n in range(3):  # half of max_routers by default
+            await runaway.report_serving(f"flood-{n}", 0, 1)
+        with pytest.raises(BrokerError) as caught:
+            await runaway.report_serving("flood-3", 0, 1)
+        assert caught.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert caught.value.reason == "TOO_MANY_ROUTERS_FOR_IDENTITY"
+        assert caught.value.retry_after is not None
+        await runaway.report_serving("flood-0", 0, 2)  # its own ids still report
+        for n in range(3):
+            await other.report_serving(f"edge-{n}", 0, 1)
+        listed = (await stubs.api.ListRouters(B.ListRoutersRequest())).routers
+        assert sorted(r.router_id for r in listed) == [
+            *(f"edge-{n}" for n in range(3)),
+            *(f"flood-{n}" for n in range(3)),
+        ]
+
+
+async def test_routers_do_not_see_each_others_certificate_names(tmp_path: Path) -> None:
+    settings, mtls = mtls_settings(broker_settings(tmp_path), tmp_path / "tls")
+    async with (
+        role_stubs(settings, mtls, FakeClock(NOW)) as stubs,
+        _client(stubs.address, mtls, "router-1") as router,
+    ):
+        await router.report_serving("edge-1", 0, 5)
+        [seen_by_api] = (await stubs.api.ListRouters(B.ListRoutersRequest())).routers
+        assert seen_by_api.identity == "router-1"
+        [seen_by_router] = await router.list_routers()
+        assert (seen_by_router.router_id, seen_by_router.identity) == ("edge-1", "")

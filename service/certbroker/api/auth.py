@@ -43,6 +43,11 @@ _GRANTS: dict[Role, frozenset[Permission]] = {
 }
 
 
+def grants(role: Role, permission: Permission) -> bool:
+    """Whether ``role`` has ``permission`` (for replies that show more to some roles)."""
+    return permission in _GRANTS[role]
+
+
 def _identities(context: grpc.aio.ServicerContext) -> list[str]:
     auth = context.auth_context()
     names: list[str] = []

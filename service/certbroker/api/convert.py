@@ -194,8 +194,9 @@ def report_reply(current_revision: int, interval: timedelta) -> broker_pb2.Repor
 
 
 def routers(
-    page: RouterPage, current_revision: int, interval: timedelta
+    page: RouterPage, current_revision: int, interval: timedelta, *, identities: bool = True
 ) -> broker_pb2.ListRoutersResponse:
+    """One ListRouters page; ``identities``: whether the caller may see certificate names."""
     message = broker_pb2.ListRoutersResponse(
         current_revision=current_revision,
         report_interval=_duration(interval),
@@ -205,7 +206,7 @@ def routers(
         report = state.report
         item = message.routers.add(
             router_id=report.router_id,
-            identity=report.identity,
+            identity=report.identity if identities else "",
             applied_revision=report.applied_revision,
             lag=current_revision - report.applied_revision,
             domain_count=report.domain_count,

@@ -30,7 +30,7 @@ from opentelemetry.trace import Status, StatusCode
 
 from certbroker import tenancy
 from certbroker.api import convert
-from certbroker.api.auth import ACROSS_TENANTS, Authorizer, Permission
+from certbroker.api.auth import ACROSS_TENANTS, Authorizer, Permission, grants
 from certbroker.api.errors import internal, to_status
 from certbroker.app import Broker, encode_page_token
 from certbroker.bounds import MAX_PAGE_BYTES, check_watch_filters
@@ -317,9 +317,16 @@ class BrokerServicer(broker_pb2_grpc.CertificateBrokerServiceServicer):
     async def ListRouters(
         self, request: broker_pb2.ListRoutersRequest, context: grpc.aio.ServicerContext
     ) -> broker_pb2.ListRoutersResponse:
-        self._auth.require(context, Permission.READ)
+        role = self._auth.require(context, Permission.READ)
         page = self._routers.page(request.page_size, request.page_token)
-        return convert.routers(page, self._hub.revision, self._routers.interval)
+        # Which certificate each router reports with is for operators (api/admin), not
+        # for the routers themselves: one router must not learn the others' names.
+        return convert.routers(
+            page,
+            self._hub.revision,
+            self._routers.interval,
+            identities=grants(role, Permission.MANAGE),
+        )
 
     @_unary
     async def CheckDomain(
