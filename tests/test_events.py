@@ -245,6 +245,41 @@ class _Unreadable:
         return await self._store.events_after(revision, limit)
 
 
+class _Lagging:
+    """The real store, except that the next ``stale`` event reads show nothing new (a
+    read snapshot from before the commit, as SQLite keeps while a statement is active)."""
+
+    def __init__(self, store: SqliteStore) -> None:
+        self._store = store
+        self.stale = 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._store, name)
+
+    async def events_after(self, revision: int, limit: int) -> list[Event]:
+        if self.stale:
+            self.stale -= 1
+            return []
+        return await self._store.events_after(revision, limit)
+
+
+async def test_an_announced_commit_a_read_does_not_show_yet_is_read_again(
+    store: SqliteStore,
+) -> None:
+    """Used to wait for the next commit, however long: watchers stalled on a quiet broker."""
+    lagging = _Lagging(store)
+    hub = EventHub(lagging)  # type: ignore[arg-type]
+    await hub.start()
+    try:
+        lagging.stale = 2
+        (revision,) = await write(store, 1)  # announced once, and nothing after it
+        async with asyncio.timeout(DEADLINE):
+            assert await hub.wait_beyond(0, DEADLINE) == revision
+        assert lagging.stale == 0
+    finally:
+        await hub.stop()
+
+
 async def test_a_store_that_cannot_be_read_is_retried_with_backoff_and_logged_once(
     store: SqliteStore, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -24,6 +24,8 @@ _PAGE = 500
 # Reading new events failed: retry after 0.1 s, doubling to 5 s; log once per 30 s.
 _RETRY_FIRST = 0.1
 _RETRY_MAX = 5.0
+#: How often an announced revision that no read shows is looked for (every _RETRY_FIRST).
+_UNSEEN_RETRIES = 50
 _LOG_EVERY = 30.0
 
 
@@ -80,6 +82,7 @@ class EventHub:
     async def _fetch_loop(self) -> None:
         delay = _RETRY_FIRST
         failures = 0
+        unseen = 0  # reads in a row that did not show an announced commit
         logged_at: float | None = None
         while True:
             await self._kick.wait()
@@ -106,7 +109,21 @@ class EventHub:
                     continue
                 delay = _RETRY_FIRST
                 if not batch:
-                    break
+                    # A commit was announced but the read does not show it yet (a read
+                    # snapshot from before it, a replica behind). Look again shortly: the
+                    # next announcement, which would otherwise wake us, may never come.
+                    unseen += 1
+                    if unseen > _UNSEEN_RETRIES:
+                        log.warning(
+                            "revision %d was announced but is not readable; waiting for "
+                            "the next commit",
+                            self._wanted,
+                        )
+                        unseen = 0
+                        break
+                    await asyncio.sleep(_RETRY_FIRST)
+                    continue
+                unseen = 0
                 self._window.extend(batch)
                 self._head = batch[-1].revision
                 self._wake_all()

@@ -5,11 +5,14 @@ The behaviour both backends share is in test_contract.py.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
+import aiosqlite
 import pytest
 
 from certbroker.model import Domain, Source
@@ -189,3 +192,38 @@ async def test_claims_and_the_next_claim_time_use_the_indexes(
     assert "USING INDEX domains_due" in plan
     assert "USING INDEX domains_leased (lease_until>?)" in plan
     assert "SCAN domains " not in plan + " "
+
+
+async def test_a_read_in_progress_does_not_hide_commits_from_the_next_read(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite keeps a connection's snapshot while any statement on it is active, and
+    aiosqlite runs execute, fetch and close as separate jobs: a read paused between them
+    (here: held before its fetch) made every read interleaved there see the database from
+    before commits that had already returned, e.g. the event hub's (a watcher then waited
+    for the next commit). Reads are now one ``execute_fetchall`` job each."""
+    await put(store, make_domain("a.example.com"))
+    held, release, first = asyncio.Event(), asyncio.Event(), [True]
+    fetchone = aiosqlite.Cursor.fetchone
+
+    async def held_fetchone(cursor: aiosqlite.Cursor) -> Any:
+        if first[0] and cursor._conn is store._reader:  # the first reader fetch only
+            first[0] = False
+            held.set()
+            await release.wait()
+        return await fetchone(cursor)
+
+    monkeypatch.setattr(aiosqlite.Cursor, "fetchone", held_fetchone)
+    reading = asyncio.create_task(store.get_domain("a.example.com"))
+    await asyncio.wait(
+        [reading, asyncio.create_task(held.wait())], return_when=asyncio.FIRST_COMPLETED
+    )
+    try:
+        async with asyncio.timeout(10):  # the old reads also stalled the writer here
+            written = await put(store, make_domain("b.example.com"))
+            assert await store.current_revision() == written.revision
+            events = await store.events_after(written.revision - 1, 10)
+            assert [e.revision for e in events] == [written.revision]
+    finally:
+        release.set()
+        await reading

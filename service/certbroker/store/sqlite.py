@@ -227,6 +227,18 @@ async def _connect(path: str, isolation_level: str | None = None) -> aiosqlite.C
     return conn
 
 
+def _first(rows: Iterable[aiosqlite.Row]) -> aiosqlite.Row | None:
+    """The first of ``rows`` (from ``execute_fetchall``), or None.
+
+    Why every read here is one ``execute_fetchall``: aiosqlite runs each call as its own
+    job on the connection's thread, so a cursor read as execute, fetch, close leaves its
+    statement active between jobs, and SQLite keeps the connection's read snapshot while
+    any statement is active: another read interleaved there (the event hub's, a revision
+    check) saw the database as it was before commits that had already returned.
+    """
+    return next(iter(rows), None)
+
+
 class SqliteStore:
     def __init__(
         self,
@@ -364,10 +376,11 @@ class SqliteStore:
         if cached is not None:
             self._certificates.move_to_end(cert_id)
             return cached
-        async with (conn or self._reader).execute(
-            f"{_CERT_SELECT} WHERE id = ?", (cert_id,)
-        ) as cur:
-            row = await cur.fetchone()
+        row = _first(
+            await (conn or self._reader).execute_fetchall(
+                f"{_CERT_SELECT} WHERE id = ?", (cert_id,)
+            )
+        )
         if row is None:
             return None
         info = certificate_from_row(row)
@@ -444,8 +457,9 @@ class SqliteStore:
         cached = self._domains.get(name)
         if cached is not None:
             return cached
-        async with self._reader.execute(f"{_DOMAIN_SELECT} WHERE name = ?", (name,)) as cur:
-            row = await cur.fetchone()
+        row = _first(
+            await self._reader.execute_fetchall(f"{_DOMAIN_SELECT} WHERE name = ?", (name,))
+        )
         if row is None:
             return None
         return await self.decode_domain(row)
@@ -465,8 +479,7 @@ class SqliteStore:
     @_translated
     async def due_domains(self, now: datetime, limit: int) -> list[Domain]:
         sql = f"{_DOMAIN_SELECT} WHERE next_run_at <= ? ORDER BY next_run_at LIMIT ?"
-        async with self._reader.execute(sql, (to_micros(now), limit)) as cur:
-            rows = await cur.fetchall()
+        rows = await self._reader.execute_fetchall(sql, (to_micros(now), limit))
         return [await self.decode_domain(row) for row in rows]
 
     @_translated
@@ -479,15 +492,16 @@ class SqliteStore:
             f"SELECT name FROM domains WHERE next_run_at <= ?{skip} "  # noqa: S608
             "ORDER BY next_run_at LIMIT ?"
         )
-        async with self._reader.execute(sql, (to_micros(now), *exclude, limit)) as cur:
-            return [row[0] for row in await cur.fetchall()]
+        return [
+            row[0]
+            for row in await self._reader.execute_fetchall(sql, (to_micros(now), *exclude, limit))
+        ]
 
     @_translated
     async def names_with_last_error(self, reason: str) -> list[str]:
         # A scan (no index on the reason): the scheduler asks once per start.
         sql = "SELECT name FROM domains WHERE last_error_reason = ? ORDER BY name"
-        async with self._reader.execute(sql, (reason,)) as cur:
-            return [row[0] for row in await cur.fetchall()]
+        return [row[0] for row in await self._reader.execute_fetchall(sql, (reason,))]
 
     @_translated
     async def due_candidates(
@@ -511,8 +525,7 @@ class SqliteStore:
         )
         at = to_micros(now)
         params = (*_HOLD_REASONS, at, *exclude, at, owner, limit)
-        async with self._reader.execute(sql, params) as cur:
-            rows = await cur.fetchall()
+        rows = await self._reader.execute_fetchall(sql, params)
         return [
             Candidate(
                 name=row[0],
@@ -537,8 +550,7 @@ class SqliteStore:
             params.append(to_micros(after))
         clause = f" WHERE {' AND '.join(where)}" if where else ""
         sql = f"SELECT MIN(next_run_at) FROM domains{clause}"  # noqa: S608
-        async with self._reader.execute(sql, params) as cur:
-            row = await cur.fetchone()
+        row = _first(await self._reader.execute_fetchall(sql, params))
         return from_micros(row[0]) if row is not None else None
 
     @_translated
@@ -559,8 +571,7 @@ class SqliteStore:
             "SELECT revision, type, domain, payload, challenge_token, challenge_keyauth, at "
             "FROM events WHERE revision > ? ORDER BY revision LIMIT ?"
         )
-        async with self._reader.execute(sql, (revision, limit)) as cur:
-            rows = await cur.fetchall()
+        rows = await self._reader.execute_fetchall(sql, (revision, limit))
         events = []
         for row in rows:
             domain = None
@@ -589,10 +600,11 @@ class SqliteStore:
 
     @_translated
     async def current_revision(self) -> int:
-        async with self._reader.execute(
-            "SELECT seq FROM sqlite_sequence WHERE name = 'events'"
-        ) as cur:
-            row = await cur.fetchone()
+        row = _first(
+            await self._reader.execute_fetchall(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'events'"
+            )
+        )
         return int(row[0]) if row is not None else 0
 
     async def compacted_through(self) -> int:
@@ -627,12 +639,13 @@ class SqliteStore:
         through: int | None = None
         deleted = 0
         async with self._immediate():
-            async with self._writer.execute(
-                "SELECT MAX(revision) FROM events WHERE at < ? AND revision < "
-                "(SELECT MAX(revision) FROM events)",
-                (to_micros(before),),
-            ) as cur:
-                row = await cur.fetchone()
+            row = _first(
+                await self._writer.execute_fetchall(
+                    "SELECT MAX(revision) FROM events WHERE at < ? AND revision < "
+                    "(SELECT MAX(revision) FROM events)",
+                    (to_micros(before),),
+                )
+            )
             through = row[0] if row is not None else None
             if through is not None:
                 cur2 = await self._writer.execute(
@@ -663,17 +676,21 @@ class SqliteStore:
         async with self._immediate():
             if not self._swept:  # once per start: every certificate row is visited
                 await self._mark_unnamed(now)
-            async with self._writer.execute(
-                "SELECT value FROM meta WHERE key = 'compacted_through'"
-            ) as cur:
-                row = await cur.fetchone()
+            row = _first(
+                await self._writer.execute_fetchall(
+                    "SELECT value FROM meta WHERE key = 'compacted_through'"
+                )
+            )
             compacted = int(bytes(row[0]).decode()) if row is not None else 0
-            async with self._writer.execute(  # zeroed in the file: see _SECURE_DELETE
-                "DELETE FROM certificates WHERE retired_at < ? AND retired_revision <= ? "
-                "RETURNING id",
-                (to_micros(before), compacted + 1),
-            ) as cur:
-                gone = [int(r[0]) for r in await cur.fetchall()]
+            # zeroed in the file: see _SECURE_DELETE
+            gone = [
+                int(r[0])
+                for r in await self._writer.execute_fetchall(
+                    "DELETE FROM certificates WHERE retired_at < ? AND retired_revision <= ? "
+                    "RETURNING id",
+                    (to_micros(before), compacted + 1),
+                )
+            ]
         self._swept = True
         for cert_id in gone:
             self._certificates.pop(cert_id, None)
@@ -681,8 +698,7 @@ class SqliteStore:
 
     async def _mark_unnamed(self, now: datetime) -> None:
         """Retire, as of ``now``, rows no domain names that carry no mark (an older version's)."""
-        async with self._writer.execute("SELECT MAX(revision) FROM events") as cur:
-            row = await cur.fetchone()
+        row = _first(await self._writer.execute_fetchall("SELECT MAX(revision) FROM events"))
         newest = row[0] if row is not None and row[0] is not None else 0
         await self._writer.execute(
             "UPDATE certificates SET retired_at = ?, retired_revision = ? "
@@ -696,10 +712,11 @@ class SqliteStore:
 
     @_translated
     async def load_key(self, certificate_id: int) -> bytes | None:
-        async with self._reader.execute(
-            "SELECT key_sealed FROM certificates WHERE id = ?", (certificate_id,)
-        ) as cur:
-            row = await cur.fetchone()
+        row = _first(
+            await self._reader.execute_fetchall(
+                "SELECT key_sealed FROM certificates WHERE id = ?", (certificate_id,)
+            )
+        )
         return bytes(row[0]) if row is not None else None
 
     @_translated
@@ -721,8 +738,9 @@ class SqliteStore:
 
     @_translated
     async def get_meta(self, key: str) -> bytes | None:
-        async with self._reader.execute("SELECT value FROM meta WHERE key = ?", (key,)) as cur:
-            row = await cur.fetchone()
+        row = _first(
+            await self._reader.execute_fetchall("SELECT value FROM meta WHERE key = ?", (key,))
+        )
         return bytes(row[0]) if row is not None else None
 
     @_translated
@@ -735,8 +753,7 @@ class SqliteStore:
         """One statement in a transaction of its own, behind the one writer; its rows."""
         async with self._write_lock:
             try:
-                async with self._writer.execute(sql, params) as cur:
-                    rows = list(await cur.fetchall())
+                rows = list(await self._writer.execute_fetchall(sql, params))
                 await self._writer.commit()
             except BaseException:
                 with contextlib.suppress(sqlite3.Error):
@@ -804,8 +821,7 @@ class SqliteStore:
             f"AND next_run_at IS NOT NULL{skip})"
         )
         first = (at, owner, *exclude, *([to_micros(after)] if after is not None else []))
-        async with self._reader.execute(sql, (*first, at, owner, *exclude)) as cur:
-            row = await cur.fetchone()
+        row = _first(await self._reader.execute_fetchall(sql, (*first, at, owner, *exclude)))
         times = [t for t in (row[0], row[1]) if t is not None] if row is not None else []
         return from_micros(min(times)) if times else None
 
@@ -826,12 +842,14 @@ class SqliteStore:
 
     @_translated
     async def lease_owners(self, prefix: str, now: datetime) -> list[str]:
-        async with self._reader.execute(
-            "SELECT owner FROM leases WHERE substr(name, 1, ?) = ? AND expires_at > ? "
-            "ORDER BY owner",
-            (len(prefix), prefix, to_micros(now)),
-        ) as cur:
-            return [row[0] for row in await cur.fetchall()]
+        return [
+            row[0]
+            for row in await self._reader.execute_fetchall(
+                "SELECT owner FROM leases WHERE substr(name, 1, ?) = ? AND expires_at > ? "
+                "ORDER BY owner",
+                (len(prefix), prefix, to_micros(now)),
+            )
+        ]
 
     @_translated
     async def put_challenge(
@@ -850,11 +868,13 @@ class SqliteStore:
 
     @_translated
     async def get_challenge(self, token: str, now: datetime) -> str | None:
-        async with self._reader.execute(
-            "SELECT key_authorization FROM challenges WHERE token = ? AND expires_at > ? LIMIT 1",
-            (token, to_micros(now)),
-        ) as cur:
-            row = await cur.fetchone()
+        row = _first(
+            await self._reader.execute_fetchall(
+                "SELECT key_authorization FROM challenges WHERE token = ? AND expires_at > ? "
+                "LIMIT 1",
+                (token, to_micros(now)),
+            )
+        )
         return str(row[0]) if row is not None else None
 
     @_translated
@@ -879,11 +899,15 @@ class SqliteStore:
 async def _names_issued_since(
     conn: aiosqlite.Connection, names: tuple[str, ...], since: datetime
 ) -> bool:
-    async with conn.execute(
-        "SELECT 1 FROM issuances WHERE names_key = ? AND issued_at > ? LIMIT 1",
-        (names_key(names), to_micros(since)),
-    ) as cur:
-        return await cur.fetchone() is not None
+    return (
+        _first(
+            await conn.execute_fetchall(
+                "SELECT 1 FROM issuances WHERE names_key = ? AND issued_at > ? LIMIT 1",
+                (names_key(names), to_micros(since)),
+            )
+        )
+        is not None
+    )
 
 
 async def _migrate(conn: aiosqlite.Connection) -> None:
@@ -899,8 +923,9 @@ async def _migrate(conn: aiosqlite.Connection) -> None:
         "CREATE TABLE IF NOT EXISTS schema_migrations "
         "(version INTEGER PRIMARY KEY, applied_at TEXT)"
     )
-    async with conn.execute("SELECT version FROM schema_migrations") as cur:
-        applied = {row[0] for row in await cur.fetchall()}
+    applied = {
+        row[0] for row in await conn.execute_fetchall("SELECT version FROM schema_migrations")
+    }
     for version, sql in _migrations():
         if version in applied:
             continue
@@ -925,13 +950,12 @@ async def _limit_spends(
 ) -> list[datetime]:
     cutoff = to_micros(since)
     assert cutoff is not None
-    async with conn.execute(
+    rows = await conn.execute_fetchall(
         "SELECT at FROM limit_spends WHERE bucket = ? AND key = ? AND at >= COALESCE("
         " (SELECT MAX(at) FROM limit_spends WHERE bucket = ? AND key = ? AND at <= ?), ?)"
         " ORDER BY at DESC LIMIT ?",
         (bucket, key, bucket, key, cutoff, cutoff + 1, limit),
-    ) as cur:
-        rows = await cur.fetchall()
+    )
     return [must_time(row[0]) for row in reversed(list(rows))]
 
 
@@ -943,22 +967,22 @@ async def _limit_pauses(
         return {}
     # Only placeholders are formatted in; the keys themselves are bound.
     values = ", ".join("(?, ?)" for _ in pairs)
-    async with conn.execute(
+    rows = await conn.execute_fetchall(
         "SELECT bucket, key, until FROM limit_pauses WHERE until > ? "  # noqa: S608
         f"AND (bucket, key) IN (VALUES {values})",
         (to_micros(now), *(part for pair in pairs for part in pair)),
-    ) as cur:
-        rows = await cur.fetchall()
+    )
     return {(row[0], row[1]): must_time(row[2]) for row in rows}
 
 
 async def _get_order(conn: aiosqlite.Connection, domain: str) -> PendingOrder | None:
-    async with conn.execute(
-        "SELECT domain, registered_domain, names_json, key_sealed, order_url, started_at "
-        "FROM orders WHERE domain = ?",
-        (domain,),
-    ) as cur:
-        row = await cur.fetchone()
+    row = _first(
+        await conn.execute_fetchall(
+            "SELECT domain, registered_domain, names_json, key_sealed, order_url, started_at "
+            "FROM orders WHERE domain = ?",
+            (domain,),
+        )
+    )
     if row is None:
         return None
     return PendingOrder(
@@ -991,8 +1015,9 @@ class _SqliteTransaction:
         # The cache is committed, and no other writer runs while we hold the lock.
         found = self._store.cached_domain(name)
         if found is None:
-            async with self._conn.execute(f"{_DOMAIN_SELECT} WHERE name = ?", (name,)) as cur:
-                row = await cur.fetchone()
+            row = _first(
+                await self._conn.execute_fetchall(f"{_DOMAIN_SELECT} WHERE name = ?", (name,))
+            )
             found = None if row is None else await self._store.decode_domain(row, self._conn)
         self.before.setdefault(name, found)
         return found
@@ -1090,10 +1115,12 @@ class _SqliteTransaction:
         )
         await self._conn.execute("DELETE FROM domains WHERE name = ?", (domain.name,))
         await self._conn.execute("DELETE FROM orders WHERE domain = ?", (domain.name,))
-        async with self._conn.execute(
-            "SELECT id FROM certificates WHERE domain = ?", (domain.name,)
-        ) as cur:
-            self.removed_certificates.update(row[0] for row in await cur.fetchall())
+        self.removed_certificates.update(
+            row[0]
+            for row in await self._conn.execute_fetchall(
+                "SELECT id FROM certificates WHERE domain = ?", (domain.name,)
+            )
+        )
         await self._conn.execute("DELETE FROM certificates WHERE domain = ?", (domain.name,))
         self.written.pop(domain.name, None)
         self.removed.add(domain.name)
@@ -1123,13 +1150,14 @@ class _SqliteTransaction:
         )
 
     async def take_backoff(self, name: str, now: datetime) -> tuple[str, RetryState] | None:
-        async with self._conn.execute(
-            "DELETE FROM removed_backoff WHERE name = ? RETURNING app, attempt, "
-            "next_attempt_at, last_error_reason, last_error_message, last_error_at, "
-            "forced_retry_at",
-            (name,),
-        ) as cur:
-            row = await cur.fetchone()
+        row = _first(
+            await self._conn.execute_fetchall(
+                "DELETE FROM removed_backoff WHERE name = ? RETURNING app, attempt, "
+                "next_attempt_at, last_error_reason, last_error_message, last_error_at, "
+                "forced_retry_at",
+                (name,),
+            )
+        )
         if row is None or must_time(row["next_attempt_at"]) <= now:
             return None
         return row["app"], RetryState(
@@ -1258,11 +1286,10 @@ class _SqliteTransaction:
     async def domains_under(self, base: str, other_than_app: str) -> list[Domain]:
         # A scan (no index finds names by suffix); only adding a wildcard asks.
         suffix = f".{base}"
-        async with self._conn.execute(
+        rows = await self._conn.execute_fetchall(
             f"{_DOMAIN_SELECT} WHERE app != ? AND substr(name, -?) = ?",
             (other_than_app, len(suffix), suffix),
-        ) as cur:
-            rows = await cur.fetchall()
+        )
         # This connection sees the transaction's own writes: nothing to merge.
         return [await self._store.decode_domain(row, self._conn) for row in rows]
 
@@ -1288,8 +1315,7 @@ class _SqliteTransaction:
                 params += [covered_by, other_than_app, limit]
         if not parts:
             return []
-        async with self._conn.execute(" UNION ALL ".join(parts), params) as cur:
-            rows = await cur.fetchall()
+        rows = await self._conn.execute_fetchall(" UNION ALL ".join(parts), params)
         found = [await self._store.decode_domain(row, self._conn) for row in rows]
         return in_family_order(found, names, limit)
 
@@ -1298,8 +1324,9 @@ class _SqliteTransaction:
             "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
             (key, value),
         )
-        async with self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)) as cur:
-            row = await cur.fetchone()
+        row = _first(
+            await self._conn.execute_fetchall("SELECT value FROM meta WHERE key = ?", (key,))
+        )
         assert row is not None
         return bytes(row[0])
 
@@ -1311,11 +1338,12 @@ class _SqliteTransaction:
         )
 
     async def lease_holder(self, name: str, now: datetime) -> str | None:
-        async with self._conn.execute(
-            "SELECT lease_owner FROM domains WHERE name = ? AND lease_until > ?",
-            (name, to_micros(now)),
-        ) as cur:
-            row = await cur.fetchone()
+        row = _first(
+            await self._conn.execute_fetchall(
+                "SELECT lease_owner FROM domains WHERE name = ? AND lease_until > ?",
+                (name, to_micros(now)),
+            )
+        )
         return None if row is None or not row[0] else str(row[0])
 
 
