@@ -84,8 +84,13 @@ async def _issue_all(
     watch: grpc.aio.UnaryStreamCall,
     names: list[str],
     started: float,
+    errors: dict[str, set[str]] | None = None,
 ) -> dict[str, float]:
-    """Add ``names`` at once; seconds from ``started`` until each is IN_USE."""
+    """Add ``names`` at once; seconds from ``started`` until each is IN_USE.
+
+    ``errors`` collects the domains seen with a failed attempt, by reason: a retry waits
+    the broker's backoff (a minute), and a pair with one is not like the others.
+    """
     await asyncio.gather(
         *(
             stub.IssueCertificate(broker_pb2.IssueCertificateRequest(domain=name, app="bench"))
@@ -98,6 +103,9 @@ async def _issue_all(
         async with asyncio.timeout(DEADLINE_S - (time.monotonic() - started)):
             async for response in watch:
                 domain = response.event.domain
+                if domain.retry.last_error_reason and errors is not None:
+                    why = f"{domain.retry.last_error_reason}: {domain.retry.last_error_message}"
+                    errors.setdefault(why[:160], set()).add(domain.domain)
                 if (
                     domain.domain in wanted
                     and domain.lets_encrypt_state == domain_pb2.LETS_ENCRYPT_STATE_IN_USE
@@ -113,7 +121,10 @@ async def _issue_all(
 async def run_broker(
     dns: ChallTestSrv, pebble: Pebble, http01: int, n: int, meter: CpuMeter
 ) -> tuple[Phase, float]:
-    """A fresh broker: one untimed warm-up domain, then ``n`` timed; (phase, peak RSS)."""
+    """A fresh broker: one untimed warm-up domain, then ``n`` timed; (phase, peak RSS).
+
+    Failures seen on the way are printed (the broker's log tail too if it fails).
+    """
     env = {
         "CERTBROKER_ACME_DIRECTORY": pebble.directory_url,
         "CERTBROKER_ACME_CA_BUNDLE": pebble.ca_bundle_path,
@@ -137,7 +148,15 @@ async def run_broker(
         await _issue_all(stub, watch, [f"www.warm-{run}.test"], time.monotonic())
         cpu_before, (pebble_before, dns_before) = cpu_seconds(proc.pid), meter.read()
         started = time.monotonic()
-        done = await _issue_all(stub, watch, names, started)
+        errors: dict[str, set[str]] = {}
+        try:
+            done = await _issue_all(stub, watch, names, started, errors)
+        except RuntimeError:
+            print(f"broker log tail:\n{proc.log_tail(40)}", flush=True)
+            raise
+        finally:
+            for why, failed in sorted(errors.items()):
+                print(f"   {len(failed)} domain(s) had a failed attempt: {why}", flush=True)
         wall = time.monotonic() - started
         cpu = cpu_seconds(proc.pid) - cpu_before
         pebble_after, dns_after = meter.read()
