@@ -98,3 +98,12 @@ async def test_the_servers_retry_after_sets_the_pace_when_longer() -> None:
     waits = await issue_recording_waits(ca)
     # the answers of newOrder and finalize came with none; each fetch said 2 s
     assert waits == [0.05, 2.0, 0.05, 2.0]
+
+
+async def test_an_order_not_ready_at_finalize_is_polled_after_a_wait_not_at_once() -> None:
+    ca = SlowCa(authz_polls=1, order_polls=1, retry_after=None)
+    ca.not_ready_once = True  # the first finalize answers orderNotReady
+    waits = await issue_recording_waits(ca)
+    # the authorization's poll; a wait before the order is fetched and finalized again;
+    # then its processing polls, from the start of the schedule
+    assert waits == [0.05, 0.05, 0.05] and ca.finalized == 2

@@ -292,7 +292,7 @@ class OrderMachine:
                     # without fetching it first (orderNotReady just means poll).
                     updated = await self._steps.finalize(order_url, order, csr_pem)
                     if updated is not None:
-                        order = updated
+                        order, polls = updated, 0  # finalized: its processing polls start short
                         continue
                 # processing, valid without a certificate yet, or not ready after all:
                 # poll on the schedule (never a tight loop of finalize requests)
