@@ -19,6 +19,7 @@ import concurrent.futures
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -72,14 +73,25 @@ def _issue_one(acme: client.ClientV2, key: jose.JWK, responder: Http01Responder,
             responder.remove(token)
 
 
-def run_bare(pebble: Pebble, n: int, responder: Http01Responder | None = None) -> float:
-    """Issue ``n`` certificates with bare acme calls; return wall seconds (account excluded).
+def run_bare(
+    pebble: Pebble, n: int, responder: Http01Responder | None = None, *, warmup: int = 0
+) -> float:
+    """Issue ``n`` certificates with bare acme calls; return wall seconds (account excluded)."""
+    return run_bare_timed(pebble, n, responder, warmup=warmup)[0]
+
+
+def run_bare_timed(
+    pebble: Pebble, n: int, responder: Http01Responder | None = None, *, warmup: int = 0
+) -> tuple[float, float]:
+    """``run_bare``, returning (wall seconds, this process's CPU seconds) of the timed batch.
 
     ``responder`` must be the one on ``pebble.http_port``; without one, a
     responder is started on that port in a background event loop thread.
+    ``warmup`` certificates are issued first, one after another and untimed,
+    as bench/issuance.py does for the broker (the same warm-up on both sides).
     """
     if responder is None:
-        return _with_background_responder(pebble, n)
+        return _with_background_responder(pebble, n, warmup)
     key = jose.JWKEC(key=ec.generate_private_key(ec.SECP256R1()))
     local = threading.local()
     nets: list[client.ClientNetwork] = []
@@ -91,6 +103,8 @@ def run_bare(pebble: Pebble, n: int, responder: Http01Responder | None = None) -
         messages.NewRegistration(terms_of_service_agreed=True)
     )
 
+    run = uuid.uuid4().hex[:8]  # names of their own on every run against one Pebble
+
     def one(i: int) -> str:
         acme = getattr(local, "acme", None)
         if acme is None:
@@ -99,26 +113,30 @@ def run_bare(pebble: Pebble, n: int, responder: Http01Responder | None = None) -
             )
             nets.append(net)
             acme = local.acme = client.ClientV2(directory, net)
-        return _issue_one(acme, key, responder, f"bare{i}.bench.example")
+        return _issue_one(acme, key, responder, f"www.bare{i}-{run}.test")
 
-    started = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(THREADS) as pool:
+        for i in range(warmup):
+            pool.submit(one, n + i).result()
+        started, cpu_started = time.perf_counter(), time.process_time()
         chains = list(pool.map(one, range(n)))
     elapsed = time.perf_counter() - started
+    cpu = time.process_time() - cpu_started
     assert len(chains) == n and all("BEGIN CERTIFICATE" in c for c in chains)
     for net in nets:
         net.session.close()
-    return elapsed
+    return elapsed, cpu
 
 
-def _with_background_responder(pebble: Pebble, n: int) -> float:
+def _with_background_responder(pebble: Pebble, n: int, warmup: int) -> tuple[float, float]:
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     responder = Http01Responder()
     asyncio.run_coroutine_threadsafe(responder.start("127.0.0.1", pebble.http_port), loop).result()
     try:
-        return run_bare(pebble, n, _ThreadSafe(responder, loop))  # type: ignore[arg-type]
+        safe = _ThreadSafe(responder, loop)
+        return run_bare_timed(pebble, n, safe, warmup=warmup)  # type: ignore[arg-type]
     finally:
         asyncio.run_coroutine_threadsafe(responder.stop(), loop).result()
         loop.call_soon_threadsafe(loop.stop)

@@ -11,9 +11,10 @@ order's status and takes one step::
 
 The requests themselves are behind ``OrderSteps`` (``AcmeSteps`` sends them
 through the transport), so this machine is tested with an in-memory CA and
-no network. It does not poll on a timer of its own: every wait is
-``poll_interval`` or the server's ``Retry-After`` (capped), within the order's
-deadline.
+no network. Polls follow ``polling.PollSchedule``: the first soon (a fast CA
+is not kept waiting), then doubling to once a second (Let's Encrypt takes
+seconds to validate and is not polled hard), never sooner than the server's
+``Retry-After`` (capped), all within the order's deadline.
 
 Challenges: DNS-01 for every wildcard authorization (the only type the CA
 offers there) and for every authorization of an order asked with DNS-01, its
@@ -47,15 +48,13 @@ from opentelemetry import trace
 
 from acme import challenges, messages
 from certbroker.acme.keys import make_csr
+from certbroker.acme.polling import PollSchedule
 from certbroker.acme.problems import ERROR_PREFIX, AcmeProblem, from_acme_error
 from certbroker.telemetry import DOMAIN_ATTRIBUTE
 
 log = logging.getLogger(__name__)
 
 ORDER_INVALID: Final = "ACME_ORDER_INVALID"
-#: A ``Retry-After`` longer than this on a *poll* is capped: the order deadline
-#: bounds the whole wait anyway, and a stuck poll should surface as a timeout.
-MAX_POLL_WAIT: Final = 10.0
 _ALREADY_REPLACED: Final = f"{ERROR_PREFIX}alreadyReplaced"
 
 
@@ -157,10 +156,12 @@ class OrderMachine:
         dns01: Dns01Responder | None = None,
         *,
         poll_interval: float = 0.05,
+        poll_cap: float = 1.0,
         order_timeout: float = 120.0,
         csr: Callable[[bytes, list[str]], Awaitable[bytes]] | None = None,
         wall_clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         tracer: trace.Tracer | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._tracer = tracer or trace.NoOpTracer()
         self._steps = steps
@@ -169,7 +170,8 @@ class OrderMachine:
         self._account_key = account_key
         self._responder = responder
         self._dns01 = dns01
-        self._poll_interval = poll_interval
+        self._polls = PollSchedule(first=poll_interval, cap=max(poll_interval, poll_cap))
+        self._sleep = sleep  # tests record the waits
         self._order_timeout = order_timeout
         # Only for the server's own ``expires`` field, a wall-clock time by definition.
         self._wall_clock = wall_clock
@@ -268,6 +270,7 @@ class OrderMachine:
         published: list[str] = []
         published_dns: list[tuple[str, str]] = []
         retry_after: float | None = None
+        polls = 0  # of this order while it is processing: the waits grow
         try:
             while True:
                 if loop.time() > deadline:
@@ -279,24 +282,22 @@ class OrderMachine:
                     return IssuedCertificate(chain_pem=chain, order_url=order_url)
                 if status == messages.STATUS_INVALID:
                     raise await self._order_failure(order)
-                if status == messages.STATUS_PENDING:
-                    await self._authorize_all(
-                        order, published, published_dns, deadline, how, known_authzs or {}
-                    )
-                    known_authzs = None
+                if status in (messages.STATUS_PENDING, messages.STATUS_READY):
+                    if status == messages.STATUS_PENDING:
+                        await self._authorize_all(
+                            order, published, published_dns, deadline, how, known_authzs or {}
+                        )
+                        known_authzs = None
                     # Every authorization is valid, so the order is ready: finalize
                     # without fetching it first (orderNotReady just means poll).
                     updated = await self._steps.finalize(order_url, order, csr_pem)
                     if updated is not None:
-                        order = updated
+                        order, polls = updated, 0  # finalized: its processing polls start short
                         continue
-                elif status == messages.STATUS_READY:
-                    updated = await self._steps.finalize(order_url, order, csr_pem)
-                    if updated is not None:
-                        order = updated
-                        continue
-                else:  # processing (or valid without certificate yet)
-                    await self._wait(retry_after, deadline)
+                # processing, valid without a certificate yet, or not ready after all:
+                # poll on the schedule (never a tight loop of finalize requests)
+                polls += 1
+                await self._wait(polls, retry_after, deadline)
                 fetched, retry_after = await self._steps.fetch_order(order_url)
                 if fetched is None:
                     raise AcmeProblem(ORDER_INVALID, "order disappeared", retryable=True)
@@ -390,6 +391,7 @@ class OrderMachine:
         else:
             authz, retry_after = await self._steps.fetch_authz(url)
         answered = False
+        polls = 0
         while authz.status == messages.STATUS_PENDING:
             if not answered:
                 answered = True
@@ -409,7 +411,8 @@ class OrderMachine:
                     await self._steps.answer(challb, response)
             if asyncio.get_running_loop().time() > deadline:
                 raise AcmeProblem("ACME_TIMEOUT", "authorization did not complete", retryable=True)
-            await self._wait(retry_after, deadline)
+            polls += 1
+            await self._wait(polls, retry_after, deadline)
             authz, retry_after = await self._steps.fetch_authz(url)
         if authz.status != messages.STATUS_VALID:
             problem = authz_problem(authz)
@@ -472,10 +475,11 @@ class OrderMachine:
         found.failed_authorizations = failed
         return found
 
-    async def _wait(self, retry_after: float | None, deadline: float) -> None:
-        delay = max(self._poll_interval, min(retry_after or 0.0, MAX_POLL_WAIT))
+    async def _wait(self, poll: int, retry_after: float | None, deadline: float) -> None:
+        """Before the ``poll``-th poll of one resource (``PollSchedule``), within the deadline."""
+        delay = self._polls.delay(poll, retry_after)
         remaining = deadline - asyncio.get_running_loop().time()
-        await asyncio.sleep(max(0.0, min(delay, remaining)))
+        await self._sleep(max(0.0, min(delay, remaining)))
 
 
 async def _csr_inline(key_pem: bytes, names: list[str]) -> bytes:
