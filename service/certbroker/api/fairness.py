@@ -17,10 +17,10 @@ client shares them; without TLS the connection's address):
 * **Bad requests**: a token bucket. Each call the caller got wrong (see
   :data:`BAD_CODES`) spends a token. While the bucket is empty every call of
   that peer is refused ``TOO_MANY_BAD_REQUESTS`` with RetryInfo (until the next
-  token, at least :data:`MIN_PENALTY`), and the refusal is *held* that long
-  before it is sent. A client that waits as told loses nothing by the hold; one
-  that retries at once gets one answer per call it has in flight per hold,
-  instead of thousands per second. Held calls count in flight, so the parked
+  token, at least :data:`PENALTY`), and the refusal is *held* for
+  :data:`PENALTY` before it is sent. A client that waits as told loses nothing
+  by the hold; one that retries at once gets one answer per call it has in
+  flight per second, instead of thousands. Held calls count in flight, so the parked
   calls (and the request bytes they hold) stay bounded by ``max_in_flight``;
   past it, refusals are immediate. Without an in-flight cap nothing bounds the
   parked calls, so refusals are not held.
@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -64,10 +65,10 @@ BAD_CODES = frozenset(
 )
 #: RetryInfo of a call over the in-flight cap: about what one call takes.
 IN_FLIGHT_RETRY = timedelta(seconds=1)
-#: The shortest hold and RetryInfo of a peer out of bad-request tokens: with 10
-#: tokens a second, "retry in 100 ms" would let a flood of 50 calls in flight
-#: come back 500 times a second.
-MIN_PENALTY = timedelta(seconds=1)
+#: How long a refusal to a peer out of bad-request tokens is held, and its shortest
+#: RetryInfo: with 10 tokens a second, "retry in 100 ms" would let a flood of 50
+#: calls in flight come back 500 times a second.
+PENALTY = timedelta(seconds=1)
 #: Peers remembered at most; beyond it, peers with nothing in flight are forgotten
 #: (their spent budget forgiven): memory stays bounded whatever the peers.
 MAX_PEERS = 100_000
@@ -76,12 +77,12 @@ _LOG_EVERY = 60.0  # seconds between two warnings about refusals
 
 @dataclass(frozen=True)
 class Refusal:
-    """A call not admitted: the reason, when to retry, and whether to hold the answer."""
+    """A call not admitted: the reason, when to retry, and how long to hold the answer."""
 
     reason: str
     message: str
     retry_after: timedelta
-    hold: bool
+    hold: timedelta  # zero: answer at once (nothing was counted for it)
 
 
 @dataclass
@@ -128,15 +129,16 @@ class PeerLimits:
         state = self._state(peer)
         capped = self.max_in_flight > 0 and state.in_flight >= self.max_in_flight
         if self._rate and state.tokens < 1:
-            wait = max(MIN_PENALTY.total_seconds(), (1 - state.tokens) / self._rate)
-            hold = self.max_in_flight > 0 and not capped
-            if hold:
+            # whole seconds: "retry in 1199.996s" says nothing more than 1200
+            wait = max(PENALTY.total_seconds(), math.ceil((1 - state.tokens) / self._rate))
+            held = self.max_in_flight > 0 and not capped
+            if held:
                 state.in_flight += 1
             return Refusal(
                 TOO_MANY_BAD_REQUESTS,
-                f"too many refused requests from this client; retry in {wait:.1f}s",
+                f"too many refused requests from this client; retry in {wait:g}s",
                 timedelta(seconds=wait),
-                hold,
+                PENALTY if held else timedelta(0),
             )
         if counted and capped:
             return Refusal(
@@ -144,7 +146,7 @@ class PeerLimits:
                 f"this client has {state.in_flight} calls in flight; the limit is "
                 f"{self.max_in_flight}",
                 IN_FLIGHT_RETRY,
-                hold=False,
+                timedelta(0),
             )
         if counted:
             state.in_flight += 1
@@ -261,7 +263,7 @@ class Fairness(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self._note(peer, refusal)
         if refusal.hold:
             try:
-                await asyncio.sleep(refusal.retry_after.total_seconds())
+                await asyncio.sleep(refusal.hold.total_seconds())
             finally:
                 self._limits.release(peer)
         error = ResourceExhausted(
