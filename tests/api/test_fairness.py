@@ -33,6 +33,10 @@ def ticks() -> Ticks:
     return Ticks()
 
 
+def _middle() -> float:
+    return 0.5  # a hold of exactly PENALTY
+
+
 def test_in_flight_is_capped_per_peer_and_frees_when_calls_end(ticks: Ticks) -> None:
     limits = PeerLimits(2, None, monotonic=ticks)
     assert limits.admit("a") is None
@@ -59,7 +63,7 @@ def test_streams_are_not_counted_in_flight(ticks: Ticks) -> None:
 
 
 def test_bad_requests_empty_the_budget_then_every_call_is_held_and_refused(ticks: Ticks) -> None:
-    limits = PeerLimits(8, Bucket(3, timedelta(seconds=30)), monotonic=ticks)
+    limits = PeerLimits(8, Bucket(3, timedelta(seconds=30)), monotonic=ticks, jitter=_middle)
     for _ in range(3):
         assert limits.admit("a") is None
         limits.release("a", bad=True)
@@ -149,3 +153,16 @@ def test_peers_remembered_are_bounded(ticks: Ticks) -> None:
         limits.release(f"p{n}", bad=True)
         assert len(limits._peers) <= 10
     assert limits.in_flight("busy") == 1
+
+
+@pytest.mark.parametrize(("draw", "hold"), [(0.0, PENALTY / 2), (0.999, PENALTY * 1.499)])
+def test_holds_are_spread_so_held_calls_do_not_come_back_together(
+    ticks: Ticks, draw: float, hold: timedelta
+) -> None:
+    limits = PeerLimits(8, Bucket(1, timedelta(seconds=60)), monotonic=ticks, jitter=lambda: draw)
+    assert limits.admit("a") is None
+    limits.release("a", bad=True)
+    refusal = limits.admit("a")
+    assert refusal is not None
+    assert refusal.hold == hold
+    assert refusal.retry_after == timedelta(seconds=60)  # the advice is not jittered

@@ -17,13 +17,16 @@ client shares them; without TLS the connection's address):
 * **Bad requests**: a token bucket. Each call the caller got wrong (see
   :data:`BAD_CODES`) spends a token. While the bucket is empty every call of
   that peer is refused ``TOO_MANY_BAD_REQUESTS`` with RetryInfo (until the next
-  token, at least :data:`PENALTY`), and the refusal is *held* for
+  token, at least :data:`PENALTY`), and the refusal is *held* about
   :data:`PENALTY` before it is sent. A client that waits as told loses nothing
   by the hold; one that retries at once gets one answer per call it has in
-  flight per second, instead of thousands. Held calls count in flight, so the parked
-  calls (and the request bytes they hold) stay bounded by ``max_in_flight``;
-  past it, refusals are immediate. Without an in-flight cap nothing bounds the
-  parked calls, so refusals are not held.
+  flight per second, instead of thousands. Each hold is drawn from ±50 % of it:
+  calls held together would otherwise come back together, once a second, and
+  the few let in then (the refilled tokens, the most expensive bad requests
+  among them) would run back to back and stall the loop for everyone. Held
+  calls count in flight, so the parked calls (and the request bytes they hold)
+  stay bounded by ``max_in_flight``; past it, refusals are immediate. Without
+  an in-flight cap nothing bounds the parked calls, so refusals are not held.
 
 Both checks run before the request is parsed or validated: the interceptor
 gives gRPC no deserializer (the behaviour gets the raw bytes) and parses in its
@@ -37,6 +40,7 @@ import asyncio
 import inspect
 import logging
 import math
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -105,6 +109,7 @@ class PeerLimits:
         bad_requests: Bucket | None,
         *,
         monotonic: Callable[[], float] = time.monotonic,
+        jitter: Callable[[], float] = random.random,
         max_peers: int = MAX_PEERS,
     ) -> None:
         self.max_in_flight = max_in_flight  # 0: no cap
@@ -113,6 +118,7 @@ class PeerLimits:
             bad_requests.capacity / bad_requests.period.total_seconds() if bad_requests else 0.0
         )
         self._monotonic = monotonic
+        self._jitter = jitter  # 0 <= x < 1
         self._max_peers = max_peers
         self._peers: dict[str, _Peer] = {}
 
@@ -138,7 +144,7 @@ class PeerLimits:
                 TOO_MANY_BAD_REQUESTS,
                 f"too many refused requests from this client; retry in {wait:g}s",
                 timedelta(seconds=wait),
-                PENALTY if held else timedelta(0),
+                PENALTY * (0.5 + self._jitter()) if held else timedelta(0),
             )
         if counted and capped:
             return Refusal(
