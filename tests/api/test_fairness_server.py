@@ -11,6 +11,7 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -37,16 +38,16 @@ OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
 class Gate:
     """Holds GetStatus of ``SLOW`` until opened; counts the calls that reached it."""
 
-    def __init__(self, original: Callable[[str], Awaitable[Domain]]) -> None:
+    def __init__(self, original: Callable[..., Awaitable[Domain]]) -> None:
         self._original = original
         self.opened = asyncio.Event()
         self.entered = 0
 
-    async def get_status(self, domain: str) -> Domain:
+    async def get_status(self, domain: str, *args: Any, **kwargs: Any) -> Domain:
         if domain == SLOW:
             self.entered += 1
             await self.opened.wait()
-        return await self._original(domain)
+        return await self._original(domain, *args, **kwargs)
 
     async def wait_entered(self, count: int) -> None:
         async with asyncio.timeout(30):
