@@ -7,8 +7,13 @@ sends every kind of bad request back to back; a last phase alone. It prints
 p50/p99 of each phase and of all phases of each kind, the abuser's calls per
 kind and the status codes they got, and p99 under abuse against p99 without
 (target: at most 2x). The figures come with ``uptime`` before and after.
+Refusals are tallied by code and ErrorInfo reason, so the broker's per-peer
+fairness (``TOO_MANY_BAD_REQUESTS``, ``TOO_MANY_IN_FLIGHT``, see
+``certbroker.api.fairness``) shows apart from the field checks; ``--no-fairness``
+turns it off in the broker to see what it buys.
 
-    .venv/bin/python bench/abuse.py [--rounds 3] [--duration 5] [--mode cycle|per-kind] [--control]
+    .venv/bin/python bench/abuse.py [--rounds 3] [--duration 5] [--mode cycle|per-kind]
+        [--in-flight 4] [--control] [--no-fairness]
 
 The abuser is this file run with ``--abuser ADDR``; everything is on loopback and
 every process is stopped by its PID. Loops are bounded by time and by count.
@@ -39,8 +44,23 @@ from getstatus import add_domains
 from google.protobuf.message import Message
 
 from certbroker.v1 import broker_pb2, broker_pb2_grpc
+from certbroker_client.client import BrokerError
 
 TARGET = 2.0
+KIND_NAMES = (  # the keys of _kinds(), in its order
+    "GetStatus 2 MB domain",
+    "GetStatus 200 KB domain",
+    "GetStatus 253-char IDN",
+    "GetStatus malformed name",
+    "GetStatus garbage bytes",
+    "WatchStatus 1,001 names",
+    "WatchStatus 1,000 bad names",
+    "WatchStatus 200k names",
+    "UploadCustom 1,200 SANs",
+    "UploadCustom 100 KB field",
+    "ListDomains 100 KB token",
+    "IssueCertificate 100 KB app",
+)
 MAX_CALLS = 2_000_000  # per process, whatever the duration says
 SERVICE = "/certbroker.v1.CertificateBrokerService/"
 
@@ -66,9 +86,22 @@ def parse_args() -> argparse.Namespace:
     )
     p.add_argument("--domains", type=int, default=1000, help="domains in the broker")
     p.add_argument("--only", default="", help="send only the kinds whose name contains this")
+    p.add_argument(
+        "--skip", default="", help="comma-separated: leave out kinds whose name contains one"
+    )
+    p.add_argument(
+        "--no-fairness",
+        action="store_true",
+        help="broker without its per-peer limits (CERTBROKER_*_PER_PEER off)",
+    )
     p.add_argument("--abuser", metavar="ADDR", help=argparse.SUPPRESS)
     p.add_argument("--victim", default="", help=argparse.SUPPRESS)
     return p.parse_args()
+
+
+def _chosen(kind: str, args: argparse.Namespace) -> bool:
+    skipped = [part.strip() for part in args.skip.split(",") if part.strip()]
+    return args.only in kind and not any(part in kind for part in skipped)
 
 
 def uptime() -> str:
@@ -189,7 +222,9 @@ async def abuse(args: argparse.Namespace) -> int:
     sizes: Counter[str] = Counter()
     options = [("grpc.max_send_message_length", 64 * 1024 * 1024)]
     async with grpc.aio.insecure_channel(args.abuser, options=options) as channel:
-        kinds = [(k, c) for k, c in _kinds(channel, args.victim).items() if args.only in k]
+        every = _kinds(channel, args.victim)
+        assert tuple(every) == KIND_NAMES, "KIND_NAMES must list _kinds() in order"
+        kinds = [(k, c) for k, c in every.items() if _chosen(k, args)]
         workers = args.in_flight * (len(kinds) if args.mode == "per-kind" else 1)
         if args.control:
             valid = broker_pb2.GetStatusRequest(domain=args.victim).SerializeToString()
@@ -210,9 +245,10 @@ async def abuse(args: argparse.Namespace) -> int:
                     await call()
                     tally[f"{name}: OK"] += 1
                 except grpc.RpcError as error:
-                    code = error.code().name if hasattr(error, "code") else "?"
-                    tally[f"{name}: {code}"] += 1
-                    sizes[name] = max(sizes[name], len((error.details() or "").encode()))
+                    refusal = BrokerError.from_rpc_error(error)
+                    reason = f" {refusal.reason}" if refusal.reason else " (gRPC's own)"
+                    tally[f"{name}: {refusal.code.name}{reason}"] += 1
+                    sizes[name] = max(sizes[name], len(refusal.message.encode()))
 
         await asyncio.gather(*(worker(n) for n in range(workers)))
     print(json.dumps({"tally": tally, "largest_message": sizes}), flush=True)
@@ -300,7 +336,7 @@ async def _abused_round(
     """One phase of paced GetStatus with an abuser (or control) process running beside it."""
     argv = [PYTHON, str(Path(__file__).resolve()), "--abuser", addr, "--victim", names[0]]
     argv += ["--duration", str(args.duration + args.warmup + 2), "--mode", args.mode]
-    argv += ["--in-flight", str(args.in_flight), "--only", args.only]
+    argv += ["--in-flight", str(args.in_flight), "--only", args.only, "--skip", args.skip]
     argv += ["--control"] if control else []
     abuser = subprocess.Popen(argv, stdout=subprocess.PIPE, cwd=ROOT, text=True)
     try:
@@ -323,19 +359,23 @@ async def _abused_round(
 async def measure(args: argparse.Namespace) -> int:
     print(machine_info())
     print(f"before: {uptime()}")
-    in_flight = args.in_flight * (12 if args.mode == "per-kind" else 1)
+    kinds = sum(1 for name in KIND_NAMES if _chosen(name, args))
+    in_flight = args.in_flight * (kinds if args.mode == "per-kind" else 1)
+    fairness = "off" if args.no_fairness else "on (defaults)"
     print(
         f"settings: {args.domains} domains; GetStatus paced at {args.rate:g}/s (at most "
         f"{args.concurrency} in flight); {args.rounds} rounds of {args.duration:g} s alone, "
         f"under abuse{', under a valid flood' if args.control else ''} "
         f"(+{args.warmup:g} s warm-up each), then alone once more; abuser: a separate "
-        f"process, mode {args.mode}, {in_flight} bad requests in flight, back to back"
+        f"process, mode {args.mode}, {in_flight} bad requests in flight, back to back; "
+        f"per-peer fairness {fairness}"
     )
     phases: dict[str, list[LoadResult]] = {"alone": [], "under abuse": [], "valid flood": []}
     tally: Counter[str] = Counter()
     control_tally: Counter[str] = Counter()
     largest: list[int] = []
-    async with broker() as (addr, proc):
+    off = {"CERTBROKER_MAX_INFLIGHT_PER_PEER": "0", "CERTBROKER_BAD_REQUESTS_PER_PEER": "off"}
+    async with broker(off if args.no_fairness else None) as (addr, proc):
         with section(f"adding {args.domains} domains"):
             names = await add_domains(addr, args.domains, 32)
         async with grpc.aio.insecure_channel(addr) as channel:
@@ -365,12 +405,18 @@ async def measure(args: argparse.Namespace) -> int:
                 await phase("alone")
     print("abuser calls by kind and the status they got (all rounds):")
     for key, count in sorted((tally + control_tally).items()):
-        print(f"   {key:<52} {count:7d}")
+        print(f"   {key:<68} {count:7d}")
     seconds = sum(r.seconds + args.warmup for r in phases["under abuse"])
     print(
         f"abuser: {sum(tally.values()) / seconds:.0f} bad requests/s on average; largest "
         f"error message it received: {max(largest, default=0)} bytes"
     )
+    paced = sum(n for key, n in tally.items() if key.endswith(("_IN_FLIGHT", "_BAD_REQUESTS")))
+    if paced:
+        print(
+            f"        {paced} of them refused by per-peer fairness before being read "
+            "(TOO_MANY_BAD_REQUESTS held 0.5-1.5 s each: the abuser's workers wait for the answer)"
+        )
     if args.control:
         seconds = sum(r.seconds + args.warmup for r in phases["valid flood"])
         print(f"control: {sum(control_tally.values()) / seconds:.0f} valid GetStatus/s on average")

@@ -61,7 +61,9 @@ _KNOWN = (
     "LOG_FORMAT",
     "LOG_LEVEL",
     "LOG_LEVEL_LIBRARIES",
+    "BAD_REQUESTS_PER_PEER",
     "MAX_CONCURRENT_ORDERS",
+    "MAX_INFLIGHT_PER_PEER",
     "MAX_PENDING_REQUESTS",
     "MAX_ROUTERS",
     "MAX_ROUTERS_PER_IDENTITY",
@@ -86,6 +88,9 @@ _KNOWN = (
 )
 KNOWN_VARIABLES = frozenset(f"CERTBROKER_{name}" for name in _KNOWN)
 ROLES = ("router", "api", "admin")
+_PER_PEER_PERIOD = timedelta(seconds=10)  # what a plain count in BAD_REQUESTS_PER_PEER means
+# 100 at once, then 10 a second: far above a platform relaying its users' typos.
+BAD_REQUESTS_PER_PEER = Bucket(100, _PER_PEER_PERIOD)
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)?$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 _MAX_DURATION = timedelta(days=3650)
@@ -427,6 +432,10 @@ class Settings:
     log_format: str = "text"
     log_level_libraries: str = "WARNING"
     max_pending_requests: int = 20000
+    # Per caller (mTLS identity, else connection; certbroker.api.fairness): unary calls
+    # at once (0: no cap), and the budget of requests it gets wrong (None: no budget).
+    max_inflight_per_peer: int = 100
+    bad_requests_per_peer: Bucket | None = BAD_REQUESTS_PER_PEER
     # Routers report what they serve this often; silent for 3 intervals they stop counting.
     router_report_interval: timedelta = timedelta(seconds=10)
     max_routers: int = 10_000
@@ -546,6 +555,7 @@ class Settings:
             ("http01_max_connections_per_peer", "CERTBROKER_HTTP01_MAX_CONNECTIONS_PER_PEER", 1),
             ("max_routers", "CERTBROKER_MAX_ROUTERS", 1),
             ("max_routers_per_identity", "CERTBROKER_MAX_ROUTERS_PER_IDENTITY", 1),
+            ("max_inflight_per_peer", "CERTBROKER_MAX_INFLIGHT_PER_PEER", 0),
         ):
             if (raw := get(name)) is not None:
                 values[attr] = _int(name, raw, minimum)
@@ -562,6 +572,10 @@ class Settings:
         ):
             if (raw := get(name)) is not None:
                 values[attr] = _bucket(name, raw, getattr(defaults, attr).period)
+        if (raw := get("CERTBROKER_BAD_REQUESTS_PER_PEER")) is not None:
+            name = "CERTBROKER_BAD_REQUESTS_PER_PEER"
+            off = raw.strip().lower() in ("0", "off")
+            values["bad_requests_per_peer"] = None if off else _bucket(name, raw, _PER_PEER_PERIOD)
         if (raw := get("CERTBROKER_BROKER_ID")) is not None:
             if not _BROKER_ID.fullmatch(raw.strip()):
                 raise ConfigError(

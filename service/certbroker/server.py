@@ -40,6 +40,7 @@ from certbroker.acme.issuer import AcmeIssuer
 from certbroker.acme.shared_challenges import SharedChallenges
 from certbroker.api import reflection
 from certbroker.api.auth import Authorizer
+from certbroker.api.fairness import Fairness, PeerLimits
 from certbroker.api.malformed import MalformedRequests
 from certbroker.api.servicer import BrokerServicer
 from certbroker.app import Broker
@@ -381,9 +382,16 @@ async def _start(
         dns01_configured=dns01 is not None and dns01.delegates,  # apps' DNS-01 needs the zone
         platform=platform,
     )
+    authorizer = Authorizer(settings.tls_enabled, settings.roles)
+    fairness = PeerLimits(settings.max_inflight_per_peer, settings.bad_requests_per_peer)
     server = grpc.aio.server(
-        # Garbage that does not parse is refused INVALID_ARGUMENT, not logged as a traceback.
-        interceptors=[MalformedRequests(), *([server_interceptor(provider)] if provider else [])],
+        interceptors=[
+            # First, so a peer over its limits is refused before its request is parsed.
+            Fairness(fairness, authorizer.peer),
+            # Garbage that does not parse is refused INVALID_ARGUMENT, not logged as a traceback.
+            MalformedRequests(),
+            *([server_interceptor(provider)] if provider else []),
+        ],
         options=[
             ("grpc.so_reuseport", 0),  # a port in use is an error, never silently shared
             # gRPC cancels stream opens beyond these (defaults 1,000 / 3,000): a broker
@@ -404,7 +412,7 @@ async def _start(
         broker,
         hub,
         clock,
-        Authorizer(settings.tls_enabled, settings.roles),
+        authorizer,
         heartbeat=settings.heartbeat_interval,
         max_lag=settings.watch_buffer,
         send_timeout=settings.watch_send_timeout,

@@ -79,6 +79,23 @@ class Authorizer:
             reason="NO_ROLE",
         )
 
+    def peer(self, context: grpc.aio.ServicerContext) -> str:
+        """Whom a call counts against for fairness (``certbroker.api.fairness``).
+
+        Under mTLS the client-certificate name that gives a role (else its first
+        name): every connection and process of one client shares one budget.
+        Without TLS the connection's address (``ipv4:127.0.0.1:40123``): callers
+        cannot be told apart beyond their connections there.
+        """
+        if self._tls:
+            identities = _identities(context)
+            for identity in identities:
+                if identity in self._roles:
+                    return identity
+            if identities:
+                return identities[0]
+        return str(context.peer())
+
     def require(self, context: grpc.aio.ServicerContext, permission: Permission) -> Role:
         role = self.role(context)
         if permission not in _GRANTS[role]:

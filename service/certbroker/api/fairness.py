@@ -1,0 +1,297 @@
+"""Per-peer fairness: one caller cannot take the broker's event loop from the others.
+
+Why a module of its own: every RPC runs on one event loop, and gRPC Python
+spends ~0.4 ms of CPU on each call before any of our code runs. Measured with
+``bench/abuse.py`` on two cores: a client flooding even the cheapest refused
+request (garbage bytes, 48 in flight) at ~2,700 calls/s saturates the broker and
+multiplies everyone else's GetStatus p99 by 20. Bounding each field
+(``certbroker.bounds``) makes one bad request cheap; this bounds how many of
+them one peer gets served.
+
+Two rules per peer (the mTLS client-certificate name, so every connection of a
+client shares them; without TLS the connection's address):
+
+* **In flight**: at most ``max_in_flight`` unary calls at once (WatchStatus
+  streams are bounded elsewhere and not counted while they run). One more is
+  refused at once: ``RESOURCE_EXHAUSTED`` ``TOO_MANY_IN_FLIGHT`` + RetryInfo.
+* **Bad requests**: a token bucket. Each call the caller got wrong (see
+  :data:`BAD_CODES`) spends a token. While the bucket is empty every call of
+  that peer is refused ``TOO_MANY_BAD_REQUESTS`` with RetryInfo (until the next
+  token, at least :data:`PENALTY`), and the refusal is *held* about
+  :data:`PENALTY` before it is sent. A client that waits as told loses nothing
+  by the hold; one that retries at once gets one answer per call it has in
+  flight per second, instead of thousands. Each hold is drawn from ±50 % of it:
+  calls held together would otherwise come back together, once a second, and
+  the few let in then (the refilled tokens, the most expensive bad requests
+  among them) would run back to back and stall the loop for everyone. Held
+  calls count in flight, so the parked calls (and the request bytes they hold)
+  stay bounded by ``max_in_flight``; past it, refusals are immediate. Without
+  an in-flight cap nothing bounds the parked calls, so refusals are not held.
+
+Both checks run before the request is parsed or validated: the interceptor
+gives gRPC no deserializer (the behaviour gets the raw bytes) and parses in its
+own behaviour once the call is admitted. Messages over gRPC's receive limit are
+refused by gRPC itself and never reach this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import math
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, cast
+
+import grpc
+
+from certbroker.api.errors import to_status
+from certbroker.errors import ResourceExhausted
+from certbroker.limits import Bucket
+
+log = logging.getLogger(__name__)
+
+TOO_MANY_IN_FLIGHT = "TOO_MANY_IN_FLIGHT"
+TOO_MANY_BAD_REQUESTS = "TOO_MANY_BAD_REQUESTS"
+#: The caller's own mistakes. Not NOT_FOUND (polling a name before it is added is
+#: normal) nor FAILED_PRECONDITION (a business rule, not a malformed call).
+BAD_CODES = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.OUT_OF_RANGE,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.UNAUTHENTICATED,
+    }
+)
+#: RetryInfo of a call over the in-flight cap: about what one call takes.
+IN_FLIGHT_RETRY = timedelta(seconds=1)
+#: How long a refusal to a peer out of bad-request tokens is held, and its shortest
+#: RetryInfo: with 10 tokens a second, "retry in 100 ms" would let a flood of 50
+#: calls in flight come back 500 times a second.
+PENALTY = timedelta(seconds=1)
+#: Peers remembered at most; beyond it, peers with nothing in flight are forgotten
+#: (their spent budget forgiven): memory stays bounded whatever the peers.
+MAX_PEERS = 100_000
+_LOG_EVERY = 60.0  # seconds between two warnings about refusals
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A call not admitted: the reason, when to retry, and how long to hold the answer."""
+
+    reason: str
+    message: str
+    retry_after: timedelta
+    hold: timedelta  # zero: answer at once (nothing was counted for it)
+
+
+@dataclass
+class _Peer:
+    in_flight: int
+    tokens: float
+    at: float  # when ``tokens`` was last brought up to date (monotonic seconds)
+
+
+class PeerLimits:
+    """The counting, with no gRPC in it: who may start a call now.
+
+    Every :meth:`admit` that returns ``None`` or a held refusal is paired with
+    one :meth:`release` (same ``counted``; ``True`` for a held refusal).
+    """
+
+    def __init__(
+        self,
+        max_in_flight: int,
+        bad_requests: Bucket | None,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+        jitter: Callable[[], float] = random.random,
+        max_peers: int = MAX_PEERS,
+    ) -> None:
+        self.max_in_flight = max_in_flight  # 0: no cap
+        self._burst = float(bad_requests.capacity) if bad_requests else 0.0
+        self._rate = (
+            bad_requests.capacity / bad_requests.period.total_seconds() if bad_requests else 0.0
+        )
+        self._monotonic = monotonic
+        self._jitter = jitter  # 0 <= x < 1
+        self._max_peers = max_peers
+        self._peers: dict[str, _Peer] = {}
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.max_in_flight or self._rate)
+
+    def in_flight(self, peer: str) -> int:
+        state = self._peers.get(peer)
+        return state.in_flight if state else 0
+
+    def admit(self, peer: str, *, counted: bool = True) -> Refusal | None:
+        """``None``: go ahead (counted in flight when ``counted``); else why not."""
+        state = self._state(peer)
+        capped = self.max_in_flight > 0 and state.in_flight >= self.max_in_flight
+        if self._rate and state.tokens < 1:
+            # whole seconds: "retry in 1199.996s" says nothing more than 1200
+            wait = max(PENALTY.total_seconds(), math.ceil((1 - state.tokens) / self._rate))
+            held = self.max_in_flight > 0 and not capped
+            if held:
+                state.in_flight += 1
+            return Refusal(
+                TOO_MANY_BAD_REQUESTS,
+                f"too many refused requests from this client; retry in {wait:g}s",
+                timedelta(seconds=wait),
+                PENALTY * (0.5 + self._jitter()) if held else timedelta(0),
+            )
+        if counted and capped:
+            return Refusal(
+                TOO_MANY_IN_FLIGHT,
+                f"this client has {state.in_flight} calls in flight; the limit is "
+                f"{self.max_in_flight}",
+                IN_FLIGHT_RETRY,
+                timedelta(0),
+            )
+        if counted:
+            state.in_flight += 1
+        return None
+
+    def release(self, peer: str, *, counted: bool = True, bad: bool = False) -> None:
+        """A call :meth:`admit` let in (or held) ended; ``bad``: it was the caller's mistake."""
+        state = self._state(peer)
+        if counted:
+            state.in_flight -= 1
+        if bad and self._rate:
+            state.tokens = max(0.0, state.tokens - 1)
+        if state.in_flight <= 0 and state.tokens >= self._burst:
+            del self._peers[peer]  # idle with a full budget: nothing worth remembering
+
+    def _state(self, peer: str) -> _Peer:
+        now = self._monotonic()
+        state = self._peers.get(peer)
+        if state is None:
+            if len(self._peers) >= self._max_peers:
+                self._forget_idle()
+            state = self._peers[peer] = _Peer(0, self._burst, now)
+        elif self._rate:
+            state.tokens = min(self._burst, state.tokens + (now - state.at) * self._rate)
+        state.at = now
+        return state
+
+    def _forget_idle(self) -> None:
+        for peer in [p for p, s in self._peers.items() if s.in_flight <= 0]:
+            del self._peers[peer]
+
+
+class Fairness(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Applies :class:`PeerLimits` to every unary-request method, before its request is parsed.
+
+    ``who`` names the peer of a call (``Authorizer.peer``). Listed before the other
+    interceptors, it wraps what they built, so the malformed-request guard's
+    parser runs only for admitted calls.
+    """
+
+    def __init__(self, limits: PeerLimits, who: Callable[[grpc.aio.ServicerContext], str]) -> None:
+        self._limits = limits
+        self._who = who
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        self._refused = 0
+        self._logged_at = -_LOG_EVERY
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or not self._limits.enabled:
+            return handler
+        method = cast(str, handler_call_details.method)
+        known = self._wrapped.get(method)
+        if known is None or known[0] is not handler:  # handlers are reused: wrap once
+            known = (handler, self._wrap(handler))
+            self._wrapped[method] = known
+        return known[1]
+
+    def _wrap(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        fields = cast(Any, handler)  # grpc's handlers are namedtuples
+        if fields.request_streaming:
+            return handler  # reflection only: its requests are read by the servicer
+        name = "unary_stream" if fields.response_streaming else "unary_unary"
+        behavior = getattr(fields, name)
+        parse = fields.request_deserializer or _as_is
+        counted = not fields.response_streaming
+        if inspect.isasyncgenfunction(behavior):
+            wrapped: Callable[..., Any] = self._generator(behavior, parse)
+        elif inspect.iscoroutinefunction(behavior):
+            wrapped = self._coroutine(behavior, parse, counted)
+        else:
+            return handler  # a synchronous behaviour: not one of ours
+        replaced: grpc.RpcMethodHandler = fields._replace(
+            request_deserializer=None, **{name: wrapped}
+        )
+        return replaced
+
+    def _coroutine(
+        self, behavior: Callable[..., Awaitable[Any]], parse: Callable[[bytes], Any], counted: bool
+    ) -> Callable[..., Awaitable[Any]]:
+        async def admitted(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+            peer = self._who(context)
+            await self._check(peer, context, counted)
+            try:
+                return await behavior(parse(raw), context)
+            finally:
+                self._limits.release(peer, counted=counted, bad=context.code() in BAD_CODES)
+
+        return admitted
+
+    def _generator(
+        self, behavior: Callable[..., AsyncIterator[Any]], parse: Callable[[bytes], Any]
+    ) -> Callable[..., AsyncIterator[Any]]:
+        async def admitted(raw: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            peer = self._who(context)
+            await self._check(peer, context, counted=False)
+            try:
+                async for response in behavior(parse(raw), context):
+                    yield response
+            finally:
+                self._limits.release(peer, counted=False, bad=context.code() in BAD_CODES)
+
+        return admitted
+
+    async def _check(self, peer: str, context: grpc.aio.ServicerContext, counted: bool) -> None:
+        """Return if the call may go on; else answer the refusal (after its hold) and abort."""
+        refusal = self._limits.admit(peer, counted=counted)
+        if refusal is None:
+            return
+        self._note(peer, refusal)
+        if refusal.hold:
+            try:
+                await asyncio.sleep(refusal.hold.total_seconds())
+            finally:
+                self._limits.release(peer)
+        error = ResourceExhausted(
+            refusal.message, retry_after=refusal.retry_after, reason=refusal.reason
+        )
+        await context.abort_with_status(to_status(error))
+
+    def _note(self, peer: str, refusal: Refusal) -> None:
+        """A warning at most once a minute, with how many calls were refused since the last."""
+        self._refused += 1
+        now = time.monotonic()
+        if now - self._logged_at < _LOG_EVERY:
+            return
+        log.warning(
+            "refusing calls from %s: %s (%d refused since the last such line)",
+            peer[:200],
+            refusal.reason,
+            self._refused,
+        )
+        self._refused = 0
+        self._logged_at = now
+
+
+def _as_is(raw: bytes) -> bytes:
+    return raw
