@@ -89,7 +89,8 @@ _KNOWN = (
 KNOWN_VARIABLES = frozenset(f"CERTBROKER_{name}" for name in _KNOWN)
 ROLES = ("router", "api", "admin")
 _PER_PEER_PERIOD = timedelta(seconds=10)  # what a plain count in BAD_REQUESTS_PER_PEER means
-# 100 at once, then 10 a second: far above a platform relaying its users' typos.
+# 100 at once, then 10 a second, of calls no data makes right (api/fairness.py: tenants' typos do
+# not count).
 BAD_REQUESTS_PER_PEER = Bucket(100, _PER_PEER_PERIOD)
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)?$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}

@@ -387,7 +387,7 @@ async def _start(
     server = grpc.aio.server(
         interceptors=[
             # First, so a peer over its limits is refused before its request is parsed.
-            Fairness(fairness, authorizer.peer),
+            Fairness(fairness, authorizer.peer, metrics.rpc_finished),
             # Garbage that does not parse is refused INVALID_ARGUMENT, not logged as a traceback.
             MalformedRequests(),
             *([server_interceptor(provider)] if provider else []),

@@ -14,8 +14,9 @@ client shares them; without TLS the connection's address):
 * **In flight**: at most ``max_in_flight`` unary calls at once (WatchStatus
   streams are bounded elsewhere and not counted while they run). One more is
   refused at once: ``RESOURCE_EXHAUSTED`` ``TOO_MANY_IN_FLIGHT`` + RetryInfo.
-* **Bad requests**: a token bucket. Each call the caller got wrong (see
-  :data:`BAD_CODES`) spends a token. While the bucket is empty every call of
+* **Bad requests**: a token bucket. Each call no data could have made right
+  (see :func:`spends_budget`: bytes that do not parse, no identity or role, a
+  method the role may not call) spends a token. While the bucket is empty every call of
   that peer is refused ``TOO_MANY_BAD_REQUESTS`` with RetryInfo (until the next
   token, at least :data:`PENALTY`), and the refusal is *held* about
   :data:`PENALTY` before it is sent. A client that waits as told loses nothing
@@ -32,6 +33,16 @@ Both checks run before the request is parsed or validated: the interceptor
 gives gRPC no deserializer (the behaviour gets the raw bytes) and parses in its
 own behaviour once the call is admitted. Messages over gRPC's receive limit are
 refused by gRPC itself and never reach this module.
+
+Why a well-formed request refused INVALID_ARGUMENT does not spend the budget:
+the platform API is ONE client relaying every tenant's input, so counting the
+names tenants mistype would let one tenant (careless, or typing garbage on
+purpose at 11 a second) have every call of the platform refused, every other
+tenant's included. It buys nothing against a flood either: a client with a role
+can send valid calls, which cost as much, at the same rate. Router-id conflicts
+(``ROUTER_ID_*``) do not spend it either: a fleet moving to a new certificate
+gets them at each report until the old ids are forgotten, and must still get its
+certificates. Health checks are never counted nor refused.
 """
 
 from __future__ import annotations
@@ -48,8 +59,10 @@ from datetime import timedelta
 from typing import Any, cast
 
 import grpc
+from google.rpc import error_details_pb2, status_pb2
 
 from certbroker.api.errors import to_status
+from certbroker.api.malformed import is_malformed
 from certbroker.errors import ResourceExhausted
 from certbroker.limits import Bucket
 
@@ -57,16 +70,25 @@ log = logging.getLogger(__name__)
 
 TOO_MANY_IN_FLIGHT = "TOO_MANY_IN_FLIGHT"
 TOO_MANY_BAD_REQUESTS = "TOO_MANY_BAD_REQUESTS"
-#: The caller's own mistakes. Not NOT_FOUND (polling a name before it is added is
-#: normal) nor FAILED_PRECONDITION (a business rule, not a malformed call).
+#: Codes of calls a client got wrong whatever their data: no identity or role, a
+#: method its role may not call. Not INVALID_ARGUMENT of a request that parsed (the
+#: data's mistake: a tenant's typo relayed by the platform), NOT_FOUND (polling a
+#: name before it is added is normal) nor FAILED_PRECONDITION (a business rule).
 BAD_CODES = frozenset(
     {
-        grpc.StatusCode.INVALID_ARGUMENT,
         grpc.StatusCode.OUT_OF_RANGE,
         grpc.StatusCode.PERMISSION_DENIED,
         grpc.StatusCode.UNAUTHENTICATED,
     }
 )
+#: PERMISSION_DENIED reasons of the router registry (an id held by another
+#: certificate, an id that is not the certificate's name): its answer to one report,
+#: sent at the report interval, not a client in a loop.
+_REGISTRY_REASON = "ROUTER_ID_"
+#: Methods never counted nor refused: a load balancer or router asking whether the
+#: broker serves must hear the truth, whatever else its identity sent.
+_EXEMPT = ("/grpc.health.v1.Health/",)
+_DETAILS_KEY = "grpc-status-details-bin"
 #: RetryInfo of a call over the in-flight cap: about what one call takes.
 IN_FLIGHT_RETRY = timedelta(seconds=1)
 #: How long a refusal to a peer out of bad-request tokens is held, and its shortest
@@ -190,12 +212,20 @@ class Fairness(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     ``who`` names the peer of a call (``Authorizer.peer``). Listed before the other
     interceptors, it wraps what they built, so the malformed-request guard's
-    parser runs only for admitted calls.
+    parser runs only for admitted calls. ``count(method, code)`` counts the calls
+    answered here, which the servicer never sees (``certbroker_rpc_requests_total``):
+    the refusals, and the requests that did not parse.
     """
 
-    def __init__(self, limits: PeerLimits, who: Callable[[grpc.aio.ServicerContext], str]) -> None:
+    def __init__(
+        self,
+        limits: PeerLimits,
+        who: Callable[[grpc.aio.ServicerContext], str],
+        count: Callable[[str, str], None] | None = None,
+    ) -> None:
         self._limits = limits
         self._who = who
+        self._count = count or _uncounted
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
         self._refused = 0
         self._logged_at = -_LOG_EVERY
@@ -209,13 +239,15 @@ class Fairness(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if handler is None or not self._limits.enabled:
             return handler
         method = cast(str, handler_call_details.method)
+        if method.startswith(_EXEMPT):
+            return handler
         known = self._wrapped.get(method)
         if known is None or known[0] is not handler:  # handlers are reused: wrap once
-            known = (handler, self._wrap(handler))
+            known = (handler, self._wrap(handler, method.rsplit("/", 1)[-1]))
             self._wrapped[method] = known
         return known[1]
 
-    def _wrap(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         fields = cast(Any, handler)  # grpc's handlers are namedtuples
         if fields.request_streaming:
             return handler  # reflection only: its requests are read by the servicer
@@ -224,9 +256,9 @@ class Fairness(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         parse = fields.request_deserializer or _as_is
         counted = not fields.response_streaming
         if inspect.isasyncgenfunction(behavior):
-            wrapped: Callable[..., Any] = self._generator(behavior, parse)
+            wrapped: Callable[..., Any] = self._generator(behavior, parse, method)
         elif inspect.iscoroutinefunction(behavior):
-            wrapped = self._coroutine(behavior, parse, counted)
+            wrapped = self._coroutine(behavior, parse, counted, method)
         else:
             return handler  # a synchronous behaviour: not one of ours
         replaced: grpc.RpcMethodHandler = fields._replace(
@@ -235,38 +267,61 @@ class Fairness(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return replaced
 
     def _coroutine(
-        self, behavior: Callable[..., Awaitable[Any]], parse: Callable[[bytes], Any], counted: bool
+        self,
+        behavior: Callable[..., Awaitable[Any]],
+        parse: Callable[[bytes], Any],
+        counted: bool,
+        method: str,
     ) -> Callable[..., Awaitable[Any]]:
         async def admitted(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
             peer = self._who(context)
-            await self._check(peer, context, counted)
+            await self._check(peer, context, counted, method)
+            request: Any = None
             try:
-                return await behavior(parse(raw), context)
+                request = parse(raw)
+                return await behavior(request, context)
             finally:
-                self._limits.release(peer, counted=counted, bad=context.code() in BAD_CODES)
+                bad = self._ended(request, context, method)
+                self._limits.release(peer, counted=counted, bad=bad)
 
         return admitted
 
     def _generator(
-        self, behavior: Callable[..., AsyncIterator[Any]], parse: Callable[[bytes], Any]
+        self,
+        behavior: Callable[..., AsyncIterator[Any]],
+        parse: Callable[[bytes], Any],
+        method: str,
     ) -> Callable[..., AsyncIterator[Any]]:
         async def admitted(raw: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             peer = self._who(context)
-            await self._check(peer, context, counted=False)
+            await self._check(peer, context, False, method)
+            request: Any = None
             try:
-                async for response in behavior(parse(raw), context):
+                request = parse(raw)
+                async for response in behavior(request, context):
                     yield response
             finally:
-                self._limits.release(peer, counted=False, bad=context.code() in BAD_CODES)
+                bad = self._ended(request, context, method)
+                self._limits.release(peer, counted=False, bad=bad)
 
         return admitted
 
-    async def _check(self, peer: str, context: grpc.aio.ServicerContext, counted: bool) -> None:
+    def _ended(self, request: Any, context: grpc.aio.ServicerContext, method: str) -> bool:
+        """Whether the call spends the peer's budget; counts garbage (the servicer never ran)."""
+        if is_malformed(request):
+            self._count(method, grpc.StatusCode.INVALID_ARGUMENT.name)
+            return True
+        return spends_budget(context.code(), _reason(context))
+
+    async def _check(
+        self, peer: str, context: grpc.aio.ServicerContext, counted: bool, method: str
+    ) -> None:
         """Return if the call may go on; else answer the refusal (after its hold) and abort."""
         refusal = self._limits.admit(peer, counted=counted)
         if refusal is None:
             return
         self._note(peer, refusal)
+        self._count(method, grpc.StatusCode.RESOURCE_EXHAUSTED.name)
         if refusal.hold:
             try:
                 await asyncio.sleep(refusal.hold.total_seconds())
@@ -291,6 +346,36 @@ class Fairness(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         )
         self._refused = 0
         self._logged_at = now
+
+
+def spends_budget(code: grpc.StatusCode | None, reason: Callable[[], str]) -> bool:
+    """A call that ended ``code`` was the client's mistake whatever its data (see the
+    module's docstring); ``reason`` is asked only when the code alone does not say."""
+    if code not in BAD_CODES:
+        return False
+    return code is not grpc.StatusCode.PERMISSION_DENIED or not reason().startswith(
+        _REGISTRY_REASON
+    )
+
+
+def _reason(context: grpc.aio.ServicerContext) -> Callable[[], str]:
+    """The ErrorInfo reason the call was answered with (``""`` if none), read when asked."""
+
+    def read() -> str:
+        for key, value in context.trailing_metadata() or ():
+            if key == _DETAILS_KEY and isinstance(value, bytes):
+                status = status_pb2.Status.FromString(value)
+                for detail in status.details:
+                    info = error_details_pb2.ErrorInfo()
+                    if detail.Unpack(info):
+                        return str(info.reason)
+        return ""
+
+    return read
+
+
+def _uncounted(method: str, code: str) -> None:
+    del method, code
 
 
 def _as_is(raw: bytes) -> bytes:

@@ -33,6 +33,11 @@ class _Malformed:
         self.error = error
 
 
+def is_malformed(request: object) -> bool:
+    """``request`` is the marker a guarded deserializer returned for bytes that do not parse."""
+    return isinstance(request, _Malformed)
+
+
 def _safe(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
     if deserializer is None:
         return None
