@@ -11,7 +11,7 @@ role's forbidden method) still spend it; refusals are counted in
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
@@ -186,3 +186,26 @@ async def test_a_router_fleet_moving_to_a_new_certificate_still_gets_its_certifi
         finally:
             for channel in channels:
                 await channel.close()
+
+
+async def test_routers_told_to_resync_after_compaction_are_not_locked_out(
+    broker: BrokerHandle, channel: grpc.aio.Channel
+) -> None:
+    """REVISION_COMPACTED (OUT_OF_RANGE) is the protocol's "start again from 0", which a
+    whole fleet sharing a certificate gets at once after a long partition."""
+    stub = broker_pb2_grpc.CertificateBrokerServiceStub(channel)
+    for n in range(3):
+        await _issue(stub, f"d{n}.shop.example", "shop")
+    await broker.running.store.compact_events(datetime.now(UTC) + timedelta(days=1))
+
+    async def resume_from_1() -> None:
+        async for _ in stub.WatchStatus(broker_pb2.WatchStatusRequest(after_revision=1)):
+            pass
+
+    for _ in range(BUDGET + 2):  # one per router of the fleet
+        assert await _failure(resume_from_1()) == (
+            grpc.StatusCode.OUT_OF_RANGE,
+            "REVISION_COMPACTED",
+        )
+    status = await stub.GetStatus(broker_pb2.GetStatusRequest(domain="d0.shop.example"))
+    assert status.domain.domain == "d0.shop.example"

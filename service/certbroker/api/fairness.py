@@ -73,10 +73,11 @@ TOO_MANY_BAD_REQUESTS = "TOO_MANY_BAD_REQUESTS"
 #: Codes of calls a client got wrong whatever their data: no identity or role, a
 #: method its role may not call. Not INVALID_ARGUMENT of a request that parsed (the
 #: data's mistake: a tenant's typo relayed by the platform), NOT_FOUND (polling a
-#: name before it is added is normal) nor FAILED_PRECONDITION (a business rule).
+#: name before it is added is normal), FAILED_PRECONDITION (a business rule) nor
+#: OUT_OF_RANGE (REVISION_COMPACTED: the protocol's "resync from 0", which every
+#: router of a fleet sharing one certificate gets at once after a long partition).
 BAD_CODES = frozenset(
     {
-        grpc.StatusCode.OUT_OF_RANGE,
         grpc.StatusCode.PERMISSION_DENIED,
         grpc.StatusCode.UNAUTHENTICATED,
     }
