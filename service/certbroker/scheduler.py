@@ -155,6 +155,10 @@ _CLAIM_RETRY = 0.05
 _RATE_LIMIT_DEFAULT = timedelta(hours=1)
 #: Domains re-evaluated per transaction at start.
 _RESTART_BATCH = 500
+#: Releasing the domains held for the CA failed (the store): try again after this,
+#: doubling up to the most.
+_WAKE_RETRY_FIRST = timedelta(seconds=5)
+_WAKE_RETRY_MAX = timedelta(minutes=1)
 #: An account the CA forgot or deactivated is recovered at most this often, and looked
 #: at (after an ``unauthorized``: deactivated, or not the account's fault?) at most as often.
 ACCOUNT_RECOVERY_INTERVAL = timedelta(minutes=5)
@@ -1094,12 +1098,27 @@ class Scheduler:
             self.ca.probe_succeeded(self._clock.now())
             self._ca_down.clear()
             log.info("the CA answers again; resuming orders")
+            await self._wake_held_until_done()
+            self._wake.set()
+
+    async def _wake_held_until_done(self) -> None:
+        """Release the held domains, trying again while the store fails: they are never
+        due on their own, so a release given up would keep them (renewals included)
+        until a restart. A partition that cut both the CA and the database heals in
+        any order."""
+        delay = _WAKE_RETRY_FIRST
+        while not self._stopping:
             try:
                 await self._wake_held()
+                return
             except Exception:
-                # The store failed: the held domains wake at the next start or probe.
-                log.warning("could not wake the domains held for the CA", exc_info=True)
-            self._wake.set()
+                log.warning(
+                    "could not wake the domains held for the CA; trying again in %gs",
+                    delay.total_seconds(),
+                    exc_info=True,
+                )
+            await self._clock.sleep_until(self._clock.now() + delay)
+            delay = min(delay * 2, _WAKE_RETRY_MAX)
 
     async def _reschedule_held(self, next_probe: datetime) -> None:
         """Held domains show the next probe as their next attempt: the scheduling columns
