@@ -165,6 +165,19 @@ async def test_new_orders_are_held_once_the_accounts_300_are_used_until_the_next
     assert (await ledger.budget(tx, later)).tokens == 0
 
 
+async def test_a_reservation_reads_every_bucket_it_checks_in_one_read() -> None:
+    """Each read is a round trip to the store (a thread hop on SQLite): a new certificate's
+    reservation checks four buckets (name set, new orders, registered domain, failed
+    authorizations) and must read their spends together, not once per bucket."""
+    ledger, tx = LimitsLedger(), MemoryLimitRecords()
+    assert await ledger.reserve(tx, request("a.example.com"), T0) is None
+    assert tx.reads == 1
+    assert len((await ledger.outlook(tx, request("b.example.com"), T0)).buckets) == 4
+    assert tx.reads == 2
+    assert await ledger.reorder(tx, request("a.example.com"), T0) is None
+    assert tx.reads == 3
+
+
 async def test_new_certificates_per_registered_domain_then_one_per_202_minutes() -> None:
     ledger, tx = LimitsLedger(), MemoryLimitRecords()
     for i in range(50):

@@ -325,8 +325,9 @@ class LimitsLedger:
         pauses = await tx.limit_pauses([(ACCOUNT, ""), *charged, *failed], now)
         holds = [self._paused(bucket, key, until) for (bucket, key), until in pauses.items()]
         counted = failed if renewal else [(ACCOUNT_ORDERS, ""), *failed]
-        for bucket, key in counted:
-            at = (await self._state(tx, bucket, key, now)).next_token_at(now)
+        states = await self._states(tx, counted, now)
+        for (bucket, key), state in zip(counted, states, strict=True):
+            at = state.next_token_at(now)
             if at is not None:
                 holds.append(self._exhausted(bucket, key, at))
         if holds:
@@ -358,8 +359,8 @@ class LimitsLedger:
         for (bucket, key), until in pauses.items():
             holds.append(self._paused(bucket, key, until))
         buckets = []
-        for bucket, key in checked:
-            state = await self._state(reads, bucket, key, now)
+        states = await self._states(reads, checked, now)
+        for (bucket, key), state in zip(checked, states, strict=True):
             at = state.next_token_at(now)
             if at is not None:
                 holds.append(self._exhausted(bucket, key, at))
@@ -443,14 +444,24 @@ class LimitsLedger:
         return charged
 
     async def _state(self, reads: LimitReads, bucket: str, key: str, now: datetime) -> BucketState:
-        limit = self.limits.of(bucket)
-        since = now - limit.period
-        # Admitted spends in one period number at most 2 x capacity (a full bucket plus
-        # a period of refills); more means truncation, which replay treats safely.
-        most = 2 * limit.capacity + 2
-        spends = await reads.limit_spends(bucket, key, since, most)
-        complete = len(spends) < most and (not spends or spends[0] > since)
-        return replay(limit, spends, complete=complete)
+        return (await self._states(reads, [(bucket, key)], now))[0]
+
+    async def _states(
+        self, reads: LimitReads, buckets: Sequence[tuple[str, str]], now: datetime
+    ) -> list[BucketState]:
+        """Each (bucket, key) rebuilt from its spends, all read in one query."""
+        queries = []
+        for bucket, key in buckets:
+            limit = self.limits.of(bucket)
+            # Admitted spends in one period number at most 2 x capacity (a full bucket plus
+            # a period of refills); more means truncation, which replay treats safely.
+            queries.append((bucket, key, now - limit.period, 2 * limit.capacity + 2))
+        found = await reads.limit_spends_of(queries)
+        states = []
+        for (bucket, _key, since, most), spends in zip(queries, found, strict=True):
+            complete = len(spends) < most and (not spends or spends[0] > since)
+            states.append(replay(self.limits.of(bucket), spends, complete=complete))
+        return states
 
     def _exhausted(self, bucket: str, key: str, at: datetime) -> Hold:
         limit = self.limits.of(bucket)

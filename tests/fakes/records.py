@@ -9,10 +9,10 @@ real store.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from datetime import datetime
 
-from certbroker.store.base import names_key
+from certbroker.store.base import SpendQuery, names_key
 
 
 class MemoryLimitRecords:
@@ -22,6 +22,7 @@ class MemoryLimitRecords:
         self._issued_names: dict[str, list[datetime]] = {}
         self._issued_domain: dict[str, datetime] = {}
         self._seq = 0
+        self.reads = 0  # spend reads: one per limit_spends or limit_spends_of call
 
     # -- what the scheduler writes -------------------------------------------------------
 
@@ -37,6 +38,12 @@ class MemoryLimitRecords:
     async def limit_spends(
         self, bucket: str, key: str, since: datetime, limit: int
     ) -> list[datetime]:
+        self.reads += 1
+        return await self._spends_of(bucket, key, since, limit)
+
+    async def _spends_of(
+        self, bucket: str, key: str, since: datetime, limit: int
+    ) -> list[datetime]:
         rows = self._spends.get((bucket, key), [])
         after = bisect.bisect_right(rows, since, key=lambda r: r[0])
         start = after
@@ -44,6 +51,10 @@ class MemoryLimitRecords:
             anchor = rows[after - 1][0]
             start = bisect.bisect_left(rows, anchor, key=lambda r: r[0])
         return [r[0] for r in rows[max(start, len(rows) - limit) :]]
+
+    async def limit_spends_of(self, queries: Sequence[SpendQuery]) -> list[list[datetime]]:
+        self.reads += 1
+        return [await self._spends_of(*query) for query in queries]
 
     async def limit_pauses(
         self, keys: Collection[tuple[str, str]], now: datetime

@@ -60,6 +60,32 @@ async def test_spends_after_since_come_with_the_newest_before_it(store: AnyStore
         assert await tx.limit_spends(NAME_SET, "a.example.com", since, 10) == spends
 
 
+async def test_spends_of_several_buckets_are_read_together_as_one_by_one(
+    store: AnyStore,
+) -> None:
+    async with store.transaction() as tx:
+        for hours in (0, 1, 2, 5, 6):
+            await tx.add_limit_spend(NAME_SET, "a.example.com", "a.example.com", T0 + hours * HOUR)
+        await tx.add_limit_spend(NAME_SET, "b.example.com", "b.example.com", T0 + 3 * HOUR)
+        await tx.add_limit_spend(ACCOUNT_ORDERS, "", "a.example.com", T0 + 3 * HOUR)
+        await tx.add_limit_spend(ACCOUNT_ORDERS, "", "b.example.com", T0 + 7 * HOUR)
+    since = T0 + 4 * HOUR
+    queries = [
+        (NAME_SET, "a.example.com", since, 10),
+        (NAME_SET, "a.example.com", since, 2),  # capped: the newest kept
+        (NAME_SET, "a.example.com", T0 - HOUR, 10),  # nothing before: no anchor
+        (NAME_SET, "c.example.com", since, 10),  # none at all
+        (ACCOUNT_ORDERS, "", since, 10),
+    ]
+    one_by_one = [await store.limit_spends(*query) for query in queries]
+    assert one_by_one[0] == [T0 + 2 * HOUR, T0 + 5 * HOUR, T0 + 6 * HOUR]
+    assert one_by_one[4] == [T0 + 3 * HOUR, T0 + 7 * HOUR]
+    assert await store.limit_spends_of(queries) == one_by_one
+    assert await store.limit_spends_of([]) == []
+    async with store.transaction() as tx:  # the transaction reads the same
+        assert await tx.limit_spends_of(queries) == one_by_one
+
+
 async def test_pauses_keep_the_later_end_and_only_active_ones_are_read(store: AnyStore) -> None:
     async with store.transaction() as tx:
         await tx.pause_limit(REGISTERED_DOMAIN, "example.com", T0 + 2 * HOUR)

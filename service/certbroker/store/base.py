@@ -63,6 +63,10 @@ class StoreObserver(Protocol):
         ...
 
 
+#: What ``LimitReads.limit_spends_of`` reads per bucket: (bucket, key, since, limit).
+SpendQuery = tuple[str, str, datetime, int]
+
+
 def names_key(names: tuple[str, ...] | list[str]) -> str:
     """The CA counts "the same set of names" regardless of order."""
     return ",".join(sorted(set(names)))
@@ -86,6 +90,13 @@ class LimitReads(Protocol):
         """Times of ``bucket``/``key``'s spends, oldest first: all after ``since``,
         preceded by the newest at or before ``since`` (if any); when more than
         ``limit``, only the newest ``limit``.
+        """
+        ...
+
+    async def limit_spends_of(self, queries: Sequence[SpendQuery]) -> list[list[datetime]]:
+        """``limit_spends(bucket, key, since, limit)`` for each of ``queries``, in order, read
+        together: one query, so a reservation costs one round trip for all its buckets
+        instead of one per bucket (each a thread hop on SQLite, a network one on PostgreSQL).
         """
         ...
 

@@ -56,6 +56,7 @@ from certbroker.store.base import (
     Change,
     NewCertificate,
     PendingOrder,
+    SpendQuery,
     StoreObserver,
     in_family_order,
     names_key,
@@ -560,6 +561,10 @@ class SqliteStore:
         return await _limit_spends(self._reader, bucket, key, since, limit)
 
     @_translated
+    async def limit_spends_of(self, queries: Sequence[SpendQuery]) -> list[list[datetime]]:
+        return await _limit_spends_of(self._reader, queries)
+
+    @_translated
     async def limit_pauses(
         self, keys: Collection[tuple[str, str]], now: datetime
     ) -> dict[tuple[str, str], datetime]:
@@ -959,6 +964,34 @@ async def _limit_spends(
     return [must_time(row[0]) for row in reversed(list(rows))]
 
 
+# One bucket's spends as ``_limit_spends`` reads them, tagged with its place in the batch.
+_SPENDS_PART = (
+    "SELECT * FROM (SELECT ? AS i, at FROM limit_spends WHERE bucket = ? AND key = ? "
+    "AND at >= COALESCE((SELECT MAX(at) FROM limit_spends WHERE bucket = ? AND key = ? "
+    "AND at <= ?), ?) ORDER BY at DESC LIMIT ?)"
+)
+
+
+async def _limit_spends_of(
+    conn: aiosqlite.Connection, queries: Sequence[SpendQuery]
+) -> list[list[datetime]]:
+    """``_limit_spends`` of each query in one statement (UNION ALL of the same selects)."""
+    if not queries:
+        return []
+    params: list[Any] = []
+    for i, (bucket, key, since, limit) in enumerate(queries):
+        cutoff = to_micros(since)
+        assert cutoff is not None
+        params += [i, bucket, key, bucket, key, cutoff, cutoff + 1, limit]
+    sql = " UNION ALL ".join(_SPENDS_PART for _ in queries)
+    found: list[list[datetime]] = [[] for _ in queries]
+    for row in await conn.execute_fetchall(sql, params):
+        found[row[0]].append(must_time(row[1]))
+    for times in found:
+        times.reverse()  # each part came newest first (its LIMIT keeps the newest)
+    return found
+
+
 async def _limit_pauses(
     conn: aiosqlite.Connection, keys: Collection[tuple[str, str]], now: datetime
 ) -> dict[tuple[str, str], datetime]:
@@ -1219,6 +1252,9 @@ class _SqliteTransaction:
         self, bucket: str, key: str, since: datetime, limit: int
     ) -> list[datetime]:
         return await _limit_spends(self._conn, bucket, key, since, limit)
+
+    async def limit_spends_of(self, queries: Sequence[SpendQuery]) -> list[list[datetime]]:
+        return await _limit_spends_of(self._conn, queries)
 
     async def limit_pauses(
         self, keys: Collection[tuple[str, str]], now: datetime
