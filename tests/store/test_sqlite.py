@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 import aiosqlite
 import pytest
 
-from certbroker.model import Domain, Source
+from certbroker.model import Domain, EventType, Source
 from certbroker.store.base import NewCertificate
 from certbroker.store.sqlite import SqliteStore
 from tests.store.records import make_cert, make_domain, raw
@@ -227,3 +228,71 @@ async def test_a_read_in_progress_does_not_hide_commits_from_the_next_read(
     finally:
         release.set()
         await reading
+
+
+async def _history(store: SqliteStore, name: str) -> None:
+    """An addition with a certificate, an update, a challenge event and the removal."""
+    async with store.transaction() as tx:
+        custom = await tx.add_certificate(
+            NewCertificate(name, Source.CUSTOM, make_cert(name, "3a"), b"k")
+        )
+        added = await tx.put_domain(make_domain(name, custom_cert=custom))
+    async with store.transaction() as tx:
+        updated = await tx.put_domain(replace(added, serving=Source.CUSTOM, updated_at=T0 + DAY))
+        await tx.add_challenge_event(name, EventType.CHALLENGE_ADDED, "tok", "tok.ka", T0)
+    async with store.transaction() as tx:
+        await tx.delete_domain(replace(updated, updated_at=T0 + 2 * DAY))
+
+
+async def test_events_just_committed_are_read_without_a_query_and_as_the_log_has_them(
+    db_path: Path,
+) -> None:
+    """The event hub reads after every commit: its own commits' rows come from memory
+    (a query is a thread hop), decoded exactly as the log's rows are."""
+    store = await SqliteStore.open(str(db_path))
+    try:
+        await _history(store, "a.example.com")
+        statements = await _traced(store, lambda: store.events_after(0, 100))
+        assert not [s for s in statements if "FROM events" in s]  # no query of the log
+        recent_events = await store.events_after(0, 100)
+        assert await store.events_after(1, 2) == recent_events[1:3]  # a page of them
+    finally:
+        await store.close()
+    reopened = await SqliteStore.open(str(db_path))  # nothing in memory: the log
+    try:
+        statements = await _traced(reopened, lambda: reopened.events_after(0, 100))
+        assert [s for s in statements if "FROM events" in s]
+        assert await reopened.events_after(0, 100) == recent_events
+        assert [e.type for e in recent_events] == [
+            EventType.DOMAIN_UPDATED,
+            EventType.DOMAIN_UPDATED,
+            EventType.CHALLENGE_ADDED,
+            EventType.DOMAIN_REMOVED,
+        ]
+    finally:
+        await reopened.close()
+
+
+async def test_events_another_process_wrote_between_ours_are_read_from_the_log(
+    db_path: Path,
+) -> None:
+    """Revisions with a gap (another writer on the file): never answered from memory."""
+    ours = await SqliteStore.open(str(db_path))
+    other = await SqliteStore.open(str(db_path))
+    try:
+        await _history(ours, "a.example.com")
+        await _history(other, "b.example.com")
+        await _history(ours, "c.example.com")
+        names = [e.domain_name for e in await ours.events_after(0, 100)]
+        assert names == ["a.example.com"] * 4 + ["b.example.com"] * 4 + ["c.example.com"] * 4
+        head = (await ours.events_after(0, 100))[-1].revision
+        await _history(other, "d.example.com")  # after our last: read from the log too
+        assert [e.domain_name for e in await ours.events_after(head, 100)] == ["d.example.com"] * 4
+        compacted = await ours.compact_events(T0 + DAY)  # the log's compaction is followed
+        assert compacted > 0
+        assert [e.revision for e in await ours.events_after(0, 100)] == [
+            e.revision for e in await other.events_after(0, 100)
+        ]
+    finally:
+        await ours.close()
+        await other.close()

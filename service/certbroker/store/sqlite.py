@@ -27,7 +27,7 @@ import os
 import sqlite3
 import stat
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import (
     AsyncIterator,
     Awaitable,
@@ -90,6 +90,9 @@ _CACHE_LIMIT = 200_000
 # every cached domain's two current certificates; the least recently used go first.
 _CERTIFICATE_CACHE_LIMIT = 2 * _CACHE_LIMIT
 _PRIVATE = 0o600
+# Event rows of this process's last commits kept for the event hub (_recent_events): it
+# reads after every commit, so a few hundred cover any lag short of a stall.
+_RECENT_EVENTS = 512
 # How long a statement waits for another process's lock (a backup, the sqlite3 shell)
 # before giving up with SQLITE_BUSY. Our own writes never wait on each other (they are
 # serialised by an asyncio lock), so a longer wait only makes every queued RPC slower.
@@ -255,6 +258,8 @@ class SqliteStore:
         self._certificates: OrderedDict[int, CertificateInfo] = OrderedDict()
         self._certificate_cache = certificate_cache
         self._compacted: int | None = None
+        # The last event rows this process committed, in revision order (_recent_events).
+        self._events: deque[dict[str, Any]] = deque(maxlen=_RECENT_EVENTS)
         self._swept = False  # compact_certificates has looked for unmarked retired rows
         self._busy_failures = 0  # writes that found another process's lock, ever
         self._observer: StoreObserver | None = None
@@ -361,6 +366,7 @@ class SqliteStore:
             if len(self._domains) > _CACHE_LIMIT:
                 self._domains.clear()
             self._domains.update(tx.written)
+            self._remember_events(tx.events)
             self._committed(tx, started, span)
         if tx.last_revision:
             for listener in self._listeners:
@@ -572,11 +578,15 @@ class SqliteStore:
 
     @_translated
     async def events_after(self, revision: int, limit: int) -> list[Event]:
-        sql = (
-            "SELECT revision, type, domain, payload, challenge_token, challenge_keyauth, at "
-            "FROM events WHERE revision > ? ORDER BY revision LIMIT ?"
-        )
-        rows = await self._reader.execute_fetchall(sql, (revision, limit))
+        recent = self._recent_events(revision, limit)
+        if recent is not None:
+            rows: Iterable[Any] = recent
+        else:
+            sql = (
+                "SELECT revision, type, domain, payload, challenge_token, challenge_keyauth, at "
+                "FROM events WHERE revision > ? ORDER BY revision LIMIT ?"
+            )
+            rows = await self._reader.execute_fetchall(sql, (revision, limit))
         events = []
         for row in rows:
             domain = None
@@ -602,6 +612,30 @@ class SqliteStore:
                 )
             )
         return events
+
+    def _recent_events(self, revision: int, limit: int) -> list[Any] | None:
+        """The event rows after ``revision`` from this process's own last commits, if they
+        hold the next one; else None (read the log).
+
+        The event hub reads right after each commit that wrote events: a query for rows
+        this process has just written, a thread hop each. They are kept as written (the
+        same row values, decoded by the same code below), only while their revisions run
+        without a gap (another process's write leaves one: the window starts afresh), and
+        never past their end: what comes after the window is read from the log, so a
+        short answer here is followed by a read of the file, never taken for the end.
+        """
+        window = self._events
+        if not window or not window[0]["revision"] <= revision + 1 <= window[-1]["revision"]:
+            return None
+        start = revision + 1 - window[0]["revision"]
+        return [window[i] for i in range(start, min(len(window), start + limit))]
+
+    def _remember_events(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Keep a committed transaction's event rows for ``_recent_events`` (under the lock)."""
+        for row in rows:
+            if self._events and row["revision"] != self._events[-1]["revision"] + 1:
+                self._events.clear()  # a gap: someone else wrote events in between
+            self._events.append(row)
 
     @_translated
     async def current_revision(self) -> int:
@@ -665,6 +699,8 @@ class SqliteStore:
         if through is None:
             return 0
         self._compacted = int(through)
+        while self._events and self._events[0]["revision"] <= through:
+            self._events.popleft()  # as the log: compacted events are gone
         return int(deleted)
 
     @_translated
@@ -1037,6 +1073,7 @@ class _SqliteTransaction:
         self.removed_certificates: set[int] = set()
         self.added_certificates: set[int] = set()
         self.last_revision = 0
+        self.events: list[dict[str, Any]] = []  # rows appended, as events_after reads them
         # Each domain as committed before this transaction (first read), for ``changes``.
         self.before: dict[str, Domain | None] = {}
 
@@ -1086,6 +1123,17 @@ class _SqliteTransaction:
         revision = cur.lastrowid
         assert revision is not None
         self.last_revision = revision
+        self.events.append(
+            {
+                "revision": revision,
+                "type": event.value,
+                "domain": name,
+                "payload": payload,
+                "challenge_token": token,
+                "challenge_keyauth": key_authorization,
+                "at": to_micros(at),
+            }
+        )
         return revision
 
     async def put_domain(
