@@ -6,6 +6,7 @@ The behaviour both backends share is in test_contract.py.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -16,8 +17,8 @@ from typing import Any
 import aiosqlite
 import pytest
 
-from certbroker.model import Domain, EventType, Source
-from certbroker.store.base import NewCertificate
+from certbroker.model import Domain, EventType, LetsEncryptState, Source
+from certbroker.store.base import NewCertificate, PendingOrder
 from certbroker.store.sqlite import SqliteStore
 from tests.store.records import make_cert, make_domain, raw
 
@@ -296,3 +297,66 @@ async def test_events_another_process_wrote_between_ours_are_read_from_the_log(
     finally:
         await ours.close()
         await other.close()
+
+
+async def _hops(store: SqliteStore, work: Callable[[], Awaitable[object]]) -> int:
+    """Crossings to the writer's thread (aiosqlite's queue) while ``work`` runs."""
+    writer = store._raw_writer
+    real = writer._execute
+    count = 0
+
+    async def counted(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        nonlocal count
+        count += 1
+        return await real(fn, *args, **kwargs)
+
+    writer._execute = counted  # type: ignore[method-assign]
+    try:
+        await work()
+    finally:
+        writer._execute = real  # type: ignore[method-assign]
+    return count
+
+
+async def test_a_transactions_writes_ride_with_its_next_answer_in_one_hop(
+    store: SqliteStore, db_path: Path
+) -> None:
+    """A reservation's writes (three spends, the order row, the domain row after its
+    event) cross to the writer's thread with the statement that must answer, not one
+    hop each; what commits is the same."""
+    domain = await put(store, make_domain("a.example.com"))
+
+    async def reserve() -> None:
+        async with store.transaction() as tx:
+            for bucket in ("name_set", "account_orders", "registered_domain"):
+                await tx.add_limit_spend(bucket, "k", "a.example.com", T0)
+            await tx.put_order(PendingOrder("a.example.com", "example.com", ("a",), b"s", T0))
+            await tx.put_domain(replace(domain, le_state=LetsEncryptState.CREATING))
+
+    # the event's insert carries the 4 writes before it; the domain row goes before COMMIT
+    assert await _hops(store, reserve) == 3  # event (+4), domain row, commit
+    assert raw(db_path, "SELECT COUNT(*) FROM limit_spends") == [(3,)]
+    assert raw(db_path, "SELECT order_url FROM orders") == [("",)]
+    assert raw(db_path, "SELECT le_state FROM domains") == [("CREATING",)]
+    assert (await store.get_domain("a.example.com")) == replace(
+        domain, le_state=LetsEncryptState.CREATING, revision=2
+    )
+
+
+async def test_a_deferred_write_that_fails_rolls_the_whole_transaction_back(
+    store: SqliteStore, db_path: Path
+) -> None:
+    """The domain row names a certificate that does not exist (a foreign key): it fails
+    as it goes to the thread before COMMIT, and nothing of the transaction stays."""
+    ghost = replace(make_cert("a.example.com"), id=999)
+    with pytest.raises(sqlite3.IntegrityError):
+        async with store.transaction() as tx:
+            await tx.add_limit_spend("name_set", "k", "a.example.com", T0)
+            await tx.put_domain(make_domain("a.example.com", custom_cert=ghost))
+    assert raw(db_path, "SELECT COUNT(*) FROM limit_spends") == [(0,)]
+    assert raw(db_path, "SELECT COUNT(*) FROM events") == [(0,)]
+    assert raw(db_path, "SELECT COUNT(*) FROM domains") == [(0,)]
+    assert await store.get_domain("a.example.com") is None
+    assert await store.events_after(0, 10) == []
+    await put(store, make_domain("b.example.com"))  # the next transaction is clean
+    assert raw(db_path, "SELECT name FROM domains") == [("b.example.com",)]
