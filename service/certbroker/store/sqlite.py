@@ -1082,15 +1082,25 @@ class _Outcome:
 _Statement = tuple[str, Sequence[Any]]
 
 
-def _run_batch(db: sqlite3.Connection, pending: list[_Statement], last: _Statement) -> _Outcome:
-    """On the writer's thread: ``pending`` in order, then ``last``, whose outcome it returns."""
+#: Statements to run right after one whose outcome they need (its id): ``_Batched.run``.
+_Then = Callable[[_Outcome], list[_Statement]]
+
+
+def _run_batch(
+    db: sqlite3.Connection, pending: list[_Statement], last: _Statement, then: _Then | None
+) -> _Outcome:
+    """On the writer's thread: ``pending`` in order, then ``last``, whose outcome it
+    returns, then what ``then`` makes of that outcome."""
     for sql, params in pending:
         db.execute(sql, params)
     cursor = db.execute(*last)
     try:
-        return _Outcome(cursor.fetchall(), cursor.lastrowid, cursor.rowcount)
+        outcome = _Outcome(cursor.fetchall(), cursor.lastrowid, cursor.rowcount)
     finally:
         cursor.close()
+    for sql, params in then(outcome) if then is not None else ():
+        db.execute(sql, params)
+    return outcome
 
 
 class _Batched:
@@ -1121,12 +1131,16 @@ class _Batched:
     def defer(self, sql: str, params: Sequence[Any]) -> None:
         self._pending.append((sql, params))
 
-    async def run(self, sql: str, params: Sequence[Any] = ()) -> _Outcome:
-        """``sql`` after the deferred writes, in one hop."""
+    async def run(
+        self, sql: str, params: Sequence[Any] = (), then: _Then | None = None
+    ) -> _Outcome:
+        """``sql`` after the deferred writes, in one hop; ``then``: statements made from its
+        outcome (run on the thread, right after it: pure, no I/O of their own), in the same hop.
+        """
         pending, self._pending = self._pending, []
         raw = self._raw
         result: _Outcome = await raw._execute(  # type: ignore[no-untyped-call]
-            lambda: _run_batch(raw._conn, pending, (sql, params))
+            lambda: _run_batch(raw._conn, pending, (sql, params), then)
         )
         return result
 
@@ -1199,11 +1213,13 @@ class _SqliteTransaction:
         at: datetime,
         token: str = "",
         key_authorization: str = "",
+        then: _Then | None = None,
     ) -> int:
         cur = await self._conn.run(
             "INSERT INTO events (type, domain, payload, challenge_token, challenge_keyauth, at) "
             "VALUES (?, ?, ?, ?, ?, ?)",
             (event.value, name, payload, token, key_authorization, to_micros(at)),
+            then,
         )
         revision = cur.lastrowid
         assert revision is not None
@@ -1228,19 +1244,30 @@ class _SqliteTransaction:
         # read), so the event is one INSERT: writes are serialised, round trips count.
         await self._remember(domain.name)
         payload = json.dumps(domain_to_row(_with_revision(domain, 0)))
-        revision = await self._append_event(event, domain.name, payload, domain.updated_at)
+        retire = self._retires(domain)
+
+        def row_and_retire(event_row: _Outcome) -> list[_Statement]:
+            # The row carries its event's id as revision: written in the event's hop.
+            assert event_row.lastrowid is not None
+            row = domain_to_row(_with_revision(domain, event_row.lastrowid))
+            written: list[_Statement] = [(_PUT_DOMAIN, tuple(row[c] for c in DOMAIN_COLUMNS))]
+            if retire is not None:
+                written.append(retire(event_row.lastrowid))
+            return written
+
+        revision = await self._append_event(
+            event, domain.name, payload, domain.updated_at, then=row_and_retire
+        )
         stored = _with_revision(domain, revision)
-        row = domain_to_row(stored)
-        self._conn.defer(_PUT_DOMAIN, tuple(row[c] for c in DOMAIN_COLUMNS))
-        await self._retire_replaced(stored)
         self.written[domain.name] = stored
         self.removed.discard(domain.name)
         return stored
 
-    async def _retire_replaced(self, domain: Domain) -> None:
-        """Mark the certificates this write stops naming: their keys' retention starts now.
+    def _retires(self, domain: Domain) -> Callable[[int], _Statement] | None:
+        """The statement (given the write's revision) that marks the certificates this
+        write stops naming: their keys' retention starts now.
 
-        Skipped when the previous row is known (cached) and named no other certificate,
+        None when the previous row is known (cached) and named no other certificate,
         so an ordinary write costs no extra statement.
         """
         kept = [c.id for c in (domain.le_cert, domain.custom_cert) if c is not None]
@@ -1250,12 +1277,13 @@ class _SqliteTransaction:
         if previous is not None and all(
             c.id in kept for c in (previous.le_cert, previous.custom_cert) if c is not None
         ):
-            return
+            return None
         first, second = (*kept, 0, 0)[:2]  # ids start at 1: 0 names nothing
-        self._conn.defer(
+        at, name = to_micros(domain.updated_at), domain.name
+        return lambda revision: (
             "UPDATE certificates SET retired_at = ?, retired_revision = ? "
             "WHERE domain = ? AND retired_at IS NULL AND id NOT IN (?, ?)",
-            (to_micros(domain.updated_at), domain.revision, domain.name, first, second),
+            (at, revision, name, first, second),
         )
 
     async def put_schedule(self, domain: Domain) -> Domain:
