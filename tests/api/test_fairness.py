@@ -45,12 +45,32 @@ def test_in_flight_is_capped_per_peer_and_frees_when_calls_end(ticks: Ticks) -> 
     assert refusal is not None
     assert refusal.reason == TOO_MANY_IN_FLIGHT
     assert refusal.retry_after == IN_FLIGHT_RETRY
-    assert refusal.hold == timedelta(0)  # answered at once, nothing counted for it
+    assert refusal.hold > timedelta(0) and refusal.parked  # held like a budget refusal
     assert "2 calls in flight; the limit is 2" in refusal.message
+    second = limits.admit("a")
+    assert second is not None and second.parked  # up to another max_in_flight held
+    third = limits.admit("a")
+    assert third is not None and third.hold == timedelta(0) and not third.parked  # at once
     assert limits.admit("b") is None  # another peer has its own count
+    limits.unpark("a")
+    limits.unpark("a")
     limits.release("a")
     assert limits.in_flight("a") == 1
     assert limits.admit("a") is None
+
+
+def test_invalid_answers_past_their_bucket_are_held_and_nothing_else_is(ticks: Ticks) -> None:
+    """A relayed tenant's typos slow down only the typo'd answers, never the valid calls."""
+    limits = PeerLimits(100, Bucket(3, timedelta(seconds=3)), monotonic=ticks)
+    assert limits.admit("api") is None
+    assert [limits.invalid_answer("api") for _ in range(3)] == [timedelta(0)] * 3
+    held = limits.invalid_answer("api")
+    assert timedelta(seconds=0.5) <= held <= timedelta(seconds=1.5)
+    assert limits.admit("api") is None  # valid calls still go in at once
+    limits.release("api")
+    limits.release("api")
+    ticks.now += 1.0  # one token back: one more answer at once
+    assert limits.invalid_answer("api") == timedelta(0)
 
 
 def test_streams_are_not_counted_in_flight(ticks: Ticks) -> None:

@@ -10,6 +10,7 @@ role's forbidden method) still spend it; refusals are counted in
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -209,3 +210,28 @@ async def test_routers_told_to_resync_after_compaction_are_not_locked_out(
         )
     status = await stub.GetStatus(broker_pb2.GetStatusRequest(domain="d0.shop.example"))
     assert status.domain.domain == "d0.shop.example"
+
+
+async def test_invalid_answers_past_the_budget_come_back_slower_and_nothing_else_does(
+    channel: grpc.aio.Channel,
+) -> None:
+    """A client flooding well-formed invalid requests (unary or streams) gets one answer
+    per call in flight per second; its valid calls are answered at once meanwhile."""
+    stub = broker_pb2_grpc.CertificateBrokerServiceStub(channel)
+    loop = asyncio.get_running_loop()
+
+    async def invalid_watch() -> None:
+        names = [f"n{i}.example" for i in range(1001)]  # over the filter cap
+        async for _ in stub.WatchStatus(broker_pb2.WatchStatusRequest(domains=names)):
+            pass
+
+    for attempt in (lambda: _issue(stub, "bad..name.example", "t"), invalid_watch):
+        for _ in range(BUDGET):  # the bucket: answered at once
+            assert (await _failure(attempt()))[0] == grpc.StatusCode.INVALID_ARGUMENT
+        started = loop.time()
+        assert (await _failure(attempt()))[0] == grpc.StatusCode.INVALID_ARGUMENT
+        assert loop.time() - started >= 0.45  # held (PENALTY ± 50 %)
+        started = loop.time()
+        added = await _issue(stub, f"ok{int(started)}.example", "t")
+        assert isinstance(added, broker_pb2.IssueCertificateResponse)
+        assert loop.time() - started < 0.45  # valid calls are not held
