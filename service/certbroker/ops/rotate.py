@@ -119,7 +119,38 @@ def rotate_kek(
             lock.release()
 
 
-class _Rotation:
+class Resealing:
+    """What both rotations (SQLite here, PostgreSQL in ``rotate_pg``) do to one blob:
+    re-seal it under the new KEK unless it already is, counting what was done."""
+
+    #: Said after a refusal: what state the database was left in.
+    _left_as: str = ""
+
+    def __init__(self, ring: KeySealer) -> None:
+        self._ring = ring
+        self._new_id = ring.key_id
+        self.result = RotationResult(ring.key_id)
+
+    def _maybe_reseal(self, blob: bytes, aad: str, where: str, what: str) -> bytes | None:
+        if KeySealer.blob_key_id(blob) == self._new_id:
+            self.result.already_new += 1
+            return None
+        fresh = self._reseal(blob, aad, where)
+        self.result.resealed[what] = self.result.resealed.get(what, 0) + 1
+        return fresh
+
+    def _reseal(self, blob: bytes, aad: str, where: str) -> bytes:
+        try:
+            return self._ring.seal(self._ring.open(blob, aad), aad)
+        except KekError as error:
+            sealed_by = KeySealer.blob_key_id(blob) or "unknown (written before key ids)"
+            raise OpsError(
+                f"{where} does not open with --kek or --new-kek ({error}); it was sealed "
+                f"with KEK id {sealed_by}: pass that key file as --kek{self._left_as}"
+            ) from None
+
+
+class _Rotation(Resealing):
     def __init__(
         self,
         conn: sqlite3.Connection,
@@ -127,12 +158,10 @@ class _Rotation:
         batch_size: int,
         after_batch: Callable[[int], None] | None,
     ) -> None:
+        super().__init__(ring)
         self._conn = conn
-        self._ring = ring
-        self._new_id = ring.key_id
         self._batch = batch_size
         self._after_batch = after_batch
-        self.result = RotationResult(ring.key_id)
 
     def run(self) -> RotationResult:
         canary = self._meta(CANARY_META)
@@ -205,24 +234,6 @@ class _Rotation:
                     if fresh is not None:
                         self._set_meta(key, fresh)
         self._committed()
-
-    def _maybe_reseal(self, blob: bytes, aad: str, where: str, what: str) -> bytes | None:
-        if KeySealer.blob_key_id(blob) == self._new_id:
-            self.result.already_new += 1
-            return None
-        fresh = self._reseal(blob, aad, where)
-        self.result.resealed[what] = self.result.resealed.get(what, 0) + 1
-        return fresh
-
-    def _reseal(self, blob: bytes, aad: str, where: str) -> bytes:
-        try:
-            return self._ring.seal(self._ring.open(blob, aad), aad)
-        except KekError as error:
-            sealed_by = KeySealer.blob_key_id(blob) or "unknown (written before key ids)"
-            raise OpsError(
-                f"{where} does not open with --kek or --new-kek ({error}); it was sealed "
-                f"with KEK id {sealed_by}: pass that key file as --kek"
-            ) from None
 
     def _committed(self) -> None:
         self.result.batches += 1

@@ -38,13 +38,14 @@ from certbroker.ops.rotate import (
     ROTATION_META,
     SEALED_COLUMNS,
     SEALED_META,
+    Resealing,
     RotationResult,
 )
 from certbroker.store.acme_account import KEY_AAD as ACCOUNT_AAD
 from certbroker.store.acme_account import META_PREFIX as ACCOUNT_PREFIX
 from certbroker.store.factory import redact
 from certbroker.store.serving import SERVING_LOCK, serving_brokers
-from certbroker.x509.sealing import CANARY_AAD, KekError, KeySealer
+from certbroker.x509.sealing import CANARY_AAD, KeySealer
 
 CONNECT_TIMEOUT = 10.0
 #: Waiting longer than this for a row lock (another client's open transaction)
@@ -118,12 +119,12 @@ async def _exclusive(conn: Any, where: str) -> None:
     )
 
 
-class _Rotation:
+class _Rotation(Resealing):
+    _left_as = " (nothing was changed)"  # one transaction: a refusal rolls it all back
+
     def __init__(self, conn: Any, ring: KeySealer) -> None:
+        super().__init__(ring)
         self._conn = conn
-        self._ring = ring
-        self._new_id = ring.key_id
-        self.result = RotationResult(ring.key_id)
 
     async def run(self) -> RotationResult:
         # Every other write transaction locks this row first: nothing interleaves.
@@ -175,24 +176,6 @@ class _Rotation:
             if fresh is not None:
                 data["key_sealed"] = fresh.hex()
                 await self._set_meta(key, json.dumps(data).encode())
-
-    def _maybe_reseal(self, blob: bytes, aad: str, where: str, what: str) -> bytes | None:
-        if KeySealer.blob_key_id(blob) == self._new_id:
-            self.result.already_new += 1
-            return None
-        fresh = self._reseal(blob, aad, where)
-        self.result.resealed[what] = self.result.resealed.get(what, 0) + 1
-        return fresh
-
-    def _reseal(self, blob: bytes, aad: str, where: str) -> bytes:
-        try:
-            return self._ring.seal(self._ring.open(blob, aad), aad)
-        except KekError as error:
-            sealed_by = KeySealer.blob_key_id(blob) or "unknown (written before key ids)"
-            raise OpsError(
-                f"{where} does not open with --kek or --new-kek ({error}); it was sealed "
-                f"with KEK id {sealed_by}: pass that key file as --kek (nothing was changed)"
-            ) from None
 
     async def _meta(self, key: str) -> bytes | None:
         value = await self._conn.fetchval("SELECT value FROM meta WHERE key = $1", key)
