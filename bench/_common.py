@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import math
 import os
 import platform
@@ -47,6 +48,19 @@ def percentile(sorted_values: Sequence[float], p: float) -> float:
         return 0.0
     rank = max(1, math.ceil(p / 100 * len(sorted_values)))
     return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+def run_processes(commands: Sequence[Sequence[str]], what: str) -> list[dict[str, float]]:
+    """Start every command at once (processes that contend, like several brokers) and
+    return what each printed as one JSON object; ``what`` names one in an error."""
+    procs = [subprocess.Popen(list(c), stdout=subprocess.PIPE, text=True) for c in commands]
+    results = []
+    for proc in procs:
+        out, _ = proc.communicate(timeout=600)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{what} {proc.pid} failed")
+        results.append(json.loads(out))
+    return results
 
 
 def machine_info() -> str:

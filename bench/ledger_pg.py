@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import json
 import os
-import subprocess
 import sys
 import time
 from datetime import UTC, datetime
@@ -33,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import PYTHON, machine_info, percentile, section
+from _common import PYTHON, machine_info, percentile, run_processes, section
 
 from certbroker.limits import ACCOUNT_ORDERS, LimitsLedger, OrderRequest
 from certbroker.store.postgres import PostgresStore
@@ -78,21 +77,13 @@ async def _reserve(dsn: str, attempts: int, tasks: int, prefix: str) -> dict[str
 
 
 def _spawn(dsn: str, brokers: int, attempts: int, tasks: int) -> list[dict[str, float]]:
-    procs = [
-        subprocess.Popen(
-            [PYTHON, __file__, "reserve", dsn, str(attempts), str(tasks), f"b{n}"],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        for n in range(brokers)
-    ]
-    results = []
-    for proc in procs:
-        out, _ = proc.communicate(timeout=600)
-        if proc.returncode != 0:
-            raise RuntimeError(f"broker process {proc.pid} failed")
-        results.append(json.loads(out))
-    return results
+    return run_processes(
+        [
+            [PYTHON, __file__, "reserve", dsn, str(attempts), str(tasks), f"b{n}"]
+            for n in range(brokers)
+        ],
+        "broker process",
+    )
 
 
 async def _spent(dsn: str) -> int:

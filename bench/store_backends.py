@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import PYTHON, machine_info, percentile, section
+from _common import PYTHON, machine_info, percentile, run_processes, section
 
 from certbroker.events import EventHub
 from certbroker.model import LetsEncryptState, Source
@@ -79,21 +78,13 @@ async def _write(db: str, count: int, tasks: int, prefix: str) -> dict[str, floa
 
 def _spawn_writers(db: str, processes: int, count: int, tasks: int) -> list[dict[str, float]]:
     """``processes`` broker-like processes writing at once; each prints its figures."""
-    procs = [
-        subprocess.Popen(
-            [PYTHON, __file__, "write", db, str(count), str(tasks), f"p{n}"],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        for n in range(processes)
-    ]
-    results = []
-    for proc in procs:
-        out, _ = proc.communicate(timeout=600)
-        if proc.returncode != 0:
-            raise RuntimeError(f"writer {proc.pid} failed")
-        results.append(json.loads(out))
-    return results
+    return run_processes(
+        [
+            [PYTHON, __file__, "write", db, str(count), str(tasks), f"p{n}"]
+            for n in range(processes)
+        ],
+        "writer",
+    )
 
 
 def _report(label: str, results: list[dict[str, float]]) -> None:
