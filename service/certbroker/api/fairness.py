@@ -400,18 +400,18 @@ class Fairness(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
 
 #: The limits and peer of the call this task serves (set once it is admitted), for
-#: :func:`before_invalid_answer`, which the servicer awaits before sending the answer.
+#: :func:`before_answer`, which the servicer awaits before sending the answer.
 _CALLER: ContextVar[tuple[PeerLimits, str] | None] = ContextVar("fairness_caller", default=None)
 
 
-async def before_invalid_answer() -> None:
+async def before_answer(code: grpc.StatusCode) -> None:
     """Hold an INVALID_ARGUMENT answer while its peer's invalid-answers bucket is empty.
 
-    Awaited by the servicer just before it sends such an answer: gRPC sends a status
-    the moment it is aborted with, so only the code answering can hold it.
+    Awaited by the servicer just before it sends an error: gRPC sends a status the
+    moment it is aborted with, so only the code answering can hold it.
     """
     caller = _CALLER.get()
-    if caller is None:
+    if code is not grpc.StatusCode.INVALID_ARGUMENT or caller is None:
         return
     limits, peer = caller
     hold = limits.invalid_answer(peer)

@@ -32,7 +32,7 @@ from certbroker import tenancy
 from certbroker.api import convert
 from certbroker.api.auth import ACROSS_TENANTS, Authorizer, Permission, grants
 from certbroker.api.errors import internal, to_status
-from certbroker.api.fairness import before_invalid_answer
+from certbroker.api.fairness import before_answer
 from certbroker.app import Broker, encode_page_token
 from certbroker.bounds import MAX_PAGE_BYTES, check_watch_filters
 from certbroker.clock import Clock
@@ -136,8 +136,7 @@ def _unary(
             self._metrics.rpc_finished(name, "OK")
             return response
         self._metrics.rpc_finished(name, status.code.name)
-        if status.code is grpc.StatusCode.INVALID_ARGUMENT:
-            await before_invalid_answer()
+        await before_answer(status.code)
         await context.abort_with_status(status)
         raise AssertionError("unreachable")  # abort_with_status always raises
 
@@ -175,8 +174,7 @@ def _stream(
         finally:
             self._metrics.rpc_finished(name, code if status is None else status.code.name)
         if status is not None:  # after the span ended: its status stays the mapped one
-            if status.code is grpc.StatusCode.INVALID_ARGUMENT:
-                await before_invalid_answer()
+            await before_answer(status.code)
             await context.abort_with_status(status)
 
     return wrapper
